@@ -1,0 +1,116 @@
+# attnvae: build, test, benchmark and demo.
+#   make demo      install what it needs, train the Fashion-MNIST VAE, write PNGs
+#   make test      the whole test suite (ends with "N passed, M failed")
+#   make bench     GEMM vs OpenBLAS and the VAE vs PyTorch, side by side
+#   make sanitize  the test suite under ASan + UBSan
+#   make valgrind  the test suite under valgrind
+#   make test-arm64  the test suite cross-compiled for AArch64 (NEON), run under qemu
+# CC=clang works for every target.
+
+CC      ?= cc
+CXX     ?= c++
+WARN     = -Wall -Wextra -Wpedantic -Werror
+CFLAGS  ?= -O2
+OPENMP  ?= -fopenmp
+PYTHON  ?= /usr/bin/python3
+BUILD   := build
+DATA    := data/fashion
+OUT     := out
+HEADER  := attnvae.h $(wildcard parts/*.h parts/*.c)
+C99      = $(CC) -std=c99 $(WARN) $(CFLAGS)
+
+TESTS    := test_ops test_optim test_gemm test_io test_vae
+EXAMPLES := mlp_fashion vae_fashion
+
+.PHONY: all examples tests test bench sanitize valgrind test-arm64 demo deps deps-demo deps-bench deps-arm64 data clean
+
+all: examples tests
+
+examples: $(EXAMPLES:%=$(BUILD)/%)
+tests: $(TESTS:%=$(BUILD)/%) $(BUILD)/test_gemm_omp $(BUILD)/header_cxx.o
+
+$(BUILD):
+	@mkdir -p $@
+
+$(BUILD)/%: examples/%.c examples/common.h $(HEADER) | $(BUILD)
+	$(C99) $(OPENMP) -o $@ $< -lstb -lm
+
+$(BUILD)/test_%: tests/test_%.c tests/test.h $(wildcard tests/*.h) $(HEADER) | $(BUILD)
+	$(C99) -o $@ $< -lm
+
+$(BUILD)/test_gemm_omp: tests/test_gemm.c tests/test.h $(HEADER) | $(BUILD)
+	$(C99) $(OPENMP) -o $@ $< -lm
+
+# The header must also compile clean as C++.
+$(BUILD)/header_cxx.o: $(HEADER) | $(BUILD)
+	printf '#define ATTNVAE_IMPLEMENTATION\n#include "../attnvae.h"\n' > $(BUILD)/header_cxx.cpp
+	$(CXX) -x c++ -std=c++11 $(WARN) $(CFLAGS) -c $(BUILD)/header_cxx.cpp -o $@
+
+# ---- tests ------------------------------------------------------------
+# Each entry is one command for tests/run; examples run in --quick mode.
+TEST_CMDS = \
+	"$(BUILD)/test_ops" \
+	"$(BUILD)/test_optim" \
+	"$(BUILD)/test_gemm" \
+	"OMP_NUM_THREADS=2 $(BUILD)/test_gemm_omp" \
+	"rm -rf $(BUILD)/io_tmp && mkdir -p $(BUILD)/io_tmp && $(PYTHON) tests/make_safetensors.py write $(BUILD)/io_tmp/fixture_py.safetensors && $(BUILD)/test_io $(BUILD)/io_tmp/fixture_py.safetensors $(BUILD)/io_tmp && $(PYTHON) tests/make_safetensors.py check $(BUILD)/io_tmp/c_written.safetensors" \
+	"$(BUILD)/test_vae" \
+	"$(BUILD)/mlp_fashion --quick --data $(DATA) --out $(BUILD)/mlp_quick.safetensors" \
+	"$(BUILD)/vae_fashion --quick --data $(DATA) --out $(BUILD)/vae_quick" \
+	"$(BUILD)/vae_fashion --quick --data $(DATA) --out $(BUILD)/vae_quick --load $(BUILD)/vae_quick/vae.safetensors"
+
+test: deps data all
+	@tests/run $(TEST_CMDS)
+
+# ---- sanitizers -------------------------------------------------------
+SAN = -O1 -g -fno-omit-frame-pointer -fsanitize=address,undefined -fno-sanitize-recover=all
+sanitize: deps
+	$(MAKE) BUILD=build/san CFLAGS="$(SAN)" OPENMP= tests
+	@ASAN_OPTIONS=detect_leaks=1 tests/run $(subst $(BUILD)/,build/san/,$(filter-out %fashion%,$(TEST_CMDS)))
+
+valgrind: deps
+	$(MAKE) BUILD=build/vg CFLAGS="-O1 -g" OPENMP= tests
+	@AV_TEST_QUICK=1 tests/run $(foreach t,test_ops test_optim test_gemm test_vae,"valgrind -q --error-exitcode=9 --leak-check=full --errors-for-leak-kinds=definite build/vg/$(t) --quick")
+
+# ---- AArch64 / NEON under qemu-user ----------------------------------
+ARM_CC := aarch64-linux-gnu-gcc
+test-arm64: deps-arm64
+	@mkdir -p build/arm64
+	for t in test_ops test_optim test_gemm test_vae; do \
+		$(ARM_CC) -std=c99 $(WARN) -O2 -static -o build/arm64/$$t tests/$$t.c -lm || exit 1; done
+	@tests/run $(foreach t,test_ops test_optim test_gemm test_vae,"qemu-aarch64 build/arm64/$(t) --quick")
+
+# ---- benchmarks -------------------------------------------------------
+bench: deps-bench data $(BUILD)/bench_gemm $(BUILD)/vae_fashion
+	$(BUILD)/bench_gemm
+	tests/bench_vae.sh $(BUILD)/vae_fashion $(DATA)
+
+$(BUILD)/bench_gemm: tests/bench_gemm.c $(HEADER) | $(BUILD)
+	$(CC) -std=c99 -O2 $(OPENMP) -o $@ $< -lopenblas -lm
+
+# ---- demo: the main job ----------------------------------------------
+demo: deps-demo data $(BUILD)/vae_fashion
+	$(BUILD)/vae_fashion --data $(DATA) --out $(OUT)/vae
+	@echo "demo pictures are in $(OUT)/vae/"
+
+# ---- data and packages ------------------------------------------------
+FASHION_SRC := /usr/share/datasets/fashion-mnist
+FASHION     := train-images-idx3-ubyte train-labels-idx1-ubyte t10k-images-idx3-ubyte t10k-labels-idx1-ubyte
+data: $(FASHION:%=$(DATA)/%)
+$(DATA)/%: | deps-demo
+	@mkdir -p $(DATA)
+	gunzip -c $(FASHION_SRC)/$*.gz > $@.tmp && mv $@.tmp $@
+
+# Installs Debian packages that are missing (as root, or through sudo).
+APT_INSTALL = tests/apt-install
+deps-demo:
+	@$(APT_INSTALL) libstb-dev dataset-fashion-mnist
+deps: deps-demo
+	@$(APT_INSTALL) python3-torch python3-numpy libomp-dev
+deps-bench: deps
+	@$(APT_INSTALL) libopenblas-dev
+deps-arm64:
+	@$(APT_INSTALL) gcc-aarch64-linux-gnu libc6-dev-arm64-cross qemu-user
+
+clean:
+	rm -rf build

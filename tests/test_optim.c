@@ -1,0 +1,397 @@
+/* test_optim.c - optimizer updates against closed forms computed here in
+   double, gradient clipping, the warmup-cosine schedule, and parameter
+   initialisation (bounds, statistics, reproducibility). */
+#define ATTNVAE_IMPLEMENTATION
+#include "../attnvae.h"
+#include "test.h"
+
+#define NP 6 /* values per test parameter */
+
+/* Gradients through the public path: after zero_grad, L = sum(p * G) gives
+   dL/dp = G exactly (the product's backward multiplies G by 1). */
+static void set_grad(av_model *m, av_ctx *c, av_tensor *p, const float *G) {
+    av_tensor *loss;
+    av_model_zero_grad(m);
+    av_ctx_reset(c);
+    loss = av_sum_all(c, av_mul(c, p, av_from(c, G, 1, p->size)));
+    av_backward(c, loss);
+}
+
+static int all_close(const float *got, const double *want, int n, double atol, double rtol, int *where) {
+    int i;
+    for (i = 0; i < n; i++)
+        if (!(fabs(got[i] - want[i]) <= atol + rtol * fabs(want[i]))) { *where = i; return 0; }
+    return 1;
+}
+
+#define CHECK_ARR(got, want, n, atol, rtol, what)                                                       \
+    do {                                                                                                \
+        int w_ = 0;                                                                                     \
+        CHECK(all_close(got, want, n, atol, rtol, &w_), "%s: [%d] got %.9g want %.9g", what, w_,        \
+              (double)(got)[w_], (want)[w_]);                                                           \
+    } while (0)
+
+static const float P0[NP] = {0.5f, -1.25f, 2.0f, 0.75f, -0.3f, 1.1f};
+/* three steps of gradients; element 4 is tiny (where eps matters) and
+   element 5 is zero (Adam must leave it alone) */
+static const float GS[3][NP] = {
+    {0.1f, -0.4f, 1.5f, -2.0f, 1e-7f, 0.0f},
+    {-0.3f, 0.2f, 1.0f, 0.5f, -2e-7f, 0.0f},
+    {0.05f, -0.6f, -0.7f, 1.2f, 1e-7f, 0.0f}};
+
+static av_tensor *new_param(av_model *m, const char *name) {
+    av_tensor *p = av_param(m, name, AV_INIT_ZEROS, 0, 1, NP);
+    memcpy(p->data, P0, sizeof P0);
+    return p;
+}
+
+static void test_sgd(void) {
+    static const float lrs[3] = {0.1f, 0.05f, 0.2f}, mus[3] = {0.0f, 0.9f, 0.5f}, wds[3] = {0.0f, 0.0f, 0.01f};
+    int cfg;
+    for (cfg = 0; cfg < 3; cfg++) {
+        av_model *m = av_model_new(1);
+        av_ctx *c = av_ctx_new();
+        av_tensor *p = new_param(m, "p");
+        av_optim o = av_sgd(lrs[cfg], mus[cfg], wds[cfg]);
+        double pw[NP], v[NP];
+        int s, j;
+        char what[64];
+        CHECK(o.kind == AV_OPT_SGD && o.lr == lrs[cfg] && o.momentum == mus[cfg] && o.weight_decay == wds[cfg], "av_sgd fields");
+        for (j = 0; j < NP; j++) { pw[j] = P0[j]; v[j] = 0; }
+        for (s = 0; s < 3; s++) {
+            int rc;
+            set_grad(m, c, p, GS[s]);
+            rc = av_optim_step(m, &o);
+            CHECK(rc == AV_OK, "sgd step returned %d", rc);
+            /* PyTorch: g' = g + wd p; v = mu v + g' (v = g' on the first step); p -= lr v */
+            for (j = 0; j < NP; j++) {
+                double g = GS[s][j] + (double)wds[cfg] * pw[j];
+                v[j] = s == 0 ? g : mus[cfg] * v[j] + g;
+                pw[j] -= lrs[cfg] * v[j];
+            }
+            sprintf(what, "sgd lr %g mu %g wd %g step %d", lrs[cfg], mus[cfg], wds[cfg], s + 1);
+            /* fp32 updates of O(1) values: a few ulps (6e-8 each) per step */
+            CHECK_ARR(p->data, pw, NP, 1e-6, 1e-6, what);
+            {   /* the step does not zero the gradient */
+                int ok = 1;
+                for (j = 0; j < NP; j++) ok &= p->grad[j] == GS[s][j];
+                CHECK(ok, "%s: gradient changed by the step", what);
+            }
+        }
+        CHECK(av_model_step(m) == 3, "sgd: av_model_step %ld, want 3", av_model_step(m));
+        av_ctx_free(c);
+        av_model_free(m);
+    }
+}
+
+static void test_adam(int decoupled) {
+    const float lr = 0.01f, wd = decoupled ? 0.1f : 0.0f;
+    const double b1 = 0.9, b2 = 0.999, eps = 1e-8;
+    av_model *m = av_model_new(1);
+    av_ctx *c = av_ctx_new();
+    av_tensor *p = new_param(m, "p"), *q = av_param(m, "q", AV_INIT_ONES, 0, 2, 2, 3);
+    av_optim o = decoupled ? av_adamw(lr, wd) : av_adam(lr);
+    double pw[NP], mm[NP], vv[NP], qw[6];
+    int s, j;
+    char what[64];
+    const char *name = decoupled ? "adamw" : "adam";
+    CHECK(o.kind == (decoupled ? AV_OPT_ADAMW : AV_OPT_ADAM), "%s: kind %d", name, o.kind);
+    CHECK(o.beta1 == 0.9f && o.beta2 == 0.999f && o.eps == 1e-8f && o.lr == lr && o.weight_decay == wd,
+          "%s defaults: betas %g %g eps %g wd %g", name, o.beta1, o.beta2, o.eps, o.weight_decay);
+    for (j = 0; j < NP; j++) { pw[j] = P0[j]; mm[j] = vv[j] = 0; }
+    for (j = 0; j < 6; j++) qw[j] = 1;
+    for (s = 1; s <= 3; s++) {
+        double bc1 = 1 - pow(b1, s), bc2 = 1 - pow(b2, s);
+        set_grad(m, c, p, GS[s - 1]); /* q gets a zero gradient */
+        av_optim_step(m, &o);
+        for (j = 0; j < NP; j++) {
+            double g = GS[s - 1][j];
+            if (decoupled) pw[j] -= lr * wd * pw[j]; /* AdamW: p -= lr wd p */
+            mm[j] = b1 * mm[j] + (1 - b1) * g;
+            vv[j] = b2 * vv[j] + (1 - b2) * g * g;
+            /* PyTorch: p -= lr mhat / (sqrt(vhat) + eps), mhat = m/bc1, vhat = v/bc2 */
+            pw[j] -= lr * (mm[j] / bc1) / (sqrt(vv[j] / bc2) + eps);
+        }
+        for (j = 0; j < 6; j++)
+            if (decoupled) qw[j] -= lr * wd * qw[j];
+        sprintf(what, "%s step %d", name, s);
+        /* updates are ~lr = 0.01 computed in fp32: relative error ~1e-6 of
+           the update plus the ulp of p; 2e-7 + 2e-6|p| is a few ulps. A
+           missing bias correction moves p by ~lr, eps outside the bias
+           correction moves element 4 by ~0.7 lr. */
+        CHECK_ARR(p->data, pw, NP, 2e-7, 2e-6, what);
+        CHECK_ARR(q->data, qw, 6, 1e-7, 1e-6, "param with zero gradient");
+    }
+    CHECK(av_model_step(m) == 3, "%s: av_model_step %ld, want 3", name, av_model_step(m));
+    av_ctx_free(c);
+    av_model_free(m);
+}
+
+static void test_nan_grad(void) {
+    av_model *m = av_model_new(1);
+    av_ctx *c = av_ctx_new();
+    av_tensor *p = new_param(m, "good"), *q = new_param(m, "bad.weight");
+    av_optim o = av_adam(0.1f);
+    float G[NP];
+    double want[NP];
+    int j, rc, k;
+    for (k = 0; k < 2; k++) {
+        av_tensor *loss;
+        memcpy(G, GS[0], sizeof G);
+        G[2] = k == 0 ? (float)NAN : (float)INFINITY;
+        av_model_zero_grad(m);
+        av_ctx_reset(c);
+        loss = av_add(c, av_sum_all(c, av_mul(c, p, av_from(c, GS[0], 1, NP))),
+                      av_sum_all(c, av_mul(c, q, av_from(c, G, 1, NP))));
+        av_backward(c, loss); /* q's gradient is G, with a non-finite element */
+        av_clear_error();
+        rc = av_optim_step(m, &o);
+        CHECK(rc == AV_ERR_NAN, "%s gradient: step returned %d, want AV_ERR_NAN", k ? "inf" : "nan", rc);
+        CHECK(av_error_code() == AV_ERR_NAN && strstr(av_error(), "bad.weight") != NULL,
+              "non-finite gradient: error %d \"%s\" does not name the parameter", av_error_code(), av_error());
+        for (j = 0; j < NP; j++) want[j] = P0[j];
+        CHECK_ARR(p->data, want, NP, 0, 0, "non-finite gradient: a parameter changed");
+        CHECK_ARR(q->data, want, NP, 0, 0, "non-finite gradient: the bad parameter changed");
+        CHECK(av_model_step(m) == 0, "non-finite gradient: step counted (%ld)", av_model_step(m));
+    }
+    /* and the next good step works from unchanged state: the first Adam step is lr sign(g) */
+    set_grad(m, c, p, GS[0]); /* q: zero gradient */
+    rc = av_optim_step(m, &o);
+    CHECK(rc == AV_OK, "good step after a bad one returned %d", rc);
+    for (j = 0; j < 4; j++) want[j] = P0[j] - 0.1 * (GS[0][j] > 0 ? 1 : -1) * (fabs(GS[0][j]) / (fabs(GS[0][j]) + 1e-8));
+    CHECK_ARR(p->data, want, 4, 1e-6, 1e-6, "first Adam step after a skipped one");
+    av_ctx_free(c);
+    av_model_free(m);
+}
+
+static void test_clip(void) {
+    av_model *m = av_model_new(1);
+    av_ctx *c = av_ctx_new();
+    av_tensor *a = av_param(m, "a", AV_INIT_ZEROS, 0, 2, 2, 3), *b = av_param(m, "b", AV_INIT_ZEROS, 0, 1, 4);
+    static const float ga[6] = {3.0f, -4.0f, 1.0f, 0.5f, -2.0f, 0.0f}, gb[4] = {1.5f, 2.5f, -0.5f, 1.0f};
+    double ss = 0, norm, s, want_a[6], want_b[4];
+    float n1, n2;
+    int j;
+    for (j = 0; j < 6; j++) ss += (double)ga[j] * ga[j];
+    for (j = 0; j < 4; j++) ss += (double)gb[j] * gb[j];
+    norm = sqrt(ss);
+    memcpy(a->grad, ga, sizeof ga);
+    memcpy(b->grad, gb, sizeof gb);
+    CHECK_CLOSE(av_grad_norm(m), norm, 0, 1e-6, "av_grad_norm over two parameters");
+    /* max_norm above the norm: nothing changes */
+    n1 = av_clip_grad_norm(m, 100.0f);
+    CHECK_CLOSE(n1, norm, 0, 1e-6, "clip_grad_norm return (no clipping)");
+    CHECK(memcmp(a->grad, ga, sizeof ga) == 0 && memcmp(b->grad, gb, sizeof gb) == 0, "clip_grad_norm changed grads below max_norm");
+    /* clipping to 2: every grad scaled by 2/norm (PyTorch divides by norm + 1e-6) */
+    n2 = av_clip_grad_norm(m, 2.0f);
+    CHECK_CLOSE(n2, norm, 0, 1e-6, "clip_grad_norm returns the norm before clipping");
+    s = 2.0 / (norm + 1e-6);
+    for (j = 0; j < 6; j++) want_a[j] = ga[j] * s;
+    for (j = 0; j < 4; j++) want_b[j] = gb[j] * s;
+    CHECK_ARR(a->grad, want_a, 6, 1e-7, 1e-6, "clipped grads of a");
+    CHECK_ARR(b->grad, want_b, 4, 1e-7, 1e-6, "clipped grads of b");
+    CHECK_CLOSE(av_grad_norm(m), 2.0, 0, 2e-6, "norm after clipping");
+    av_model_zero_grad(m);
+    CHECK(av_grad_norm(m) == 0.0f && av_clip_grad_norm(m, 1.0f) == 0.0f, "zero grads: norm not 0");
+    CHECK(a->grad[0] == 0.0f, "clipping zero grads made them nonzero (NaN?)");
+    av_ctx_free(c);
+    av_model_free(m);
+}
+
+static double ref_lr(long step, long warmup, long total, double lr_max, double lr_min) {
+    double p;
+    if (step < warmup) return lr_max * (double)(step + 1) / (double)warmup;
+    p = total > warmup ? (double)(step - warmup) / (double)(total - warmup) : 1.0;
+    if (p < 0) p = 0;
+    if (p > 1) p = 1;
+    return lr_min + (lr_max - lr_min) * 0.5 * (1 + cos(3.14159265358979323846 * p));
+}
+
+static void test_schedule(void) {
+    static const long steps[] = {0, 1, 5, 9, 10, 11, 30, 55, 99, 100, 101, 1000};
+    const long warmup = 10, total = 100;
+    const float lr_max = 3e-3f, lr_min = 1e-5f;
+    int i;
+    for (i = 0; i < (int)(sizeof steps / sizeof steps[0]); i++) {
+        char what[64];
+        sprintf(what, "lr_warmup_cosine step %ld", steps[i]);
+        CHECK_CLOSE(av_lr_warmup_cosine(steps[i], warmup, total, lr_max, lr_min),
+                    ref_lr(steps[i], warmup, total, lr_max, lr_min), 1e-10, 1e-6, what);
+    }
+    /* landmarks, stated directly */
+    CHECK_CLOSE(av_lr_warmup_cosine(0, 10, 100, 1.0f, 0.0f), 0.1, 0, 1e-6, "first warmup step = lr_max/warmup");
+    CHECK_CLOSE(av_lr_warmup_cosine(9, 10, 100, 1.0f, 0.0f), 1.0, 0, 1e-6, "last warmup step = lr_max");
+    CHECK_CLOSE(av_lr_warmup_cosine(10, 10, 100, 1.0f, 0.0f), 1.0, 0, 1e-6, "cosine starts at lr_max");
+    CHECK_CLOSE(av_lr_warmup_cosine(55, 10, 100, 1.0f, 0.2f), 0.6, 0, 1e-6, "cosine midpoint = (max+min)/2");
+    CHECK_CLOSE(av_lr_warmup_cosine(100, 10, 100, 1.0f, 0.2f), 0.2, 0, 1e-6, "end = lr_min");
+    CHECK_CLOSE(av_lr_warmup_cosine(500, 10, 100, 1.0f, 0.2f), 0.2, 0, 1e-6, "past the end = lr_min");
+    CHECK_CLOSE(av_lr_warmup_cosine(0, 0, 100, 1.0f, 0.0f), 1.0, 0, 1e-6, "no warmup: step 0 = lr_max");
+    {   /* non-increasing after warmup */
+        long s;
+        int ok = 1;
+        for (s = 10; s < 120; s++) ok &= av_lr_warmup_cosine(s + 1, 10, 100, 1.0f, 0.1f) <= av_lr_warmup_cosine(s, 10, 100, 1.0f, 0.1f);
+        CHECK(ok, "schedule increases after warmup");
+    }
+}
+
+/* ---- initialisation ---- */
+typedef struct { double mean, std, maxabs, frac1; } stats;
+static stats stats_of(const av_tensor *t, double sigma_for_frac) {
+    stats s;
+    double sum = 0, ss = 0;
+    int i, in1 = 0;
+    s.maxabs = 0;
+    for (i = 0; i < t->size; i++) {
+        double v = t->data[i];
+        sum += v;
+        ss += v * v;
+        if (fabs(v) > s.maxabs) s.maxabs = fabs(v);
+        if (fabs(v) < sigma_for_frac) in1++;
+    }
+    s.mean = sum / t->size;
+    s.std = sqrt(ss / t->size - s.mean * s.mean);
+    s.frac1 = (double)in1 / t->size;
+    return s;
+}
+
+/* Tolerances from the sample size N, at 5 standard errors (a correct
+   implementation fails with probability ~1e-6; and the seed is fixed):
+   mean: SE = sigma/sqrt(N).
+   std, normal: relative SE of the sample std = 1/sqrt(2N).
+   std, uniform (kurtosis 1.8): relative SE = sqrt(0.8/(4N)) = 0.447/sqrt(N).
+   uniform bound b: no value beyond b, and max|x| >= b(1 - 20/N) (else the
+   bound is too small: P(max|x| < b(1-d)) = (1-d)^N = e^-20).
+   normal shape: P(|x| < sigma) = 0.6827, SE sqrt(0.6827*0.3173/N). */
+static void check_init(av_model *m, const char *name, int init, float arg, int ndim, const int *shape,
+                       int uniform, double expect /* bound or std */) {
+    av_tensor *t;
+    stats s;
+    double N, sigma;
+    char what[128];
+    switch (ndim) {
+    case 1: t = av_param(m, name, init, arg, 1, shape[0]); break;
+    case 2: t = av_param(m, name, init, arg, 2, shape[0], shape[1]); break;
+    case 3: t = av_param(m, name, init, arg, 3, shape[0], shape[1], shape[2]); break;
+    default: t = av_param(m, name, init, arg, 4, shape[0], shape[1], shape[2], shape[3]); break;
+    }
+    N = t->size;
+    sigma = uniform ? expect / sqrt(3.0) : expect;
+    s = stats_of(t, sigma);
+    CHECK(t->requires_grad && t->name && strcmp(t->name, name) == 0, "%s: flags or name", name);
+    sprintf(what, "%s mean", name);
+    CHECK_CLOSE(s.mean, 0.0, 5 * sigma / sqrt(N), 0, what);
+    sprintf(what, "%s std", name);
+    CHECK_CLOSE(s.std, sigma, 0, 5 * (uniform ? 0.447 : 0.7072) / sqrt(N), what);
+    if (uniform) {
+        CHECK(s.maxabs <= expect * (1 + 1e-6), "%s: value %.9g beyond the bound %.9g", name, s.maxabs, expect);
+        CHECK(s.maxabs >= expect * (1 - 20 / N), "%s: max |x| %.9g, bound %.9g: bound too small?", name, s.maxabs, expect);
+    } else {
+        sprintf(what, "%s P(|x| < std) (normal shape)", name);
+        CHECK_CLOSE(s.frac1, 0.682689, 5 * sqrt(0.682689 * 0.317311 / N), 0, what);
+    }
+}
+
+static void test_init(void) {
+    av_model *m = av_model_new(2024);
+    static const int s2[2] = {200, 300};      /* fan_in 300, fan_out 200 */
+    static const int s4[4] = {16, 8, 5, 5};   /* fan_in 8*25 = 200, fan_out 16*25 = 400 */
+    static const int s3[3] = {40, 30, 10};    /* fan_in 300, fan_out 400 */
+    av_tensor *z, *o;
+    int i, ok;
+    check_init(m, "normal", AV_INIT_NORMAL, 0.5f, 2, s2, 0, 0.5);
+    check_init(m, "uniform", AV_INIT_UNIFORM, 0.3f, 2, s2, 1, 0.3);
+    check_init(m, "xavier_u2", AV_INIT_XAVIER_UNIFORM, 0, 2, s2, 1, sqrt(6.0 / (300 + 200)));
+    check_init(m, "xavier_n2", AV_INIT_XAVIER_NORMAL, 0, 2, s2, 0, sqrt(2.0 / (300 + 200)));
+    check_init(m, "kaiming_u2", AV_INIT_KAIMING_UNIFORM, 0, 2, s2, 1, sqrt(2.0) * sqrt(3.0 / 300));
+    check_init(m, "kaiming_n2", AV_INIT_KAIMING_NORMAL, 0, 2, s2, 0, sqrt(2.0 / 300));
+    check_init(m, "torch_linear2", AV_INIT_TORCH_LINEAR, 0, 2, s2, 1, 1.0 / sqrt(300.0));
+    check_init(m, "xavier_u4", AV_INIT_XAVIER_UNIFORM, 0, 4, s4, 1, sqrt(6.0 / (200 + 400)));
+    check_init(m, "xavier_n4", AV_INIT_XAVIER_NORMAL, 0, 4, s4, 0, sqrt(2.0 / (200 + 400)));
+    check_init(m, "kaiming_u4", AV_INIT_KAIMING_UNIFORM, 0, 4, s4, 1, sqrt(6.0 / 200));
+    check_init(m, "kaiming_n4", AV_INIT_KAIMING_NORMAL, 0, 4, s4, 0, sqrt(2.0 / 200));
+    check_init(m, "torch_linear4", AV_INIT_TORCH_LINEAR, 0, 4, s4, 1, 1.0 / sqrt(200.0));
+    check_init(m, "xavier_u3", AV_INIT_XAVIER_UNIFORM, 0, 3, s3, 1, sqrt(6.0 / (300 + 400)));
+    check_init(m, "torch_linear3", AV_INIT_TORCH_LINEAR, 0, 3, s3, 1, 1.0 / sqrt(300.0));
+    z = av_param(m, "zeros", AV_INIT_ZEROS, 0, 2, 7, 9);
+    o = av_param(m, "ones", AV_INIT_ONES, 0, 3, 2, 3, 4);
+    ok = 1;
+    for (i = 0; i < z->size; i++) ok &= z->data[i] == 0.0f;
+    for (i = 0; i < o->size; i++) ok &= o->data[i] == 1.0f;
+    CHECK(ok && z->size == 63 && o->size == 24, "zeros/ones init not exact");
+    ok = 1;
+    for (i = 0; i < z->size; i++) ok &= z->grad == NULL || z->grad[i] == 0.0f;
+    CHECK(ok, "a new parameter's gradient is not zero");
+
+    /* the store */
+    CHECK(av_model_count(m) == 16, "av_model_count %d, want 16", av_model_count(m));
+    CHECK(av_model_num_values(m) == 60000L * 7 + 3200L * 5 + 12000L * 2 + 63 + 24, "av_model_num_values %ld", av_model_num_values(m));
+    CHECK(av_model_find(m, "kaiming_n4") == av_model_param(m, 10), "av_model_find / av_model_param disagree (order of creation)");
+    CHECK(av_model_find(m, "nope") == NULL && av_model_param(m, 16) == NULL && av_model_param(m, -1) == NULL,
+          "missing names and bad indices must give NULL");
+    av_model_free(m);
+}
+
+static void test_reproducible(void) {
+    av_model *a = av_model_new(77), *b = av_model_new(77), *d = av_model_new(78);
+    av_tensor *pa, *pb, *pd, *qa, *qb;
+    pa = av_param(a, "w", AV_INIT_XAVIER_NORMAL, 0, 2, 30, 20);
+    qa = av_param(a, "v", AV_INIT_KAIMING_UNIFORM, 0, 2, 10, 30);
+    pb = av_param(b, "w", AV_INIT_XAVIER_NORMAL, 0, 2, 30, 20);
+    qb = av_param(b, "v", AV_INIT_KAIMING_UNIFORM, 0, 2, 10, 30);
+    pd = av_param(d, "w", AV_INIT_XAVIER_NORMAL, 0, 2, 30, 20);
+    CHECK(memcmp(pa->data, pb->data, 600 * sizeof(float)) == 0 && memcmp(qa->data, qb->data, 300 * sizeof(float)) == 0,
+          "same seed, different initial values");
+    CHECK(memcmp(pa->data, pd->data, 600 * sizeof(float)) != 0, "different seeds, same initial values");
+    CHECK(memcmp(pa->data, qa->data, 300 * sizeof(float)) != 0, "two parameters of one model share values");
+    av_model_free(a);
+    av_model_free(b);
+    av_model_free(d);
+    {   /* the context RNG too */
+        av_rng r1, r2;
+        int i, same = 1;
+        av_rng_seed(&r1, 5);
+        av_rng_seed(&r2, 5);
+        for (i = 0; i < 100; i++) same &= av_rng_u64(&r1) == av_rng_u64(&r2);
+        CHECK(same, "av_rng: same seed, different stream");
+        for (i = 0, same = 1; i < 1000; i++) {
+            float u = av_rng_uniform(&r1);
+            same &= u >= 0.0f && u < 1.0f;
+        }
+        CHECK(same, "av_rng_uniform outside [0, 1)");
+    }
+}
+
+static void test_layers(void) {
+    av_model *m = av_model_new(9);
+    av_ctx *c = av_ctx_new();
+    av_linear_layer l = av_linear_layer_new(m, "enc.fc1", 5, 3, 1), nb = av_linear_layer_new(m, "enc.fc2", 3, 2, 0);
+    float x[10];
+    av_tensor *xt, *y1, *y2;
+    int i, ok;
+    CHECK(l.weight == av_model_find(m, "enc.fc1.weight") && l.bias == av_model_find(m, "enc.fc1.bias"), "linear layer names");
+    CHECK(l.weight->ndim == 2 && l.weight->shape[0] == 3 && l.weight->shape[1] == 5 && l.bias->ndim == 1 && l.bias->shape[0] == 3,
+          "linear layer shapes (weight [out, in], bias [out])");
+    CHECK(nb.bias == NULL && av_model_find(m, "enc.fc2.bias") == NULL && av_model_count(m) == 3, "layer without bias");
+    for (i = 0; i < 10; i++) x[i] = 0.1f * (float)i - 0.4f;
+    xt = av_from(c, x, 2, 2, 5);
+    y1 = av_linear_forward(c, &l, xt);
+    y2 = av_linear(c, xt, l.weight, l.bias);
+    ok = y1->size == 6 && y2->size == 6;
+    for (i = 0; ok && i < 6; i++) ok &= y1->data[i] == y2->data[i];
+    CHECK(ok, "av_linear_forward differs from av_linear");
+    av_ctx_free(c);
+    av_model_free(m);
+}
+
+int main(void) {
+    test_sgd();
+    test_adam(0);
+    test_adam(1);
+    test_nan_grad();
+    test_clip();
+    test_schedule();
+    test_init();
+    test_reproducible();
+    test_layers();
+    return t_summary();
+}
