@@ -8,7 +8,9 @@
 # CC=clang works for every target.
 
 CC      ?= cc
-CXX     ?= c++
+ifeq ($(origin CXX),default)
+CXX     := $(if $(findstring clang,$(CC)),clang++,g++)
+endif
 WARN     = -Wall -Wextra -Wpedantic -Werror
 CFLAGS  ?= -O2
 OPENMP  ?= -fopenmp
@@ -19,7 +21,7 @@ OUT     := out
 HEADER  := attnvae.h $(wildcard parts/*.h parts/*.c)
 C99      = $(CC) -std=c99 $(WARN) $(CFLAGS)
 
-TESTS    := test_ops test_optim test_gemm test_io test_vae
+TESTS    := test_ops test_optim test_gemm test_io test_vae test_torch_ref
 EXAMPLES := mlp_fashion vae_fashion
 
 .PHONY: all examples tests test bench sanitize valgrind test-arm64 demo deps deps-demo deps-bench deps-arm64 data clean
@@ -53,8 +55,10 @@ TEST_CMDS = \
 	"$(BUILD)/test_optim" \
 	"$(BUILD)/test_gemm" \
 	"OMP_NUM_THREADS=2 $(BUILD)/test_gemm_omp" \
+	"ATTNVAE_ISA=scalar $(BUILD)/test_gemm --quick" \
 	"rm -rf $(BUILD)/io_tmp && mkdir -p $(BUILD)/io_tmp && $(PYTHON) tests/make_safetensors.py write $(BUILD)/io_tmp/fixture_py.safetensors && $(BUILD)/test_io $(BUILD)/io_tmp/fixture_py.safetensors $(BUILD)/io_tmp && $(PYTHON) tests/make_safetensors.py check $(BUILD)/io_tmp/c_written.safetensors" \
-	"$(BUILD)/test_vae" \
+	"rm -rf $(BUILD)/vae_tmp && mkdir -p $(BUILD)/vae_tmp && $(BUILD)/test_vae $(BUILD)/vae_tmp" \
+	"ATTNVAE_PYTHON=$(PYTHON) $(BUILD)/test_torch_ref tests/torch_ref.py $(BUILD)" \
 	"$(BUILD)/mlp_fashion --quick --data $(DATA) --out $(BUILD)/mlp_quick.safetensors" \
 	"$(BUILD)/vae_fashion --quick --data $(DATA) --out $(BUILD)/vae_quick" \
 	"$(BUILD)/vae_fashion --quick --data $(DATA) --out $(BUILD)/vae_quick --load $(BUILD)/vae_quick/vae.safetensors"

@@ -286,9 +286,15 @@ AVAPI int av_checkpoint_load(av_model *m, const char *path);
 #else
 #define AV_OMP(x)
 #endif
+/* loops over n independent items go parallel when n is worth a fork */
+#define AV__PAR(n) AV_OMP(omp parallel for schedule(static) if ((n) > 32768))
 
 #ifdef ATTNVAE_STATIC
+#if defined(__GNUC__) || defined(__clang__)
+#define AVDEF static __attribute__((unused))
+#else
 #define AVDEF static
+#endif
 #else
 #define AVDEF
 #endif

@@ -11,28 +11,28 @@
 #include "../attnvae.h"
 
 /* --name value flags; ex_flag for bare switches */
-static const char *ex_arg(int argc, char **argv, const char *name, const char *fallback) {
+static inline const char *ex_arg(int argc, char **argv, const char *name, const char *fallback) {
     int i;
     for (i = 1; i + 1 < argc; i++)
         if (strcmp(argv[i], name) == 0) return argv[i + 1];
     return fallback;
 }
-static int ex_arg_int(int argc, char **argv, const char *name, int fallback) {
+static inline int ex_arg_int(int argc, char **argv, const char *name, int fallback) {
     const char *s = ex_arg(argc, argv, name, NULL);
     return s ? atoi(s) : fallback;
 }
-static float ex_arg_float(int argc, char **argv, const char *name, float fallback) {
+static inline float ex_arg_float(int argc, char **argv, const char *name, float fallback) {
     const char *s = ex_arg(argc, argv, name, NULL);
     return s ? (float)atof(s) : fallback;
 }
-static int ex_flag(int argc, char **argv, const char *name) {
+static inline int ex_flag(int argc, char **argv, const char *name) {
     int i;
     for (i = 1; i < argc; i++)
         if (strcmp(argv[i], name) == 0) return 1;
     return 0;
 }
 
-static double ex_now(void) {
+static inline double ex_now(void) {
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
     return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
@@ -40,7 +40,7 @@ static double ex_now(void) {
 
 /* A one-line bar on stderr, redrawn in place on a terminal; in logs only
    the finished line is printed, so CI output stays short. */
-static void ex_progress(const char *label, int done, int total, const char *info) {
+static inline void ex_progress(const char *label, int done, int total, const char *info) {
     int width = 30, filled = total ? (int)((long)width * done / total) : width, i;
     int tty = isatty(2);
     if (!tty && done < total) return;
@@ -52,7 +52,7 @@ static void ex_progress(const char *label, int done, int total, const char *info
 }
 
 /* mkdir -p */
-static int ex_mkdirs(const char *dir) {
+static inline int ex_mkdirs(const char *dir) {
     char buf[1024];
     size_t i, len = strlen(dir);
     struct stat st;
@@ -74,9 +74,9 @@ static int ex_mkdirs(const char *dir) {
 /* Fashion-MNIST as floats in [0, 1] and int labels. */
 typedef struct ex_dataset { int n, dim; float *x; int *y; } ex_dataset;
 
-static void ex_dataset_free(ex_dataset *d) { free(d->x); free(d->y); }
+static inline void ex_dataset_free(ex_dataset *d) { free(d->x); free(d->y); }
 
-static int ex_load_split(const char *dir, const char *images, const char *labels, ex_dataset *out) {
+static inline int ex_load_split(const char *dir, const char *images, const char *labels, ex_dataset *out) {
     char path[1024];
     av_idx xi, yi;
     int i;
@@ -100,7 +100,7 @@ static int ex_load_split(const char *dir, const char *images, const char *labels
 }
 
 /* Loads the four uncompressed IDX files from dir, or explains how to get them. */
-static int ex_load_fashion(const char *dir, ex_dataset *train, ex_dataset *test) {
+static inline int ex_load_fashion(const char *dir, ex_dataset *train, ex_dataset *test) {
     if (ex_load_split(dir, "train-images-idx3-ubyte", "train-labels-idx1-ubyte", train) == 0) {
         if (ex_load_split(dir, "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte", test) == 0) return 0;
         ex_dataset_free(train);
@@ -115,7 +115,7 @@ static int ex_load_fashion(const char *dir, ex_dataset *train, ex_dataset *test)
 }
 
 /* Shuffled index order for an epoch. */
-static void ex_shuffle(int *order, int n, av_rng *rng) {
+static inline void ex_shuffle(int *order, int n, av_rng *rng) {
     int i;
     for (i = 0; i < n; i++) order[i] = i;
     for (i = n - 1; i > 0; i--) {
@@ -126,7 +126,7 @@ static void ex_shuffle(int *order, int n, av_rng *rng) {
 }
 
 /* Copies the rows order[start..start+count) into a batch buffer. */
-static void ex_gather(const ex_dataset *d, const int *order, int start, int count, float *x, int *y) {
+static inline void ex_gather(const ex_dataset *d, const int *order, int start, int count, float *x, int *y) {
     int i;
     for (i = 0; i < count; i++) {
         int r = order ? order[start + i] : start + i;
@@ -142,7 +142,7 @@ static void ex_gather(const ex_dataset *d, const int *order, int start, int coun
 
 /* Writes n grayscale h×w images (values in [0,1]) as a rows×cols grid with
    a 1-pixel gap; returns 0 on success. */
-static int ex_write_grid(const char *path, const float *images, int n, int rows, int cols, int h, int w) {
+static inline int ex_write_grid(const char *path, const float *images, int n, int rows, int cols, int h, int w) {
     int W = cols * (w + 1) + 1, H = rows * (h + 1) + 1, i, y, x, ok;
     unsigned char *pix = (unsigned char *)calloc((size_t)W * H, 1);
     for (i = 0; i < n && i < rows * cols; i++) {
@@ -161,7 +161,7 @@ static int ex_write_grid(const char *path, const float *images, int n, int rows,
 }
 
 /* A size×size scatter plot of 2-D points coloured by label (0..9). */
-static int ex_write_scatter(const char *path, const float *xy, const int *labels, int n, int size) {
+static inline int ex_write_scatter(const char *path, const float *xy, const int *labels, int n, int size) {
     static const unsigned char palette[10][3] = {{31, 119, 180}, {255, 127, 14}, {44, 160, 44}, {214, 39, 40},
                                                  {148, 103, 189}, {140, 86, 75}, {227, 119, 194}, {127, 127, 127},
                                                  {188, 189, 34}, {23, 190, 207}};

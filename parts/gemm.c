@@ -1,12 +1,13 @@
 /* ---- GEMM ------------------------------------------------------------ */
-/* Goto/BLIS scheme. For each kc-deep slice of K, op(B) is packed into
-   NR-column micro-panels (element (k,j) at k*NR + j) and op(A), mc rows at a
-   time, into MR-row micro-panels (element (i,k) at k*MR + i). Packing absorbs
-   transposes and strides and pads ragged edges with zeros, so a single
-   register-blocked micro-kernel per ISA computes every MR x NR tile of C from
-   two contiguous streams. Loop order inside a slice: A micro-panel (MR x kc,
-   kept in L1) outer, B micro-panels inner, streamed from an L2-sized chunk
-   of nc columns. */
+/* Goto/BLIS scheme. C is cut into blocks of mc rows; for each kc-deep slice
+   of K the block's rows of op(A) are packed into MR-row micro-panels
+   (element (i,k) at k*MR + i), then op(B), nc columns at a time, into
+   NR-column micro-panels (element (k,j) at k*NR + j). Packing absorbs
+   transposes and strides and zero-pads ragged edges, so one register-blocked
+   micro-kernel per ISA computes every MR x NR tile of C from two contiguous
+   streams: an A micro-panel stays in L1 while the B chunk's micro-panels
+   (kept in L2) stream past it. Threads each take a rectangle of C and pack
+   their own operands, so they never wait on each other. */
 
 #if !defined(ATTNVAE_NO_SIMD) && (defined(__GNUC__) || defined(__clang__)) && \
     (defined(__x86_64__) || defined(_M_X64) || defined(__i386__))
@@ -23,31 +24,32 @@
 #endif
 
 /* Computes the MR x NR tile C = alpha * Ap * Bp + beta * C over kc steps;
-   beta == 0 never reads C. */
-typedef void (*av__ukernel)(int kc, const float *a, const float *b, float *c,
-                            int ldc, float alpha, float beta);
+   beta == 0 never reads C. Row k of the B micro-panel starts at b + k*ldb:
+   ldb == NR when packed, or B's own stride when B is read in place. */
+typedef void (*av__ukernel)(int kc, const float *a, const float *b, int ldb,
+                            float *c, int ldc, float alpha, float beta);
 
 typedef struct {
     av__ukernel kernel;
     int mr, nr; /* micro-tile shape */
-    int kc;     /* K slice: an MR x kc A micro-panel fits in L1 */
-    int nc;     /* columns of B a thread streams per pass: kc x nc in L2 */
-    int mc;     /* rows of A packed at once (L3); a multiple of mr */
+    int kc;     /* K slice: an mr x kc A micro-panel fits in L1 */
+    int nc;     /* B chunk: kc x nc floats stay in L2; a multiple of nr */
+    int mc;     /* rows of A packed at once (L3 or memory: A is re-read
+                   only once per B chunk); a multiple of mr */
 } av__gemm_impl;
 
 #define AV__MAX_TILE (8 * 32)  /* largest mr * nr, for edge tiles */
-#define AV__MAX_NB 4096         /* columns of B packed at once (memory cap) */
 
 /* The kernels unroll their rows with these: X(i) for each row i. */
 #define AV__ROWS6(X) X(0) X(1) X(2) X(3) X(4) X(5)
 #define AV__ROWS8(X) AV__ROWS6(X) X(6) X(7)
 
 /* ---- micro-kernels ---- */
-static void av__kernel_scalar(int kc, const float *a, const float *b,
+static void av__kernel_scalar(int kc, const float *a, const float *b, int ldb,
                               float *c, int ldc, float alpha, float beta) {
     float acc[4][8] = {{0}};
     int i, j, k;
-    for (k = 0; k < kc; k++, a += 4, b += 8)
+    for (k = 0; k < kc; k++, a += 4, b += ldb)
         for (i = 0; i < 4; i++)
             for (j = 0; j < 8; j++) acc[i][j] += a[i] * b[j];
     for (i = 0; i < 4; i++)
@@ -60,7 +62,7 @@ static void av__kernel_scalar(int kc, const float *a, const float *b,
 /* 6 x 16: twelve ymm accumulators + two B vectors + one broadcast = 15 of
    the 16 registers. */
 AV__TARGET_AVX2 static void av__kernel_avx2(int kc, const float *a,
-                                            const float *b, float *c, int ldc,
+                                            const float *b, int ldb, float *c, int ldc,
                                             float alpha, float beta) {
 #define AV__DECL(i) __m256 c##i##0 = _mm256_setzero_ps(), c##i##1 = c##i##0;
 #define AV__FMA(i)                                           \
@@ -83,7 +85,7 @@ AV__TARGET_AVX2 static void av__kernel_avx2(int kc, const float *a,
     __m256 va = _mm256_set1_ps(alpha), vb = _mm256_set1_ps(beta);
     int k;
     AV__ROWS6(AV__DECL)
-    for (k = 0; k < kc; k++, a += 6, b += 16) {
+    for (k = 0; k < kc; k++, a += 6, b += ldb) {
         __m256 b0 = _mm256_loadu_ps(b), b1 = _mm256_loadu_ps(b + 8);
         AV__ROWS6(AV__FMA)
     }
@@ -93,12 +95,11 @@ AV__TARGET_AVX2 static void av__kernel_avx2(int kc, const float *a,
 #undef AV__STORE
 }
 
-/* 8 x 32: sixteen zmm accumulators; A is read through embedded broadcasts.
-   On Zen 4 (512-bit FMAs issue as two 256-bit halves) 8x32, 4x64, 12x32 and
+/* 8 x 32: sixteen zmm accumulators, two B vectors, one A broadcast. On Zen 4 (512-bit FMAs issue as two 256-bit halves) 8x32, 4x64, 12x32 and
    6x64 all run at the FMA limit for large sizes; 8x32 wastes least on
    ragged edges of common shapes. */
 AV__TARGET_AVX512 static void av__kernel_avx512(int kc, const float *a,
-                                                const float *b, float *c,
+                                                const float *b, int ldb, float *c,
                                                 int ldc, float alpha,
                                                 float beta) {
 #define AV__DECL(i) __m512 c##i##0 = _mm512_setzero_ps(), c##i##1 = c##i##0;
@@ -122,7 +123,7 @@ AV__TARGET_AVX512 static void av__kernel_avx512(int kc, const float *a,
     __m512 va = _mm512_set1_ps(alpha), vb = _mm512_set1_ps(beta);
     int k;
     AV__ROWS8(AV__DECL)
-    for (k = 0; k < kc; k++, a += 8, b += 32) {
+    for (k = 0; k < kc; k++, a += 8, b += ldb) {
         __m512 b0 = _mm512_loadu_ps(b), b1 = _mm512_loadu_ps(b + 16);
         AV__ROWS8(AV__FMA)
     }
@@ -154,7 +155,7 @@ static int av__x86_has(int isa) {
 
 #ifdef AV__NEON
 /* 8 x 12: 24 accumulators, two A and three B vectors of the 32 registers. */
-static void av__kernel_neon(int kc, const float *a, const float *b, float *c,
+static void av__kernel_neon(int kc, const float *a, const float *b, int ldb, float *c,
                             int ldc, float alpha, float beta) {
 #define AV__DECL(i) float32x4_t c##i##0 = vdupq_n_f32(0), c##i##1 = c##i##0, \
                                 c##i##2 = c##i##0;
@@ -175,7 +176,7 @@ static void av__kernel_neon(int kc, const float *a, const float *b, float *c,
     }
     int k;
     AV__ROWS8(AV__DECL)
-    for (k = 0; k < kc; k++, a += 8, b += 12) {
+    for (k = 0; k < kc; k++, a += 8, b += ldb) {
         float32x4_t a0 = vld1q_f32(a), a1 = vld1q_f32(a + 4);
         float32x4_t b0 = vld1q_f32(b), b1 = vld1q_f32(b + 4),
                     b2 = vld1q_f32(b + 8);
@@ -193,8 +194,8 @@ static void av__kernel_neon(int kc, const float *a, const float *b, float *c,
 static const av__gemm_impl *av__impl_for(int isa) {
     static const av__gemm_impl scalar = {av__kernel_scalar, 4, 8, 256, 128, 960};
 #ifdef AV__X86
-    static const av__gemm_impl avx2 = {av__kernel_avx2, 6, 16, 256, 256, 1020};
-    static const av__gemm_impl avx512 = {av__kernel_avx512, 8, 32, 384, 256, 1024};
+    static const av__gemm_impl avx2 = {av__kernel_avx2, 6, 16, 256, 128, 1020};
+    static const av__gemm_impl avx512 = {av__kernel_avx512, 8, 32, 512, 192, 1024};
     if (isa == AV_ISA_AVX2) return &avx2;
     if (isa == AV_ISA_AVX512) return &avx512;
 #endif
@@ -299,6 +300,15 @@ static void av__pack(float *dst, int R, const float *src, size_t ld,
             _mm_storeu_ps(d + 2 * R, x2);
             _mm_storeu_ps(d + 3 * R, x3);
         }
+#elif defined(AV__NEON)
+        for (; k + 4 <= kc; k += 4, d += 4 * R) {
+            float32x4x2_t t01 = vtrnq_f32(vld1q_f32(s0 + k), vld1q_f32(s1 + k));
+            float32x4x2_t t23 = vtrnq_f32(vld1q_f32(s2 + k), vld1q_f32(s3 + k));
+            vst1q_f32(d, vcombine_f32(vget_low_f32(t01.val[0]), vget_low_f32(t23.val[0])));
+            vst1q_f32(d + R, vcombine_f32(vget_low_f32(t01.val[1]), vget_low_f32(t23.val[1])));
+            vst1q_f32(d + 2 * R, vcombine_f32(vget_high_f32(t01.val[0]), vget_high_f32(t23.val[0])));
+            vst1q_f32(d + 3 * R, vcombine_f32(vget_high_f32(t01.val[1]), vget_high_f32(t23.val[1])));
+        }
 #endif
         for (; k < kc; k++, d += R) {
             d[0] = s0[k];
@@ -325,6 +335,7 @@ typedef struct {
 } av__gemm_job;
 
 #define AV__MIN(a, b) ((a) < (b) ? (a) : (b))
+#define AV__DIRECT_B_ROWS 128
 
 /* C = alpha * tile + beta * C for the m x n corner of an edge tile. */
 static void av__merge_tile(float *c, int ldc, const float *tile, int nr, int m,
@@ -336,55 +347,93 @@ static void av__merge_tile(float *c, int ldc, const float *tile, int nr, int m,
 }
 
 /* Rows [i0,i1) x columns [j0,j1) of C, single-threaded, with private
-   packing buffers Ap (mc x kc) and Bp (kc x AV__MAX_NB, rounded up). */
+   packing buffers Ap (mc x kc) and Bp (kc x nc). */
 static void av__gemm_block(const av__gemm_job *g, int i0, int i1, int j0,
                            int j1, float *Ap, float *Bp) {
     const av__gemm_impl *im = g->im;
-    const int MR = im->mr, NR = im->nr, chunk = im->nc / NR;
-    int jc, pc, ic, ip, jp, jp0;
-    for (jc = j0; jc < j1; jc += AV__MAX_NB) {
-        int nb = AV__MIN(j1 - jc, AV__MAX_NB), nbp = (nb + NR - 1) / NR;
+    const int MR = im->mr, NR = im->nr;
+    /* With few rows, packing B costs more than it saves: full-width
+       stripes of an untransposed B are read in place, if the rows they span
+       fit in L2 (long strides also make the stripes conflict in cache). */
+    const int direct_b = !g->transB && i1 - i0 <= AV__DIRECT_B_ROWS &&
+                         (size_t)AV__MIN(g->K, im->kc) * g->ldb <= (128 << 10);
+    int ic, pc, jc, ip, jp;
+    for (ic = i0; ic < i1; ic += im->mc) {
+        int mc = AV__MIN(i1 - ic, im->mc), mcp = (mc + MR - 1) / MR;
         for (pc = 0; pc < g->K; pc += im->kc) {
             int kc = AV__MIN(g->K - pc, im->kc);
             float beta = pc == 0 ? g->beta : 1.0f;
-            for (jp = 0; jp < nbp; jp++) {
-                size_t j = jc + (size_t)jp * NR;
-                av__pack(Bp + (size_t)jp * NR * kc, NR,
-                         g->transB ? g->B + j * g->ldb + pc : g->B + pc * g->ldb + j,
-                         g->ldb, !g->transB, AV__MIN(nb - jp * NR, NR), kc);
+            for (ip = 0; ip < mcp; ip++) {
+                size_t i = ic + (size_t)ip * MR;
+                av__pack(Ap + (size_t)ip * MR * kc, MR,
+                         g->transA ? g->A + pc * g->lda + i : g->A + i * g->lda + pc,
+                         g->lda, g->transA, AV__MIN(mc - ip * MR, MR), kc);
             }
-            for (ic = i0; ic < i1; ic += im->mc) {
-                int mc = AV__MIN(i1 - ic, im->mc), mcp = (mc + MR - 1) / MR;
-                for (ip = 0; ip < mcp; ip++) {
-                    size_t i = ic + (size_t)ip * MR;
-                    av__pack(Ap + (size_t)ip * MR * kc, MR,
-                             g->transA ? g->A + pc * g->lda + i : g->A + i * g->lda + pc,
-                             g->lda, g->transA, AV__MIN(mc - ip * MR, MR), kc);
+            /* Each B chunk is packed right before use so it is hot in L2;
+               then each A micro-panel sits in L1 while the chunk's B
+               micro-panels stream past it. */
+            for (jc = j0; jc < j1; jc += im->nc) {
+                int nc = AV__MIN(j1 - jc, im->nc), ncp = (nc + NR - 1) / NR;
+                for (jp = 0; jp < ncp; jp++) {
+                    size_t j = jc + (size_t)jp * NR;
+                    int n = AV__MIN(nc - jp * NR, NR);
+                    if (direct_b && n == NR) continue;
+                    av__pack(Bp + (size_t)jp * NR * kc, NR,
+                             g->transB ? g->B + j * g->ldb + pc : g->B + pc * g->ldb + j,
+                             g->ldb, !g->transB, n, kc);
                 }
-                /* A micro-panel stays in L1 while `chunk` B micro-panels
-                   (kept in L2) stream past it. */
-                for (jp0 = 0; jp0 < nbp; jp0 += chunk)
-                    for (ip = 0; ip < mcp; ip++) {
-                        const float *ap = Ap + (size_t)ip * MR * kc;
-                        int m = AV__MIN(mc - ip * MR, MR);
-                        float *crow = g->C + (size_t)(ic + ip * MR) * g->ldc + jc;
-                        for (jp = jp0; jp < AV__MIN(jp0 + chunk, nbp); jp++) {
-                            const float *bp = Bp + (size_t)jp * NR * kc;
-                            int n = AV__MIN(nb - jp * NR, NR);
-                            if (m == MR && n == NR) {
-                                im->kernel(kc, ap, bp, crow + jp * NR, g->ldc,
-                                           g->alpha, beta);
-                            } else {
-                                float tile[AV__MAX_TILE];
-                                im->kernel(kc, ap, bp, tile, NR, 1.0f, 0.0f);
-                                av__merge_tile(crow + jp * NR, g->ldc, tile, NR,
-                                               m, n, g->alpha, beta);
-                            }
+                for (ip = 0; ip < mcp; ip++) {
+                    const float *ap = Ap + (size_t)ip * MR * kc;
+                    int m = AV__MIN(mc - ip * MR, MR);
+                    float *c = g->C + (size_t)(ic + ip * MR) * g->ldc + jc;
+                    for (jp = 0; jp < ncp; jp++, c += NR) {
+                        const float *bp = Bp + (size_t)jp * NR * kc;
+                        int n = AV__MIN(nc - jp * NR, NR), ldb = NR;
+                        if (direct_b && n == NR) {
+                            bp = g->B + pc * g->ldb + jc + jp * NR;
+                            ldb = (int)g->ldb;
+                        }
+                        if (m == MR && n == NR) {
+                            im->kernel(kc, ap, bp, ldb, c, g->ldc, g->alpha, beta);
+                        } else {
+                            float tile[AV__MAX_TILE];
+                            im->kernel(kc, ap, bp, ldb, tile, NR, 1.0f, 0.0f);
+                            av__merge_tile(c, g->ldc, tile, NR, m, n, g->alpha,
+                                           beta);
                         }
                     }
+                }
             }
         }
     }
+}
+
+/* Packing space: one buffer per calling thread that only grows, so steady
+   state makes no allocations; worker threads get slices of the caller's. */
+#if defined(__GNUC__) || defined(__clang__)
+#define AV__THREAD_LOCAL __thread
+#elif defined(__STDC_VERSION__) && __STDC_VERSION__ >= 201112L
+#define AV__THREAD_LOCAL _Thread_local
+#else
+#define AV__THREAD_LOCAL /* one buffer: call av_sgemm from one thread at a time */
+#endif
+static AV__THREAD_LOCAL float *av__scratch;
+static AV__THREAD_LOCAL size_t av__scratch_bytes;
+
+static float *av__gemm_scratch(size_t bytes) {
+    if (bytes > av__scratch_bytes) {
+        AV_FREE(av__scratch);
+        av__scratch = (float *)AV_MALLOC(bytes);
+        if (!av__scratch) av__fail("av_sgemm: out of memory for %lu bytes of packing space", (unsigned long)bytes);
+        av__scratch_bytes = bytes;
+    }
+    return av__scratch;
+}
+
+AVDEF void av_gemm_release(void) {
+    AV_FREE(av__scratch);
+    av__scratch = NULL;
+    av__scratch_bytes = 0;
 }
 
 AVDEF void av_sgemm(int transA, int transB, int M, int N, int K, float alpha,
@@ -392,7 +441,7 @@ AVDEF void av_sgemm(int transA, int transB, int M, int N, int K, float alpha,
                     float beta, float *C, int ldc) {
     av__gemm_job g;
     const av__gemm_impl *im;
-    size_t a_floats, b_floats, per_thread;
+    size_t a_floats, b_floats;
     float *buf, *base;
     int nt = 1, ti = 1, tj = 1, mp, np;
     if (M < 0 || N < 0 || K < 0 || lda < (transA ? M : K) ||
@@ -430,27 +479,25 @@ AVDEF void av_sgemm(int transA, int transB, int M, int N, int K, float alpha,
     }
 #endif
     /* Per-thread buffers, each rounded to 64 bytes. */
-    a_floats = (size_t)(AV__MIN(mp, (im->mc + im->mr - 1) / im->mr)) * im->mr *
+    a_floats = (size_t)AV__MIN(mp, (im->mc + im->mr - 1) / im->mr) * im->mr *
                AV__MIN(K, im->kc);
-    b_floats = (size_t)(AV__MIN(np, (AV__MAX_NB + im->nr - 1) / im->nr)) * im->nr *
-               AV__MIN(K, im->kc);
-    per_thread = (a_floats + 15) / 16 * 16 + (b_floats + 15) / 16 * 16;
-    buf = (float *)AV_MALLOC((per_thread * nt + 16) * sizeof(float));
-    if (!buf) av__fail("av_sgemm: out of memory");
+    b_floats = (size_t)AV__MIN(np, im->nc / im->nr) * im->nr * AV__MIN(K, im->kc);
+    a_floats = (a_floats + 15) / 16 * 16, b_floats = (b_floats + 15) / 16 * 16;
+    buf = av__gemm_scratch(((a_floats + b_floats) * nt + 16) * sizeof(float));
     base = (float *)(((uintptr_t)buf + 63) & ~(uintptr_t)63);
     if (nt == 1) {
-        av__gemm_block(&g, 0, M, 0, N, base, base + per_thread - (b_floats + 15) / 16 * 16);
+        av__gemm_block(&g, 0, M, 0, N, base, base + a_floats);
     } else {
         int t;
         AV_OMP(omp parallel for num_threads(nt) schedule(static, 1))
         for (t = 0; t < nt; t++) {
             int r = t / tj, c = t % tj;
-            float *Ap = base + per_thread * t, *Bp = Ap + (a_floats + 15) / 16 * 16;
+            float *Ap = base + (a_floats + b_floats) * t;
             av__gemm_block(&g, AV__MIN(r * mp / ti * im->mr, M),
                            AV__MIN((r + 1) * mp / ti * im->mr, M),
                            AV__MIN(c * np / tj * im->nr, N),
-                           AV__MIN((c + 1) * np / tj * im->nr, N), Ap, Bp);
+                           AV__MIN((c + 1) * np / tj * im->nr, N), Ap,
+                           Ap + a_floats);
         }
     }
-    AV_FREE(buf);
 }

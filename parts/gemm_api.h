@@ -9,6 +9,9 @@ AVAPI void av_sgemm(int transA, int transB, int M, int N, int K, float alpha,
                     const float *A, int lda, const float *B, int ldb,
                     float beta, float *C, int ldc);
 
+/* Frees the calling thread's packing space (av_sgemm keeps it for reuse). */
+AVAPI void av_gemm_release(void);
+
 /* Instruction-set paths. The best supported one is chosen at first use
    unless the environment variable ATTNVAE_ISA=scalar|avx2|avx512|neon
    names another supported path. */

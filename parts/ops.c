@@ -294,6 +294,7 @@ static float av__gelu_grad(float v) {
         float *gx_ = n->in[0]->grad, a = n->farg[0];                         \
         int i_;                                                              \
         (void)c; (void)a; (void)y_;                                          \
+        AV__PAR(n->out->size)                                        \
         for (i_ = 0; i_ < n->out->size; i_++) {                              \
             float v = x_[i_], y = y_[i_];                                    \
             (void)v; (void)y;                                                \
@@ -305,6 +306,7 @@ static float av__gelu_grad(float v) {
         av__node *n_;                                                        \
         int i_;                                                              \
         (void)a;                                                             \
+        AV__PAR(x->size)                                             \
         for (i_ = 0; i_ < x->size; i_++) {                                   \
             float v = x->data[i_];                                           \
             out->data[i_] = (FWD);                                           \
@@ -653,9 +655,11 @@ static int av__rows(const av_tensor *x, int *n, const char *op) {
 
 /* y = softmax(x); dx = y (g - <g, y>) */
 static void av__softmax_backward(av_ctx *c, av__node *n) {
-    int len, R = av__rows(n->out, &len, "av_softmax"), r, j;
+    int len, R = av__rows(n->out, &len, "av_softmax"), r;
     (void)c;
+    AV__PAR((long)R * len)
     for (r = 0; r < R; r++) {
+        int j;
         const float *y = n->out->data + (size_t)r * len, *g = n->out->grad + (size_t)r * len;
         float *gx = n->in[0]->grad + (size_t)r * len;
         double dot = 0;
@@ -666,9 +670,11 @@ static void av__softmax_backward(av_ctx *c, av__node *n) {
 
 /* y = log_softmax(x); dx = g - softmax(x) sum(g) */
 static void av__log_softmax_backward(av_ctx *c, av__node *n) {
-    int len, R = av__rows(n->out, &len, "av_log_softmax"), r, j;
+    int len, R = av__rows(n->out, &len, "av_log_softmax"), r;
     (void)c;
+    AV__PAR((long)R * len)
     for (r = 0; r < R; r++) {
+        int j;
         const float *y = n->out->data + (size_t)r * len, *g = n->out->grad + (size_t)r * len;
         float *gx = n->in[0]->grad + (size_t)r * len;
         double sum = 0;
@@ -680,17 +686,19 @@ static void av__log_softmax_backward(av_ctx *c, av__node *n) {
 /* Stable: subtract the row maximum before exponentiating. */
 static av_tensor *av__softmax_any(av_ctx *c, av_tensor *x, int log_form) {
     const char *op = log_form ? "av_log_softmax" : "av_softmax";
-    int len, R = av__rows(x, &len, op), r, j;
+    int len, R = av__rows(x, &len, op), r;
     av_tensor *out = av__like(c, x, op);
+    AV__PAR((long)R * len)
     for (r = 0; r < R; r++) {
+        int j;
         const float *xs = x->data + (size_t)r * len;
         float *y = out->data + (size_t)r * len, mx = xs[0];
         double sum = 0;
         for (j = 1; j < len; j++) mx = xs[j] > mx ? xs[j] : mx;
         for (j = 0; j < len; j++) { y[j] = expf(xs[j] - mx); sum += y[j]; }
         if (log_form) {
-            float lse = mx + (float)log(sum);
-            for (j = 0; j < len; j++) y[j] = xs[j] - lse;
+            float log_sum = (float)log(sum); /* x - (mx + log_sum) would round at the size of x */
+            for (j = 0; j < len; j++) y[j] = (xs[j] - mx) - log_sum;
         } else {
             float inv = (float)(1.0 / sum);
             for (j = 0; j < len; j++) y[j] *= inv;
@@ -732,13 +740,15 @@ static void av__layer_norm_backward(av_ctx *c, av__node *n) {
 }
 
 AVDEF av_tensor *av_layer_norm(av_ctx *c, av_tensor *x, av_tensor *gamma, av_tensor *beta, float eps) {
-    int len, R = av__rows(x, &len, "av_layer_norm"), r, j;
+    int len, R = av__rows(x, &len, "av_layer_norm"), r;
     av_tensor *out = av__like(c, x, "av_layer_norm");
     float *stats = (float *)av__arena_alloc(&c->arena, (size_t)(2 * R + 1) * sizeof(float));
     av__node *n;
     if (gamma && (gamma->size != len)) av__fail_shapes("av_layer_norm", "gamma must match the last axis", x, gamma);
     if (beta && (beta->size != len)) av__fail_shapes("av_layer_norm", "beta must match the last axis", x, beta);
+    AV__PAR((long)R * len)
     for (r = 0; r < R; r++) {
+        int j;
         const float *xs = x->data + (size_t)r * len;
         float *y = out->data + (size_t)r * len, mean, rstd;
         double s = 0, ss = 0;

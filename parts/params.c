@@ -237,6 +237,7 @@ AVDEF int av_optim_step(av_model *m, const av_optim *o) {
         if (!m->m[i]) m->m[i] = (float *)av__xcalloc((size_t)t->size, sizeof(float), "optimizer state");
         if (o->kind == AV_OPT_SGD) {
             float *vel = m->m[i], mu = o->momentum;
+            AV__PAR(t->size)
             for (j = 0; j < t->size; j++) {
                 float gj = g[j] + wd * p[j];
                 vel[j] = mu * vel[j] + gj;
@@ -249,6 +250,7 @@ AVDEF int av_optim_step(av_model *m, const av_optim *o) {
             float *mm = m->m[i], *vv = m->v[i], b1 = o->beta1, b2 = o->beta2;
             float step_size = (float)(lr / bc1), inv_sqrt_bc2 = (float)(1.0 / sqrt(bc2));
             int decoupled = o->kind == AV_OPT_ADAMW;
+            AV__PAR(t->size)
             for (j = 0; j < t->size; j++) {
                 float gj = g[j] + (decoupled ? 0.0f : wd * p[j]);
                 if (decoupled) p[j] -= lr * wd * p[j];

@@ -52,28 +52,33 @@ AVDEF av_tensor *av_reparameterize(av_ctx *c, av_tensor *mu, av_tensor *logvar) 
 
 /* KL = sum (mu^2 + e^lv - 1 - lv) / 2: dmu = g mu, dlv = g (e^lv - 1) / 2 */
 static void av__kl_backward(av_ctx *c, av__node *n) {
-    int w, B = av__examples(n->in[0], &w, "av_kl_std_normal"), b, j;
+    int w, B = av__examples(n->in[0], &w, "av_kl_std_normal"), b;
     float *gmu = av__in_grad(n, 0), *glv = av__in_grad(n, 1);
     (void)c;
-    for (b = 0; b < B; b++)
+    AV__PAR((long)B * w)
+    for (b = 0; b < B; b++) {
+        int j;
+        float g = n->out->grad[b];
         for (j = 0; j < w; j++) {
             size_t i = (size_t)b * w + j;
-            float g = n->out->grad[b];
             if (gmu) gmu[i] += g * n->in[0]->data[i];
             if (glv) glv[i] += g * 0.5f * (expf(n->in[1]->data[i]) - 1.0f);
         }
+    }
 }
 
 AVDEF av_tensor *av_kl_std_normal(av_ctx *c, av_tensor *mu, av_tensor *logvar) {
-    int w, B = av__examples(mu, &w, "av_kl_std_normal"), b, j;
+    int w, B = av__examples(mu, &w, "av_kl_std_normal"), b;
     av_tensor *out;
     if (!av_same_shape(mu, logvar)) av__fail_shapes("av_kl_std_normal", "mu and logvar differ", mu, logvar);
     out = av__tensor_empty(c, 1, &B, "av_kl_std_normal");
+    AV__PAR((long)B * w)
     for (b = 0; b < B; b++) {
+        int j;
         double kl = 0;
         for (j = 0; j < w; j++) {
             float m = mu->data[(size_t)b * w + j], lv = logvar->data[(size_t)b * w + j];
-            kl += 0.5 * ((double)m * m + exp(lv) - 1.0 - lv);
+            kl += 0.5 * ((double)m * m + exp((double)lv) - 1.0 - lv);
         }
         out->data[b] = (float)kl;
     }
@@ -83,10 +88,12 @@ AVDEF av_tensor *av_kl_std_normal(av_ctx *c, av_tensor *mu, av_tensor *logvar) {
 
 /* Bernoulli NLL from logits, stable BCE per element: dlogits = g (sigmoid - x), dx = -g logits */
 static void av__bernoulli_backward(av_ctx *c, av__node *n) {
-    int w, B = av__examples(n->in[0], &w, "av_bernoulli_nll"), b, j;
+    int w, B = av__examples(n->in[0], &w, "av_bernoulli_nll"), b;
     float *gl = av__in_grad(n, 0), *gx = av__in_grad(n, 1);
     (void)c;
+    AV__PAR((long)B * w)
     for (b = 0; b < B; b++) {
+        int j;
         const float *l = n->in[0]->data + (size_t)b * w, *x = n->in[1]->data + (size_t)b * w;
         float g = n->out->grad[b];
         for (j = 0; j < w; j++) {
@@ -97,15 +104,17 @@ static void av__bernoulli_backward(av_ctx *c, av__node *n) {
 }
 
 AVDEF av_tensor *av_bernoulli_nll(av_ctx *c, av_tensor *logits, av_tensor *x) {
-    int w, B = av__examples(logits, &w, "av_bernoulli_nll"), b, j;
+    int w, B = av__examples(logits, &w, "av_bernoulli_nll"), b;
     av_tensor *out;
     if (!av_same_shape(logits, x)) av__fail_shapes("av_bernoulli_nll", "logits and x differ", logits, x);
     out = av__tensor_empty(c, 1, &B, "av_bernoulli_nll");
+    AV__PAR((long)B * w)
     for (b = 0; b < B; b++) {
+        int j;
         const float *l = logits->data + (size_t)b * w, *xs = x->data + (size_t)b * w;
-        float acc = 0; /* rows are short; fp32 partial sums suffice, summed per row */
+        double acc = 0;
         for (j = 0; j < w; j++) acc += (l[j] > 0 ? l[j] : 0.0f) - l[j] * xs[j] + log1pf(expf(-fabsf(l[j])));
-        out->data[b] = acc;
+        out->data[b] = (float)acc;
     }
     av__record(c, out, av__bernoulli_backward, logits, x, NULL);
     return out;
@@ -137,12 +146,15 @@ AVDEF av_tensor *av_neg_elbo(av_ctx *c, av_tensor *nll, av_tensor *kl, float bet
 
 AVDEF float av_kl_warmup(long step, long warmup_steps, float beta_max) {
     if (warmup_steps <= 0 || step >= warmup_steps) return beta_max;
+    if (step <= 0) return 0.0f;
     return beta_max * (float)step / (float)warmup_steps;
 }
 
 AVDEF double av_log_mean_exp(const double *v, int n) {
-    double mx = v[0], sum = 0;
+    double mx, sum = 0;
     int i;
+    if (n < 1) av__fail("av_log_mean_exp: no values");
+    mx = v[0];
     for (i = 1; i < n; i++) mx = v[i] > mx ? v[i] : mx;
     if (isinf(mx)) return mx;
     for (i = 0; i < n; i++) sum += exp(v[i] - mx);
@@ -176,7 +188,7 @@ AVDEF av_tensor *av_interpolate(av_ctx *c, const float *z0, const float *z1, int
     out = av__tensor_empty(c, 2, shape, "av_interpolate");
     for (i = 0; i < steps; i++) {
         float t = steps > 1 ? (float)i / (float)(steps - 1) : 0.0f;
-        for (j = 0; j < dim; j++) out->data[(size_t)i * dim + j] = z0[j] + t * (z1[j] - z0[j]);
+        for (j = 0; j < dim; j++) out->data[(size_t)i * dim + j] = (1.0f - t) * z0[j] + t * z1[j]; /* exact at both ends */
     }
     return out;
 }

@@ -31,7 +31,7 @@ static void b_run(const b_case *c, int blas) {
                  0.0f, c->C, c->N);
 }
 
-/* Best GFLOP/s over 5 rounds of >= 50 ms each (after one warm-up call).
+/* Best GFLOP/s over 7 rounds of >= 40 ms each (after one warm-up call).
    Starts with a pause: idle OpenMP and OpenBLAS workers spin for a while
    after their last call and would steal the cores from the other library. */
 static double b_gflops(const b_case *c, int blas) {
@@ -40,12 +40,12 @@ static double b_gflops(const b_case *c, int blas) {
     int round, reps = 1, r;
     nanosleep(&pause, NULL);
     b_run(c, blas);
-    for (round = 0; round < 5; round++) {
+    for (round = 0; round < 7; round++) {
         double t0 = b_now(), dt;
         for (r = 0; r < reps; r++) b_run(c, blas);
         dt = b_now() - t0;
         if (flops * reps / dt > best) best = flops * reps / dt;
-        for (dt /= reps; reps * dt < 0.05;) reps *= 2;
+        for (dt /= reps; reps * dt < 0.04;) reps *= 2;
     }
     return best * 1e-9;
 }

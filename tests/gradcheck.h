@@ -18,8 +18,8 @@
    * truncation: the central difference errs by h^2/6 |L'''|. With the
      default h = 1e-2 and O(1) inputs (|L'''| of a few units for the smooth
      ops here, e.g. 16 for log at x = 0.5 or 96|a| for a/b at b = 0.5 where
-     L' = 4|a|) this is <= 1.7e-5 |L'''|: below atol = 1e-4 or below
-     5e-4 |L'| and so inside rtol = 5e-3.
+     L' = 4|a|) this is <= 1.7e-5 |L'''|: below atol = 1e-4, or (log:
+     1.3e-4 |L'|, a/b: 4e-4 |L'|) at least 5x inside rtol = 2e-3.
    * rounding: the forward is fp32. Outputs that do not depend on x_j are
      bit-identical in both evaluations and cancel exactly (the double sum of
      L adds no error worth counting). Each output that does depend on x_j
@@ -33,7 +33,9 @@
      outputs ~ 1.5e-3.
    A wrong gradient misses by a fraction of |n| that is O(1) (a lost term, a
    wrong broadcast reduction, a sign, a 1/N against 1/(N-1)); with
-   rtol = 5e-3 any error above ~1% of a gradient of size >= 0.05 fails.
+   rtol = 2e-3 any error above ~0.5% of a gradient of size >= 0.05 fails.
+   Measured on x86-64 (scalar, AVX2 and AVX-512 GEMM; gcc, clang, g++):
+   the worst element uses 17% of its tolerance (test_ops prints this).
    gc_selftest() in test_ops.c checks that a gradient wrong by 3-6% is
    caught, by hiding part of a function from autodiff with av_detach.
 

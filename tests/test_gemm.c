@@ -1,5 +1,5 @@
 /* av_sgemm against a double-precision reference, on every ISA path this
-   build and CPU support. `--quick` (or TEST_QUICK=1) trims the sizes for
+   build and CPU support. `--quick` (or AV_TEST_QUICK=1) trims the sizes for
    valgrind/sanitizer runs. */
 #define ATTNVAE_IMPLEMENTATION
 #include "../attnvae.h"
@@ -106,22 +106,24 @@ static void t_sweep(int quick) {
                            t_betas[v / 4 % 4], v % 3 * 5, v % 2);
                 }
     }
-    /* Big enough to cross every blocking boundary (kc, nc and mc). */
+    /* Several blocks along each of M (mc), N (nc) and K (kc). */
     if (!quick) {
-        t_gemm(0, 0, 1030, 300, 400, 1.0f, 0.5f, 1, 1);
-        t_gemm(1, 1, 1030, 300, 400, -1.0f, 0.0f, 0, 0);
+        t_gemm(0, 0, 1030, 72, 530, 1.0f, 0.5f, 1, 1);
+        t_gemm(1, 1, 1030, 72, 530, -1.0f, 0.0f, 0, 0);
     }
-    t_gemm(0, 1, 5, 4200, 20, 1.0f, 0.0f, 2, 1); /* N > packed column cap */
+    t_gemm(0, 1, 5, 1500, 20, 1.0f, 0.0f, 2, 1);
+    t_gemm(1, 0, 9, 40, 800, 1.0f, 0.5f, 3, 1);
 }
 
 static void t_api(void) {
     const char *env = getenv("ATTNVAE_ISA");
     int isa;
-    /* Before anything else sets it: the environment chose the path. */
-    if (env)
-        CHECK(!strcmp(av_isa_name(av_get_isa()), env) ||
-                  !av_isa_supported(av_get_isa()),
-              "ATTNVAE_ISA=%s but path is %s", env, av_isa_name(av_get_isa()));
+    /* Before anything else sets it: the environment chose the path (when
+       it names a supported one). */
+    for (isa = AV_ISA_SCALAR; env && isa <= AV_ISA_NEON; isa++)
+        if (!strcmp(env, av_isa_name(isa)) && av_isa_supported(isa))
+            CHECK(av_get_isa() == isa, "ATTNVAE_ISA=%s but path is %s", env,
+                  av_isa_name(av_get_isa()));
     CHECK(av_isa_supported(AV_ISA_SCALAR) && av_isa_supported(AV_ISA_AUTO),
           "scalar and auto always supported");
     CHECK(av_set_isa(AV_ISA_AUTO) == 0 && av_get_isa() != AV_ISA_AUTO,
@@ -150,7 +152,7 @@ static void t_degenerate(void) {
 
 int main(int argc, char **argv) {
     int quick = (argc > 1 && !strcmp(argv[1], "--quick")) ||
-                (getenv("TEST_QUICK") && atoi(getenv("TEST_QUICK")));
+                (getenv("AV_TEST_QUICK") && atoi(getenv("AV_TEST_QUICK")));
     int isa;
     t_api();
     t_degenerate();

@@ -1181,6 +1181,13 @@ static void fwd_shape_values(void) {
         CHECK(!z->requires_grad && z->grad == NULL, "new tensors need no grad");
         CHECK(av_same_shape(av_zeros(c, 2, 3, 4), av_ones(c, 2, 3, 4)) && !av_same_shape(av_zeros(c, 2, 3, 4), av_zeros(c, 2, 4, 3)),
               "av_same_shape");
+        {   /* av_wrap shares the caller's buffer; av_from copies */
+            float buf[6] = {1, 2, 3, 4, 5, 6};
+            av_tensor *w = av_wrap(c, buf, 2, 2, 3), *fr = av_from(c, buf, 2, 3, 2);
+            buf[4] = 50.0f;
+            CHECK(w->data == buf && w->size == 6 && w->data[4] == 50.0f && fr->data != buf && fr->data[4] == 5.0f,
+                  "av_wrap must not copy, av_from must");
+        }
     }
     {   /* rand / randn statistics: 1e4 samples, 5-sigma bounds */
         av_tensor *u, *nrm;

@@ -100,6 +100,7 @@ struct fd_case {
 static double fd_worst_ratio;
 static char fd_worst_what[160];
 static int fd_elements;
+static int fd_quiet, fd_bad; /* quiet: count mismatches in fd_bad instead of failing */
 
 static void fd_init(fd_case *fc, const char *what, fd_fwd fwd, void *user) {
     memset(fc, 0, sizeof *fc);
@@ -217,11 +218,14 @@ static void fd_run(fd_case *fc) {
                 if (op[k] != om[k]) S += fabs(R[k]) * (fabs(op[k]) > fabs(om[k]) ? fabs(op[k]) : fabs(om[k]));
             tol = FD_ATOL + FD_RTOL * fabs(num) + FD_ULPS * FLT_EPSILON * S / (0.5 * step);
             err = fabs(ana[i][j] - num);
-            fd_elements++;
-            if (!(err <= tol)) {
+            if (fd_quiet) {
+                fd_bad += !(err <= tol);
+            } else if (!(err <= tol)) {
+                fd_elements++;
                 CHECK(0, "%s: dL/d%s[%d]: autodiff %.8g, numeric %.8g (tol %.2g)", fc->what, fc->var_name[i], j, ana[i][j],
                       num, tol);
             } else {
+                fd_elements++;
                 t_passed++;
                 if (err / tol > fd_worst_ratio) {
                     fd_worst_ratio = err / tol;
@@ -268,6 +272,16 @@ static av_tensor *fwd_elbo_parts(av_ctx *c, fd_case *fc, int grad) {
     av_tensor *nll = av_bernoulli_nll(c, fd_leaf(c, fc, 0, grad), fd_leaf(c, fc, 1, grad));
     av_tensor *kl = av_kl_std_normal(c, fd_leaf(c, fc, 2, grad), fd_leaf(c, fc, 3, grad));
     return av_neg_elbo(c, nll, kl, fd_beta);
+}
+
+/* Self-test of the checker: KL plus 0.03 sum(mu^2) with one factor of the
+   extra term hidden from autodiff by av_detach. The autodiff gradient of the
+   extra term is then 0.03 mu instead of 0.06 mu: wrong by 0.03 |mu|, a few
+   percent of d KL / d mu = mu. The checker must flag it. */
+static av_tensor *fwd_kl_wrong(av_ctx *c, fd_case *fc, int grad) {
+    av_tensor *mu = fd_leaf(c, fc, 0, grad), *kl = av_kl_std_normal(c, mu, fd_leaf(c, fc, 1, grad));
+    av_tensor *extra = av_sum(c, av_mul(c, mu, av_detach(c, mu)), 1, 0);
+    return av_add(c, kl, av_scale(c, extra, 0.03f));
 }
 
 /* ---- end-to-end model: x -> tanh(enc) -> head -> reparameterize -> dec ---- */
@@ -401,6 +415,17 @@ static void test_gradients(void) {
         fd_run(&fc);
         av_model_free(m);
     }
+    /* the checker catches a gradient that is off by a few percent */
+    tr_fill(a, 15, 0.5, 1.5);
+    tr_fill(b, 15, -1, 1);
+    fd_init(&fc, "self-test", fwd_kl_wrong, NULL);
+    fd_var(&fc, "mu", a, 2, 3, 5);
+    fd_var(&fc, "logvar", b, 2, 3, 5);
+    fd_quiet = 1;
+    fd_bad = 0;
+    fd_run(&fc);
+    fd_quiet = 0;
+    CHECK(fd_bad == 15, "FD self-test: a gradient 3%% off was caught in %d of 15 elements", fd_bad);
     printf("info: %d gradient elements checked by finite differences; worst |err|/tol %.3f (%s)\n", fd_elements,
            fd_worst_ratio, fd_worst_what);
 }
@@ -417,7 +442,7 @@ static void test_kl_closed_form(av_ctx *c) {
        mu = -2, sigma = 1: 0.5 * 4 = 2 */
     kl = av_kl_std_normal(c, av_from(c, hm, 2, 3, 1), av_from(c, hl, 2, 3, 1));
     CHECK(kl->ndim == 1 && kl->shape[0] == 3, "kl: output shape is not [B]");
-    CHECK_CLOSE(kl->data[0], 0.5 * (M_E - 1.0), 0, 1e-7, "KL(N(1, e) || N(0, 1))");
+    CHECK_CLOSE(kl->data[0], 0.5 * (exp(1.0) - 1.0), 0, 1e-7, "KL(N(1, e) || N(0, 1))");
     CHECK(kl->data[1] == 0.0f, "KL(N(0, 1) || N(0, 1)) = %.9g, want exactly 0", (double)kl->data[1]);
     CHECK_CLOSE(kl->data[2], 2.0, 0, 1e-7, "KL(N(-2, 1) || N(0, 1))");
     /* random [2, 3, 4]: per example sum over the 12 trailing elements */
@@ -433,7 +458,8 @@ static void test_kl_closed_form(av_ctx *c) {
         }
         CHECK_CLOSE(kl->data[b], want, 1e-6, 1e-6, "KL [2,3,4] vs 0.5 sum(mu^2 + s^2 - 1 - log s^2)");
     }
-    /* KL >= 0 with equality only at the prior; tiny logvar: e^lv - 1 - lv ~ lv^2/2 stays accurate */
+    /* tiny logvar: e^lv - 1 - lv ~ lv^2 / 2 = 5e-7 must survive the cancellation
+       (the sum is in double; an fp32 e^lv, off by up to 6e-8, would miss by ~5%) */
     {
         float m0 = 0, l0 = 1e-3f;
         kl = av_kl_std_normal(c, av_from(c, &m0, 2, 1, 1), av_from(c, &l0, 2, 1, 1));
@@ -668,4 +694,550 @@ static void test_reparam_stats(av_ctx *c) {
         stream &= fabs(z2->data[i] - want) <= 1e-6 * (1 + fabs(want));
     }
     CHECK(stream, "reparameterize: z is not mu + exp(lv/2) * (the ctx RNG's normals in order)");
+}
+
+/* ======================================================================= */
+/* 3. linear-Gaussian VAE with an exact log p(x)                           */
+/* ======================================================================= */
+/* prior z ~ N(0, I_2), decoder p(x | z) = N(W z + b, s2 I_3). Then
+     p(x)     = N(b, W W^T + s2 I)                     (Cholesky below)
+     p(z | x) = N(m, S), S = (I + W^T W / s2)^-1, m = S W^T (x - b) / s2
+   and for q = N(mq, diag vq)
+     ELBO = -D/2 log(2 pi s2) - (|x - W mq - b|^2 + sum_ik W_ik^2 vq_k) / (2 s2)
+            - d/2 log 2pi - (|mq|^2 + sum vq) / 2 + sum_k (log(2 pi e vq_k)) / 2
+          = log p(x) - KL(q || p(z | x)).
+   Everything in double from the float values the library sees. */
+#define LG_D 3
+#define LG_Z 2
+typedef struct lg_model {
+    float W[LG_D * LG_Z]; /* [D, d] row-major: av_linear's [out, in] */
+    float b[LG_D];
+    float lvx;            /* log s2 */
+} lg_model;
+
+static av_tensor *lg_nll(av_ctx *c, av_tensor *z, av_tensor *x, void *user) {
+    const lg_model *g = (const lg_model *)user;
+    av_tensor *W = av_from(c, g->W, 2, LG_D, LG_Z), *b = av_from(c, g->b, 1, LG_D);
+    return av_gaussian_nll(c, av_linear(c, z, W, b), av_scalar(c, g->lvx), x);
+}
+
+static double lg_log_px(const lg_model *g, const double *x) {
+    double C[LG_D][LG_D], L[LG_D][LG_D], y[LG_D], s2 = exp((double)g->lvx), logdet = 0, quad = 0;
+    int i, j, k;
+    for (i = 0; i < LG_D; i++)
+        for (j = 0; j < LG_D; j++) {
+            C[i][j] = i == j ? s2 : 0;
+            for (k = 0; k < LG_Z; k++) C[i][j] += (double)g->W[i * LG_Z + k] * g->W[j * LG_Z + k];
+            L[i][j] = 0;
+        }
+    for (j = 0; j < LG_D; j++) {
+        double d = C[j][j];
+        for (k = 0; k < j; k++) d -= L[j][k] * L[j][k];
+        L[j][j] = sqrt(d);
+        for (i = j + 1; i < LG_D; i++) {
+            double v = C[i][j];
+            for (k = 0; k < j; k++) v -= L[i][k] * L[j][k];
+            L[i][j] = v / L[j][j];
+        }
+    }
+    for (i = 0; i < LG_D; i++) {
+        double v = x[i] - g->b[i];
+        for (k = 0; k < i; k++) v -= L[i][k] * y[k];
+        y[i] = v / L[i][i];
+        quad += y[i] * y[i];
+        logdet += 2 * log(L[i][i]);
+    }
+    return -0.5 * (LG_D * LOG_2PI + logdet + quad);
+}
+
+static void lg_posterior(const lg_model *g, const double *x, double *m, double S[2][2]) {
+    double s2 = exp((double)g->lvx), P[2][2], det, r[2] = {0, 0};
+    int i, j, k;
+    for (i = 0; i < 2; i++)
+        for (j = 0; j < 2; j++) {
+            P[i][j] = i == j;
+            for (k = 0; k < LG_D; k++) P[i][j] += (double)g->W[k * LG_Z + i] * g->W[k * LG_Z + j] / s2;
+        }
+    det = P[0][0] * P[1][1] - P[0][1] * P[1][0];
+    S[0][0] = P[1][1] / det; S[1][1] = P[0][0] / det;
+    S[0][1] = -P[0][1] / det; S[1][0] = -P[1][0] / det;
+    for (k = 0; k < LG_D; k++)
+        for (i = 0; i < 2; i++) r[i] += (double)g->W[k * LG_Z + i] * (x[k] - g->b[k]) / s2;
+    m[0] = S[0][0] * r[0] + S[0][1] * r[1];
+    m[1] = S[1][0] * r[0] + S[1][1] * r[1];
+}
+
+static double lg_elbo(const lg_model *g, const double *x, const double *mq, const double *vq) {
+    double s2 = exp((double)g->lvx), res = 0, tr = 0, rec, prior, ent = 0;
+    int i, k;
+    for (i = 0; i < LG_D; i++) {
+        double mean = g->b[i];
+        for (k = 0; k < LG_Z; k++) {
+            mean += (double)g->W[i * LG_Z + k] * mq[k];
+            tr += sq(g->W[i * LG_Z + k]) * vq[k];
+        }
+        res += sq(x[i] - mean);
+    }
+    rec = -0.5 * LG_D * (LOG_2PI + log(s2)) - 0.5 * (res + tr) / s2;
+    prior = -0.5 * LG_Z * LOG_2PI - 0.5 * (sq(mq[0]) + sq(mq[1]) + vq[0] + vq[1]);
+    for (k = 0; k < LG_Z; k++) ent += 0.5 * (LOG_2PI + 1 + log(vq[k]));
+    return rec + prior + ent;
+}
+
+/* KL(N(mq, diag vq) || N(m, S)) */
+static double lg_kl_q_post(const double *mq, const double *vq, const double *m, double S[2][2]) {
+    double detS = S[0][0] * S[1][1] - S[0][1] * S[1][0], P[2][2], d0 = m[0] - mq[0], d1 = m[1] - mq[1];
+    P[0][0] = S[1][1] / detS; P[1][1] = S[0][0] / detS; P[0][1] = P[1][0] = -S[0][1] / detS;
+    return 0.5 * (P[0][0] * vq[0] + P[1][1] * vq[1] + P[0][0] * d0 * d0 + 2 * P[0][1] * d0 * d1 + P[1][1] * d1 * d1 - 2 +
+                  log(detS) - log(vq[0]) - log(vq[1]));
+}
+
+static double ref_lme(const double *v, int n) {
+    double mx = v[0], s = 0;
+    int i;
+    for (i = 1; i < n; i++) if (v[i] > mx) mx = v[i];
+    for (i = 0; i < n; i++) s += exp(v[i] - mx);
+    return mx + log(s / n);
+}
+
+/* log N(v | mean, var) for one coordinate */
+static double ref_lognormal(double v, double mean, double var) { return -0.5 * (LOG_2PI + log(var) + sq(v - mean) / var); }
+
+#define LG_NX 4
+static void test_linear_gaussian(av_ctx *c) {
+    /* orthogonal columns (1.5, .75, -.75) . (1, -1, 1) = 0: posterior covariance diagonal */
+    static const float Wo[LG_D * LG_Z] = {1.5f, 1.0f, 0.75f, -1.0f, -0.75f, 1.0f};
+    static const float Wn[LG_D * LG_Z] = {1.2f, 0.3f, -0.4f, 0.9f, 0.7f, -0.5f};
+    static const float bb[LG_D] = {0.2f, -0.1f, 0.4f};
+    static const int ks[4] = {1, 10, 100, 1000};
+    enum { REP = 400 };
+    lg_model go, gn;
+    double X[LG_NX][LG_D], logpx[LG_NX], m[2], S[2][2], mq[LG_NX][2], vq[LG_NX][2], elbo[LG_NX];
+    double mean_k[4][LG_NX], se_k[4][LG_NX];
+    double *lp = (double *)malloc(sizeof(double) * LG_NX * REP);
+    int i, j, b, r, ki;
+
+    memcpy(go.W, Wo, sizeof Wo); memcpy(go.b, bb, sizeof bb); go.lvx = (float)log(0.25);
+    memcpy(gn.W, Wn, sizeof Wn); memcpy(gn.b, bb, sizeof bb); gn.lvx = (float)log(0.25);
+    /* data from the non-orthogonal model, the last point an outlier */
+    for (b = 0; b < LG_NX; b++) {
+        double z0 = tr_normal(), z1 = tr_normal();
+        for (i = 0; i < LG_D; i++)
+            X[b][i] = Wn[i * 2] * z0 + Wn[i * 2 + 1] * z1 + bb[i] + 0.5 * tr_normal();
+    }
+    X[LG_NX - 1][0] = 3; X[LG_NX - 1][1] = -3; X[LG_NX - 1][2] = 3;
+    for (b = 0; b < LG_NX; b++)
+        for (i = 0; i < LG_D; i++) X[b][i] = (float)X[b][i]; /* the library sees floats */
+
+    /* (a) a deliberately worse diagonal q: mean shifted, variances 2 S_ii.
+       Weights p(z|x)/q(z) stay bounded iff S^-1 - diag(1/vq) is PSD (checked),
+       so the IWAE estimates have finite variance. */
+    for (b = 0; b < LG_NX; b++) {
+        double kl, P00, P01, P11;
+        logpx[b] = lg_log_px(&gn, X[b]);
+        lg_posterior(&gn, X[b], m, S);
+        mq[b][0] = (float)(m[0] + 0.3); mq[b][1] = (float)(m[1] - 0.2);
+        vq[b][0] = exp((double)(float)log(2 * S[0][0]));
+        vq[b][1] = exp((double)(float)log(2 * S[1][1]));
+        elbo[b] = lg_elbo(&gn, X[b], mq[b], vq[b]);
+        kl = lg_kl_q_post(mq[b], vq[b], m, S);
+        /* reference self-consistency: ELBO + KL(q || posterior) = log p(x) */
+        CHECK_CLOSE(elbo[b] + kl, logpx[b], 1e-10, 1e-12, "reference: ELBO + KL(q||p(z|x)) = log p(x)");
+        CHECK(elbo[b] < logpx[b] && kl > 0.1, "ELBO %g not below log p(x) %g by KL %g", elbo[b], logpx[b], kl);
+        {
+            double det = S[0][0] * S[1][1] - S[0][1] * S[1][0];
+            P00 = S[1][1] / det - 1 / vq[b][0]; P11 = S[0][0] / det - 1 / vq[b][1]; P01 = -S[0][1] / det;
+            CHECK(P00 > 0 && P00 * P11 - P01 * P01 > 0, "reference: IWAE weights would be unbounded");
+        }
+    }
+
+    /* Monte-Carlo ELBO from the library's pieces (reparameterize, Gaussian
+       NLL, analytic KL) vs the closed form: within 5 standard errors. */
+    for (b = 0; b < LG_NX; b++) {
+        enum { N = 20000 };
+        av_tensor *mu, *lv, *x, *z, *nll, *kl, *ne;
+        double s1 = 0, s2 = 0, mean, se;
+        av_ctx_reset(c);
+        mu = av_zeros(c, 2, N, 2); lv = av_zeros(c, 2, N, 2); x = av_zeros(c, 2, N, 3);
+        for (i = 0; i < N; i++) {
+            for (j = 0; j < 2; j++) { mu->data[i * 2 + j] = (float)mq[b][j]; lv->data[i * 2 + j] = (float)log(vq[b][j]); }
+            for (j = 0; j < 3; j++) x->data[i * 3 + j] = (float)X[b][j];
+        }
+        av_ctx_seed(c, 500 + b);
+        z = av_reparameterize(c, mu, lv);
+        nll = lg_nll(c, z, x, &gn);
+        kl = av_kl_std_normal(c, mu, lv);
+        for (i = 0; i < N; i++) {
+            double e = -((double)nll->data[i] + kl->data[i]);
+            s1 += e;
+            s2 += e * e;
+        }
+        mean = s1 / N;
+        se = sqrt((s2 / N - mean * mean) / N);
+        CHECK_CLOSE(mean, elbo[b], 5 * se + 1e-4, 0, "Monte-Carlo ELBO (library terms) vs closed form");
+        CHECK(mean <= logpx[b] + 5 * se, "Monte-Carlo ELBO %g above log p(x) %g", mean, logpx[b]);
+        ne = av_neg_elbo(c, nll, kl, 1.0f);
+        CHECK_CLOSE(-av_item(ne), mean, 0, 1e-5, "av_neg_elbo = -(mean ELBO sample)");
+    }
+
+    /* iwae internals, exactly: rebuild every log-weight from the ctx RNG's
+       normal stream (k rounds of [B, d] draws) and average in double */
+    {
+        enum { K = 3 };
+        av_tensor *mu, *lv, *x;
+        av_rng copy;
+        double got[LG_NX], lw[K];
+        float eps[K][LG_NX][2];
+        int k;
+        av_ctx_reset(c);
+        mu = av_zeros(c, 2, LG_NX, 2); lv = av_zeros(c, 2, LG_NX, 2); x = av_zeros(c, 2, LG_NX, 3);
+        for (b = 0; b < LG_NX; b++) {
+            for (j = 0; j < 2; j++) { mu->data[b * 2 + j] = (float)mq[b][j]; lv->data[b * 2 + j] = (float)log(vq[b][j]); }
+            for (j = 0; j < 3; j++) x->data[b * 3 + j] = (float)X[b][j];
+        }
+        av_ctx_seed(c, 4242);
+        copy = *av_ctx_rng(c);
+        for (k = 0; k < K; k++)
+            for (b = 0; b < LG_NX; b++)
+                for (j = 0; j < 2; j++) eps[k][b][j] = av_rng_normal(&copy);
+        av_iwae_log_px(c, x, mu, lv, K, lg_nll, &gn, got);
+        for (b = 0; b < LG_NX; b++) {
+            for (k = 0; k < K; k++) {
+                double z[2], s2 = exp((double)gn.lvx), w = 0;
+                for (j = 0; j < 2; j++) {
+                    double var = exp((double)lv->data[b * 2 + j]);
+                    z[j] = mu->data[b * 2 + j] + sqrt(var) * eps[k][b][j];
+                    w += ref_lognormal(z[j], 0, 1) - ref_lognormal(z[j], mu->data[b * 2 + j], var);
+                }
+                for (i = 0; i < LG_D; i++)
+                    w += ref_lognormal(X[b][i], gn.b[i] + gn.W[i * 2] * z[0] + gn.W[i * 2 + 1] * z[1], s2);
+                lw[k] = w;
+            }
+            CHECK_CLOSE(got[b], ref_lme(lw, K), 1e-4, 1e-6, "iwae k=3 vs log-weights rebuilt from the RNG stream");
+        }
+    }
+
+    /* (b) IWAE with k = 1, 10, 100, 1000: REP independent estimates per x
+       (the batch holds each x REP = 400 times). E[L_k] is non-decreasing in k and
+       bounded by log p(x); the averages carry Monte-Carlo error SE = sd/sqrt(REP).
+       Tolerances: 4 SE (one-sided normal tail 3e-5) plus 1e-4 for the fp32
+       log-weights (terms of ~10 nats, a few ulps each). */
+    {
+        int n = LG_NX * REP;
+        av_tensor *mu, *lv, *x;
+        av_ctx_reset(c);
+        mu = av_zeros(c, 2, n, 2); lv = av_zeros(c, 2, n, 2); x = av_zeros(c, 2, n, 3);
+        for (r = 0; r < REP; r++)
+            for (b = 0; b < LG_NX; b++) {
+                int row = r * LG_NX + b;
+                for (j = 0; j < 2; j++) { mu->data[row * 2 + j] = (float)mq[b][j]; lv->data[row * 2 + j] = (float)log(vq[b][j]); }
+                for (j = 0; j < 3; j++) x->data[row * 3 + j] = (float)X[b][j];
+            }
+        for (ki = 0; ki < 4; ki++) {
+            int prev;
+            av_ctx_seed(c, 1000 + ki);
+            prev = av_set_grad_enabled(c, 1);
+            av_iwae_log_px(c, x, mu, lv, ks[ki], lg_nll, &gn, lp);
+            CHECK(av_set_grad_enabled(c, prev) == 1, "av_iwae_log_px did not restore grad mode");
+            for (b = 0; b < LG_NX; b++) {
+                double s1 = 0, s2 = 0;
+                for (r = 0; r < REP; r++) { s1 += lp[r * LG_NX + b]; s2 += sq(lp[r * LG_NX + b]); }
+                mean_k[ki][b] = s1 / REP;
+                se_k[ki][b] = sqrt((s2 / REP - sq(s1 / REP)) / (REP - 1));
+            }
+        }
+        for (b = 0; b < LG_NX; b++) {
+            printf("info: IWAE x%d: exact log p(x) %.4f, ELBO %.4f; k=1 %.4f±%.4f k=10 %.4f±%.4f k=100 %.4f±%.4f k=1000 %.4f±%.4f\n",
+                   b, logpx[b], elbo[b], mean_k[0][b], se_k[0][b], mean_k[1][b], se_k[1][b], mean_k[2][b], se_k[2][b],
+                   mean_k[3][b], se_k[3][b]);
+            CHECK_CLOSE(mean_k[0][b], elbo[b], 5 * se_k[0][b] + 1e-4, 0, "IWAE k=1 averages to the ELBO");
+            for (ki = 0; ki < 4; ki++)
+                CHECK(mean_k[ki][b] <= logpx[b] + 4 * se_k[ki][b] + 1e-4,
+                      "IWAE k=%d x%d: mean %.5f exceeds log p(x) %.5f by more than 4 SE (%.5f)", ks[ki], b,
+                      mean_k[ki][b], logpx[b], se_k[ki][b]);
+            for (ki = 1; ki < 4; ki++)
+                CHECK(mean_k[ki][b] >= mean_k[ki - 1][b] - 4 * sqrt(sq(se_k[ki][b]) + sq(se_k[ki - 1][b])) - 1e-4,
+                      "IWAE x%d: k=%d mean %.5f below k=%d mean %.5f", b, ks[ki], mean_k[ki][b], ks[ki - 1], mean_k[ki - 1][b]);
+            /* the gain from k = 1 to 1000 is real: many standard errors */
+            CHECK(mean_k[3][b] - mean_k[0][b] > 4 * sqrt(sq(se_k[3][b]) + sq(se_k[0][b])),
+                  "IWAE x%d: k=1000 (%.5f) not significantly above k=1 (%.5f)", b, mean_k[3][b], mean_k[0][b]);
+            /* bias ~ Var(w)/(2k p^2): at k = 1000 the gap is a small fraction of the ELBO's */
+            CHECK(logpx[b] - mean_k[3][b] < 0.1 * (logpx[b] - elbo[b]),
+                  "IWAE x%d: k=1000 gap %.5f not < 0.1 x ELBO gap %.5f", b, logpx[b] - mean_k[3][b], logpx[b] - elbo[b]);
+        }
+    }
+
+    /* (c) q = the exact posterior (diagonal, W has orthogonal columns): the
+       weight p(x, z) / q(z | x) = p(x) for every z, so every IWAE estimate,
+       even with k = 1, is log p(x) up to fp32 rounding of the log-weight terms
+       (|terms| <~ 30 nats, ~16 ulps each: < 1e-4). A q off by 0.05 in the mean
+       gives estimates that spread by > 1e-2: the check is sharp. */
+    {
+        int n = LG_NX * 8, kk;
+        double worst = 0, spread_bad = 0;
+        av_tensor *mu, *lv, *x;
+        for (b = 0; b < LG_NX; b++) logpx[b] = lg_log_px(&go, X[b]);
+        for (kk = 0; kk < 3; kk++) {
+            av_ctx_reset(c);
+            mu = av_zeros(c, 2, n, 2); lv = av_zeros(c, 2, n, 2); x = av_zeros(c, 2, n, 3);
+            for (r = 0; r < 8; r++)
+                for (b = 0; b < LG_NX; b++) {
+                    int row = r * LG_NX + b;
+                    lg_posterior(&go, X[b], m, S);
+                    if (r == 0 && kk == 0)
+                        CHECK(fabs(S[0][1]) < 1e-15, "reference: posterior covariance is not diagonal (%g)", S[0][1]);
+                    for (j = 0; j < 2; j++) {
+                        mu->data[row * 2 + j] = (float)(m[j] + (kk == 2 ? 0.05 : 0.0));
+                        lv->data[row * 2 + j] = (float)log(S[j][j]);
+                    }
+                    for (j = 0; j < 3; j++) x->data[row * 3 + j] = (float)X[b][j];
+                }
+            av_ctx_seed(c, 77 + kk);
+            av_iwae_log_px(c, x, mu, lv, kk == 1 ? 50 : 1, lg_nll, &go, lp);
+            for (i = 0; i < n; i++) {
+                double d = fabs(lp[i] - logpx[i % LG_NX]);
+                if (kk < 2) {
+                    CHECK_CLOSE(lp[i], logpx[i % LG_NX], 1e-4, 0, kk ? "IWAE k=50, exact posterior q = log p(x)" : "IWAE k=1, exact posterior q = log p(x)");
+                    if (d > worst) worst = d;
+                } else if (d > spread_bad) {
+                    spread_bad = d;
+                }
+            }
+        }
+        CHECK(spread_bad > 1e-2, "IWAE with a slightly wrong q should vary (max dev %g)", spread_bad);
+        printf("info: IWAE with the exact posterior: max |estimate - log p(x)| = %.2e (k = 1 and 50); with mu off by 0.05: %.2e\n",
+               worst, spread_bad);
+    }
+    free(lp);
+}
+
+/* ======================================================================= */
+/* 4. PyTorch cross-check                                                  */
+/* ======================================================================= */
+#define TV_B 16
+#define TV_IN 12
+#define TV_H 8
+#define TV_Z 3
+#define TV_EPS_SEED 31337ULL
+#define TV_LR 0.1f
+#ifndef VAE_PYTHON
+#define VAE_PYTHON "/usr/bin/python3" /* Debian's, with python3-torch */
+#endif
+
+static int file_exists(const char *path) {
+    FILE *f = fopen(path, "rb");
+    if (f) fclose(f);
+    return f != NULL;
+}
+
+/* Compare n values against PyTorch's (double precision, stored as F32).
+   fp32 rounding in C: each value is a sum/product chain over at most
+   B * 12 = 192 terms of the tensor's own scale, so its error is at most a
+   few times 1e-6 of that scale (random-walk ~ sqrt(192) * 6e-8 ~ 1e-6; the
+   F32 storage of the reference adds 6e-8). Tolerance per element:
+   1e-5 * (|ref| + max |ref| over the tensor): relative for large elements,
+   scaled to the tensor for small ones that come out of cancellation. */
+static void tv_compare(const av_st_file *f, const char *name, const float *got, int n, double *worst) {
+    int i = av_st_find(f, name), j;
+    float *ref;
+    double scale = 0;
+    if (i < 0 || av_st_numel(f, i) != n) {
+        CHECK(0, "torch output '%s' missing or of the wrong size", name);
+        return;
+    }
+    ref = (float *)malloc((size_t)n * sizeof(float));
+    CHECK(av_st_read(f, i, ref, n) == AV_OK, "reading '%s': %s", name, av_error());
+    for (j = 0; j < n; j++) scale = fabs(ref[j]) > scale ? fabs(ref[j]) : scale;
+    for (j = 0; j < n; j++) {
+        double err = fabs((double)got[j] - ref[j]), tol = 1e-5 * (fabs(ref[j]) + scale);
+        char what[160];
+        snprintf(what, sizeof what, "vs torch: %s[%d]", name, j);
+        CHECK_CLOSE(got[j], ref[j], 1e-5 * scale, 1e-5, what);
+        if (err / tol > *worst) *worst = err / tol;
+    }
+    free(ref);
+}
+
+typedef struct tv_net { av_mlp enc, dec; av_gaussian_head head; } tv_net;
+
+static tv_net tv_build(av_model *m) {
+    tv_net n;
+    int enc_sizes[2], dec_sizes[3];
+    enc_sizes[0] = TV_IN; enc_sizes[1] = TV_H;
+    dec_sizes[0] = TV_Z; dec_sizes[1] = TV_H; dec_sizes[2] = TV_IN;
+    n.enc = av_mlp_new(m, "enc", 1, enc_sizes, AV_ACT_RELU);
+    n.head = av_gaussian_head_new(m, "head", TV_H, TV_Z);
+    n.dec = av_mlp_new(m, "dec", 2, dec_sizes, AV_ACT_RELU);
+    return n;
+}
+
+typedef struct tv_out { av_tensor *mu, *lv, *z, *logits, *nll, *kl, *loss; double margin; } tv_out;
+
+/* 12-8-3-8-12 ReLU VAE, Bernoulli decoder, loss = mean(sum BCE + KL).
+   eps NULL: z from av_reparameterize (ctx seeded with TV_EPS_SEED);
+   else z = mu + exp(lv / 2) * eps composed from ops. */
+static tv_out tv_forward(av_ctx *c, const tv_net *n, const float *x, const float *eps) {
+    tv_out o;
+    av_tensor *xt = av_from(c, x, 2, TV_B, TV_IN), *pre1, *pre2;
+    int i;
+    av_ctx_seed(c, TV_EPS_SEED);
+    pre1 = av_mlp_forward(c, &n->enc, xt);
+    av_gaussian_head_forward(c, &n->head, av_relu(c, pre1), &o.mu, &o.lv);
+    if (eps) o.z = av_add(c, o.mu, av_mul(c, av_exp(c, av_scale(c, o.lv, 0.5f)), av_from(c, eps, 2, TV_B, TV_Z)));
+    else o.z = av_reparameterize(c, o.mu, o.lv);
+    o.logits = av_mlp_forward(c, &n->dec, o.z);
+    o.nll = av_bernoulli_nll(c, o.logits, xt);
+    o.kl = av_kl_std_normal(c, o.mu, o.lv);
+    o.loss = av_neg_elbo(c, o.nll, o.kl, 1.0f);
+    /* distance of the ReLU inputs from the kink (decides whether fp32 vs
+       fp64 could disagree on a ReLU derivative) */
+    pre2 = av_linear_forward(c, &n->dec.layers[0], av_detach(c, o.z));
+    o.margin = 1e30;
+    for (i = 0; i < pre1->size; i++) o.margin = fabs(pre1->data[i]) < o.margin ? fabs(pre1->data[i]) : o.margin;
+    for (i = 0; i < pre2->size; i++) o.margin = fabs(pre2->data[i]) < o.margin ? fabs(pre2->data[i]) : o.margin;
+    return o;
+}
+
+static void test_torch(av_ctx *c, const char *dir) {
+    char path[512], cmd[1200];
+    av_model *m, *m2;
+    tv_net net;
+    tv_out o;
+    float x[TV_B * TV_IN], eps[TV_B * TV_Z], **g1;
+    av_st_item items[2];
+    int shape_x[2], shape_e[2], i, j, rc, np;
+    av_rng copy;
+    av_st_file *f = NULL;
+    double worst = 0;
+
+    if (system(VAE_PYTHON " -c 'import torch' >/dev/null 2>&1") != 0) {
+        printf("skipped: python3-torch not installed\n");
+        return;
+    }
+    if (!file_exists("tests/torch_vae.py")) {
+        CHECK(0, "tests/torch_vae.py not found: run the test from the repository root");
+        return;
+    }
+    snprintf(cmd, sizeof cmd, "mkdir -p '%s'", dir);
+    CHECK(system(cmd) == 0, "cannot create %s", dir);
+
+    m = av_model_new(2718);
+    net = tv_build(m);
+    np = av_model_count(m);
+    /* x: half binary images, half intensities in [0, 1] */
+    for (i = 0; i < TV_B * TV_IN; i++) x[i] = i < TV_B * TV_IN / 2 ? (float)(tr_unif() < 0.4) : (float)tr_unif();
+    /* the eps av_reparameterize will draw: the ctx RNG's normal stream after seeding */
+    av_ctx_seed(c, TV_EPS_SEED);
+    copy = *av_ctx_rng(c);
+    for (i = 0; i < TV_B * TV_Z; i++) eps[i] = av_rng_normal(&copy);
+
+    snprintf(path, sizeof path, "%s/model.safetensors", dir);
+    CHECK(av_model_save(m, path) == AV_OK, "av_model_save %s: %s", path, av_error());
+    shape_x[0] = TV_B; shape_x[1] = TV_IN;
+    shape_e[0] = TV_B; shape_e[1] = TV_Z;
+    items[0].name = "x"; items[0].ndim = 2; items[0].shape = shape_x; items[0].data = x;
+    items[1].name = "eps"; items[1].ndim = 2; items[1].shape = shape_e; items[1].data = eps;
+    snprintf(path, sizeof path, "%s/data.safetensors", dir);
+    CHECK(av_st_save(path, items, 2, NULL, NULL, 0) == AV_OK, "av_st_save %s: %s", path, av_error());
+
+    snprintf(cmd, sizeof cmd, VAE_PYTHON " tests/torch_vae.py '%s'", dir);
+    rc = system(cmd);
+    CHECK(rc == 0, "tests/torch_vae.py failed (status %d)", rc);
+    snprintf(path, sizeof path, "%s/torch_out.safetensors", dir);
+    if (rc != 0 || av_st_open(path, &f) != AV_OK) {
+        CHECK(0, "cannot read %s: %s", path, av_error());
+        av_model_free(m);
+        return;
+    }
+
+    /* the library's own path: av_reparameterize with the ctx seeded */
+    av_ctx_reset(c);
+    av_model_zero_grad(m);
+    o = tv_forward(c, &net, x, NULL);
+    av_backward(c, o.loss);
+    CHECK(o.margin > 1e-3, "test data: a ReLU input is %g from the kink (fp32 vs fp64 could differ)", o.margin);
+    tv_compare(f, "mu", o.mu->data, o.mu->size, &worst);
+    tv_compare(f, "logvar", o.lv->data, o.lv->size, &worst);
+    tv_compare(f, "z", o.z->data, o.z->size, &worst);
+    tv_compare(f, "logits", o.logits->data, o.logits->size, &worst);
+    tv_compare(f, "nll", o.nll->data, o.nll->size, &worst);
+    tv_compare(f, "kl", o.kl->data, o.kl->size, &worst);
+    tv_compare(f, "loss", o.loss->data, 1, &worst);
+    g1 = (float **)malloc(sizeof(float *) * (size_t)np);
+    for (i = 0; i < np; i++) {
+        av_tensor *p = av_model_param(m, i);
+        char name[160];
+        snprintf(name, sizeof name, "grad.%s", p->name);
+        tv_compare(f, name, p->grad, p->size, &worst);
+        g1[i] = (float *)malloc(sizeof(float) * (size_t)p->size);
+        memcpy(g1[i], p->grad, sizeof(float) * (size_t)p->size);
+    }
+    av_st_close(f);
+    printf("info: torch cross-check: loss %.6f, %d parameter tensors (%ld values); worst |err|/tol %.3f\n",
+           (double)av_item(o.loss), np, av_model_num_values(m), worst);
+
+    /* the same loss with z composed from ops and eps as a constant: same z,
+       same gradients (the eps stream reproduced from a copy of the RNG) */
+    {
+        av_tensor *z_rep = o.z;
+        float zr[TV_B * TV_Z];
+        tv_out o2;
+        memcpy(zr, z_rep->data, sizeof zr);
+        av_ctx_reset(c);
+        av_model_zero_grad(m);
+        o2 = tv_forward(c, &net, x, eps);
+        av_backward(c, o2.loss);
+        for (i = 0; i < TV_B * TV_Z; i++)
+            CHECK_CLOSE(o2.z->data[i], zr[i], 1e-6, 1e-6, "z from av_reparameterize vs mu + exp(lv/2) eps from ops");
+        for (i = 0; i < np; i++) {
+            av_tensor *p = av_model_param(m, i);
+            double scale = 0;
+            for (j = 0; j < p->size; j++) scale = fabs(g1[i][j]) > scale ? fabs(g1[i][j]) : scale;
+            for (j = 0; j < p->size; j++)
+                CHECK_CLOSE(p->grad[j], g1[i][j], 1e-6 * scale, 1e-6, "gradient via av_reparameterize vs composed ops");
+        }
+    }
+
+    /* Python's SGD step p - lr g_torch, written by its own safetensors writer,
+       loads into a fresh model of the same architecture via av_model_load and
+       matches p - lr g_C */
+    m2 = av_model_new(1);
+    tv_build(m2);
+    snprintf(path, sizeof path, "%s/sgd.safetensors", dir);
+    rc = av_model_load(m2, path);
+    CHECK(rc == AV_OK, "av_model_load of the PyTorch-written %s: %s", path, av_error());
+    for (i = 0; rc == AV_OK && i < np; i++) {
+        av_tensor *p = av_model_param(m, i), *q = av_model_find(m2, p->name);
+        double scale = 0;
+        CHECK(q != NULL && q->size == p->size, "sgd file: parameter %s", p->name);
+        if (!q) continue;
+        for (j = 0; j < p->size; j++) scale = fabs(p->data[j]) > scale ? fabs(p->data[j]) : scale;
+        for (j = 0; j < p->size; j++)
+            CHECK_CLOSE(q->data[j], p->data[j] - TV_LR * g1[i][j], 1e-6 * scale + 1e-5 * TV_LR * fabs(g1[i][j]), 1e-6,
+                        "torch SGD step loaded with av_model_load");
+    }
+    for (i = 0; i < np; i++) free(g1[i]);
+    free(g1);
+    av_model_free(m2);
+    av_model_free(m);
+}
+
+int main(int argc, char **argv) {
+    const char *dir = argc > 1 ? argv[1] : "build/vae_tmp";
+    clock_t t0 = clock();
+    av_ctx *c = av_ctx_new();
+
+    test_gradients();
+    test_kl_closed_form(c);
+    test_bernoulli_closed_form(c);
+    test_gaussian_closed_form(c);
+    test_log_mean_exp();
+    test_warmup_interpolate(c);
+    test_reparam_stats(c);
+    test_linear_gaussian(c);
+    test_torch(c, dir);
+
+    av_ctx_free(c);
+    printf("info: test_vae CPU time %.2f s\n", (double)(clock() - t0) / CLOCKS_PER_SEC);
+    return t_summary();
 }
