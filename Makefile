@@ -29,7 +29,7 @@ EXAMPLES := mlp_fashion vae_fashion
 all: examples tests
 
 examples: $(EXAMPLES:%=$(BUILD)/%)
-tests: $(TESTS:%=$(BUILD)/%) $(BUILD)/test_gemm_omp $(BUILD)/header_cxx.o
+tests: $(TESTS:%=$(BUILD)/%) $(TESTS:%=$(BUILD)/cxx/%) $(BUILD)/test_gemm_omp
 
 $(BUILD):
 	@mkdir -p $@
@@ -43,46 +43,54 @@ $(BUILD)/test_%: tests/test_%.c tests/test.h $(wildcard tests/*.h) $(HEADER) | $
 $(BUILD)/test_gemm_omp: tests/test_gemm.c tests/test.h $(HEADER) | $(BUILD)
 	$(C99) $(OPENMP) -o $@ $< -lm
 
-# The header must also compile clean as C++.
-$(BUILD)/header_cxx.o: $(HEADER) | $(BUILD)
-	printf '#define ATTNVAE_IMPLEMENTATION\n#include "../attnvae.h"\n' > $(BUILD)/header_cxx.cpp
-	$(CXX) -x c++ -std=c++11 $(WARN) $(CFLAGS) -c $(BUILD)/header_cxx.cpp -o $@
+# The header must also work as C++: the test programs are built as C++ too.
+$(BUILD)/cxx/test_%: tests/test_%.c tests/test.h $(wildcard tests/*.h) $(HEADER)
+	@mkdir -p $(BUILD)/cxx
+	$(CXX) -x c++ -std=c++11 $(WARN) $(CFLAGS) -o $@ $< -lm
 
 # ---- tests ------------------------------------------------------------
-# Each entry is one command for tests/run; examples run in --quick mode.
-TEST_CMDS = \
-	"$(BUILD)/test_ops" \
-	"$(BUILD)/test_optim" \
-	"$(BUILD)/test_gemm" \
+# $(call suite,RUNNER,DIR): one quoted command per test program in DIR, each
+# run through RUNNER (empty, valgrind or qemu); tests/run totals them.
+suite = \
+	"$(1) $(2)/test_ops" \
+	"$(1) $(2)/test_optim" \
+	"$(1) $(2)/test_gemm" \
+	"rm -rf $(2)/io_tmp && mkdir -p $(2)/io_tmp && $(PYTHON) tests/make_safetensors.py write $(2)/io_tmp/py.safetensors && $(1) $(2)/test_io $(2)/io_tmp/py.safetensors $(2)/io_tmp && $(PYTHON) tests/make_safetensors.py check $(2)/io_tmp/c_written.safetensors" \
+	"rm -rf $(2)/vae_tmp && mkdir -p $(2)/vae_tmp && $(1) $(2)/test_vae $(2)/vae_tmp" \
+	"ATTNVAE_PYTHON=$(PYTHON) $(1) $(2)/test_torch_ref tests/torch_ref.py $(2)"
+
+# The examples run in --quick mode; the GEMM runs on every path, threaded too.
+TEST_CMDS = $(call suite,,$(BUILD)) $(call suite,,$(BUILD)/cxx) \
 	"OMP_NUM_THREADS=2 $(BUILD)/test_gemm_omp" \
 	"ATTNVAE_ISA=scalar $(BUILD)/test_gemm --quick" \
-	"rm -rf $(BUILD)/io_tmp && mkdir -p $(BUILD)/io_tmp && $(PYTHON) tests/make_safetensors.py write $(BUILD)/io_tmp/fixture_py.safetensors && $(BUILD)/test_io $(BUILD)/io_tmp/fixture_py.safetensors $(BUILD)/io_tmp && $(PYTHON) tests/make_safetensors.py check $(BUILD)/io_tmp/c_written.safetensors" \
-	"rm -rf $(BUILD)/vae_tmp && mkdir -p $(BUILD)/vae_tmp && $(BUILD)/test_vae $(BUILD)/vae_tmp" \
-	"ATTNVAE_PYTHON=$(PYTHON) $(BUILD)/test_torch_ref tests/torch_ref.py $(BUILD)" \
 	"$(BUILD)/mlp_fashion --quick --data $(DATA) --out $(BUILD)/mlp_quick.safetensors" \
 	"$(BUILD)/vae_fashion --quick --data $(DATA) --out $(BUILD)/vae_quick" \
-	"$(BUILD)/vae_fashion --quick --data $(DATA) --out $(BUILD)/vae_quick --load $(BUILD)/vae_quick/vae.safetensors"
+	"$(BUILD)/vae_fashion --quick --data $(DATA) --out $(BUILD)/vae_quick --load $(BUILD)/vae_quick/vae.safetensors" \
+	"$(BUILD)/vae_fashion --quick --latent 2 --data $(DATA) --out $(BUILD)/vae_quick2"
 
 test: deps data all
 	@tests/run $(TEST_CMDS)
 
-# ---- sanitizers -------------------------------------------------------
 SAN = -O1 -g -fno-omit-frame-pointer -fsanitize=address,undefined -fno-sanitize-recover=all
 sanitize: deps
 	$(MAKE) BUILD=build/san CFLAGS="$(SAN)" OPENMP= tests
-	@ASAN_OPTIONS=detect_leaks=1 tests/run $(subst $(BUILD)/,build/san/,$(filter-out %fashion%,$(TEST_CMDS)))
+	@ASAN_OPTIONS=detect_leaks=1 tests/run $(call suite,,build/san) $(call suite,,build/san/cxx)
 
+VALGRIND = AV_TEST_QUICK=1 valgrind -q --error-exitcode=9 --leak-check=full --errors-for-leak-kinds=definite
 valgrind: deps
 	$(MAKE) BUILD=build/vg CFLAGS="-O1 -g" OPENMP= tests
-	@AV_TEST_QUICK=1 tests/run $(foreach t,test_ops test_optim test_gemm test_vae,"valgrind -q --error-exitcode=9 --leak-check=full --errors-for-leak-kinds=definite build/vg/$(t) --quick")
+	@tests/run $(call suite,$(VALGRIND),build/vg)
 
-# ---- AArch64 / NEON under qemu-user ----------------------------------
+# AArch64: cross-compiled, static, run under qemu-user; the NEON GEMM path
+# must be among those tested.
 ARM_CC := aarch64-linux-gnu-gcc
+ARM_TESTS := test_ops test_optim test_gemm test_io test_vae test_torch_ref
 test-arm64: deps-arm64
 	@mkdir -p build/arm64
-	for t in test_ops test_optim test_gemm test_vae; do \
+	for t in $(ARM_TESTS); do \
 		$(ARM_CC) -std=c99 $(WARN) -O2 -static -o build/arm64/$$t tests/$$t.c -lm || exit 1; done
-	@tests/run $(foreach t,test_ops test_optim test_gemm test_vae,"qemu-aarch64 build/arm64/$(t) --quick")
+	@tests/run $(call suite,qemu-aarch64,build/arm64) \
+		"qemu-aarch64 build/arm64/test_gemm --quick | grep '^isa neon:'"
 
 # ---- benchmarks -------------------------------------------------------
 bench: deps-bench data $(BUILD)/bench_gemm $(BUILD)/vae_fashion

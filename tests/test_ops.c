@@ -140,7 +140,7 @@ static void grad_unary(void) {
     float x[60];
     gc_input in[1];
     int kind;
-    char what[64];
+    char what[160];
     for (kind = 0; kind < U_COUNT; kind++) {
         int shapes, s;
         switch (kind) {
@@ -154,7 +154,7 @@ static void grad_unary(void) {
             if (s == 0) in[0] = gc_in(x, 1, 2, 3, 5);
             else if (s == 1) in[0] = gc_in(x, 1, 3, 2, 3, 4);
             else in[0] = gc_in(x, 1, 1, 7);
-            sprintf(what, "grad %s shape#%d", unary_names[kind], s);
+            snprintf(what, sizeof what, "grad %s shape#%d", unary_names[kind], s);
             gc_check(what, fwd_unary, &kind, 1, in);
         }
     }
@@ -163,7 +163,7 @@ static void grad_unary(void) {
         float v = 0.7f;
         for (kind = 0; kind < U_SOFTMAX; kind++) {
             in[0] = gc_in(&v, 1, 0);
-            sprintf(what, "grad %s 0-d", unary_names[kind]);
+            snprintf(what, sizeof what, "grad %s 0-d", unary_names[kind]);
             gc_check(what, fwd_unary, &kind, 1, in);
         }
     }
@@ -214,7 +214,7 @@ static void grad_binary(void) {
             else gc_fill(b, 64, -2.0, 2.0);
             in[0] = gc_in(a, 1, s[0], s[1], s[2], s[3], s[4]);
             in[1] = gc_in(b, 1, s[5], s[6], s[7], s[8], s[9]);
-            sprintf(what, "grad %s case %d", opn[op], k);
+            snprintf(what, sizeof what, "grad %s case %d", opn[op], k);
             gc_check(what, fwd_binary, &args, 2, in);
         }
     }
@@ -227,11 +227,11 @@ static void grad_binary(void) {
         gc_fill_away(b, 64, 0.5, 1.5);
         in[0] = gc_in(a, 0, 2, 3, 4);
         in[1] = gc_in(b, 1, 1, 4);
-        sprintf(what, "grad %s const a", opn[op]);
+        snprintf(what, sizeof what, "grad %s const a", opn[op]);
         gc_check(what, fwd_binary, &args, 2, in);
         in[0] = gc_in(b, 1, 2, 3, 4);
         in[1] = gc_in(a, 0, 2, 3, 1);
-        sprintf(what, "grad %s const b", opn[op]);
+        snprintf(what, sizeof what, "grad %s const b", opn[op]);
         gc_check(what, fwd_binary, &args, 2, in);
     }
     /* the same tensor as both operands: both gradients must add up */
@@ -241,7 +241,7 @@ static void grad_binary(void) {
         args.same = 1;
         gc_fill_away(a, 64, 0.5, 1.5);
         in[0] = gc_in(a, 1, 2, 3, 4);
-        sprintf(what, "grad %s(x, x)", opn[op]);
+        snprintf(what, sizeof what, "grad %s(x, x)", opn[op]);
         gc_check(what, fwd_binary, &args, 1, in);
     }
 }
@@ -269,7 +269,7 @@ static void grad_shape_ops(void) {
     gc_input in[1];
     shp_args s;
     int i, ax;
-    char what[64];
+    char what[160];
     gc_fill(x, 120, -2.0, 2.0);
     memset(&s, 0, sizeof s);
     in[0] = gc_in(x, 1, 3, 2, 3, 4);
@@ -287,7 +287,7 @@ static void grad_shape_ops(void) {
             if (nd == 2) in[0] = gc_in(x, 1, 2, 3, 5);
             else if (nd == 3) in[0] = gc_in(x, 1, 3, 2, 3, 4);
             else in[0] = gc_in(x, 1, 4, 2, 3, 4, 5);
-            sprintf(what, "grad permute #%d", i);
+            snprintf(what, sizeof what, "grad permute #%d", i);
             gc_check(what, fwd_shape, &s, 1, in);
         }
     }
@@ -299,7 +299,7 @@ static void grad_shape_ops(void) {
     for (ax = 0; ax < 3; ax++) {
         s.kind = 4; s.a = ax;
         s.b = 1; s.c = ax == 2 ? 2 : 3;
-        sprintf(what, "grad slice axis %d", ax);
+        snprintf(what, sizeof what, "grad slice axis %d", ax);
         gc_check(what, fwd_shape, &s, 1, in);
     }
     s.kind = 4; s.a = 1; s.b = 0; s.c = 5; gc_check("grad slice full", fwd_shape, &s, 1, in);
@@ -359,7 +359,7 @@ static void grad_reductions(void) {
     float x[48];
     gc_input in[1];
     red_args r;
-    char what[64];
+    char what[160];
     int shape_k;
     for (shape_k = 0; shape_k < 3; shape_k++) {
         int nd = shape_k == 0 ? 3 : shape_k == 1 ? 4 : 1, ax;
@@ -372,11 +372,11 @@ static void grad_reductions(void) {
             for (ax = 0; ax < nd; ax++)
                 for (r.keepdim = 0; r.keepdim < 2; r.keepdim++) {
                     r.axis = ax;
-                    sprintf(what, "grad %s %d-d axis %d keepdim %d", names[r.kind], nd, ax, r.keepdim);
+                    snprintf(what, sizeof what, "grad %s %d-d axis %d keepdim %d", names[r.kind], nd, ax, r.keepdim);
                     gc_check(what, fwd_reduce, &r, 1, in);
                 }
         for (r.kind = 3; r.kind < 6; r.kind++) {
-            sprintf(what, "grad %s %d-d", names[r.kind], nd);
+            snprintf(what, sizeof what, "grad %s %d-d", names[r.kind], nd);
             gc_check(what, fwd_reduce, &r, 1, in);
         }
     }
@@ -385,7 +385,7 @@ static void grad_reductions(void) {
         float v = 0.37f;
         in[0] = gc_in(&v, 1, 0);
         for (r.kind = 3; r.kind < 6; r.kind++) {
-            sprintf(what, "grad %s 0-d", names[r.kind]);
+            snprintf(what, sizeof what, "grad %s 0-d", names[r.kind]);
             gc_check(what, fwd_reduce, &r, 1, in);
         }
     }
@@ -429,7 +429,7 @@ static void grad_matmul(void) {
                 in[0].data = a; in[0].check = 1;
                 in[1].data = b; in[1].check = 1;
                 mm_shapes(nba[cfg], nbb[cfg], batch, Ms[cfg], Ks[cfg], Ns[cfg], m.ta, m.tb, &in[0], &in[1]);
-                sprintf(what, "grad matmul %d-d x %d-d ta %d tb %d", nba[cfg] + 2, nbb[cfg] + 2, m.ta, m.tb);
+                snprintf(what, sizeof what, "grad matmul %d-d x %d-d ta %d tb %d", nba[cfg] + 2, nbb[cfg] + 2, m.ta, m.tb);
                 gc_check(what, fwd_matmul, &m, 2, in);
             }
     }
@@ -560,7 +560,7 @@ static void grad_losses(void) {
     float p[20], t[20], logits[20], bt[20];
     gc_input in[2];
     loss_args l;
-    char what[64];
+    char what[160];
     gc_fill(p, 20, -2, 2);
     gc_fill(t, 20, -2, 2);
     gc_fill(logits, 20, -3, 3);
@@ -571,22 +571,22 @@ static void grad_losses(void) {
         l.kind = 0;
         in[0] = gc_in(p, 1, 2, 3, 4);
         in[1] = gc_in(t, 1, 2, 3, 4);
-        sprintf(what, "grad mse %s", rn);
+        snprintf(what, sizeof what, "grad mse %s", rn);
         gc_check(what, fwd_loss, &l, 2, in);
         in[1].check = 0;
-        sprintf(what, "grad mse %s const target", rn);
+        snprintf(what, sizeof what, "grad mse %s const target", rn);
         gc_check(what, fwd_loss, &l, 2, in);
         l.kind = 1;
         in[0] = gc_in(logits, 1, 2, 4, 5);
-        sprintf(what, "grad cross_entropy %s", rn);
+        snprintf(what, sizeof what, "grad cross_entropy %s", rn);
         gc_check(what, fwd_loss, &l, 1, in);
         l.kind = 2;
         in[0] = gc_in(logits, 1, 2, 4, 5);
         in[1] = gc_in(bt, 1, 2, 4, 5);
-        sprintf(what, "grad bce_with_logits %s", rn);
+        snprintf(what, sizeof what, "grad bce_with_logits %s", rn);
         gc_check(what, fwd_loss, &l, 2, in);
         in[1].check = 0;
-        sprintf(what, "grad bce_with_logits %s const target", rn);
+        snprintf(what, sizeof what, "grad bce_with_logits %s const target", rn);
         gc_check(what, fwd_loss, &l, 2, in);
     }
 }
@@ -884,8 +884,8 @@ static void fwd_loss_values(void) {
            or NaN by cancellation */
         for (i = 0; i < 10; i++) {
             av_tensor *l = av_bce_with_logits(c, av_from(c, x + i, 1, 1), av_from(c, t + i, 1, 1), AV_SUM);
-            char what[64];
-            sprintf(what, "bce_with_logits(x=%g, t=%g)", x[i], t[i]);
+            char what[160];
+            snprintf(what, sizeof what, "bce_with_logits(x=%g, t=%g)", x[i], t[i]);
             CHECK_CLOSE(av_item(l), want[i], 1e-37, 1e-5, what);
         }
     }
@@ -942,10 +942,10 @@ static void fwd_broadcast_values(void) {
             const int *s = cases[k];
             int so[4], nout, i, size = 1;
             av_tensor *ta = mk(c, a, s[0], s[1], s[2], s[3], s[4]), *tb = mk(c, b, s[5], s[6], s[7], s[8], s[9]), *y;
-            char what[64];
+            char what[160];
             ref_broadcast(op, a, s[0], s + 1, b, s[5], s + 6, want, so, &nout);
             y = op == 0 ? av_add(c, ta, tb) : op == 1 ? av_sub(c, ta, tb) : op == 2 ? av_mul(c, ta, tb) : av_div(c, ta, tb);
-            sprintf(what, "broadcast case %d op %d", k, op);
+            snprintf(what, sizeof what, "broadcast case %d op %d", k, op);
             CHECK(y->ndim == nout, "%s: ndim %d want %d", what, y->ndim, nout);
             for (i = 0; i < nout && i < y->ndim; i++) {
                 CHECK(y->shape[i] == so[i], "%s: shape[%d] = %d want %d", what, i, y->shape[i], so[i]);
@@ -973,7 +973,7 @@ static void fwd_reduction_values(void) {
             double ws[120], wm[120], wx[120];
             int outer = 1, inner = 1, n = S[ax], o, i, j, k, nd;
             av_tensor *ys, *ym, *yx;
-            char what[64];
+            char what[160];
             for (i = 0; i < ax; i++) outer *= S[i];
             for (i = ax + 1; i < 4; i++) inner *= S[i];
             for (o = 0; o < outer; o++)
@@ -992,7 +992,7 @@ static void fwd_reduction_values(void) {
             ym = av_mean(c, t, ax, kd);
             yx = av_max(c, t, ax, kd);
             nd = kd ? 4 : 3;
-            sprintf(what, "reduce axis %d keepdim %d", ax, kd);
+            snprintf(what, sizeof what, "reduce axis %d keepdim %d", ax, kd);
             CHECK(ys->ndim == nd && ym->ndim == nd && yx->ndim == nd, "%s: ndim %d/%d/%d want %d", what, ys->ndim, ym->ndim, yx->ndim, nd);
             for (i = 0, j = 0; i < 4; i++) {
                 if (i == ax && !kd) continue;
@@ -1060,7 +1060,7 @@ static void fwd_matmul_values(void) {
                             want[(bi * M + i) * N + j] = s;
                         }
                 }
-                sprintf(what, "matmul %d-d x %d-d %dx%dx%d ta %d tb %d", ga.ndim, gb.ndim, M, K, N, ta, tb);
+                snprintf(what, sizeof what, "matmul %d-d x %d-d %dx%dx%d ta %d tb %d", ga.ndim, gb.ndim, M, K, N, ta, tb);
                 CHECK(C->ndim == ga.ndim && C->shape[C->ndim - 2] == M && C->shape[C->ndim - 1] == N, "%s: bad output shape", what);
                 /* fp32 dot products of K terms in [-1,1]: error <= K ulp-ish, 1e-5 abs is ample and a wrong index is O(1) */
                 check_vals(what, C, want, nbat * M * N, 1e-5 * K, 1e-5);

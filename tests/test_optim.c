@@ -55,7 +55,7 @@ static void test_sgd(void) {
         av_optim o = av_sgd(lrs[cfg], mus[cfg], wds[cfg]);
         double pw[NP], v[NP];
         int s, j;
-        char what[64];
+        char what[160];
         CHECK(o.kind == AV_OPT_SGD && o.lr == lrs[cfg] && o.momentum == mus[cfg] && o.weight_decay == wds[cfg], "av_sgd fields");
         for (j = 0; j < NP; j++) { pw[j] = P0[j]; v[j] = 0; }
         for (s = 0; s < 3; s++) {
@@ -69,7 +69,7 @@ static void test_sgd(void) {
                 v[j] = s == 0 ? g : mus[cfg] * v[j] + g;
                 pw[j] -= lrs[cfg] * v[j];
             }
-            sprintf(what, "sgd lr %g mu %g wd %g step %d", lrs[cfg], mus[cfg], wds[cfg], s + 1);
+            snprintf(what, sizeof what, "sgd lr %g mu %g wd %g step %d", lrs[cfg], mus[cfg], wds[cfg], s + 1);
             /* fp32 updates of O(1) values: a few ulps (6e-8 each) per step */
             CHECK_ARR(p->data, pw, NP, 1e-6, 1e-6, what);
             {   /* the step does not zero the gradient */
@@ -93,7 +93,7 @@ static void test_adam(int decoupled) {
     av_optim o = decoupled ? av_adamw(lr, wd) : av_adam(lr);
     double pw[NP], mm[NP], vv[NP], qw[6];
     int s, j;
-    char what[64];
+    char what[160];
     const char *name = decoupled ? "adamw" : "adam";
     CHECK(o.kind == (decoupled ? AV_OPT_ADAMW : AV_OPT_ADAM), "%s: kind %d", name, o.kind);
     CHECK(o.beta1 == 0.9f && o.beta2 == 0.999f && o.eps == 1e-8f && o.lr == lr && o.weight_decay == wd,
@@ -114,7 +114,7 @@ static void test_adam(int decoupled) {
         }
         for (j = 0; j < 6; j++)
             if (decoupled) qw[j] -= lr * wd * qw[j];
-        sprintf(what, "%s step %d", name, s);
+        snprintf(what, sizeof what, "%s step %d", name, s);
         /* updates are ~lr = 0.01 computed in fp32: relative error ~1e-6 of
            the update plus the ulp of p; 2e-7 + 2e-6|p| is a few ulps. A
            missing bias correction moves p by ~lr, eps outside the bias
@@ -213,8 +213,8 @@ static void test_schedule(void) {
     const float lr_max = 3e-3f, lr_min = 1e-5f;
     int i;
     for (i = 0; i < (int)(sizeof steps / sizeof steps[0]); i++) {
-        char what[64];
-        sprintf(what, "lr_warmup_cosine step %ld", steps[i]);
+        char what[160];
+        snprintf(what, sizeof what, "lr_warmup_cosine step %ld", steps[i]);
         CHECK_CLOSE(av_lr_warmup_cosine(steps[i], warmup, total, lr_max, lr_min),
                     ref_lr(steps[i], warmup, total, lr_max, lr_min), 1e-10, 1e-6, what);
     }
@@ -278,15 +278,15 @@ static void check_init(av_model *m, const char *name, int init, float arg, int n
     sigma = uniform ? expect / sqrt(3.0) : expect;
     s = stats_of(t, sigma);
     CHECK(t->requires_grad && t->name && strcmp(t->name, name) == 0, "%s: flags or name", name);
-    sprintf(what, "%s mean", name);
+    snprintf(what, sizeof what, "%s mean", name);
     CHECK_CLOSE(s.mean, 0.0, 5 * sigma / sqrt(N), 0, what);
-    sprintf(what, "%s std", name);
+    snprintf(what, sizeof what, "%s std", name);
     CHECK_CLOSE(s.std, sigma, 0, 5 * (uniform ? 0.447 : 0.7072) / sqrt(N), what);
     if (uniform) {
         CHECK(s.maxabs <= expect * (1 + 1e-6), "%s: value %.9g beyond the bound %.9g", name, s.maxabs, expect);
         CHECK(s.maxabs >= expect * (1 - 20 / N), "%s: max |x| %.9g, bound %.9g: bound too small?", name, s.maxabs, expect);
     } else {
-        sprintf(what, "%s P(|x| < std) (normal shape)", name);
+        snprintf(what, sizeof what, "%s P(|x| < std) (normal shape)", name);
         CHECK_CLOSE(s.frac1, 0.682689, 5 * sqrt(0.682689 * 0.317311 / N), 0, what);
     }
 }

@@ -486,7 +486,7 @@ static void test_bernoulli_closed_form(av_ctx *c) {
     nll = av_bernoulli_nll(c, l, x);
     for (i = 0; i < 8; i++) {
         double want = ref_bce(L[i], X[i]);
-        char what[64];
+        char what[160];
         snprintf(what, sizeof what, "bernoulli nll logit %g x %g", (double)L[i], (double)X[i]);
         CHECK(isfinite(nll->data[i]) && nll->data[i] >= 0, "%s: %g is not finite and >= 0", what, (double)nll->data[i]);
         /* logit 100, x 1: e^-100 = 3.7e-44, zero at any sensible scale */
