@@ -18,11 +18,11 @@ PYTHON  ?= /usr/bin/python3
 BUILD   := build
 DATA    := data/fashion
 OUT     := out
-HEADER  := attnvae.h $(wildcard parts/*.h parts/*.c)
+HEADER  := attnvae.h
 C99      = $(CC) -std=c99 $(WARN) $(CFLAGS)
 
 TESTS    := test_ops test_optim test_gemm test_io test_vae test_torch_ref
-EXAMPLES := mlp_fashion vae_fashion
+EXAMPLES := mlp_fashion vae_fashion ae_fashion
 
 .PHONY: all examples tests test bench sanitize valgrind test-arm64 demo deps deps-demo deps-bench deps-arm64 data clean
 
@@ -66,7 +66,8 @@ TEST_CMDS = $(call suite,,$(BUILD)) $(call suite,,$(BUILD)/cxx) \
 	"$(BUILD)/mlp_fashion --quick --data $(DATA) --out $(BUILD)/mlp_quick.safetensors" \
 	"$(BUILD)/vae_fashion --quick --data $(DATA) --out $(BUILD)/vae_quick" \
 	"$(BUILD)/vae_fashion --quick --data $(DATA) --out $(BUILD)/vae_quick --load $(BUILD)/vae_quick/vae.safetensors" \
-	"$(BUILD)/vae_fashion --quick --latent 2 --data $(DATA) --out $(BUILD)/vae_quick2"
+	"$(BUILD)/vae_fashion --quick --latent 2 --data $(DATA) --out $(BUILD)/vae_quick2" \
+	"$(BUILD)/ae_fashion --quick --data $(DATA) --out $(BUILD)/ae_quick"
 
 test: deps data all
 	@tests/run $(TEST_CMDS)

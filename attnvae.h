@@ -1,5 +1,80 @@
 /* attnvae.h - attention models and variational autoencoders in one C header.
-   (development skeleton: the manual is written at the top when sections land)
+   v0.1.0, public domain or MIT (see the end of the file). Needs libc and libm.
+
+   USE
+     In exactly one .c file:           #define ATTNVAE_IMPLEMENTATION
+                                       #include "attnvae.h"
+     Everywhere else just #include "attnvae.h". C99 or later, or C++11.
+     Build with -O2 (add -fopenmp for threads) and link -lm.
+
+   QUICK START: a two-layer classifier, trained with Adam
+     av_model *m = av_model_new(42);                 // named parameters
+     av_linear_layer fc1 = av_linear_layer_new(m, "fc1", 784, 256, 1);
+     av_linear_layer fc2 = av_linear_layer_new(m, "fc2", 256, 10, 1);
+     av_optim adam = av_adam(1e-3f);
+     av_ctx *c = av_ctx_new();                       // one training step's memory
+     for (step = 0; step < steps; step++) {
+         av_ctx_reset(c);                            // frees the last step at once
+         av_tensor *x = av_wrap(c, images, 2, batch, 784);
+         av_tensor *h = av_relu(c, av_linear_forward(c, &fc1, x));
+         av_tensor *loss = av_cross_entropy(c, av_linear_forward(c, &fc2, h), labels, AV_MEAN);
+         av_model_zero_grad(m);
+         av_backward(c, loss);                       // gradients into the parameters
+         if (av_optim_step(m, &adam)) { fprintf(stderr, "%s\n", av_error()); break; }
+     }
+     if (av_model_save(m, "model.safetensors")) fprintf(stderr, "%s\n", av_error());
+     av_ctx_free(c); av_model_free(m);
+
+   HOW IT WORKS
+     Tensors are fp32, row-major, contiguous, up to 4 dimensions. A tensor made
+     by an op lives in the step arena of an av_ctx; av_ctx_reset() frees every
+     tensor of the step in O(1) and keeps the memory, so a steady training loop
+     never calls malloc. Each op whose input needs a gradient appends itself to
+     the context's tape (define-by-run: C loops over time steps or decoding just
+     work); av_backward() walks the tape in reverse. av_set_grad_enabled(c, 0)
+     runs inference without a tape. Parameters live in an av_model, outside the
+     arena, with their gradients and optimizer state, under unique names.
+
+   ERRORS
+     Outside data (files, data sets, a non-finite gradient) never crashes: the
+     function returns a negative AV_ERR_* code and av_error() says what is
+     wrong. Programming errors (shapes that do not fit, an id out of range)
+     print the op and the shapes, call the handler set with
+     av_set_abort_handler() if any, then AV_ASSERT and abort().
+
+   OPTIONS (define before including the implementation)
+     ATTNVAE_STATIC         every function static, for a private copy
+     ATTNVAE_NO_SIMD        scalar kernels only
+     AV_MALLOC(n), AV_REALLOC(p, n), AV_FREE(p)   the allocator
+     AV_ASSERT(x)           the assertion used before abort()
+     At run time: av_set_isa() or ATTNVAE_ISA=scalar|avx2|avx512|neon picks the
+     GEMM path (x86 paths are chosen by cpuid, no -march needed; NEON at compile
+     time); av_set_num_threads() or OMP_NUM_THREADS sets threads with -fopenmp.
+
+   API (declarations below, in this order)
+     errors       av_error av_error_code av_set_abort_handler
+     RNG          av_rng_seed av_rng_uniform av_rng_normal
+     context      av_ctx_new/free/reset/seed av_set_grad_enabled av_set_training
+                  av_ctx_mark/rewind
+     tensors      av_zeros av_ones av_full av_randn av_rand av_from av_wrap
+                  av_scalar av_requires_grad av_detach av_item av_print
+     GEMM         av_sgemm (row-major BLAS semantics) av_set_isa av_set_num_threads
+     ops          reshape permute transpose slice concat; add sub mul div scale
+                  add_scalar (broadcasting); exp log sqrt square tanh sigmoid relu
+                  leaky_relu gelu softplus; sum mean max (axis or all); matmul
+                  (batched, transposes) linear; softmax log_softmax layer_norm
+                  embedding dropout; mse_loss cross_entropy bce_with_logits
+     autodiff     av_backward
+     parameters   av_model_new av_param (Xavier, Kaiming, PyTorch-Linear init)
+                  av_model_find av_model_zero_grad
+     layers       av_linear_layer av_mlp av_autoencoder av_activate
+     VAE          av_gaussian_head av_reparameterize av_kl_std_normal
+                  av_bernoulli_nll av_gaussian_nll av_gaussian_log_prob av_neg_elbo
+                  av_kl_warmup av_iwae_log_px av_log_mean_exp av_interpolate
+     optimizers   av_sgd av_adam av_adamw av_optim_step av_clip_grad_norm
+                  av_lr_warmup_cosine
+     files        av_model_save/load av_checkpoint_save/load (safetensors, atomic)
+                  av_st_* (any safetensors file) av_idx_load (MNIST-style IDX)
 */
 #ifndef ATTNVAE_H
 #define ATTNVAE_H
@@ -42,9 +117,8 @@ AVAPI void av_clear_error(void);
 typedef void (*av_abort_fn)(const char *message);
 AVAPI void av_set_abort_handler(av_abort_fn fn);
 
-#include "parts/gemm_api.h"
 
-/* ---- RNG: xoshiro128+-style generator, seeded, reproducible --------- */
+/* ---- RNG: xoshiro256**, seeded, reproducible ------------------------ */
 typedef struct av_rng { uint64_t s[4]; } av_rng;
 AVAPI void av_rng_seed(av_rng *r, uint64_t seed);
 AVAPI uint64_t av_rng_u64(av_rng *r);
@@ -96,6 +170,40 @@ AVAPI av_tensor *av_detach(av_ctx *c, av_tensor *x);   /* same data, no gradient
 AVAPI float av_item(const av_tensor *t);               /* data[0] */
 AVAPI int av_same_shape(const av_tensor *a, const av_tensor *b);
 AVAPI void av_print(const char *label, const av_tensor *t);
+
+/* ---- GEMM ------------------------------------------------------------ */
+/* Row-major single-precision matrix multiply with BLAS semantics:
+     C = alpha * op(A) * op(B) + beta * C,   C is M x N, op(A) M x K, op(B) K x N
+   op(X) = X when trans == 0, else X transposed; A is M x K (lda >= K) or,
+   transposed, K x M (lda >= M); likewise B. beta == 0 makes C write-only
+   (NaNs already in C are ignored). Any strides and alignments are accepted.
+   Bad dimensions or strides are programming errors (av__fail). */
+AVAPI void av_sgemm(int transA, int transB, int M, int N, int K, float alpha,
+                    const float *A, int lda, const float *B, int ldb,
+                    float beta, float *C, int ldc);
+
+/* Frees the calling thread's packing space (av_sgemm keeps it for reuse). */
+AVAPI void av_gemm_release(void);
+
+/* Instruction-set paths. The best supported one is chosen at first use
+   unless the environment variable ATTNVAE_ISA=scalar|avx2|avx512|neon
+   names another supported path. */
+enum {
+    AV_ISA_AUTO = 0,    /* av_set_isa: pick the best supported path */
+    AV_ISA_SCALAR = 1,  /* portable C, always available */
+    AV_ISA_AVX2 = 2,    /* x86-64 AVX2 + FMA (runtime detected) */
+    AV_ISA_AVX512 = 3,  /* x86-64 AVX-512 F/BW/DQ/VL (runtime detected) */
+    AV_ISA_NEON = 4     /* AArch64 NEON (compile time) */
+};
+AVAPI int av_isa_supported(int isa);  /* 1 if this build and CPU can run it */
+AVAPI int av_set_isa(int isa);        /* 0, or AV_ERR_ARG if unsupported */
+AVAPI int av_get_isa(void);           /* path in use (never AV_ISA_AUTO) */
+AVAPI const char *av_isa_name(int isa); /* "scalar", "avx2", ... or "?" */
+
+/* Threads used by av_sgemm when built with OpenMP (n <= 0 restores the
+   OpenMP default). Without OpenMP everything runs on one thread. */
+AVAPI void av_set_num_threads(int n);
+AVAPI int av_get_num_threads(void);
 
 /* ---- ops: every op records itself on the tape when an input needs a
    gradient and grad mode is on. Shape errors abort with a message. ----- */
@@ -188,6 +296,15 @@ typedef struct av_mlp { int n_layers, activation; av_linear_layer layers[AV_MLP_
 AVAPI av_mlp av_mlp_new(av_model *m, const char *name, int n_layers, const int *sizes, int activation);
 AVAPI av_tensor *av_mlp_forward(av_ctx *c, const av_mlp *net, av_tensor *x);
 
+/* A plain autoencoder: encoder MLP sizes[0] -> ... -> sizes[n] (the code),
+   decoder the mirror image back to sizes[0]; parameters "<name>.enc.*" and
+   "<name>.dec.*". The activation also follows the code layer. The decoder
+   output is raw (logits or means): pair it with av_bernoulli_nll or
+   av_gaussian_nll below. */
+typedef struct av_autoencoder { av_mlp encoder, decoder; int activation; } av_autoencoder;
+AVAPI av_autoencoder av_autoencoder_new(av_model *m, const char *name, int n_layers, const int *sizes, int activation);
+AVAPI av_tensor *av_autoencoder_forward(av_ctx *c, const av_autoencoder *ae, av_tensor *x, av_tensor **code);
+
 /* ---- VAE --------------------------------------------------------------
    Pieces that fit any encoder and decoder: the encoder ends in a Gaussian
    head (mu, logvar), z comes from the reparameterization, the decoder gives
@@ -242,6 +359,60 @@ AVAPI float av_grad_norm(const av_model *m);
    with p = (step-warmup)/(total-warmup) clamped to [0, 1]. */
 AVAPI float av_lr_warmup_cosine(long step, long warmup, long total, float lr_max, float lr_min);
 
+/* ---- file I/O: safetensors (F32) and IDX ----------------------------- */
+/* safetensors: u64 little-endian header length N, N bytes of JSON
+   {"name": {"dtype": "F32", "shape": [..], "data_offsets": [begin, end]},
+    "__metadata__": {"key": "value", ..}}, then the data section, raw
+   little-endian floats. Offsets are relative to the data section, and the
+   tensors must cover it exactly: no gaps, no overlap, no trailing bytes.
+   Only F32 tensors are read and written; other dtypes are rejected. */
+#define AV_ST_MAX_DIMS 8
+
+typedef struct av_st_item {
+    const char *name;   /* UTF-8, unique, not "__metadata__" */
+    int ndim;           /* 0 (a scalar) .. AV_ST_MAX_DIMS */
+    const int *shape;   /* ndim entries >= 0 */
+    const float *data;  /* numel floats; may be NULL when numel == 0 */
+} av_st_item;
+
+/* Writes the tensors (data in item order) plus n_meta string pairs to
+   "<path>.tmp", then renames it over path. On failure the tmp file is
+   removed and an existing path is left untouched. */
+AVAPI int av_st_save(const char *path, const av_st_item *items, int n_items,
+                     const char *const *meta_keys,
+                     const char *const *meta_values, int n_meta);
+
+/* av_st_open reads the whole file into memory and validates header and
+   layout; on failure *out is NULL and av_error() names the file and the
+   problem. Tensors are indexed in header order. Getters return NULL / -1
+   for a bad index. */
+typedef struct av_st_file av_st_file;
+AVAPI int av_st_open(const char *path, av_st_file **out);
+AVAPI void av_st_close(av_st_file *f);
+AVAPI int av_st_count(const av_st_file *f);
+AVAPI const char *av_st_name(const av_st_file *f, int i);
+AVAPI int av_st_find(const av_st_file *f, const char *name); /* index or -1 */
+AVAPI int av_st_ndim(const av_st_file *f, int i);
+AVAPI const int64_t *av_st_shape(const av_st_file *f, int i);
+AVAPI int64_t av_st_numel(const av_st_file *f, int i);
+/* Copies tensor i into dst; n must equal its numel (else AV_ERR_MISMATCH). */
+AVAPI int av_st_read(const av_st_file *f, int i, float *dst, int64_t n);
+/* Value of a __metadata__ key, or NULL. */
+AVAPI const char *av_st_meta(const av_st_file *f, const char *key);
+
+/* IDX (MNIST-style, uncompressed): bytes 0,0,type,ndim; ndim big-endian u32
+   dims; big-endian data. Types 0x08 u8, 0x09 i8, 0x0B i16, 0x0C i32,
+   0x0D f32, 0x0E f64; values are converted to float (f64 out of float range
+   becomes +-inf). dims[ndim..3] are 0. */
+typedef struct av_idx {
+    int ndim;
+    int dims[4];
+    int64_t count;  /* product of dims */
+    float *data;
+} av_idx;
+AVAPI int av_idx_load(const char *path, av_idx *out);
+AVAPI void av_idx_free(av_idx *x);
+
 /* ---- model files ----------------------------------------------------- */
 /* Parameters as safetensors. Load checks every name and shape and leaves
    the model untouched on any error. */
@@ -251,7 +422,6 @@ AVAPI int av_model_load(av_model *m, const char *path);
 AVAPI int av_checkpoint_save(const av_model *m, const char *path);
 AVAPI int av_checkpoint_load(av_model *m, const char *path);
 
-#include "parts/io_api.h"
 
 #ifdef __cplusplus
 }
@@ -271,7 +441,11 @@ AVAPI int av_checkpoint_load(av_model *m, const char *path);
 
 #ifndef AV_MALLOC
 #define AV_MALLOC(sz) malloc(sz)
+#endif
+#ifndef AV_REALLOC
 #define AV_REALLOC(p, sz) realloc(p, sz)
+#endif
+#ifndef AV_FREE
 #define AV_FREE(p) free(p)
 #endif
 #ifndef AV_ASSERT
@@ -299,6 +473,9 @@ AVAPI int av_checkpoint_load(av_model *m, const char *path);
 #define AVDEF
 #endif
 
+/* ======================================================================= */
+/* platform, configuration, errors                                         */
+/* ======================================================================= */
 /* ---- errors ---------------------------------------------------------- */
 static char av__errbuf[512];
 static int av__errcode;
@@ -332,16 +509,3290 @@ static void av__fail(const char *fmt, ...) {
     va_end(ap);
     fprintf(stderr, "attnvae: %s\n", msg);
     if (av__abort_fn) av__abort_fn(msg);
+    AV_ASSERT(!"attnvae: programming error (see the message above)");
     abort();
 }
 
-#include "parts/core.c"
-#include "parts/gemm.c"
-#include "parts/ops.c"
-#include "parts/params.c"
-#include "parts/vae.c"
-#include "parts/io.c"
-#include "parts/model_io.c"
+/* ======================================================================= */
+/* RNG                                                                     */
+/* ======================================================================= */
+/* xoshiro256** seeded through splitmix64: fast, 256-bit state, reproducible. */
+static uint64_t av__rotl(uint64_t x, int k) { return (x << k) | (x >> (64 - k)); }
+
+AVDEF void av_rng_seed(av_rng *r, uint64_t seed) {
+    int i;
+    for (i = 0; i < 4; i++) {
+        uint64_t z = (seed += 0x9e3779b97f4a7c15ULL);
+        z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ULL;
+        z = (z ^ (z >> 27)) * 0x94d049bb133111ebULL;
+        r->s[i] = z ^ (z >> 31);
+    }
+}
+
+AVDEF uint64_t av_rng_u64(av_rng *r) {
+    uint64_t *s = r->s, result = av__rotl(s[1] * 5, 7) * 9, t = s[1] << 17;
+    s[2] ^= s[0]; s[3] ^= s[1]; s[1] ^= s[2]; s[0] ^= s[3];
+    s[2] ^= t; s[3] = av__rotl(s[3], 45);
+    return result;
+}
+
+AVDEF float av_rng_uniform(av_rng *r) { return (float)(av_rng_u64(r) >> 40) * (1.0f / 16777216.0f); }
+
+AVDEF float av_rng_normal(av_rng *r) {
+    /* Box-Muller; u1 in (0, 1] keeps the log finite. */
+    double u1 = ((double)(av_rng_u64(r) >> 11) + 1.0) * (1.0 / 9007199254740992.0);
+    double u2 = (double)(av_rng_u64(r) >> 11) * (1.0 / 9007199254740992.0);
+    return (float)(sqrt(-2.0 * log(u1)) * cos(6.283185307179586 * u2));
+}
+
+/* ======================================================================= */
+/* memory: the step arena                                                  */
+/* ======================================================================= */
+/* Chunks are kept across resets; a reset that saw more than one chunk merges
+   them into one big enough for the whole step, so steady state never mallocs. */
+typedef struct av__chunk { struct av__chunk *next; size_t size, used; } av__chunk;
+typedef struct av__arena { av__chunk *head; size_t step_bytes, step_high, peak_bytes; } av__arena;
+
+#define AV__ALIGN 64
+
+static av__chunk *av__chunk_new(size_t size) {
+    av__chunk *k = (av__chunk *)AV_MALLOC(sizeof(av__chunk) + AV__ALIGN + size);
+    if (!k) av__fail("out of memory allocating a %lu-byte arena chunk", (unsigned long)size);
+    k->next = NULL; k->size = size; k->used = 0;
+    return k;
+}
+
+static void *av__arena_alloc(av__arena *a, size_t bytes) {
+    av__chunk *k = a->head;
+    uintptr_t base, p;
+    bytes = (bytes + AV__ALIGN - 1) & ~(size_t)(AV__ALIGN - 1);
+    if (!k || k->used + bytes > k->size) {
+        size_t size = k ? k->size * 2 : ((size_t)1 << 20);
+        while (size < bytes) size *= 2;
+        k = av__chunk_new(size);
+        k->next = a->head;
+        a->head = k;
+    }
+    base = ((uintptr_t)(k + 1) + AV__ALIGN - 1) & ~(uintptr_t)(AV__ALIGN - 1);
+    p = base + k->used;
+    k->used += bytes;
+    a->step_bytes += bytes;
+    if (a->step_bytes > a->step_high) a->step_high = a->step_bytes;
+    if (a->step_bytes > a->peak_bytes) a->peak_bytes = a->step_bytes;
+    return (void *)p;
+}
+
+static void av__arena_free_chunks(av__chunk *k) {
+    while (k) { av__chunk *next = k->next; AV_FREE(k); k = next; }
+}
+
+static void av__arena_reset(av__arena *a) {
+    if (a->head && (a->head->next || a->head->size < a->step_high)) {
+        size_t total = 0;
+        av__chunk *k;
+        for (k = a->head; k; k = k->next) total += k->size;
+        av__arena_free_chunks(a->head);
+        a->head = av__chunk_new(total > a->step_high ? total : a->step_high);
+    }
+    if (a->head) a->head->used = 0;
+    a->step_bytes = a->step_high = 0;
+}
+
+/* ======================================================================= */
+/* tensors                                                                 */
+/* ======================================================================= */
+typedef struct av__node av__node;
+typedef void (*av__backward_fn)(av_ctx *c, av__node *n);
+
+/* One tape entry: the op's output, its inputs, and what backward needs. */
+struct av__node {
+    av__backward_fn backward;
+    av_tensor *out;
+    av_tensor **in;
+    int n_in;
+    int iarg[AV_MAX_DIMS + 2];
+    float farg[2];
+    void *saved;
+};
+
+struct av_ctx {
+    av__arena arena;
+    av__node **tape;
+    int n_tape, cap_tape;
+    av_rng rng;
+    int grad_enabled, training;
+};
+
+AVDEF av_ctx *av_ctx_new(void) {
+    av_ctx *c = (av_ctx *)AV_MALLOC(sizeof(av_ctx));
+    if (!c) av__fail("out of memory allocating a context");
+    memset(c, 0, sizeof *c);
+    c->grad_enabled = 1;
+    c->training = 1;
+    av_rng_seed(&c->rng, 0x5eed);
+    return c;
+}
+
+AVDEF void av_ctx_free(av_ctx *c) {
+    if (!c) return;
+    av__arena_free_chunks(c->arena.head);
+    AV_FREE(c->tape);
+    AV_FREE(c);
+}
+
+AVDEF void av_ctx_reset(av_ctx *c) { av__arena_reset(&c->arena); c->n_tape = 0; }
+AVDEF void av_ctx_seed(av_ctx *c, uint64_t seed) { av_rng_seed(&c->rng, seed); }
+AVDEF av_rng *av_ctx_rng(av_ctx *c) { return &c->rng; }
+AVDEF void *av_ctx_alloc(av_ctx *c, size_t bytes) { return av__arena_alloc(&c->arena, bytes); }
+AVDEF size_t av_ctx_peak_bytes(const av_ctx *c) { return c->arena.peak_bytes; }
+
+AVDEF av_mark av_ctx_mark(const av_ctx *c) {
+    av_mark m;
+    m.chunk = c->arena.head;
+    m.used = c->arena.head ? c->arena.head->used : 0;
+    m.step_bytes = c->arena.step_bytes;
+    m.n_tape = c->n_tape;
+    return m;
+}
+
+AVDEF void av_ctx_rewind(av_ctx *c, av_mark m) {
+    /* chunks opened after the mark go; the next reset sizes one chunk for the peak */
+    while (c->arena.head && (void *)c->arena.head != m.chunk) {
+        av__chunk *next = c->arena.head->next;
+        AV_FREE(c->arena.head);
+        c->arena.head = next;
+    }
+    if (c->arena.head) c->arena.head->used = m.used;
+    c->arena.step_bytes = m.step_bytes;
+    c->n_tape = m.n_tape;
+}
+
+AVDEF int av_set_grad_enabled(av_ctx *c, int enabled) {
+    int prev = c->grad_enabled;
+    c->grad_enabled = enabled != 0;
+    return prev;
+}
+
+AVDEF int av_set_training(av_ctx *c, int training) {
+    int prev = c->training;
+    c->training = training != 0;
+    return prev;
+}
+
+/* "[2,3,4]" for messages */
+static const char *av__shape_str(const av_tensor *t, char *buf, size_t cap) {
+    size_t len = 0;
+    int i;
+    len += (size_t)snprintf(buf, cap, "[");
+    for (i = 0; i < t->ndim && len < cap; i++)
+        len += (size_t)snprintf(buf + len, cap - len, i ? ",%d" : "%d", t->shape[i]);
+    if (len < cap) snprintf(buf + len, cap - len, "]");
+    return buf;
+}
+
+static void av__fail_shapes(const char *op, const char *why, const av_tensor *a, const av_tensor *b) {
+    char sa[64], sb[64];
+    if (b) av__fail("%s: %s: shapes %s and %s", op, why, av__shape_str(a, sa, sizeof sa), av__shape_str(b, sb, sizeof sb));
+    av__fail("%s: %s: shape %s", op, why, av__shape_str(a, sa, sizeof sa));
+}
+
+static av_tensor *av__tensor_empty(av_ctx *c, int ndim, const int *shape, const char *op) {
+    av_tensor *t = (av_tensor *)av__arena_alloc(&c->arena, sizeof(av_tensor));
+    long size = 1;
+    int i;
+    if (ndim < 0 || ndim > AV_MAX_DIMS) av__fail("%s: %d dimensions (at most %d)", op, ndim, AV_MAX_DIMS);
+    memset(t, 0, sizeof *t);
+    t->ndim = ndim;
+    for (i = 0; i < ndim; i++) {
+        if (shape[i] < 0) av__fail("%s: negative size %d in dimension %d", op, shape[i], i);
+        t->shape[i] = shape[i];
+        size *= shape[i];
+        if (size > 0x7fffffffL) av__fail("%s: tensor too large", op);
+    }
+    t->size = (int)size;
+    t->data = (float *)av__arena_alloc(&c->arena, (size_t)t->size * sizeof(float));
+    return t;
+}
+
+AVDEF av_tensor *av_new_shape(av_ctx *c, int ndim, const int *shape) {
+    av_tensor *t = av__tensor_empty(c, ndim, shape, "av_new_shape");
+    memset(t->data, 0, (size_t)t->size * sizeof(float));
+    return t;
+}
+
+static void av__read_shape(int ndim, va_list ap, int *shape, const char *op) {
+    int i;
+    if (ndim < 0 || ndim > AV_MAX_DIMS) av__fail("%s: %d dimensions (at most %d)", op, ndim, AV_MAX_DIMS);
+    for (i = 0; i < ndim; i++) shape[i] = va_arg(ap, int);
+}
+
+/* Reads the variadic shape and makes an uninitialised tensor. */
+#define AV__NEW_FROM_VARARGS(t, c, ndim, last, op)          \
+    do {                                                    \
+        int shape_[AV_MAX_DIMS];                            \
+        va_list ap_;                                        \
+        va_start(ap_, last);                                \
+        av__read_shape(ndim, ap_, shape_, op);              \
+        va_end(ap_);                                        \
+        t = av__tensor_empty(c, ndim, shape_, op);          \
+    } while (0)
+
+static void av__fill(av_tensor *t, float v) {
+    int i;
+    for (i = 0; i < t->size; i++) t->data[i] = v;
+}
+
+AVDEF av_tensor *av_zeros(av_ctx *c, int ndim, ...) {
+    av_tensor *t;
+    AV__NEW_FROM_VARARGS(t, c, ndim, ndim, "av_zeros");
+    av__fill(t, 0.0f);
+    return t;
+}
+
+AVDEF av_tensor *av_ones(av_ctx *c, int ndim, ...) {
+    av_tensor *t;
+    AV__NEW_FROM_VARARGS(t, c, ndim, ndim, "av_ones");
+    av__fill(t, 1.0f);
+    return t;
+}
+
+AVDEF av_tensor *av_full(av_ctx *c, float value, int ndim, ...) {
+    av_tensor *t;
+    AV__NEW_FROM_VARARGS(t, c, ndim, ndim, "av_full");
+    av__fill(t, value);
+    return t;
+}
+
+AVDEF av_tensor *av_randn(av_ctx *c, float mean, float std, int ndim, ...) {
+    av_tensor *t;
+    int i;
+    AV__NEW_FROM_VARARGS(t, c, ndim, ndim, "av_randn");
+    for (i = 0; i < t->size; i++) t->data[i] = mean + std * av_rng_normal(&c->rng);
+    return t;
+}
+
+AVDEF av_tensor *av_rand(av_ctx *c, float lo, float hi, int ndim, ...) {
+    av_tensor *t;
+    int i;
+    AV__NEW_FROM_VARARGS(t, c, ndim, ndim, "av_rand");
+    for (i = 0; i < t->size; i++) t->data[i] = lo + (hi - lo) * av_rng_uniform(&c->rng);
+    return t;
+}
+
+AVDEF av_tensor *av_from(av_ctx *c, const float *data, int ndim, ...) {
+    av_tensor *t;
+    AV__NEW_FROM_VARARGS(t, c, ndim, ndim, "av_from");
+    if (t->size) memcpy(t->data, data, (size_t)t->size * sizeof(float));
+    return t;
+}
+
+AVDEF av_tensor *av_wrap(av_ctx *c, float *data, int ndim, ...) {
+    av_tensor *t = (av_tensor *)av__arena_alloc(&c->arena, sizeof(av_tensor));
+    int shape[AV_MAX_DIMS], i;
+    va_list ap;
+    va_start(ap, ndim);
+    av__read_shape(ndim, ap, shape, "av_wrap");
+    va_end(ap);
+    memset(t, 0, sizeof *t);
+    t->ndim = ndim;
+    t->size = 1;
+    for (i = 0; i < ndim; i++) {
+        if (shape[i] < 0) av__fail("av_wrap: negative size %d in dimension %d", shape[i], i);
+        t->shape[i] = shape[i];
+        t->size *= shape[i];
+    }
+    t->data = data;
+    return t;
+}
+
+AVDEF av_tensor *av_scalar(av_ctx *c, float value) {
+    av_tensor *t = av__tensor_empty(c, 0, NULL, "av_scalar");
+    t->data[0] = value;
+    return t;
+}
+
+AVDEF void av_requires_grad(av_ctx *c, av_tensor *t) {
+    (void)c;
+    t->requires_grad = 1;
+}
+
+AVDEF float av_item(const av_tensor *t) { return t->data[0]; }
+
+AVDEF int av_same_shape(const av_tensor *a, const av_tensor *b) {
+    int i;
+    if (a->ndim != b->ndim) return 0;
+    for (i = 0; i < a->ndim; i++)
+        if (a->shape[i] != b->shape[i]) return 0;
+    return 1;
+}
+
+AVDEF void av_print(const char *label, const av_tensor *t) {
+    char s[64];
+    int i, n = t->size < 16 ? t->size : 16;
+    printf("%s %s:", label ? label : "tensor", av__shape_str(t, s, sizeof s));
+    for (i = 0; i < n; i++) printf(" %.6g", t->data[i]);
+    printf(t->size > n ? " ...\n" : "\n");
+}
+
+/* ======================================================================= */
+/* kernels: GEMM                                                           */
+/* ======================================================================= */
+/* ---- GEMM ------------------------------------------------------------ */
+/* Goto/BLIS scheme. C is cut into blocks of mc rows; for each kc-deep slice
+   of K the block's rows of op(A) are packed into MR-row micro-panels
+   (element (i,k) at k*MR + i), then op(B), nc columns at a time, into
+   NR-column micro-panels (element (k,j) at k*NR + j). Packing absorbs
+   transposes and strides and zero-pads ragged edges, so one register-blocked
+   micro-kernel per ISA computes every MR x NR tile of C from two contiguous
+   streams: an A micro-panel stays in L1 while the B chunk's micro-panels
+   (kept in L2) stream past it. Threads each take a rectangle of C and pack
+   their own operands, so they never wait on each other. */
+
+#if !defined(ATTNVAE_NO_SIMD) && (defined(__GNUC__) || defined(__clang__)) && \
+    (defined(__x86_64__) || defined(_M_X64) || defined(__i386__))
+#define AV__X86 1
+#include <cpuid.h>
+#include <immintrin.h>
+/* Per-function targets: the library is built without -march flags. */
+#define AV__TARGET_AVX2 __attribute__((target("avx2,fma")))
+#define AV__TARGET_AVX512 \
+    __attribute__((target("avx512f,avx512bw,avx512dq,avx512vl,avx2,fma")))
+#elif !defined(ATTNVAE_NO_SIMD) && defined(__aarch64__) && defined(__ARM_NEON)
+#define AV__NEON 1
+#include <arm_neon.h>
+#endif
+
+/* Computes the MR x NR tile C = alpha * Ap * Bp + beta * C over kc steps;
+   beta == 0 never reads C. Row k of the B micro-panel starts at b + k*ldb:
+   ldb == NR when packed, or B's own stride when B is read in place. */
+typedef void (*av__ukernel)(int kc, const float *a, const float *b, int ldb,
+                            float *c, int ldc, float alpha, float beta);
+
+typedef struct {
+    av__ukernel kernel;
+    int mr, nr; /* micro-tile shape */
+    int kc;     /* K slice: an mr x kc A micro-panel fits in L1 */
+    int nc;     /* B chunk: kc x nc floats stay in L2; a multiple of nr */
+    int mc;     /* rows of A packed at once (L3 or memory: A is re-read
+                   only once per B chunk); a multiple of mr */
+} av__gemm_impl;
+
+#define AV__MAX_TILE (8 * 32)  /* largest mr * nr, for edge tiles */
+
+/* The kernels unroll their rows with these: X(i) for each row i. */
+#define AV__ROWS6(X) X(0) X(1) X(2) X(3) X(4) X(5)
+#define AV__ROWS8(X) AV__ROWS6(X) X(6) X(7)
+
+/* ---- micro-kernels ---- */
+static void av__kernel_scalar(int kc, const float *a, const float *b, int ldb,
+                              float *c, int ldc, float alpha, float beta) {
+    float acc[4][8] = {{0}};
+    int i, j, k;
+    for (k = 0; k < kc; k++, a += 4, b += ldb)
+        for (i = 0; i < 4; i++)
+            for (j = 0; j < 8; j++) acc[i][j] += a[i] * b[j];
+    for (i = 0; i < 4; i++)
+        for (j = 0; j < 8; j++)
+            c[i * ldc + j] = alpha * acc[i][j] +
+                             (beta == 0 ? 0.0f : beta * c[i * ldc + j]);
+}
+
+#ifdef AV__X86
+/* 6 x 16: twelve ymm accumulators + two B vectors + one broadcast = 15 of
+   the 16 registers. */
+AV__TARGET_AVX2 static void av__kernel_avx2(int kc, const float *a,
+                                            const float *b, int ldb, float *c, int ldc,
+                                            float alpha, float beta) {
+#define AV__DECL(i) __m256 c##i##0 = _mm256_setzero_ps(), c##i##1 = c##i##0;
+#define AV__FMA(i)                                           \
+    {                                                        \
+        __m256 ai = _mm256_broadcast_ss(a + i);              \
+        c##i##0 = _mm256_fmadd_ps(ai, b0, c##i##0);          \
+        c##i##1 = _mm256_fmadd_ps(ai, b1, c##i##1);          \
+    }
+#define AV__STORE(i)                                                        \
+    {                                                                       \
+        float *ci = c + i * ldc;                                            \
+        __m256 r0 = _mm256_mul_ps(va, c##i##0), r1 = _mm256_mul_ps(va, c##i##1); \
+        if (beta != 0) {                                                    \
+            r0 = _mm256_fmadd_ps(vb, _mm256_loadu_ps(ci), r0);              \
+            r1 = _mm256_fmadd_ps(vb, _mm256_loadu_ps(ci + 8), r1);          \
+        }                                                                   \
+        _mm256_storeu_ps(ci, r0);                                           \
+        _mm256_storeu_ps(ci + 8, r1);                                       \
+    }
+    __m256 va = _mm256_set1_ps(alpha), vb = _mm256_set1_ps(beta);
+    int k;
+    AV__ROWS6(AV__DECL)
+    for (k = 0; k < kc; k++, a += 6, b += ldb) {
+        __m256 b0 = _mm256_loadu_ps(b), b1 = _mm256_loadu_ps(b + 8);
+        AV__ROWS6(AV__FMA)
+    }
+    AV__ROWS6(AV__STORE)
+#undef AV__DECL
+#undef AV__FMA
+#undef AV__STORE
+}
+
+/* 8 x 32: sixteen zmm accumulators, two B vectors, one A broadcast. On Zen 4 (512-bit FMAs issue as two 256-bit halves) 8x32, 4x64, 12x32 and
+   6x64 all run at the FMA limit for large sizes; 8x32 wastes least on
+   ragged edges of common shapes. */
+AV__TARGET_AVX512 static void av__kernel_avx512(int kc, const float *a,
+                                                const float *b, int ldb, float *c,
+                                                int ldc, float alpha,
+                                                float beta) {
+#define AV__DECL(i) __m512 c##i##0 = _mm512_setzero_ps(), c##i##1 = c##i##0;
+#define AV__FMA(i)                                           \
+    {                                                        \
+        __m512 ai = _mm512_set1_ps(a[i]);                    \
+        c##i##0 = _mm512_fmadd_ps(ai, b0, c##i##0);          \
+        c##i##1 = _mm512_fmadd_ps(ai, b1, c##i##1);          \
+    }
+#define AV__STORE(i)                                                        \
+    {                                                                       \
+        float *ci = c + i * ldc;                                            \
+        __m512 r0 = _mm512_mul_ps(va, c##i##0), r1 = _mm512_mul_ps(va, c##i##1); \
+        if (beta != 0) {                                                    \
+            r0 = _mm512_fmadd_ps(vb, _mm512_loadu_ps(ci), r0);              \
+            r1 = _mm512_fmadd_ps(vb, _mm512_loadu_ps(ci + 16), r1);         \
+        }                                                                   \
+        _mm512_storeu_ps(ci, r0);                                           \
+        _mm512_storeu_ps(ci + 16, r1);                                      \
+    }
+    __m512 va = _mm512_set1_ps(alpha), vb = _mm512_set1_ps(beta);
+    int k;
+    AV__ROWS8(AV__DECL)
+    for (k = 0; k < kc; k++, a += 8, b += ldb) {
+        __m512 b0 = _mm512_loadu_ps(b), b1 = _mm512_loadu_ps(b + 16);
+        AV__ROWS8(AV__FMA)
+    }
+    AV__ROWS8(AV__STORE)
+#undef AV__DECL
+#undef AV__FMA
+#undef AV__STORE
+}
+
+/* cpuid says what the CPU has; xgetbv says whether the OS saves the
+   YMM (bits 1-2) and opmask/ZMM (bits 5-7) state on context switches. */
+static int av__x86_has(int isa) {
+    unsigned eax, ebx, ecx, edx, xcr0_lo, xcr0_hi;
+    if (!__get_cpuid(1, &eax, &ebx, &ecx, &edx)) return 0;
+    if (!(ecx & (1u << 27)) || !(ecx & (1u << 28)) || !(ecx & (1u << 12)))
+        return 0; /* OSXSAVE, AVX, FMA */
+    __asm__ __volatile__("xgetbv" : "=a"(xcr0_lo), "=d"(xcr0_hi) : "c"(0));
+    (void)xcr0_hi;
+    if ((xcr0_lo & 0x6) != 0x6) return 0;
+    if (__get_cpuid_max(0, NULL) < 7) return 0;
+    __cpuid_count(7, 0, eax, ebx, ecx, edx);
+    if (!(ebx & (1u << 5))) return 0; /* AVX2 */
+    if (isa == AV_ISA_AVX2) return 1;
+    return (xcr0_lo & 0xe6) == 0xe6 && (ebx & (1u << 16)) && /* F */
+           (ebx & (1u << 17)) && (ebx & (1u << 30)) &&        /* DQ, BW */
+           (ebx & (1u << 31));                                 /* VL */
+}
+#endif /* AV__X86 */
+
+#ifdef AV__NEON
+/* 8 x 12: 24 accumulators, two A and three B vectors of the 32 registers. */
+static void av__kernel_neon(int kc, const float *a, const float *b, int ldb, float *c,
+                            int ldc, float alpha, float beta) {
+#define AV__DECL(i) float32x4_t c##i##0 = vdupq_n_f32(0), c##i##1 = c##i##0, \
+                                c##i##2 = c##i##0;
+#define AV__FMA(i)                                                   \
+    c##i##0 = vfmaq_laneq_f32(c##i##0, b0, (i) < 4 ? a0 : a1, (i) & 3); \
+    c##i##1 = vfmaq_laneq_f32(c##i##1, b1, (i) < 4 ? a0 : a1, (i) & 3); \
+    c##i##2 = vfmaq_laneq_f32(c##i##2, b2, (i) < 4 ? a0 : a1, (i) & 3);
+#define AV__STORE1(i, j)                                            \
+    {                                                               \
+        float32x4_t r = vmulq_n_f32(c##i##j, alpha);                \
+        if (beta != 0) r = vfmaq_n_f32(r, vld1q_f32(ci + 4 * j), beta); \
+        vst1q_f32(ci + 4 * j, r);                                   \
+    }
+#define AV__STORE(i)                                                \
+    {                                                               \
+        float *ci = c + i * ldc;                                    \
+        AV__STORE1(i, 0) AV__STORE1(i, 1) AV__STORE1(i, 2)          \
+    }
+    int k;
+    AV__ROWS8(AV__DECL)
+    for (k = 0; k < kc; k++, a += 8, b += ldb) {
+        float32x4_t a0 = vld1q_f32(a), a1 = vld1q_f32(a + 4);
+        float32x4_t b0 = vld1q_f32(b), b1 = vld1q_f32(b + 4),
+                    b2 = vld1q_f32(b + 8);
+        AV__ROWS8(AV__FMA)
+    }
+    AV__ROWS8(AV__STORE)
+#undef AV__DECL
+#undef AV__FMA
+#undef AV__STORE1
+#undef AV__STORE
+}
+#endif /* AV__NEON */
+
+/* ---- ISA selection ---- */
+static const av__gemm_impl *av__impl_for(int isa) {
+    static const av__gemm_impl scalar = {av__kernel_scalar, 4, 8, 256, 128, 960};
+#ifdef AV__X86
+    static const av__gemm_impl avx2 = {av__kernel_avx2, 6, 16, 256, 128, 1020};
+    static const av__gemm_impl avx512 = {av__kernel_avx512, 8, 32, 512, 192, 1024};
+    if (isa == AV_ISA_AVX2) return &avx2;
+    if (isa == AV_ISA_AVX512) return &avx512;
+#endif
+#ifdef AV__NEON
+    static const av__gemm_impl neon = {av__kernel_neon, 8, 12, 256, 240, 960};
+    if (isa == AV_ISA_NEON) return &neon;
+#endif
+    (void)isa;
+    return &scalar;
+}
+
+static int av__isa = AV_ISA_AUTO; /* AV_ISA_AUTO until first use */
+
+AVDEF int av_isa_supported(int isa) {
+    switch (isa) {
+    case AV_ISA_AUTO:
+    case AV_ISA_SCALAR: return 1;
+#ifdef AV__X86
+    case AV_ISA_AVX2:
+    case AV_ISA_AVX512: return av__x86_has(isa);
+#endif
+#ifdef AV__NEON
+    case AV_ISA_NEON: return 1;
+#endif
+    default: return 0;
+    }
+}
+
+AVDEF const char *av_isa_name(int isa) {
+    static const char *const names[] = {"auto", "scalar", "avx2", "avx512",
+                                        "neon"};
+    return isa >= 0 && isa <= AV_ISA_NEON ? names[isa] : "?";
+}
+
+static int av__best_isa(void) {
+    int isa;
+    for (isa = AV_ISA_NEON; isa > AV_ISA_SCALAR; isa--)
+        if (av_isa_supported(isa)) return isa;
+    return AV_ISA_SCALAR;
+}
+
+AVDEF int av_set_isa(int isa) {
+    if (isa == AV_ISA_AUTO) isa = av__best_isa();
+    if (!av_isa_supported(isa))
+        return av__set_error(AV_ERR_ARG, "av_set_isa: %s (%d) not supported",
+                             av_isa_name(isa), isa);
+    av__isa = isa;
+    return 0;
+}
+
+AVDEF int av_get_isa(void) {
+    if (av__isa == AV_ISA_AUTO) {
+        const char *env = getenv("ATTNVAE_ISA");
+        int isa = AV_ISA_SCALAR;
+        if (env)
+            while (isa <= AV_ISA_NEON && strcmp(env, av_isa_name(isa))) isa++;
+        if (!env || !av_isa_supported(isa)) isa = av__best_isa();
+        av__isa = isa;
+    }
+    return av__isa;
+}
+
+/* ---- threads ---- */
+static int av__num_threads; /* 0: OpenMP default */
+
+AVDEF void av_set_num_threads(int n) { av__num_threads = n > 0 ? n : 0; }
+
+AVDEF int av_get_num_threads(void) {
+#ifdef _OPENMP
+    return av__num_threads ? av__num_threads : omp_get_max_threads();
+#else
+    return 1;
+#endif
+}
+
+/* ---- packing ---- */
+/* One micro-panel: dst[k*R + r] = op(X)(r, k) for r < rows, zero for
+   rows <= r < R, over kc steps. Element (r, k) is at src[k*ld + r] when
+   runs along r are contiguous, else at src[r*ld + k]. */
+static void av__pack(float *dst, int R, const float *src, size_t ld,
+                     int along_r, int rows, int kc) {
+    int r, k;
+    if (along_r) {
+        for (k = 0; k < kc; k++) {
+            memcpy(dst + (size_t)k * R, src + k * ld, (size_t)rows * sizeof(float));
+            for (r = rows; r < R; r++) dst[(size_t)k * R + r] = 0;
+        }
+        return;
+    }
+    for (r = 0; r + 4 <= rows; r += 4) { /* transpose 4 source lines */
+        const float *s0 = src + r * ld, *s1 = s0 + ld, *s2 = s1 + ld,
+                    *s3 = s2 + ld;
+        float *d = dst + r;
+        k = 0;
+#if defined(AV__X86) && defined(__SSE__)
+        for (; k + 4 <= kc; k += 4, d += 4 * R) {
+            __m128 x0 = _mm_loadu_ps(s0 + k), x1 = _mm_loadu_ps(s1 + k),
+                   x2 = _mm_loadu_ps(s2 + k), x3 = _mm_loadu_ps(s3 + k);
+            _MM_TRANSPOSE4_PS(x0, x1, x2, x3);
+            _mm_storeu_ps(d, x0);
+            _mm_storeu_ps(d + R, x1);
+            _mm_storeu_ps(d + 2 * R, x2);
+            _mm_storeu_ps(d + 3 * R, x3);
+        }
+#elif defined(AV__NEON)
+        for (; k + 4 <= kc; k += 4, d += 4 * R) {
+            float32x4x2_t t01 = vtrnq_f32(vld1q_f32(s0 + k), vld1q_f32(s1 + k));
+            float32x4x2_t t23 = vtrnq_f32(vld1q_f32(s2 + k), vld1q_f32(s3 + k));
+            vst1q_f32(d, vcombine_f32(vget_low_f32(t01.val[0]), vget_low_f32(t23.val[0])));
+            vst1q_f32(d + R, vcombine_f32(vget_low_f32(t01.val[1]), vget_low_f32(t23.val[1])));
+            vst1q_f32(d + 2 * R, vcombine_f32(vget_high_f32(t01.val[0]), vget_high_f32(t23.val[0])));
+            vst1q_f32(d + 3 * R, vcombine_f32(vget_high_f32(t01.val[1]), vget_high_f32(t23.val[1])));
+        }
+#endif
+        for (; k < kc; k++, d += R) {
+            d[0] = s0[k];
+            d[1] = s1[k];
+            d[2] = s2[k];
+            d[3] = s3[k];
+        }
+    }
+    for (; r < rows; r++)
+        for (k = 0; k < kc; k++) dst[(size_t)k * R + r] = src[r * ld + k];
+    for (r = rows; r < R; r++)
+        for (k = 0; k < kc; k++) dst[(size_t)k * R + r] = 0;
+}
+
+/* ---- driver ---- */
+typedef struct {
+    const av__gemm_impl *im;
+    int K, transA, transB;
+    float alpha, beta;
+    const float *A, *B;
+    size_t lda, ldb;
+    float *C;
+    int ldc;
+} av__gemm_job;
+
+#define AV__MIN(a, b) ((a) < (b) ? (a) : (b))
+#define AV__DIRECT_B_ROWS 128
+
+/* C = alpha * tile + beta * C for the m x n corner of an edge tile. */
+static void av__merge_tile(float *c, int ldc, const float *tile, int nr, int m,
+                           int n, float alpha, float beta) {
+    int i, j;
+    for (i = 0; i < m; i++, c += ldc, tile += nr)
+        for (j = 0; j < n; j++)
+            c[j] = alpha * tile[j] + (beta == 0 ? 0.0f : beta * c[j]);
+}
+
+/* Rows [i0,i1) x columns [j0,j1) of C, single-threaded, with private
+   packing buffers Ap (mc x kc) and Bp (kc x nc). */
+static void av__gemm_block(const av__gemm_job *g, int i0, int i1, int j0,
+                           int j1, float *Ap, float *Bp) {
+    const av__gemm_impl *im = g->im;
+    const int MR = im->mr, NR = im->nr;
+    /* With few rows, packing B costs more than it saves: full-width
+       stripes of an untransposed B are read in place, if the rows they span
+       fit in L2 (long strides also make the stripes conflict in cache). */
+    const int direct_b = !g->transB && i1 - i0 <= AV__DIRECT_B_ROWS &&
+                         (size_t)AV__MIN(g->K, im->kc) * g->ldb <= (128 << 10);
+    int ic, pc, jc, ip, jp;
+    for (ic = i0; ic < i1; ic += im->mc) {
+        int mc = AV__MIN(i1 - ic, im->mc), mcp = (mc + MR - 1) / MR;
+        for (pc = 0; pc < g->K; pc += im->kc) {
+            int kc = AV__MIN(g->K - pc, im->kc);
+            float beta = pc == 0 ? g->beta : 1.0f;
+            for (ip = 0; ip < mcp; ip++) {
+                size_t i = ic + (size_t)ip * MR;
+                av__pack(Ap + (size_t)ip * MR * kc, MR,
+                         g->transA ? g->A + pc * g->lda + i : g->A + i * g->lda + pc,
+                         g->lda, g->transA, AV__MIN(mc - ip * MR, MR), kc);
+            }
+            /* Each B chunk is packed right before use so it is hot in L2;
+               then each A micro-panel sits in L1 while the chunk's B
+               micro-panels stream past it. */
+            for (jc = j0; jc < j1; jc += im->nc) {
+                int nc = AV__MIN(j1 - jc, im->nc), ncp = (nc + NR - 1) / NR;
+                for (jp = 0; jp < ncp; jp++) {
+                    size_t j = jc + (size_t)jp * NR;
+                    int n = AV__MIN(nc - jp * NR, NR);
+                    if (direct_b && n == NR) continue;
+                    av__pack(Bp + (size_t)jp * NR * kc, NR,
+                             g->transB ? g->B + j * g->ldb + pc : g->B + pc * g->ldb + j,
+                             g->ldb, !g->transB, n, kc);
+                }
+                for (ip = 0; ip < mcp; ip++) {
+                    const float *ap = Ap + (size_t)ip * MR * kc;
+                    int m = AV__MIN(mc - ip * MR, MR);
+                    float *c = g->C + (size_t)(ic + ip * MR) * g->ldc + jc;
+                    for (jp = 0; jp < ncp; jp++, c += NR) {
+                        const float *bp = Bp + (size_t)jp * NR * kc;
+                        int n = AV__MIN(nc - jp * NR, NR), ldb = NR;
+                        if (direct_b && n == NR) {
+                            bp = g->B + pc * g->ldb + jc + jp * NR;
+                            ldb = (int)g->ldb;
+                        }
+                        if (m == MR && n == NR) {
+                            im->kernel(kc, ap, bp, ldb, c, g->ldc, g->alpha, beta);
+                        } else {
+                            float tile[AV__MAX_TILE];
+                            im->kernel(kc, ap, bp, ldb, tile, NR, 1.0f, 0.0f);
+                            av__merge_tile(c, g->ldc, tile, NR, m, n, g->alpha,
+                                           beta);
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/* Packing space: one buffer per calling thread that only grows, so steady
+   state makes no allocations; worker threads get slices of the caller's. */
+#if defined(__GNUC__) || defined(__clang__)
+#define AV__THREAD_LOCAL __thread
+#elif defined(__STDC_VERSION__) && __STDC_VERSION__ >= 201112L
+#define AV__THREAD_LOCAL _Thread_local
+#else
+#define AV__THREAD_LOCAL /* one buffer: call av_sgemm from one thread at a time */
+#endif
+static AV__THREAD_LOCAL float *av__scratch;
+static AV__THREAD_LOCAL size_t av__scratch_bytes;
+
+static float *av__gemm_scratch(size_t bytes) {
+    if (bytes > av__scratch_bytes) {
+        AV_FREE(av__scratch);
+        av__scratch = (float *)AV_MALLOC(bytes);
+        if (!av__scratch) av__fail("av_sgemm: out of memory for %lu bytes of packing space", (unsigned long)bytes);
+        av__scratch_bytes = bytes;
+    }
+    return av__scratch;
+}
+
+AVDEF void av_gemm_release(void) {
+    AV_FREE(av__scratch);
+    av__scratch = NULL;
+    av__scratch_bytes = 0;
+}
+
+AVDEF void av_sgemm(int transA, int transB, int M, int N, int K, float alpha,
+                    const float *A, int lda, const float *B, int ldb,
+                    float beta, float *C, int ldc) {
+    av__gemm_job g;
+    const av__gemm_impl *im;
+    size_t a_floats, b_floats;
+    float *buf, *base;
+    int nt = 1, ti = 1, tj = 1, mp, np;
+    if (M < 0 || N < 0 || K < 0 || lda < (transA ? M : K) ||
+        ldb < (transB ? K : N) || ldc < N)
+        av__fail("av_sgemm: bad shape M=%d N=%d K=%d lda=%d ldb=%d ldc=%d "
+                 "transA=%d transB=%d", M, N, K, lda, ldb, ldc, transA, transB);
+    if (M == 0 || N == 0) return;
+    if (K == 0 || alpha == 0) { /* C = beta * C */
+        int i, j;
+        for (i = 0; i < M; i++)
+            for (j = 0; j < N; j++)
+                C[(size_t)i * ldc + j] = beta == 0 ? 0.0f : beta * C[(size_t)i * ldc + j];
+        return;
+    }
+    im = av__impl_for(av_get_isa());
+    g.im = im, g.K = K, g.transA = transA != 0, g.transB = transB != 0;
+    g.alpha = alpha, g.beta = beta;
+    g.A = A, g.B = B, g.lda = (size_t)lda, g.ldb = (size_t)ldb;
+    g.C = C, g.ldc = ldc;
+    mp = (M + im->mr - 1) / im->mr;
+    np = (N + im->nr - 1) / im->nr;
+#ifdef _OPENMP
+    /* Threads pay off past ~100^3 multiply-adds, and never nest. Each takes
+       a ti x tj share of C and packs its own operands: no barriers, and
+       packed data never crosses cores. Split to minimise what each thread
+       packs, M/ti + N/tj. */
+    if ((double)M * N * K >= 1e6 && !omp_in_parallel()) {
+        int n = av_get_num_threads(), t;
+        double best = 0;
+        for (t = 1; t <= n; t++)
+            if (n % t == 0 && t <= mp && n / t <= np &&
+                (!best || (double)M / t + (double)N * t / n < best))
+                best = (double)M / t + (double)N * t / n, ti = t, tj = n / t;
+        nt = ti * tj;
+    }
+#endif
+    /* Per-thread buffers, each rounded to 64 bytes. */
+    a_floats = (size_t)AV__MIN(mp, (im->mc + im->mr - 1) / im->mr) * im->mr *
+               AV__MIN(K, im->kc);
+    b_floats = (size_t)AV__MIN(np, im->nc / im->nr) * im->nr * AV__MIN(K, im->kc);
+    a_floats = (a_floats + 15) / 16 * 16, b_floats = (b_floats + 15) / 16 * 16;
+    buf = av__gemm_scratch(((a_floats + b_floats) * nt + 16) * sizeof(float));
+    base = (float *)(((uintptr_t)buf + 63) & ~(uintptr_t)63);
+    if (nt == 1) {
+        av__gemm_block(&g, 0, M, 0, N, base, base + a_floats);
+    } else {
+        int t;
+        AV_OMP(omp parallel for num_threads(nt) schedule(static, 1))
+        for (t = 0; t < nt; t++) {
+            int r = t / tj, c = t % tj;
+            float *Ap = base + (a_floats + b_floats) * t;
+            av__gemm_block(&g, AV__MIN(r * mp / ti * im->mr, M),
+                           AV__MIN((r + 1) * mp / ti * im->mr, M),
+                           AV__MIN(c * np / tj * im->nr, N),
+                           AV__MIN((c + 1) * np / tj * im->nr, N), Ap,
+                           Ap + a_floats);
+        }
+    }
+}
+
+/* ======================================================================= */
+/* autodiff: the tape                                                      */
+/* ======================================================================= */
+static int av__wants_grad(const av_ctx *c, av_tensor *a, av_tensor *b, av_tensor *d) {
+    return c->grad_enabled && ((a && a->requires_grad) || (b && b->requires_grad) || (d && d->requires_grad));
+}
+
+static av__node *av__push_node(av_ctx *c, av_tensor *out, av__backward_fn fn, int n_in) {
+    av__node *n = (av__node *)av__arena_alloc(&c->arena, sizeof(av__node));
+    memset(n, 0, sizeof *n);
+    n->backward = fn;
+    n->out = out;
+    n->n_in = n_in;
+    n->in = (av_tensor **)av__arena_alloc(&c->arena, (size_t)(n_in ? n_in : 1) * sizeof(av_tensor *));
+    if (c->n_tape == c->cap_tape) {
+        /* the tape array survives resets, so this grows only in the first steps */
+        int cap = c->cap_tape ? 2 * c->cap_tape : 256;
+        av__node **tape = (av__node **)AV_REALLOC(c->tape, (size_t)cap * sizeof(av__node *));
+        if (!tape) av__fail("out of memory growing the tape to %d entries", cap);
+        c->tape = tape;
+        c->cap_tape = cap;
+    }
+    c->tape[c->n_tape++] = n;
+    out->requires_grad = 1;
+    return n;
+}
+
+/* Records out = op(a, b, d) if any input needs a gradient; NULL otherwise. */
+static av__node *av__record(av_ctx *c, av_tensor *out, av__backward_fn fn, av_tensor *a, av_tensor *b, av_tensor *d) {
+    av__node *n;
+    if (!av__wants_grad(c, a, b, d)) return NULL;
+    n = av__push_node(c, out, fn, 3);
+    n->in[0] = a; n->in[1] = b; n->in[2] = d;
+    return n;
+}
+
+/* The gradient buffer of t, zeroed on first use. */
+static float *av__grad(av_ctx *c, av_tensor *t) {
+    if (!t->grad) {
+        t->grad = (float *)av__arena_alloc(&c->arena, (size_t)t->size * sizeof(float));
+        memset(t->grad, 0, (size_t)t->size * sizeof(float));
+    }
+    return t->grad;
+}
+
+/* The gradient of input i if it needs one, else NULL. */
+static float *av__in_grad(av__node *n, int i) {
+    return n->in[i] && n->in[i]->requires_grad ? n->in[i]->grad : NULL;
+}
+
+AVDEF void av_backward(av_ctx *c, av_tensor *loss) {
+    int i, k;
+    if (loss->size != 1) av__fail_shapes("av_backward", "loss must have one element", loss, NULL);
+    if (!loss->requires_grad) av__fail("av_backward: the loss does not depend on anything that requires a gradient");
+    /* Intermediate gradients restart from zero, so a second backward over the
+       same graph adds exactly one more gradient to the leaves. */
+    for (i = 0; i < c->n_tape; i++)
+        if (c->tape[i]->out->grad) memset(c->tape[i]->out->grad, 0, (size_t)c->tape[i]->out->size * sizeof(float));
+    av__grad(c, loss)[0] = 1.0f;
+    for (i = c->n_tape - 1; i >= 0; i--) {
+        av__node *n = c->tape[i];
+        if (!n->out->grad) continue; /* nothing flowed into this op */
+        for (k = 0; k < n->n_in; k++)
+            if (n->in[k] && n->in[k]->requires_grad) av__grad(c, n->in[k]);
+        n->backward(c, n);
+    }
+}
+
+AVDEF av_tensor *av_detach(av_ctx *c, av_tensor *x) {
+    av_tensor *t = (av_tensor *)av__arena_alloc(&c->arena, sizeof(av_tensor));
+    *t = *x;
+    t->grad = NULL;
+    t->requires_grad = 0;
+    t->name = NULL;
+    return t;
+}
+
+static av_tensor *av__like(av_ctx *c, const av_tensor *x, const char *op) {
+    return av__tensor_empty(c, x->ndim, x->shape, op);
+}
+
+static int av__axis(const av_tensor *x, int axis, const char *op) {
+    if (axis < 0) axis += x->ndim;
+    if (axis < 0 || axis >= x->ndim) {
+        char s[64];
+        av__fail("%s: axis out of range for shape %s", op, av__shape_str(x, s, sizeof s));
+    }
+    return axis;
+}
+
+/* Sizes before, at and after an axis: the tensor seen as [outer, n, inner]. */
+static void av__split_axis(const av_tensor *x, int axis, int *outer, int *n, int *inner) {
+    int i;
+    *outer = 1; *inner = 1;
+    for (i = 0; i < axis; i++) *outer *= x->shape[i];
+    for (i = axis + 1; i < x->ndim; i++) *inner *= x->shape[i];
+    *n = x->shape[axis];
+}
+
+/* ======================================================================= */
+/* shape ops                                                               */
+/* ======================================================================= */
+static void av__add_into(float *dst, const float *src, int n) {
+    int i;
+    for (i = 0; i < n; i++) dst[i] += src[i];
+}
+
+/* reshape shares the data; its gradient is the output's, element for element */
+static void av__reshape_backward(av_ctx *c, av__node *n) {
+    (void)c;
+    av__add_into(n->in[0]->grad, n->out->grad, n->out->size);
+}
+
+static av_tensor *av__reshape(av_ctx *c, av_tensor *x, int ndim, const int *shape_in) {
+    av_tensor *t = (av_tensor *)av__arena_alloc(&c->arena, sizeof(av_tensor));
+    int i, infer = -1, known = 1, shape[AV_MAX_DIMS];
+    if (ndim < 0 || ndim > AV_MAX_DIMS) av__fail("av_reshape: %d dimensions (at most %d)", ndim, AV_MAX_DIMS);
+    for (i = 0; i < ndim; i++) {
+        shape[i] = shape_in[i];
+        if (shape[i] == -1 && infer < 0) infer = i;
+        else if (shape[i] < 0) av__fail("av_reshape: bad size %d", shape[i]);
+        else known *= shape[i];
+    }
+    if (infer >= 0) shape[infer] = known ? x->size / known : 0;
+    memset(t, 0, sizeof *t);
+    t->ndim = ndim;
+    t->size = 1;
+    for (i = 0; i < ndim; i++) { t->shape[i] = shape[i]; t->size *= shape[i]; }
+    if (t->size != x->size) av__fail_shapes("av_reshape", "element counts differ", x, t);
+    t->data = x->data;
+    av__record(c, t, av__reshape_backward, x, NULL, NULL);
+    return t;
+}
+
+AVDEF av_tensor *av_reshape(av_ctx *c, av_tensor *x, int ndim, ...) {
+    int shape[AV_MAX_DIMS];
+    va_list ap;
+    va_start(ap, ndim);
+    av__read_shape(ndim, ap, shape, "av_reshape");
+    va_end(ap);
+    return av__reshape(c, x, ndim, shape);
+}
+
+/* permute: out index o maps to x offset sum(o[i] * xstride[perm[i]]) */
+static void av__permute_run(const av__node *n, const av_tensor *x, const av_tensor *out, int backward) {
+    int d[4] = {1, 1, 1, 1}, s[4] = {0, 0, 0, 0}, xstride[AV_MAX_DIMS], i, pad = 4 - x->ndim;
+    int i0, i1, i2, i3, o = 0;
+    const int *perm = n->iarg;
+    for (i = x->ndim - 1, xstride[x->ndim ? x->ndim - 1 : 0] = 1; i > 0; i--) xstride[i - 1] = xstride[i] * x->shape[i];
+    for (i = 0; i < x->ndim; i++) { d[pad + i] = out->shape[i]; s[pad + i] = xstride[perm[i]]; }
+    for (i0 = 0; i0 < d[0]; i0++)
+        for (i1 = 0; i1 < d[1]; i1++)
+            for (i2 = 0; i2 < d[2]; i2++) {
+                int base = i0 * s[0] + i1 * s[1] + i2 * s[2];
+                if (backward)
+                    for (i3 = 0; i3 < d[3]; i3++) x->grad[base + i3 * s[3]] += out->grad[o++];
+                else
+                    for (i3 = 0; i3 < d[3]; i3++) out->data[o++] = x->data[base + i3 * s[3]];
+            }
+}
+
+static void av__permute_backward(av_ctx *c, av__node *n) {
+    (void)c;
+    av__permute_run(n, n->in[0], n->out, 1);
+}
+
+AVDEF av_tensor *av_permute(av_ctx *c, av_tensor *x, const int *perm) {
+    int shape[AV_MAX_DIMS], seen = 0, i;
+    av_tensor *out;
+    av__node tmp, *n;
+    for (i = 0; i < x->ndim; i++) {
+        if (perm[i] < 0 || perm[i] >= x->ndim || (seen & (1 << perm[i])))
+            av__fail_shapes("av_permute", "not a permutation of the axes", x, NULL);
+        seen |= 1 << perm[i];
+        shape[i] = x->shape[perm[i]];
+    }
+    out = av__tensor_empty(c, x->ndim, shape, "av_permute");
+    n = av__record(c, out, av__permute_backward, x, NULL, NULL);
+    if (!n) { memset(&tmp, 0, sizeof tmp); n = &tmp; }
+    for (i = 0; i < x->ndim; i++) n->iarg[i] = perm[i];
+    av__permute_run(n, x, out, 0);
+    return out;
+}
+
+AVDEF av_tensor *av_transpose(av_ctx *c, av_tensor *x, int axis0, int axis1) {
+    int perm[AV_MAX_DIMS], i;
+    axis0 = av__axis(x, axis0, "av_transpose");
+    axis1 = av__axis(x, axis1, "av_transpose");
+    for (i = 0; i < x->ndim; i++) perm[i] = i;
+    perm[axis0] = axis1;
+    perm[axis1] = axis0;
+    return av_permute(c, x, perm);
+}
+
+/* The tensor `big` seen as [outer, n_big, inner] holds `small`, seen as
+   [outer, n_small, inner], at offset `at` along the middle axis. */
+enum { AV__GATHER, AV__GATHER_ADD, AV__SCATTER_ADD };
+static void av__blocks(float *big, int n_big, int at, float *small, int n_small, int outer, int inner, int how) {
+    int o, i, len = n_small * inner;
+    for (o = 0; o < outer; o++) {
+        float *b = big + ((size_t)o * n_big + at) * inner, *s = small + (size_t)o * len;
+        if (how == AV__GATHER) memcpy(s, b, (size_t)len * sizeof(float));
+        else if (how == AV__GATHER_ADD) for (i = 0; i < len; i++) s[i] += b[i];
+        else for (i = 0; i < len; i++) b[i] += s[i];
+    }
+}
+
+static void av__slice_backward(av_ctx *c, av__node *n) {
+    (void)c;
+    av__blocks(n->in[0]->grad, n->iarg[1], n->iarg[3], n->out->grad, n->iarg[4], n->iarg[0], n->iarg[2], AV__SCATTER_ADD);
+}
+
+AVDEF av_tensor *av_slice(av_ctx *c, av_tensor *x, int axis, int start, int end) {
+    int outer, n_x, inner, shape[AV_MAX_DIMS], i;
+    av_tensor *out;
+    av__node *n;
+    axis = av__axis(x, axis, "av_slice");
+    av__split_axis(x, axis, &outer, &n_x, &inner);
+    if (start < 0) start += n_x;
+    if (end < 0) end += n_x;
+    if (start < 0 || end > n_x || start > end) {
+        char s[64];
+        av__fail("av_slice: range [%d, %d) outside axis %d of shape %s", start, end, axis, av__shape_str(x, s, sizeof s));
+    }
+    for (i = 0; i < x->ndim; i++) shape[i] = x->shape[i];
+    shape[axis] = end - start;
+    out = av__tensor_empty(c, x->ndim, shape, "av_slice");
+    av__blocks(x->data, n_x, start, out->data, end - start, outer, inner, AV__GATHER);
+    n = av__record(c, out, av__slice_backward, x, NULL, NULL);
+    if (n) { n->iarg[0] = outer; n->iarg[1] = n_x; n->iarg[2] = inner; n->iarg[3] = start; n->iarg[4] = end - start; }
+    return out;
+}
+
+static void av__concat_backward(av_ctx *c, av__node *n) {
+    int k, at = 0, axis = n->iarg[0], outer, n_out, inner;
+    (void)c;
+    av__split_axis(n->out, axis, &outer, &n_out, &inner);
+    for (k = 0; k < n->n_in; k++) {
+        int len = n->in[k]->shape[axis];
+        if (n->in[k]->requires_grad)
+            av__blocks(n->out->grad, n_out, at, n->in[k]->grad, len, outer, inner, AV__GATHER_ADD);
+        at += len;
+    }
+}
+
+AVDEF av_tensor *av_concat(av_ctx *c, av_tensor *const *xs, int n_xs, int axis) {
+    int k, i, shape[AV_MAX_DIMS], at = 0, outer, n_out, inner, grad = 0;
+    av_tensor *out;
+    if (n_xs < 1) av__fail("av_concat: no tensors");
+    axis = av__axis(xs[0], axis, "av_concat");
+    for (i = 0; i < xs[0]->ndim; i++) shape[i] = xs[0]->shape[i];
+    shape[axis] = 0;
+    for (k = 0; k < n_xs; k++) {
+        if (xs[k]->ndim != xs[0]->ndim) av__fail_shapes("av_concat", "ranks differ", xs[0], xs[k]);
+        for (i = 0; i < xs[0]->ndim; i++)
+            if (i != axis && xs[k]->shape[i] != xs[0]->shape[i]) av__fail_shapes("av_concat", "sizes differ off the axis", xs[0], xs[k]);
+        shape[axis] += xs[k]->shape[axis];
+        grad |= xs[k]->requires_grad;
+    }
+    out = av__tensor_empty(c, xs[0]->ndim, shape, "av_concat");
+    av__split_axis(out, axis, &outer, &n_out, &inner);
+    memset(out->data, 0, (size_t)out->size * sizeof(float));
+    for (k = 0; k < n_xs; k++) {
+        av__blocks(out->data, n_out, at, xs[k]->data, xs[k]->shape[axis], outer, inner, AV__SCATTER_ADD);
+        at += xs[k]->shape[axis];
+    }
+    if (grad && c->grad_enabled) {
+        av__node *n = av__push_node(c, out, av__concat_backward, n_xs);
+        for (k = 0; k < n_xs; k++) n->in[k] = xs[k];
+        n->iarg[0] = axis;
+    }
+    return out;
+}
+
+/* ======================================================================= */
+/* elementwise: unary                                                      */
+/* ======================================================================= */
+static float av__sigmoidf(float v) {
+    /* both branches avoid overflow of expf */
+    if (v >= 0) return 1.0f / (1.0f + expf(-v));
+    { float e = expf(v); return e / (1.0f + e); }
+}
+static float av__softplusf(float v) { return (v > 0 ? v : 0.0f) + log1pf(expf(-fabsf(v))); }
+static float av__geluf(float v) { return 0.5f * v * (1.0f + erff(v * 0.70710678f)); }
+static float av__gelu_grad(float v) {
+    return 0.5f * (1.0f + erff(v * 0.70710678f)) + v * 0.39894228f * expf(-0.5f * v * v);
+}
+
+/* Defines op NAME with forward FWD (of input v and argument a) and its
+   derivative DER (of v, output y and a), side by side. */
+#define AV__UNARY(NAME, FWD, DER)                                            \
+    static void av__##NAME##_backward(av_ctx *c, av__node *n) {              \
+        const float *x_ = n->in[0]->data, *y_ = n->out->data, *g_ = n->out->grad; \
+        float *gx_ = n->in[0]->grad, a = n->farg[0];                         \
+        int i_;                                                              \
+        (void)c; (void)a; (void)y_;                                          \
+        AV__PAR(n->out->size)                                        \
+        for (i_ = 0; i_ < n->out->size; i_++) {                              \
+            float v = x_[i_], y = y_[i_];                                    \
+            (void)v; (void)y;                                                \
+            gx_[i_] += g_[i_] * (DER);                                       \
+        }                                                                    \
+    }                                                                        \
+    static av_tensor *av__##NAME(av_ctx *c, av_tensor *x, float a) {         \
+        av_tensor *out = av__like(c, x, "av_" #NAME);                        \
+        av__node *n_;                                                        \
+        int i_;                                                              \
+        (void)a;                                                             \
+        AV__PAR(x->size)                                             \
+        for (i_ = 0; i_ < x->size; i_++) {                                   \
+            float v = x->data[i_];                                           \
+            out->data[i_] = (FWD);                                           \
+        }                                                                    \
+        n_ = av__record(c, out, av__##NAME##_backward, x, NULL, NULL);       \
+        if (n_) n_->farg[0] = a;                                             \
+        return out;                                                          \
+    }
+
+AV__UNARY(scale, v * a, a)
+AV__UNARY(add_scalar, v + a, 1.0f)
+AV__UNARY(exp, expf(v), y)
+AV__UNARY(log, logf(v), 1.0f / v)
+AV__UNARY(sqrt, sqrtf(v), 0.5f / y)
+AV__UNARY(square, v * v, 2.0f * v)
+AV__UNARY(tanh, tanhf(v), 1.0f - y * y)
+AV__UNARY(sigmoid, av__sigmoidf(v), y * (1.0f - y))
+AV__UNARY(relu, v > 0 ? v : 0.0f, v > 0 ? 1.0f : 0.0f)
+AV__UNARY(leaky_relu, v > 0 ? v : a * v, v > 0 ? 1.0f : a)
+AV__UNARY(gelu, av__geluf(v), av__gelu_grad(v))
+AV__UNARY(softplus, av__softplusf(v), av__sigmoidf(v))
+
+AVDEF av_tensor *av_scale(av_ctx *c, av_tensor *x, float s) { return av__scale(c, x, s); }
+AVDEF av_tensor *av_add_scalar(av_ctx *c, av_tensor *x, float s) { return av__add_scalar(c, x, s); }
+AVDEF av_tensor *av_exp(av_ctx *c, av_tensor *x) { return av__exp(c, x, 0); }
+AVDEF av_tensor *av_log(av_ctx *c, av_tensor *x) { return av__log(c, x, 0); }
+AVDEF av_tensor *av_sqrt(av_ctx *c, av_tensor *x) { return av__sqrt(c, x, 0); }
+AVDEF av_tensor *av_square(av_ctx *c, av_tensor *x) { return av__square(c, x, 0); }
+AVDEF av_tensor *av_tanh(av_ctx *c, av_tensor *x) { return av__tanh(c, x, 0); }
+AVDEF av_tensor *av_sigmoid(av_ctx *c, av_tensor *x) { return av__sigmoid(c, x, 0); }
+AVDEF av_tensor *av_relu(av_ctx *c, av_tensor *x) { return av__relu(c, x, 0); }
+AVDEF av_tensor *av_leaky_relu(av_ctx *c, av_tensor *x, float slope) { return av__leaky_relu(c, x, slope); }
+AVDEF av_tensor *av_gelu(av_ctx *c, av_tensor *x) { return av__gelu(c, x, 0); }
+AVDEF av_tensor *av_softplus(av_ctx *c, av_tensor *x) { return av__softplus(c, x, 0); }
+
+/* ======================================================================= */
+/* elementwise: binary, with broadcasting                                  */
+/* ======================================================================= */
+enum { AV__ADD, AV__SUB, AV__MUL, AV__DIV };
+
+/* Both operands right-aligned to 4-D; a stride of 0 repeats an element. */
+typedef struct av__bcast { int d[4], sa[4], sb[4]; } av__bcast;
+
+static void av__strides4(const av_tensor *t, const int *out_d, int *s) {
+    int i, stride = 1, pad = 4 - t->ndim;
+    for (i = 3; i >= 0; i--) {
+        int size = i >= pad ? t->shape[i - pad] : 1;
+        s[i] = (size == 1 && out_d[i] != 1) ? 0 : stride;
+        stride *= size;
+    }
+}
+
+static av__bcast av__bcast_plan(const char *op, const av_tensor *a, const av_tensor *b, int *shape, int *ndim) {
+    av__bcast p;
+    int i, pa = 4 - a->ndim, pb = 4 - b->ndim;
+    *ndim = a->ndim > b->ndim ? a->ndim : b->ndim;
+    for (i = 0; i < 4; i++) {
+        int da = i >= pa ? a->shape[i - pa] : 1, db = i >= pb ? b->shape[i - pb] : 1;
+        if (da != db && da != 1 && db != 1) av__fail_shapes(op, "cannot broadcast", a, b);
+        p.d[i] = da == 1 ? db : da;
+    }
+    for (i = 0; i < *ndim; i++) shape[i] = p.d[4 - *ndim + i];
+    if (av_same_shape(a, b)) { /* one flat row */
+        p.d[0] = p.d[1] = p.d[2] = 1;
+        p.d[3] = a->size;
+        p.sa[0] = p.sa[1] = p.sa[2] = p.sb[0] = p.sb[1] = p.sb[2] = 0;
+        p.sa[3] = p.sb[3] = 1;
+        return p;
+    }
+    av__strides4(a, p.d, p.sa);
+    av__strides4(b, p.d, p.sb);
+    return p;
+}
+
+/* One row of n outputs; forward fills y, backward adds into ga/gb (either may be NULL). */
+static void av__binary_row(int op, int n, const float *a, int sa, const float *b, int sb, float *y,
+                           const float *g, float *ga, float *gb) {
+    int j;
+    if (!g) {
+        switch (op) {
+        case AV__ADD: for (j = 0; j < n; j++) y[j] = a[j * sa] + b[j * sb]; break;
+        case AV__SUB: for (j = 0; j < n; j++) y[j] = a[j * sa] - b[j * sb]; break;
+        case AV__MUL: for (j = 0; j < n; j++) y[j] = a[j * sa] * b[j * sb]; break;
+        default:      for (j = 0; j < n; j++) y[j] = a[j * sa] / b[j * sb]; break;
+        }
+        return;
+    }
+    switch (op) { /* d(a+b) = (1, 1); d(a-b) = (1, -1); d(ab) = (b, a); d(a/b) = (1/b, -y/b) */
+    case AV__ADD:
+        if (ga) for (j = 0; j < n; j++) ga[j * sa] += g[j];
+        if (gb) for (j = 0; j < n; j++) gb[j * sb] += g[j];
+        break;
+    case AV__SUB:
+        if (ga) for (j = 0; j < n; j++) ga[j * sa] += g[j];
+        if (gb) for (j = 0; j < n; j++) gb[j * sb] -= g[j];
+        break;
+    case AV__MUL:
+        if (ga) for (j = 0; j < n; j++) ga[j * sa] += g[j] * b[j * sb];
+        if (gb) for (j = 0; j < n; j++) gb[j * sb] += g[j] * a[j * sa];
+        break;
+    default:
+        if (ga) for (j = 0; j < n; j++) ga[j * sa] += g[j] / b[j * sb];
+        if (gb) for (j = 0; j < n; j++) gb[j * sb] -= g[j] * y[j] / b[j * sb];
+        break;
+    }
+}
+
+static void av__binary_run(const av__bcast *p, int op, const av_tensor *a, const av_tensor *b, av_tensor *y,
+                           const float *g, float *ga, float *gb) {
+    int i0, i1, i2, row = 0;
+    for (i0 = 0; i0 < p->d[0]; i0++)
+        for (i1 = 0; i1 < p->d[1]; i1++)
+            for (i2 = 0; i2 < p->d[2]; i2++, row++) {
+                int oa = i0 * p->sa[0] + i1 * p->sa[1] + i2 * p->sa[2];
+                int ob = i0 * p->sb[0] + i1 * p->sb[1] + i2 * p->sb[2];
+                size_t oy = (size_t)row * p->d[3];
+                av__binary_row(op, p->d[3], a->data + oa, p->sa[3], b->data + ob, p->sb[3], y->data + oy,
+                               g ? g + oy : NULL, ga ? ga + oa : NULL, gb ? gb + ob : NULL);
+            }
+}
+
+static void av__binary_backward(av_ctx *c, av__node *n) {
+    av__bcast p;
+    int shape[AV_MAX_DIMS], ndim;
+    (void)c;
+    p = av__bcast_plan("backward", n->in[0], n->in[1], shape, &ndim);
+    av__binary_run(&p, n->iarg[0], n->in[0], n->in[1], n->out, n->out->grad, av__in_grad(n, 0), av__in_grad(n, 1));
+}
+
+static av_tensor *av__binary(av_ctx *c, int op, av_tensor *a, av_tensor *b, const char *name) {
+    int shape[AV_MAX_DIMS], ndim;
+    av__bcast p = av__bcast_plan(name, a, b, shape, &ndim);
+    av_tensor *out = av__tensor_empty(c, ndim, shape, name);
+    av__node *n;
+    av__binary_run(&p, op, a, b, out, NULL, NULL, NULL);
+    n = av__record(c, out, av__binary_backward, a, b, NULL);
+    if (n) n->iarg[0] = op;
+    return out;
+}
+
+AVDEF av_tensor *av_add(av_ctx *c, av_tensor *a, av_tensor *b) { return av__binary(c, AV__ADD, a, b, "av_add"); }
+AVDEF av_tensor *av_sub(av_ctx *c, av_tensor *a, av_tensor *b) { return av__binary(c, AV__SUB, a, b, "av_sub"); }
+AVDEF av_tensor *av_mul(av_ctx *c, av_tensor *a, av_tensor *b) { return av__binary(c, AV__MUL, a, b, "av_mul"); }
+AVDEF av_tensor *av_div(av_ctx *c, av_tensor *a, av_tensor *b) { return av__binary(c, AV__DIV, a, b, "av_div"); }
+
+/* ======================================================================= */
+/* reductions                                                              */
+/* ======================================================================= */
+static av_tensor *av__reduced(av_ctx *c, const av_tensor *x, int axis, int keepdim, const char *op) {
+    int shape[AV_MAX_DIMS], i, nd = 0;
+    for (i = 0; i < x->ndim; i++) {
+        if (i != axis) shape[nd++] = x->shape[i];
+        else if (keepdim) shape[nd++] = 1;
+    }
+    return av__tensor_empty(c, nd, shape, op);
+}
+
+/* sum and mean: iarg = outer, n, inner; farg[0] = 1 or 1/n */
+static void av__sum_backward(av_ctx *c, av__node *n) {
+    int outer = n->iarg[0], len = n->iarg[1], inner = n->iarg[2], o, k, i;
+    float s = n->farg[0];
+    (void)c;
+    for (o = 0; o < outer; o++)
+        for (k = 0; k < len; k++) {
+            float *gx = n->in[0]->grad + ((size_t)o * len + k) * inner;
+            const float *g = n->out->grad + (size_t)o * inner;
+            for (i = 0; i < inner; i++) gx[i] += s * g[i];
+        }
+}
+
+static av_tensor *av__sum_scaled(av_ctx *c, av_tensor *x, int axis, int keepdim, int mean, const char *op) {
+    int outer, len, inner, o, k, i;
+    av_tensor *out;
+    av__node *n;
+    float s;
+    axis = av__axis(x, axis, op);
+    av__split_axis(x, axis, &outer, &len, &inner);
+    s = mean ? 1.0f / (float)(len ? len : 1) : 1.0f;
+    out = av__reduced(c, x, axis, keepdim, op);
+    for (o = 0; o < outer; o++)
+        for (i = 0; i < inner; i++) {
+            double acc = 0; /* fp64 accumulation: long sums stay accurate */
+            const float *xs = x->data + (size_t)o * len * inner + i;
+            for (k = 0; k < len; k++) acc += xs[(size_t)k * inner];
+            out->data[(size_t)o * inner + i] = (float)(acc * s);
+        }
+    n = av__record(c, out, av__sum_backward, x, NULL, NULL);
+    if (n) { n->iarg[0] = outer; n->iarg[1] = len; n->iarg[2] = inner; n->farg[0] = s; }
+    return out;
+}
+
+AVDEF av_tensor *av_sum(av_ctx *c, av_tensor *x, int axis, int keepdim) { return av__sum_scaled(c, x, axis, keepdim, 0, "av_sum"); }
+AVDEF av_tensor *av_mean(av_ctx *c, av_tensor *x, int axis, int keepdim) { return av__sum_scaled(c, x, axis, keepdim, 1, "av_mean"); }
+
+/* max: the gradient goes to the first maximum, whose index is saved */
+static void av__max_backward(av_ctx *c, av__node *n) {
+    int outer = n->iarg[0], len = n->iarg[1], inner = n->iarg[2], o, i;
+    const int *arg = (const int *)n->saved;
+    (void)c;
+    for (o = 0; o < outer; o++)
+        for (i = 0; i < inner; i++) {
+            size_t j = (size_t)o * inner + i;
+            n->in[0]->grad[((size_t)o * len + arg[j]) * inner + i] += n->out->grad[j];
+        }
+}
+
+AVDEF av_tensor *av_max(av_ctx *c, av_tensor *x, int axis, int keepdim) {
+    int outer, len, inner, o, k, i, *arg;
+    av_tensor *out;
+    av__node *n;
+    axis = av__axis(x, axis, "av_max");
+    av__split_axis(x, axis, &outer, &len, &inner);
+    if (len == 0) av__fail_shapes("av_max", "empty axis", x, NULL);
+    out = av__reduced(c, x, axis, keepdim, "av_max");
+    arg = (int *)av__arena_alloc(&c->arena, (size_t)out->size * sizeof(int));
+    for (o = 0; o < outer; o++)
+        for (i = 0; i < inner; i++) {
+            const float *xs = x->data + (size_t)o * len * inner + i;
+            int best = 0;
+            for (k = 1; k < len; k++)
+                if (xs[(size_t)k * inner] > xs[(size_t)best * inner]) best = k;
+            out->data[(size_t)o * inner + i] = xs[(size_t)best * inner];
+            arg[(size_t)o * inner + i] = best;
+        }
+    n = av__record(c, out, av__max_backward, x, NULL, NULL);
+    if (n) { n->iarg[0] = outer; n->iarg[1] = len; n->iarg[2] = inner; n->saved = arg; }
+    return out;
+}
+
+static av_tensor *av__flat(av_ctx *c, av_tensor *x) { int n = x->size; return av__reshape(c, x, 1, &n); }
+AVDEF av_tensor *av_sum_all(av_ctx *c, av_tensor *x) { return av_sum(c, av__flat(c, x), 0, 0); }
+AVDEF av_tensor *av_mean_all(av_ctx *c, av_tensor *x) { return av_mean(c, av__flat(c, x), 0, 0); }
+AVDEF av_tensor *av_max_all(av_ctx *c, av_tensor *x) { return av_max(c, av__flat(c, x), 0, 0); }
+
+/* ======================================================================= */
+/* matrix products                                                         */
+/* ======================================================================= */
+/* matmul geometry, from the shapes and transposes */
+typedef struct av__mm { int batch, M, N, K, shared_b, ta, tb; } av__mm;
+
+static av__mm av__mm_plan(const av_tensor *a, const av_tensor *b, int ta, int tb) {
+    av__mm g;
+    int i, K2;
+    if (a->ndim < 2 || b->ndim < 2) av__fail_shapes("av_matmul", "operands must be at least 2-D", a, b);
+    g.ta = ta != 0; g.tb = tb != 0;
+    g.M = a->shape[a->ndim - (g.ta ? 1 : 2)];
+    g.K = a->shape[a->ndim - (g.ta ? 2 : 1)];
+    K2 = b->shape[b->ndim - (g.tb ? 1 : 2)];
+    g.N = b->shape[b->ndim - (g.tb ? 2 : 1)];
+    if (g.K != K2) av__fail_shapes("av_matmul", "inner dimensions differ", a, b);
+    g.shared_b = b->ndim == 2;
+    if (!g.shared_b) {
+        if (a->ndim != b->ndim) av__fail_shapes("av_matmul", "batch ranks differ", a, b);
+        for (i = 0; i < a->ndim - 2; i++)
+            if (a->shape[i] != b->shape[i]) av__fail_shapes("av_matmul", "batch sizes differ", a, b);
+    }
+    g.batch = 1;
+    for (i = 0; i < a->ndim - 2; i++) g.batch *= a->shape[i];
+    return g;
+}
+
+static void av__matmul_backward(av_ctx *c, av__node *n) {
+    av__mm g = av__mm_plan(n->in[0], n->in[1], n->iarg[0], n->iarg[1]);
+    const float *A = n->in[0]->data, *B = n->in[1]->data, *dC = n->out->grad;
+    float *dA = av__in_grad(n, 0), *dB = av__in_grad(n, 1);
+    int M = g.M, N = g.N, K = g.K, lda = g.ta ? M : K, ldb = g.tb ? K : N, bi, batch = g.batch;
+    size_t sa = (size_t)M * K, sb = g.shared_b ? 0 : (size_t)K * N, sc = (size_t)M * N;
+    (void)c;
+    if (g.shared_b && !g.ta) { M *= batch; batch = 1; } /* rows of all batches in one product */
+    for (bi = 0; bi < batch; bi++) {
+        const float *a = A + bi * sa, *b = B + bi * sb, *dc = dC + bi * sc;
+        /* C = op(A) op(B): dop(A) = dC op(B)ᵀ, dop(B) = op(A)ᵀ dC, then undo each transpose */
+        if (dA) {
+            float *da = dA + bi * sa;
+            if (!g.ta) av_sgemm(0, !g.tb, M, K, N, 1.0f, dc, N, b, ldb, 1.0f, da, K);
+            else av_sgemm(g.tb, 1, K, M, N, 1.0f, b, ldb, dc, N, 1.0f, da, M);
+        }
+        if (dB) {
+            float *db = dB + bi * sb;
+            if (!g.tb) av_sgemm(!g.ta, 0, K, N, M, 1.0f, a, lda, dc, N, 1.0f, db, N);
+            else av_sgemm(1, g.ta, N, K, M, 1.0f, dc, N, a, lda, 1.0f, db, K);
+        }
+    }
+}
+
+AVDEF av_tensor *av_matmul(av_ctx *c, av_tensor *a, av_tensor *b, int trans_a, int trans_b) {
+    av__mm g = av__mm_plan(a, b, trans_a, trans_b);
+    int shape[AV_MAX_DIMS], i, M = g.M, batch = g.batch, bi;
+    av_tensor *out;
+    av__node *n;
+    for (i = 0; i < a->ndim - 2; i++) shape[i] = a->shape[i];
+    shape[a->ndim - 2] = g.M;
+    shape[a->ndim - 1] = g.N;
+    out = av__tensor_empty(c, a->ndim, shape, "av_matmul");
+    if (g.shared_b && !g.ta) { M *= batch; batch = 1; }
+    for (bi = 0; bi < batch; bi++)
+        av_sgemm(g.ta, g.tb, M, g.N, g.K, 1.0f, a->data + (size_t)bi * g.M * g.K, g.ta ? g.M : g.K,
+                 b->data + (g.shared_b ? 0 : (size_t)bi * g.K * g.N), g.tb ? g.K : g.N, 0.0f,
+                 out->data + (size_t)bi * g.M * g.N, g.N);
+    n = av__record(c, out, av__matmul_backward, a, b, NULL);
+    if (n) { n->iarg[0] = g.ta; n->iarg[1] = g.tb; }
+    return out;
+}
+
+/* linear: y[R, out] = x[R, in] wᵀ + b */
+static void av__linear_backward(av_ctx *c, av__node *n) {
+    const av_tensor *x = n->in[0], *w = n->in[1];
+    int in = w->shape[1], outn = w->shape[0], R = x->size / (in ? in : 1), r, j;
+    const float *dy = n->out->grad;
+    float *dx = av__in_grad(n, 0), *dw = av__in_grad(n, 1), *db = av__in_grad(n, 2);
+    (void)c;
+    if (dx) av_sgemm(0, 0, R, in, outn, 1.0f, dy, outn, w->data, in, 1.0f, dx, in);
+    if (dw) av_sgemm(1, 0, outn, in, R, 1.0f, dy, outn, x->data, in, 1.0f, dw, in);
+    if (db)
+        for (r = 0; r < R; r++)
+            for (j = 0; j < outn; j++) db[j] += dy[(size_t)r * outn + j];
+}
+
+AVDEF av_tensor *av_linear(av_ctx *c, av_tensor *x, av_tensor *w, av_tensor *b) {
+    int shape[AV_MAX_DIMS], in, outn, R, r, i;
+    av_tensor *out;
+    if (w->ndim != 2 || x->ndim < 1 || x->shape[x->ndim - 1] != w->shape[1])
+        av__fail_shapes("av_linear", "x must be [..., in] and w [out, in]", x, w);
+    in = w->shape[1];
+    outn = w->shape[0];
+    if (b && (b->ndim != 1 || b->shape[0] != outn)) av__fail_shapes("av_linear", "bias must be [out]", w, b);
+    for (i = 0; i < x->ndim; i++) shape[i] = x->shape[i];
+    shape[x->ndim - 1] = outn;
+    out = av__tensor_empty(c, x->ndim, shape, "av_linear");
+    R = x->size / (in ? in : 1);
+    if (b)
+        for (r = 0; r < R; r++) memcpy(out->data + (size_t)r * outn, b->data, (size_t)outn * sizeof(float));
+    av_sgemm(0, 1, R, outn, in, 1.0f, x->data, in, w->data, in, b ? 1.0f : 0.0f, out->data, outn);
+    av__record(c, out, av__linear_backward, x, w, b);
+    return out;
+}
+
+/* ======================================================================= */
+/* softmax, layer norm (over the last axis)                                */
+/* ======================================================================= */
+static int av__rows(const av_tensor *x, int *n, const char *op) {
+    if (x->ndim < 1) av__fail_shapes(op, "needs at least one axis", x, NULL);
+    *n = x->shape[x->ndim - 1];
+    return *n ? x->size / *n : 0;
+}
+
+/* y = softmax(x); dx = y (g - <g, y>) */
+static void av__softmax_backward(av_ctx *c, av__node *n) {
+    int len, R = av__rows(n->out, &len, "av_softmax"), r;
+    (void)c;
+    AV__PAR((long)R * len)
+    for (r = 0; r < R; r++) {
+        int j;
+        const float *y = n->out->data + (size_t)r * len, *g = n->out->grad + (size_t)r * len;
+        float *gx = n->in[0]->grad + (size_t)r * len;
+        double dot = 0;
+        for (j = 0; j < len; j++) dot += (double)g[j] * y[j];
+        for (j = 0; j < len; j++) gx[j] += y[j] * (g[j] - (float)dot);
+    }
+}
+
+/* y = log_softmax(x); dx = g - softmax(x) sum(g) */
+static void av__log_softmax_backward(av_ctx *c, av__node *n) {
+    int len, R = av__rows(n->out, &len, "av_log_softmax"), r;
+    (void)c;
+    AV__PAR((long)R * len)
+    for (r = 0; r < R; r++) {
+        int j;
+        const float *y = n->out->data + (size_t)r * len, *g = n->out->grad + (size_t)r * len;
+        float *gx = n->in[0]->grad + (size_t)r * len;
+        double sum = 0;
+        for (j = 0; j < len; j++) sum += g[j];
+        for (j = 0; j < len; j++) gx[j] += g[j] - expf(y[j]) * (float)sum;
+    }
+}
+
+/* Stable: subtract the row maximum before exponentiating. */
+static av_tensor *av__softmax_any(av_ctx *c, av_tensor *x, int log_form) {
+    const char *op = log_form ? "av_log_softmax" : "av_softmax";
+    int len, R = av__rows(x, &len, op), r;
+    av_tensor *out = av__like(c, x, op);
+    AV__PAR((long)R * len)
+    for (r = 0; r < R; r++) {
+        int j;
+        const float *xs = x->data + (size_t)r * len;
+        float *y = out->data + (size_t)r * len, mx = xs[0];
+        double sum = 0;
+        for (j = 1; j < len; j++) mx = xs[j] > mx ? xs[j] : mx;
+        for (j = 0; j < len; j++) { y[j] = expf(xs[j] - mx); sum += y[j]; }
+        if (log_form) {
+            float log_sum = (float)log(sum); /* x - (mx + log_sum) would round at the size of x */
+            for (j = 0; j < len; j++) y[j] = (xs[j] - mx) - log_sum;
+        } else {
+            float inv = (float)(1.0 / sum);
+            for (j = 0; j < len; j++) y[j] *= inv;
+        }
+    }
+    av__record(c, out, log_form ? av__log_softmax_backward : av__softmax_backward, x, NULL, NULL);
+    return out;
+}
+
+AVDEF av_tensor *av_softmax(av_ctx *c, av_tensor *x) { return av__softmax_any(c, x, 0); }
+AVDEF av_tensor *av_log_softmax(av_ctx *c, av_tensor *x) { return av__softmax_any(c, x, 1); }
+
+/* y = (x - mean) * rstd * gamma + beta; saved: mean and rstd per row */
+static void av__layer_norm_backward(av_ctx *c, av__node *n) {
+    int len, R = av__rows(n->out, &len, "av_layer_norm"), r, j;
+    const float *stats = (const float *)n->saved, *gamma = n->in[1] ? n->in[1]->data : NULL;
+    float *gx = av__in_grad(n, 0), *ggamma = av__in_grad(n, 1), *gbeta = av__in_grad(n, 2);
+    (void)c;
+    for (r = 0; r < R; r++) {
+        const float *x = n->in[0]->data + (size_t)r * len, *g = n->out->grad + (size_t)r * len;
+        float mean = stats[2 * r], rstd = stats[2 * r + 1];
+        double sum_d = 0, sum_dx = 0;
+        for (j = 0; j < len; j++) {
+            float xhat = (x[j] - mean) * rstd, d = g[j] * (gamma ? gamma[j] : 1.0f);
+            sum_d += d;
+            sum_dx += (double)d * xhat;
+            if (ggamma) ggamma[j] += g[j] * xhat;
+            if (gbeta) gbeta[j] += g[j];
+        }
+        if (gx) {
+            float md = (float)(sum_d / len), mdx = (float)(sum_dx / len);
+            float *gxr = gx + (size_t)r * len;
+            for (j = 0; j < len; j++) {
+                float xhat = (x[j] - mean) * rstd, d = g[j] * (gamma ? gamma[j] : 1.0f);
+                gxr[j] += rstd * (d - md - xhat * mdx);
+            }
+        }
+    }
+}
+
+AVDEF av_tensor *av_layer_norm(av_ctx *c, av_tensor *x, av_tensor *gamma, av_tensor *beta, float eps) {
+    int len, R = av__rows(x, &len, "av_layer_norm"), r;
+    av_tensor *out = av__like(c, x, "av_layer_norm");
+    float *stats = (float *)av__arena_alloc(&c->arena, (size_t)(2 * R + 1) * sizeof(float));
+    av__node *n;
+    if (gamma && (gamma->size != len)) av__fail_shapes("av_layer_norm", "gamma must match the last axis", x, gamma);
+    if (beta && (beta->size != len)) av__fail_shapes("av_layer_norm", "beta must match the last axis", x, beta);
+    AV__PAR((long)R * len)
+    for (r = 0; r < R; r++) {
+        int j;
+        const float *xs = x->data + (size_t)r * len;
+        float *y = out->data + (size_t)r * len, mean, rstd;
+        double s = 0, ss = 0;
+        for (j = 0; j < len; j++) s += xs[j];
+        mean = (float)(s / len);
+        for (j = 0; j < len; j++) ss += (double)(xs[j] - mean) * (xs[j] - mean);
+        rstd = (float)(1.0 / sqrt(ss / len + eps));
+        for (j = 0; j < len; j++)
+            y[j] = (xs[j] - mean) * rstd * (gamma ? gamma->data[j] : 1.0f) + (beta ? beta->data[j] : 0.0f);
+        stats[2 * r] = mean;
+        stats[2 * r + 1] = rstd;
+    }
+    n = av__record(c, out, av__layer_norm_backward, x, gamma, beta);
+    if (n) n->saved = stats;
+    return out;
+}
+
+/* ======================================================================= */
+/* embedding, dropout                                                      */
+/* ======================================================================= */
+static void av__embedding_backward(av_ctx *c, av__node *n) {
+    int D = n->in[0]->shape[1], i;
+    const int *ids = (const int *)n->saved;
+    (void)c;
+    for (i = 0; i < n->out->shape[0]; i++)
+        av__add_into(n->in[0]->grad + (size_t)ids[i] * D, n->out->grad + (size_t)i * D, D);
+}
+
+AVDEF av_tensor *av_embedding(av_ctx *c, av_tensor *table, const int *ids, int count) {
+    int shape[2], D, i, *saved;
+    av_tensor *out;
+    av__node *n;
+    if (table->ndim != 2) av__fail_shapes("av_embedding", "table must be [vocab, dim]", table, NULL);
+    D = table->shape[1];
+    shape[0] = count;
+    shape[1] = D;
+    out = av__tensor_empty(c, 2, shape, "av_embedding");
+    saved = (int *)av__arena_alloc(&c->arena, (size_t)(count ? count : 1) * sizeof(int));
+    for (i = 0; i < count; i++) {
+        if (ids[i] < 0 || ids[i] >= table->shape[0])
+            av__fail("av_embedding: id %d at position %d outside the table's %d rows", ids[i], i, table->shape[0]);
+        saved[i] = ids[i];
+        memcpy(out->data + (size_t)i * D, table->data + (size_t)ids[i] * D, (size_t)D * sizeof(float));
+    }
+    n = av__record(c, out, av__embedding_backward, table, NULL, NULL);
+    if (n) n->saved = saved;
+    return out;
+}
+
+/* the saved mask holds 0 or 1/(1-p), so forward and backward are one product */
+static void av__dropout_backward(av_ctx *c, av__node *n) {
+    const float *mask = (const float *)n->saved;
+    int i;
+    (void)c;
+    for (i = 0; i < n->out->size; i++) n->in[0]->grad[i] += n->out->grad[i] * mask[i];
+}
+
+AVDEF av_tensor *av_dropout(av_ctx *c, av_tensor *x, float p) {
+    av_tensor *out;
+    float *mask, keep = 1.0f / (1.0f - p);
+    av__node *n;
+    int i;
+    if (!(p >= 0.0f && p < 1.0f)) av__fail("av_dropout: p = %g must be in [0, 1)", (double)p);
+    if (!c->training || p == 0.0f) return x;
+    out = av__like(c, x, "av_dropout");
+    mask = (float *)av__arena_alloc(&c->arena, (size_t)x->size * sizeof(float));
+    for (i = 0; i < x->size; i++) {
+        mask[i] = av_rng_uniform(&c->rng) >= p ? keep : 0.0f;
+        out->data[i] = x->data[i] * mask[i];
+    }
+    n = av__record(c, out, av__dropout_backward, x, NULL, NULL);
+    if (n) n->saved = mask;
+    return out;
+}
+
+/* ======================================================================= */
+/* losses                                                                  */
+/* ======================================================================= */
+static float av__reduce_scale(int reduction, int count) {
+    return reduction == AV_SUM || count == 0 ? 1.0f : 1.0f / (float)count;
+}
+
+/* mse: mean or sum of (p - t)^2 */
+static void av__mse_backward(av_ctx *c, av__node *n) {
+    float s = 2.0f * n->farg[0] * n->out->grad[0], *gp = av__in_grad(n, 0), *gt = av__in_grad(n, 1);
+    int i;
+    (void)c;
+    for (i = 0; i < n->in[0]->size; i++) {
+        float d = s * (n->in[0]->data[i] - n->in[1]->data[i]);
+        if (gp) gp[i] += d;
+        if (gt) gt[i] -= d;
+    }
+}
+
+AVDEF av_tensor *av_mse_loss(av_ctx *c, av_tensor *pred, av_tensor *target, int reduction) {
+    av_tensor *out = av__tensor_empty(c, 0, NULL, "av_mse_loss");
+    double acc = 0;
+    float s = av__reduce_scale(reduction, pred->size);
+    av__node *n;
+    int i;
+    if (!av_same_shape(pred, target)) av__fail_shapes("av_mse_loss", "shapes differ", pred, target);
+    for (i = 0; i < pred->size; i++) {
+        double d = (double)pred->data[i] - target->data[i];
+        acc += d * d;
+    }
+    out->data[0] = (float)(acc * s);
+    n = av__record(c, out, av__mse_backward, pred, target, NULL);
+    if (n) n->farg[0] = s;
+    return out;
+}
+
+/* cross-entropy from logits: log-sum-exp minus the label's logit; saved: softmax */
+static void av__cross_entropy_backward(av_ctx *c, av__node *n) {
+    int len, R = av__rows(n->in[0], &len, "av_cross_entropy"), r, j;
+    const float *prob = (const float *)n->saved;
+    const int *labels = (const int *)(prob + (size_t)R * len);
+    float s = n->farg[0] * n->out->grad[0];
+    (void)c;
+    for (r = 0; r < R; r++) {
+        float *gx = n->in[0]->grad + (size_t)r * len;
+        for (j = 0; j < len; j++) gx[j] += s * prob[(size_t)r * len + j];
+        gx[labels[r]] -= s;
+    }
+}
+
+AVDEF av_tensor *av_cross_entropy(av_ctx *c, av_tensor *logits, const int *labels, int reduction) {
+    int len, R = av__rows(logits, &len, "av_cross_entropy"), r, j;
+    av_tensor *out = av__tensor_empty(c, 0, NULL, "av_cross_entropy");
+    float *prob = (float *)av__arena_alloc(&c->arena, ((size_t)R * len + R + 1) * sizeof(float));
+    int *saved_labels = (int *)(prob + (size_t)R * len);
+    float s = av__reduce_scale(reduction, R);
+    double total = 0;
+    av__node *n;
+    for (r = 0; r < R; r++) {
+        const float *x = logits->data + (size_t)r * len;
+        float *p = prob + (size_t)r * len, mx = x[0];
+        double sum = 0;
+        if (labels[r] < 0 || labels[r] >= len)
+            av__fail("av_cross_entropy: label %d of row %d outside [0, %d)", labels[r], r, len);
+        for (j = 1; j < len; j++) mx = x[j] > mx ? x[j] : mx;
+        for (j = 0; j < len; j++) { p[j] = expf(x[j] - mx); sum += p[j]; }
+        for (j = 0; j < len; j++) p[j] = (float)(p[j] / sum);
+        total += mx + log(sum) - x[labels[r]];
+        saved_labels[r] = labels[r];
+    }
+    out->data[0] = (float)(total * s);
+    n = av__record(c, out, av__cross_entropy_backward, logits, NULL, NULL);
+    if (n) { n->saved = prob; n->farg[0] = s; }
+    return out;
+}
+
+/* BCE with logits, stable: max(x,0) - x t + log(1 + e^-|x|); dx = sigmoid(x) - t, dt = -x */
+static void av__bce_backward(av_ctx *c, av__node *n) {
+    float s = n->farg[0] * n->out->grad[0], *gx = av__in_grad(n, 0), *gt = av__in_grad(n, 1);
+    const float *x = n->in[0]->data, *t = n->in[1]->data;
+    int i;
+    (void)c;
+    for (i = 0; i < n->in[0]->size; i++) {
+        if (gx) gx[i] += s * (av__sigmoidf(x[i]) - t[i]);
+        if (gt) gt[i] -= s * x[i];
+    }
+}
+
+AVDEF av_tensor *av_bce_with_logits(av_ctx *c, av_tensor *logits, av_tensor *target, int reduction) {
+    av_tensor *out = av__tensor_empty(c, 0, NULL, "av_bce_with_logits");
+    const float *x = logits->data, *t = target->data;
+    float s = av__reduce_scale(reduction, logits->size);
+    double acc = 0;
+    av__node *n;
+    int i;
+    if (!av_same_shape(logits, target)) av__fail_shapes("av_bce_with_logits", "shapes differ", logits, target);
+    for (i = 0; i < logits->size; i++)
+        acc += (x[i] > 0 ? x[i] : 0.0f) - x[i] * t[i] + log1pf(expf(-fabsf(x[i])));
+    out->data[0] = (float)(acc * s);
+    n = av__record(c, out, av__bce_backward, logits, target, NULL);
+    if (n) n->farg[0] = s;
+    return out;
+}
+
+/* ======================================================================= */
+/* parameters                                                              */
+/* ======================================================================= */
+/* Each parameter is a malloc'd tensor (stable address) with its gradient;
+   the optimizer's moment buffers sit beside it, made on first use. */
+struct av_model {
+    av_tensor **params;
+    float **m, **v;   /* optimizer state per parameter (NULL until needed) */
+    int n, cap;
+    av_rng rng;
+    long step;
+};
+
+AVDEF av_model *av_model_new(uint64_t seed) {
+    av_model *m = (av_model *)AV_MALLOC(sizeof(av_model));
+    if (!m) av__fail("out of memory allocating a model");
+    memset(m, 0, sizeof *m);
+    av_rng_seed(&m->rng, seed);
+    return m;
+}
+
+AVDEF void av_model_free(av_model *m) {
+    int i;
+    if (!m) return;
+    for (i = 0; i < m->n; i++) {
+        AV_FREE((void *)m->params[i]->name);
+        AV_FREE(m->params[i]->data);
+        AV_FREE(m->params[i]->grad);
+        AV_FREE(m->params[i]);
+        AV_FREE(m->m[i]);
+        AV_FREE(m->v[i]);
+    }
+    AV_FREE(m->params); AV_FREE(m->m); AV_FREE(m->v);
+    AV_FREE(m);
+}
+
+static void *av__xcalloc(size_t count, size_t size, const char *what) {
+    size_t bytes = count * size;
+    void *p = AV_MALLOC(bytes ? bytes : 1);
+    if (!p) av__fail("out of memory allocating %s", what);
+    memset(p, 0, bytes);
+    return p;
+}
+
+static void av__init_values(av_rng *rng, av_tensor *t, int init, float arg) {
+    int fan_in = 1, fan_out = t->ndim ? t->shape[0] : 1, i;
+    float bound = 0, std = 0;
+    for (i = 1; i < t->ndim; i++) { fan_in *= t->shape[i]; if (i >= 2) fan_out *= t->shape[i]; }
+    if (t->ndim < 2) fan_in = fan_out;
+    switch (init) {
+    case AV_INIT_ZEROS: break;
+    case AV_INIT_ONES: for (i = 0; i < t->size; i++) t->data[i] = 1.0f; return;
+    case AV_INIT_NORMAL: std = arg; break;
+    case AV_INIT_UNIFORM: bound = arg; break;
+    case AV_INIT_XAVIER_UNIFORM: bound = (arg > 0 ? arg : 1.0f) * sqrtf(6.0f / (float)(fan_in + fan_out)); break;
+    case AV_INIT_XAVIER_NORMAL: std = (arg > 0 ? arg : 1.0f) * sqrtf(2.0f / (float)(fan_in + fan_out)); break;
+    case AV_INIT_KAIMING_UNIFORM: bound = sqrtf(6.0f / (float)fan_in); break;
+    case AV_INIT_KAIMING_NORMAL: std = sqrtf(2.0f / (float)fan_in); break;
+    case AV_INIT_TORCH_LINEAR: bound = 1.0f / sqrtf((float)fan_in); break;
+    default: av__fail("av_param: unknown init %d for '%s'", init, t->name);
+    }
+    for (i = 0; i < t->size; i++)
+        t->data[i] = std > 0 ? std * av_rng_normal(rng) : bound * (2.0f * av_rng_uniform(rng) - 1.0f);
+}
+
+static av_tensor *av__param_shape(av_model *m, const char *name, int init, float arg, int ndim, const int *shape) {
+    av_tensor *t;
+    size_t len = strlen(name);
+    int i;
+    if (av_model_find(m, name)) av__fail("av_param: a parameter named '%s' exists already", name);
+    if (ndim < 0 || ndim > AV_MAX_DIMS) av__fail("av_param: '%s' has %d dimensions (at most %d)", name, ndim, AV_MAX_DIMS);
+    if (m->n == m->cap) {
+        int cap = m->cap ? 2 * m->cap : 16;
+        m->params = (av_tensor **)AV_REALLOC(m->params, (size_t)cap * sizeof(av_tensor *));
+        m->m = (float **)AV_REALLOC(m->m, (size_t)cap * sizeof(float *));
+        m->v = (float **)AV_REALLOC(m->v, (size_t)cap * sizeof(float *));
+        if (!m->params || !m->m || !m->v) av__fail("out of memory growing the parameter list");
+        m->cap = cap;
+    }
+    t = (av_tensor *)av__xcalloc(1, sizeof(av_tensor), "a parameter");
+    t->ndim = ndim;
+    t->size = 1;
+    for (i = 0; i < ndim; i++) {
+        if (shape[i] < 0) av__fail("av_param: '%s' has a negative size", name);
+        t->shape[i] = shape[i];
+        t->size *= shape[i];
+    }
+    t->name = (const char *)memcpy(av__xcalloc(len + 1, 1, "a parameter name"), name, len + 1);
+    t->data = (float *)av__xcalloc((size_t)t->size, sizeof(float), "parameter values");
+    t->grad = (float *)av__xcalloc((size_t)t->size, sizeof(float), "parameter gradients");
+    t->requires_grad = 1;
+    av__init_values(&m->rng, t, init, arg);
+    m->params[m->n] = t;
+    m->m[m->n] = m->v[m->n] = NULL;
+    m->n++;
+    return t;
+}
+
+AVDEF av_tensor *av_param(av_model *m, const char *name, int init, float init_arg, int ndim, ...) {
+    int shape[AV_MAX_DIMS];
+    va_list ap;
+    va_start(ap, ndim);
+    av__read_shape(ndim, ap, shape, "av_param");
+    va_end(ap);
+    return av__param_shape(m, name, init, init_arg, ndim, shape);
+}
+
+AVDEF int av_model_count(const av_model *m) { return m->n; }
+AVDEF av_tensor *av_model_param(const av_model *m, int i) { return i >= 0 && i < m->n ? m->params[i] : NULL; }
+AVDEF long av_model_step(const av_model *m) { return m->step; }
+
+AVDEF av_tensor *av_model_find(const av_model *m, const char *name) {
+    int i;
+    for (i = 0; i < m->n; i++)
+        if (strcmp(m->params[i]->name, name) == 0) return m->params[i];
+    return NULL;
+}
+
+AVDEF long av_model_num_values(const av_model *m) {
+    long total = 0;
+    int i;
+    for (i = 0; i < m->n; i++) total += m->params[i]->size;
+    return total;
+}
+
+AVDEF void av_model_zero_grad(av_model *m) {
+    int i;
+    for (i = 0; i < m->n; i++) memset(m->params[i]->grad, 0, (size_t)m->params[i]->size * sizeof(float));
+}
+
+/* ======================================================================= */
+/* layers                                                                  */
+/* ======================================================================= */
+/* "<prefix>.<suffix>" into buf: sublayer parameter names */
+#define AV__NAME_MAX 256
+static const char *av__subname(char *buf, const char *prefix, const char *suffix) {
+    size_t a = strlen(prefix), b = strlen(suffix);
+    if (a + b + 2 > AV__NAME_MAX) av__fail("parameter name '%s.%s' is too long", prefix, suffix);
+    memcpy(buf, prefix, a);
+    buf[a] = '.';
+    memcpy(buf + a + 1, suffix, b + 1);
+    return buf;
+}
+
+AVDEF av_linear_layer av_linear_layer_new(av_model *m, const char *name, int in, int out, int bias) {
+    av_linear_layer l;
+    char buf[AV__NAME_MAX];
+    l.weight = av_param(m, av__subname(buf, name, "weight"), AV_INIT_TORCH_LINEAR, 0, 2, out, in);
+    l.bias = NULL;
+    if (bias) l.bias = av_param(m, av__subname(buf, name, "bias"), AV_INIT_UNIFORM, 1.0f / sqrtf((float)(in ? in : 1)), 1, out);
+    return l;
+}
+
+AVDEF av_tensor *av_linear_forward(av_ctx *c, const av_linear_layer *l, av_tensor *x) {
+    return av_linear(c, x, l->weight, l->bias);
+}
+
+AVDEF av_tensor *av_activate(av_ctx *c, av_tensor *x, int activation) {
+    switch (activation) {
+    case AV_ACT_NONE: return x;
+    case AV_ACT_RELU: return av_relu(c, x);
+    case AV_ACT_TANH: return av_tanh(c, x);
+    case AV_ACT_SIGMOID: return av_sigmoid(c, x);
+    case AV_ACT_GELU: return av_gelu(c, x);
+    case AV_ACT_LEAKY_RELU: return av_leaky_relu(c, x, 0.01f);
+    default: av__fail("av_activate: unknown activation %d", activation);
+    }
+    return x;
+}
+
+AVDEF av_mlp av_mlp_new(av_model *m, const char *name, int n_layers, const int *sizes, int activation) {
+    av_mlp net;
+    char buf[AV__NAME_MAX], index[16];
+    int i;
+    if (n_layers < 1 || n_layers > AV_MLP_MAX_LAYERS) av__fail("av_mlp_new: %d layers (1 to %d)", n_layers, AV_MLP_MAX_LAYERS);
+    memset(&net, 0, sizeof net);
+    net.n_layers = n_layers;
+    net.activation = activation;
+    for (i = 0; i < n_layers; i++) {
+        snprintf(index, sizeof index, "%d", i);
+        net.layers[i] = av_linear_layer_new(m, av__subname(buf, name, index), sizes[i], sizes[i + 1], 1);
+    }
+    return net;
+}
+
+AVDEF av_tensor *av_mlp_forward(av_ctx *c, const av_mlp *net, av_tensor *x) {
+    int i;
+    for (i = 0; i < net->n_layers; i++) {
+        x = av_linear_forward(c, &net->layers[i], x);
+        if (i + 1 < net->n_layers) x = av_activate(c, x, net->activation);
+    }
+    return x;
+}
+
+
+/* ======================================================================= */
+/* VAE                                                                     */
+/* ======================================================================= */
+AVDEF av_autoencoder av_autoencoder_new(av_model *m, const char *name, int n_layers, const int *sizes, int activation) {
+    av_autoencoder ae;
+    int mirror[AV_MLP_MAX_LAYERS + 1], i;
+    char buf[AV__NAME_MAX];
+    if (n_layers < 1 || n_layers > AV_MLP_MAX_LAYERS) av__fail("av_autoencoder_new: %d layers (1 to %d)", n_layers, AV_MLP_MAX_LAYERS);
+    for (i = 0; i <= n_layers; i++) mirror[i] = sizes[n_layers - i];
+    ae.encoder = av_mlp_new(m, av__subname(buf, name, "enc"), n_layers, sizes, activation);
+    ae.decoder = av_mlp_new(m, av__subname(buf, name, "dec"), n_layers, mirror, activation);
+    ae.activation = activation;
+    return ae;
+}
+
+AVDEF av_tensor *av_autoencoder_forward(av_ctx *c, const av_autoencoder *ae, av_tensor *x, av_tensor **code) {
+    av_tensor *z = av_activate(c, av_mlp_forward(c, &ae->encoder, x), ae->activation);
+    if (code) *code = z;
+    return av_mlp_forward(c, &ae->decoder, z);
+}
+
+AVDEF av_gaussian_head av_gaussian_head_new(av_model *m, const char *name, int in, int latent) {
+    av_gaussian_head g;
+    char buf[AV__NAME_MAX];
+    g.mu = av_linear_layer_new(m, av__subname(buf, name, "mu"), in, latent, 1);
+    g.logvar = av_linear_layer_new(m, av__subname(buf, name, "logvar"), in, latent, 1);
+    return g;
+}
+
+AVDEF void av_gaussian_head_forward(av_ctx *c, const av_gaussian_head *g, av_tensor *h, av_tensor **mu, av_tensor **logvar) {
+    *mu = av_linear_forward(c, &g->mu, h);
+    *logvar = av_linear_forward(c, &g->logvar, h);
+}
+
+/* Rows of a [B, ...] tensor: B and the per-example width. */
+static int av__examples(const av_tensor *x, int *width, const char *op) {
+    if (x->ndim < 1) av__fail_shapes(op, "needs a batch axis", x, NULL);
+    *width = x->shape[0] ? x->size / x->shape[0] : 0;
+    return x->shape[0];
+}
+
+/* z = mu + sigma eps, sigma = exp(logvar/2): dmu = g, dlogvar = g eps sigma / 2 */
+static void av__reparameterize_backward(av_ctx *c, av__node *n) {
+    const float *eps = (const float *)n->saved, *lv = n->in[1]->data, *g = n->out->grad;
+    float *gmu = av__in_grad(n, 0), *glv = av__in_grad(n, 1);
+    int i;
+    (void)c;
+    for (i = 0; i < n->out->size; i++) {
+        if (gmu) gmu[i] += g[i];
+        if (glv) glv[i] += g[i] * eps[i] * 0.5f * expf(0.5f * lv[i]);
+    }
+}
+
+AVDEF av_tensor *av_reparameterize(av_ctx *c, av_tensor *mu, av_tensor *logvar) {
+    av_tensor *z;
+    float *eps;
+    av__node *n;
+    int i;
+    if (!av_same_shape(mu, logvar)) av__fail_shapes("av_reparameterize", "mu and logvar differ", mu, logvar);
+    z = av__like(c, mu, "av_reparameterize");
+    eps = (float *)av__arena_alloc(&c->arena, (size_t)mu->size * sizeof(float));
+    for (i = 0; i < mu->size; i++) {
+        eps[i] = av_rng_normal(&c->rng);
+        z->data[i] = mu->data[i] + expf(0.5f * logvar->data[i]) * eps[i];
+    }
+    n = av__record(c, z, av__reparameterize_backward, mu, logvar, NULL);
+    if (n) n->saved = eps;
+    return z;
+}
+
+/* KL = sum (mu^2 + e^lv - 1 - lv) / 2: dmu = g mu, dlv = g (e^lv - 1) / 2 */
+static void av__kl_backward(av_ctx *c, av__node *n) {
+    int w, B = av__examples(n->in[0], &w, "av_kl_std_normal"), b;
+    float *gmu = av__in_grad(n, 0), *glv = av__in_grad(n, 1);
+    (void)c;
+    AV__PAR((long)B * w)
+    for (b = 0; b < B; b++) {
+        int j;
+        float g = n->out->grad[b];
+        for (j = 0; j < w; j++) {
+            size_t i = (size_t)b * w + j;
+            if (gmu) gmu[i] += g * n->in[0]->data[i];
+            if (glv) glv[i] += g * 0.5f * (expf(n->in[1]->data[i]) - 1.0f);
+        }
+    }
+}
+
+AVDEF av_tensor *av_kl_std_normal(av_ctx *c, av_tensor *mu, av_tensor *logvar) {
+    int w, B = av__examples(mu, &w, "av_kl_std_normal"), b;
+    av_tensor *out;
+    if (!av_same_shape(mu, logvar)) av__fail_shapes("av_kl_std_normal", "mu and logvar differ", mu, logvar);
+    out = av__tensor_empty(c, 1, &B, "av_kl_std_normal");
+    AV__PAR((long)B * w)
+    for (b = 0; b < B; b++) {
+        int j;
+        double kl = 0;
+        for (j = 0; j < w; j++) {
+            float m = mu->data[(size_t)b * w + j], lv = logvar->data[(size_t)b * w + j];
+            kl += 0.5 * ((double)m * m + exp((double)lv) - 1.0 - lv);
+        }
+        out->data[b] = (float)kl;
+    }
+    av__record(c, out, av__kl_backward, mu, logvar, NULL);
+    return out;
+}
+
+/* Bernoulli NLL from logits, stable BCE per element: dlogits = g (sigmoid - x), dx = -g logits */
+static void av__bernoulli_backward(av_ctx *c, av__node *n) {
+    int w, B = av__examples(n->in[0], &w, "av_bernoulli_nll"), b;
+    float *gl = av__in_grad(n, 0), *gx = av__in_grad(n, 1);
+    (void)c;
+    AV__PAR((long)B * w)
+    for (b = 0; b < B; b++) {
+        int j;
+        const float *l = n->in[0]->data + (size_t)b * w, *x = n->in[1]->data + (size_t)b * w;
+        float g = n->out->grad[b];
+        for (j = 0; j < w; j++) {
+            if (gl) gl[(size_t)b * w + j] += g * (av__sigmoidf(l[j]) - x[j]);
+            if (gx) gx[(size_t)b * w + j] -= g * l[j];
+        }
+    }
+}
+
+AVDEF av_tensor *av_bernoulli_nll(av_ctx *c, av_tensor *logits, av_tensor *x) {
+    int w, B = av__examples(logits, &w, "av_bernoulli_nll"), b;
+    av_tensor *out;
+    if (!av_same_shape(logits, x)) av__fail_shapes("av_bernoulli_nll", "logits and x differ", logits, x);
+    out = av__tensor_empty(c, 1, &B, "av_bernoulli_nll");
+    AV__PAR((long)B * w)
+    for (b = 0; b < B; b++) {
+        int j;
+        const float *l = logits->data + (size_t)b * w, *xs = x->data + (size_t)b * w;
+        double acc = 0;
+        for (j = 0; j < w; j++) acc += (l[j] > 0 ? l[j] : 0.0f) - l[j] * xs[j] + log1pf(expf(-fabsf(l[j])));
+        out->data[b] = (float)acc;
+    }
+    av__record(c, out, av__bernoulli_backward, logits, x, NULL);
+    return out;
+}
+
+/* -log N(x | mean, e^lv) = (log 2pi + lv + (x - mean)^2 e^-lv) / 2, summed per example;
+   composed from ops so logvar may be fixed, learned or broadcast. */
+static av_tensor *av__gaussian_nll(av_ctx *c, av_tensor *mean, av_tensor *logvar, av_tensor *x, const char *op) {
+    av_tensor *terms = av_square(c, mean ? av_sub(c, x, mean) : x);
+    int w, B = av__examples(x, &w, op);
+    if (mean && !av_same_shape(mean, x)) av__fail_shapes(op, "shapes differ", mean, x);
+    if (logvar) terms = av_add(c, av_mul(c, terms, av_exp(c, av_scale(c, logvar, -1.0f))), logvar);
+    terms = av_add_scalar(c, terms, 1.8378770664093453f); /* log 2pi */
+    return av_scale(c, av_sum(c, av_reshape(c, terms, 2, B, w), 1, 0), 0.5f);
+}
+
+AVDEF av_tensor *av_gaussian_nll(av_ctx *c, av_tensor *mean, av_tensor *logvar, av_tensor *x) {
+    return av__gaussian_nll(c, mean, logvar, x, "av_gaussian_nll");
+}
+
+AVDEF av_tensor *av_gaussian_log_prob(av_ctx *c, av_tensor *z, av_tensor *mu, av_tensor *logvar) {
+    return av_scale(c, av__gaussian_nll(c, mu, logvar, z, "av_gaussian_log_prob"), -1.0f);
+}
+
+AVDEF av_tensor *av_neg_elbo(av_ctx *c, av_tensor *nll, av_tensor *kl, float beta) {
+    if (!av_same_shape(nll, kl) || nll->ndim != 1) av__fail_shapes("av_neg_elbo", "nll and kl must both be [B]", nll, kl);
+    return av_mean_all(c, beta == 1.0f ? av_add(c, nll, kl) : av_add(c, nll, av_scale(c, kl, beta)));
+}
+
+AVDEF float av_kl_warmup(long step, long warmup_steps, float beta_max) {
+    if (warmup_steps <= 0 || step >= warmup_steps) return beta_max;
+    if (step <= 0) return 0.0f;
+    return beta_max * (float)step / (float)warmup_steps;
+}
+
+AVDEF double av_log_mean_exp(const double *v, int n) {
+    double mx, sum = 0;
+    int i;
+    if (n < 1) av__fail("av_log_mean_exp: no values");
+    mx = v[0];
+    for (i = 1; i < n; i++) mx = v[i] > mx ? v[i] : mx;
+    if (isinf(mx)) return mx;
+    for (i = 0; i < n; i++) sum += exp(v[i] - mx);
+    return mx + log(sum / n);
+}
+
+AVDEF void av_iwae_log_px(av_ctx *c, av_tensor *x, av_tensor *mu, av_tensor *logvar, int k, av_nll_fn nll, void *user,
+                          double *log_px) {
+    int B = mu->shape[0], j, b, prev = av_set_grad_enabled(c, 0);
+    double *logw = (double *)av__arena_alloc(&c->arena, (size_t)k * B * sizeof(double)), *row;
+    if (k < 1) av__fail("av_iwae_log_px: k = %d samples", k);
+    for (j = 0; j < k; j++) {
+        av_mark mark = av_ctx_mark(c);
+        av_tensor *z = av_reparameterize(c, mu, logvar);
+        av_tensor *log_pz = av_gaussian_log_prob(c, z, NULL, NULL), *log_qz = av_gaussian_log_prob(c, z, mu, logvar);
+        av_tensor *nll_x = nll(c, z, x, user);
+        if (nll_x->size != B) av__fail_shapes("av_iwae_log_px", "nll must return one value per example", nll_x, mu);
+        for (b = 0; b < B; b++)
+            logw[(size_t)b * k + j] = -(double)nll_x->data[b] + log_pz->data[b] - log_qz->data[b];
+        av_ctx_rewind(c, mark);
+    }
+    for (b = 0, row = logw; b < B; b++, row += k) log_px[b] = av_log_mean_exp(row, k);
+    av_set_grad_enabled(c, prev);
+}
+
+AVDEF av_tensor *av_interpolate(av_ctx *c, const float *z0, const float *z1, int dim, int steps) {
+    int shape[2], i, j;
+    av_tensor *out;
+    shape[0] = steps;
+    shape[1] = dim;
+    out = av__tensor_empty(c, 2, shape, "av_interpolate");
+    for (i = 0; i < steps; i++) {
+        float t = steps > 1 ? (float)i / (float)(steps - 1) : 0.0f;
+        for (j = 0; j < dim; j++) out->data[(size_t)i * dim + j] = (1.0f - t) * z0[j] + t * z1[j]; /* exact at both ends */
+    }
+    return out;
+}
+
+/* ======================================================================= */
+/* optimizers and schedules                                                */
+/* ======================================================================= */
+AVDEF av_optim av_sgd(float lr, float momentum, float weight_decay) {
+    av_optim o;
+    memset(&o, 0, sizeof o);
+    o.kind = AV_OPT_SGD; o.lr = lr; o.momentum = momentum; o.weight_decay = weight_decay;
+    return o;
+}
+
+AVDEF av_optim av_adam(float lr) {
+    av_optim o;
+    memset(&o, 0, sizeof o);
+    o.kind = AV_OPT_ADAM; o.lr = lr; o.beta1 = 0.9f; o.beta2 = 0.999f; o.eps = 1e-8f;
+    return o;
+}
+
+AVDEF av_optim av_adamw(float lr, float weight_decay) {
+    av_optim o = av_adam(lr);
+    o.kind = AV_OPT_ADAMW;
+    o.weight_decay = weight_decay;
+    return o;
+}
+
+/* PyTorch's update rules, so runs can be compared step for step:
+   SGD:   g += wd p; v = mu v + g; p -= lr v          (v = g when mu = 0)
+   Adam:  g += wd p; m, v moments; p -= lr mhat / (sqrt(vhat) + eps)
+   AdamW: p -= lr wd p, then Adam without the L2 term. */
+AVDEF int av_optim_step(av_model *m, const av_optim *o) {
+    int i, j;
+    double bc1, bc2;
+    for (i = 0; i < m->n; i++)
+        for (j = 0; j < m->params[i]->size; j++)
+            if (!isfinite(m->params[i]->grad[j]))
+                return av__set_error(AV_ERR_NAN, "av_optim_step: gradient of '%s' is not finite (%g at %d); step skipped",
+                                     m->params[i]->name, (double)m->params[i]->grad[j], j);
+    m->step++;
+    bc1 = 1.0 - pow(o->beta1, (double)m->step);
+    bc2 = 1.0 - pow(o->beta2, (double)m->step);
+    for (i = 0; i < m->n; i++) {
+        av_tensor *t = m->params[i];
+        float *p = t->data, *g = t->grad, wd = o->weight_decay, lr = o->lr;
+        if (!m->m[i]) m->m[i] = (float *)av__xcalloc((size_t)t->size, sizeof(float), "optimizer state");
+        if (o->kind == AV_OPT_SGD) {
+            float *vel = m->m[i], mu = o->momentum;
+            AV__PAR(t->size)
+            for (j = 0; j < t->size; j++) {
+                float gj = g[j] + wd * p[j];
+                vel[j] = mu * vel[j] + gj;
+                p[j] -= lr * (mu != 0.0f ? vel[j] : gj);
+            }
+            continue;
+        }
+        if (!m->v[i]) m->v[i] = (float *)av__xcalloc((size_t)t->size, sizeof(float), "optimizer state");
+        {
+            float *mm = m->m[i], *vv = m->v[i], b1 = o->beta1, b2 = o->beta2;
+            float step_size = (float)(lr / bc1), inv_sqrt_bc2 = (float)(1.0 / sqrt(bc2));
+            int decoupled = o->kind == AV_OPT_ADAMW;
+            AV__PAR(t->size)
+            for (j = 0; j < t->size; j++) {
+                float gj = g[j] + (decoupled ? 0.0f : wd * p[j]);
+                if (decoupled) p[j] -= lr * wd * p[j];
+                mm[j] = b1 * mm[j] + (1.0f - b1) * gj;
+                vv[j] = b2 * vv[j] + (1.0f - b2) * gj * gj;
+                p[j] -= step_size * mm[j] / (sqrtf(vv[j]) * inv_sqrt_bc2 + o->eps);
+            }
+        }
+    }
+    return AV_OK;
+}
+
+AVDEF float av_grad_norm(const av_model *m) {
+    double ss = 0;
+    int i, j;
+    for (i = 0; i < m->n; i++)
+        for (j = 0; j < m->params[i]->size; j++) ss += (double)m->params[i]->grad[j] * m->params[i]->grad[j];
+    return (float)sqrt(ss);
+}
+
+AVDEF float av_clip_grad_norm(av_model *m, float max_norm) {
+    float norm = av_grad_norm(m);
+    int i, j;
+    if (norm > max_norm) {
+        float s = max_norm / (norm + 1e-6f); /* PyTorch's epsilon */
+        for (i = 0; i < m->n; i++)
+            for (j = 0; j < m->params[i]->size; j++) m->params[i]->grad[j] *= s;
+    }
+    return norm;
+}
+
+AVDEF float av_lr_warmup_cosine(long step, long warmup, long total, float lr_max, float lr_min) {
+    double progress;
+    if (step < warmup) return lr_max * (float)(step + 1) / (float)warmup;
+    progress = total > warmup ? (double)(step - warmup) / (double)(total - warmup) : 1.0;
+    if (progress > 1.0) progress = 1.0;
+    return lr_min + (lr_max - lr_min) * (float)(0.5 * (1.0 + cos(3.14159265358979323846 * progress)));
+}
+
+/* ======================================================================= */
+/* I/O: safetensors, IDX                                                   */
+/* ======================================================================= */
+/* ---- file I/O: safetensors and IDX ----------------------------------- */
+#include <errno.h>
+#include <float.h>
+#include <limits.h>
+
+#define AV__ST_MAX_HEADER 100000000ull /* same cap as the reference reader */
+#define AV__JSON_MAX_DEPTH 64          /* safetensors needs 3; stops bombs */
+
+/* Byte order: values are assembled from bytes, which is correct on any host
+   (so big-endian hosts need no special case) and never reads unaligned. */
+static uint32_t av__st_le32(const unsigned char *p) {
+    return (uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 |
+           (uint32_t)p[3] << 24;
+}
+static float av__st_f32(const unsigned char *p) {
+    uint32_t u = av__st_le32(p);
+    float v;
+    memcpy(&v, &u, 4);
+    return v;
+}
+
+/* ---- a strict JSON parser ----------------------------------------------
+   Parses into a flat token array (containers followed by their children).
+   Strings are unescaped in place (an escape never grows), NUL-terminated,
+   and then point into the caller's buffer. */
+enum { AV__J_NULL, AV__J_BOOL, AV__J_NUM, AV__J_STR, AV__J_ARR, AV__J_OBJ };
+typedef struct av__json_tok {
+    int type;
+    int n;    /* members (object) or items (array) */
+    int next; /* index of the token after this subtree */
+    int len;  /* number: length of its text */
+    char *s;  /* string (unescaped, NUL-terminated) or number text */
+} av__json_tok;
+typedef struct av__json {
+    char *p, *start, *end;
+    av__json_tok *tok;
+    int n, cap, nomem;
+    const char *err; /* first error; p then points at it */
+} av__json;
+
+static int av__json_fail(av__json *j, const char *msg) {
+    if (!j->err) j->err = msg;
+    return -1;
+}
+static void av__json_ws(av__json *j) {
+    while (j->p < j->end &&
+           (*j->p == ' ' || *j->p == '\t' || *j->p == '\n' || *j->p == '\r'))
+        j->p++;
+}
+/* skips whitespace, then reports whether c comes next */
+static int av__json_at(av__json *j, char c) {
+    av__json_ws(j);
+    return j->p < j->end && *j->p == c;
+}
+/* after av__json_at failed: say why */
+static int av__json_expected(av__json *j, const char *msg) {
+    return av__json_fail(j, j->p == j->end ? "unexpected end of JSON" : msg);
+}
+static int av__json_digit(const char *p, const char *end) {
+    return p < end && *p >= '0' && *p <= '9';
+}
+static int av__json_new(av__json *j, int type) {
+    av__json_tok *t;
+    if (j->n == j->cap) {
+        int cap = j->cap ? j->cap * 2 : 64;
+        t = (av__json_tok *)AV_REALLOC(j->tok, (size_t)cap * sizeof *t);
+        if (!t) { j->nomem = 1; return av__json_fail(j, "out of memory"); }
+        j->tok = t;
+        j->cap = cap;
+    }
+    t = &j->tok[j->n];
+    memset(t, 0, sizeof *t);
+    t->type = type;
+    t->next = j->n + 1;
+    return j->n++;
+}
+
+/* Length of the valid UTF-8 sequence at p (first byte >= 0x80), or 0. */
+static int av__json_utf8(const char *s, const char *end) {
+    const unsigned char *p = (const unsigned char *)s;
+    int k, i;
+    unsigned lo = 0x80, hi = 0xBF; /* allowed range of the second byte */
+    if (p[0] >= 0xC2 && p[0] <= 0xDF) k = 2;
+    else if (p[0] >= 0xE0 && p[0] <= 0xEF) k = 3;
+    else if (p[0] >= 0xF0 && p[0] <= 0xF4) k = 4;
+    else return 0;
+    if (end - s < k) return 0;
+    if (p[0] == 0xE0) lo = 0xA0;      /* overlong */
+    if (p[0] == 0xED) hi = 0x9F;      /* surrogates */
+    if (p[0] == 0xF0) lo = 0x90;      /* overlong */
+    if (p[0] == 0xF4) hi = 0x8F;      /* above U+10FFFF */
+    if (p[1] < lo || p[1] > hi) return 0;
+    for (i = 2; i < k; i++)
+        if (p[i] < 0x80 || p[i] > 0xBF) return 0;
+    return k;
+}
+
+static long av__json_hex4(const char *p, const char *end) {
+    long v = 0;
+    int i;
+    if (end - p < 4) return -1;
+    for (i = 0; i < 4; i++) {
+        char c = p[i];
+        int d = c >= '0' && c <= '9' ? c - '0'
+              : c >= 'a' && c <= 'f' ? c - 'a' + 10
+              : c >= 'A' && c <= 'F' ? c - 'A' + 10 : -1;
+        if (d < 0) return -1;
+        v = v * 16 + d;
+    }
+    return v;
+}
+
+/* Decodes the escape at j->p (a backslash) into *w; advances both. */
+static int av__json_escape(av__json *j, char **w) {
+    static const char from[] = "\"\\/bfnrt", to[] = "\"\\/\b\f\n\r\t";
+    const char *e = j->end - j->p >= 2 && j->p[1] ? strchr(from, j->p[1]) : NULL;
+    char *o = *w;
+    long cp, lo;
+    if (e) { *o = to[e - from]; *w = o + 1; j->p += 2; return 0; }
+    if (j->end - j->p < 2 || j->p[1] != 'u')
+        return av__json_fail(j, "invalid escape in string");
+    cp = av__json_hex4(j->p + 2, j->end);
+    if (cp < 0) return av__json_fail(j, "invalid \\u escape");
+    if (cp >= 0xDC00 && cp <= 0xDFFF)
+        return av__json_fail(j, "unpaired surrogate in \\u escape");
+    if (cp >= 0xD800 && cp <= 0xDBFF) { /* needs a low surrogate next */
+        lo = j->end - j->p >= 8 && j->p[6] == '\\' && j->p[7] == 'u'
+                 ? av__json_hex4(j->p + 8, j->end) : -1;
+        if (lo < 0xDC00 || lo > 0xDFFF)
+            return av__json_fail(j, "unpaired surrogate in \\u escape");
+        cp = 0x10000 + ((cp - 0xD800) << 10) + (lo - 0xDC00);
+        j->p += 6;
+    }
+    if (cp == 0) return av__json_fail(j, "\\u0000 is not allowed in strings");
+    j->p += 6;
+    if (cp < 0x80) *o++ = (char)cp;
+    else if (cp < 0x800) {
+        *o++ = (char)(0xC0 | cp >> 6);
+        *o++ = (char)(0x80 | (cp & 0x3F));
+    } else if (cp < 0x10000) {
+        *o++ = (char)(0xE0 | cp >> 12);
+        *o++ = (char)(0x80 | (cp >> 6 & 0x3F));
+        *o++ = (char)(0x80 | (cp & 0x3F));
+    } else {
+        *o++ = (char)(0xF0 | cp >> 18);
+        *o++ = (char)(0x80 | (cp >> 12 & 0x3F));
+        *o++ = (char)(0x80 | (cp >> 6 & 0x3F));
+        *o++ = (char)(0x80 | (cp & 0x3F));
+    }
+    *w = o;
+    return 0;
+}
+
+static int av__json_string(av__json *j) {
+    int t = av__json_new(j, AV__J_STR), k;
+    char *s = j->p + 1, *w = s;
+    if (t < 0) return -1;
+    j->p = s;
+    for (;;) {
+        unsigned char c;
+        if (j->p == j->end) return av__json_fail(j, "unterminated string");
+        c = (unsigned char)*j->p;
+        if (c == '"') break;
+        if (c < 0x20) return av__json_fail(j, "control character in string");
+        if (c == '\\') {
+            if (av__json_escape(j, &w) < 0) return -1;
+        } else if (c < 0x80) {
+            *w++ = *j->p++;
+        } else {
+            if (!(k = av__json_utf8(j->p, j->end)))
+                return av__json_fail(j, "invalid UTF-8 in string");
+            memmove(w, j->p, (size_t)k);
+            w += k;
+            j->p += k;
+        }
+    }
+    *w = 0; /* w <= the closing quote, so this stays inside the string */
+    j->p++;
+    j->tok[t].s = s;
+    return t;
+}
+
+static int av__json_number(av__json *j) {
+    char *p = j->p, *e = j->end;
+    int t;
+    if (p < e && *p == '-') p++;
+    if (!av__json_digit(p, e)) return av__json_fail(j, "unexpected character");
+    if (*p == '0') p++; /* no leading zeros: "01" fails at the caller */
+    else while (av__json_digit(p, e)) p++;
+    if (p < e && *p == '.') {
+        if (!av__json_digit(++p, e)) { j->p = p; return av__json_fail(j, "digit expected after '.'"); }
+        while (av__json_digit(p, e)) p++;
+    }
+    if (p < e && (*p == 'e' || *p == 'E')) {
+        p++;
+        if (p < e && (*p == '+' || *p == '-')) p++;
+        if (!av__json_digit(p, e)) { j->p = p; return av__json_fail(j, "digit expected in exponent"); }
+        while (av__json_digit(p, e)) p++;
+    }
+    if ((t = av__json_new(j, AV__J_NUM)) < 0) return -1;
+    j->tok[t].s = j->p;
+    j->tok[t].len = (int)(p - j->p);
+    j->p = p;
+    return t;
+}
+
+static int av__json_literal(av__json *j, const char *word, int type) {
+    size_t n = strlen(word);
+    if ((size_t)(j->end - j->p) < n || memcmp(j->p, word, n) != 0)
+        return av__json_fail(j, "unexpected character");
+    j->p += n;
+    return av__json_new(j, type);
+}
+
+static int av__json_value(av__json *j, int depth);
+
+static int av__json_container(av__json *j, int depth) {
+    int obj = *j->p == '{', n = 0;
+    char close = obj ? '}' : ']';
+    int t = av__json_new(j, obj ? AV__J_OBJ : AV__J_ARR);
+    if (t < 0) return -1;
+    j->p++;
+    if (av__json_at(j, close)) j->p++;
+    else for (;;) {
+        if (obj) {
+            if (!av__json_at(j, '"')) return av__json_expected(j, "expected a string key");
+            if (av__json_string(j) < 0) return -1;
+            if (!av__json_at(j, ':')) return av__json_expected(j, "expected ':'");
+            j->p++;
+        }
+        if (av__json_value(j, depth + 1) < 0) return -1;
+        n++;
+        if (av__json_at(j, ',')) { j->p++; continue; }
+        if (av__json_at(j, close)) { j->p++; break; }
+        return av__json_expected(j, obj ? "expected ',' or '}'" : "expected ',' or ']'");
+    }
+    j->tok[t].n = n;
+    j->tok[t].next = j->n;
+    return t;
+}
+
+static int av__json_value(av__json *j, int depth) {
+    av__json_ws(j);
+    if (j->p == j->end) return av__json_fail(j, "unexpected end of JSON");
+    switch (*j->p) {
+    case '{': case '[':
+        if (depth >= AV__JSON_MAX_DEPTH) return av__json_fail(j, "nesting too deep");
+        return av__json_container(j, depth);
+    case '"': return av__json_string(j);
+    case 't': return av__json_literal(j, "true", AV__J_BOOL);
+    case 'f': return av__json_literal(j, "false", AV__J_BOOL);
+    case 'n': return av__json_literal(j, "null", AV__J_NULL);
+    default: return av__json_number(j);
+    }
+}
+
+/* Parses s[0..len) as one JSON value with optional surrounding whitespace. */
+static int av__json_parse(av__json *j, char *s, size_t len) {
+    memset(j, 0, sizeof *j);
+    j->start = j->p = s;
+    j->end = s + len;
+    if (av__json_value(j, 0) < 0) return -1;
+    av__json_ws(j);
+    if (j->p != j->end) return av__json_fail(j, "trailing characters after the JSON value");
+    return 0;
+}
+
+/* A number token as a non-negative integer, or -1 (negative, fractional,
+   exponent, too large, or not a number). */
+static int64_t av__json_uint(const av__json_tok *t) {
+    int64_t v = 0;
+    int i;
+    if (t->type != AV__J_NUM) return -1;
+    for (i = 0; i < t->len; i++) {
+        int d = t->s[i] - '0';
+        if (d < 0 || d > 9 || v > (INT64_MAX - d) / 10) return -1;
+        v = v * 10 + d;
+    }
+    return v;
+}
+
+/* ---- safetensors reading --------------------------------------------- */
+typedef struct av__st_tensor {
+    const char *name;
+    int ndim;
+    int64_t shape[AV_ST_MAX_DIMS];
+    int64_t numel, begin, end;
+    const unsigned char *data;
+} av__st_tensor;
+
+struct av_st_file {
+    unsigned char *buf;         /* the whole file; names point into it */
+    int n, n_meta;
+    av__st_tensor *t;           /* header order */
+    av__st_tensor **by_name;    /* sorted, for av_st_find */
+    const char **meta;          /* n_meta (key, value) pairs */
+};
+
+/* Reads a whole file into memory (fine for our model sizes). */
+static int av__st_slurp(const char *path, unsigned char **out, size_t *len) {
+    FILE *fp = fopen(path, "rb");
+    unsigned char *b = NULL, *nb;
+    size_t n = 0, cap = 0, want, got;
+    int bad, err;
+    if (!fp) return av__set_error(AV_ERR_IO, "%s: cannot open (%s)", path, strerror(errno));
+    errno = 0;
+    do {
+        if (n == cap) {
+            cap = cap ? cap * 2 : 65536;
+            nb = cap > n ? (unsigned char *)AV_REALLOC(b, cap) : NULL;
+            if (!nb) {
+                AV_FREE(b);
+                fclose(fp);
+                return av__set_error(AV_ERR_NOMEM, "%s: out of memory reading the file", path);
+            }
+            b = nb;
+        }
+        want = cap - n;
+        got = fread(b + n, 1, want, fp);
+        n += got;
+    } while (got == want); /* a short read means end of file or error */
+    bad = ferror(fp);
+    err = errno;
+    fclose(fp);
+    if (bad) {
+        AV_FREE(b);
+        return av__set_error(AV_ERR_IO, "%s: read error (%s)", path, err ? strerror(err) : "unknown");
+    }
+    *out = b;
+    *len = n;
+    return AV_OK;
+}
+
+static int av__st_cmp_name(const void *a, const void *b) {
+    return strcmp((*(av__st_tensor *const *)a)->name, (*(av__st_tensor *const *)b)->name);
+}
+static int av__st_cmp_key(const void *key, const void *b) {
+    return strcmp((const char *)key, (*(av__st_tensor *const *)b)->name);
+}
+static int av__st_cmp_offset(const void *a, const void *b) {
+    const av__st_tensor *x = *(av__st_tensor *const *)a, *y = *(av__st_tensor *const *)b;
+    if (x->begin != y->begin) return x->begin < y->begin ? -1 : 1;
+    return x->end < y->end ? -1 : x->end > y->end;
+}
+
+/* AV_ERR_FORMAT with a message that starts "path: tensor 'name': " */
+#if defined(__GNUC__) || defined(__clang__)
+__attribute__((format(printf, 3, 4)))
+#endif
+static int av__st_bad(const char *path, const char *name, const char *fmt, ...) {
+    char msg[256];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(msg, sizeof msg, fmt, ap);
+    va_end(ap);
+    return av__set_error(AV_ERR_FORMAT, "%s: tensor '%.60s': %s", path, name, msg);
+}
+
+/* Reads the shape or data_offsets array at token a into v[0..max). */
+static int av__st_ints(const av__json *j, int a, int64_t *v, int max,
+                       const char *path, const char *name, const char *field) {
+    const av__json_tok *t = &j->tok[a];
+    int i, k;
+    if (t->type != AV__J_ARR || t->n > max)
+        return av__st_bad(path, name, "'%s' must be an array of at most %d integers", field, max);
+    for (i = 0, k = a + 1; i < t->n; i++, k = j->tok[k].next) {
+        const av__json_tok *e = &j->tok[k];
+        if (e->type != AV__J_NUM)
+            return av__st_bad(path, name, "%s[%d] is not a number", field, i);
+        if ((v[i] = av__json_uint(e)) < 0)
+            return av__st_bad(path, name, "%s[%d] is %.*s, not a non-negative integer", field, i,
+                              e->len > 40 ? 40 : e->len, e->s);
+    }
+    return AV_OK;
+}
+
+/* Fills t from the tensor entry at token v; checks its fields and size. */
+static int av__st_tensor_parse(const av__json *j, int v, const char *path,
+                               int64_t data_len, av__st_tensor *t) {
+    static const char *const fields[3] = {"dtype", "shape", "data_offsets"};
+    int seen = 0, m, k, f, rc;
+    int64_t off[2] = {0, 0};
+    if (j->tok[v].type != AV__J_OBJ)
+        return av__st_bad(path, t->name, "entry is not an object");
+    for (m = 0, k = v + 1; m < j->tok[v].n; m++, k = j->tok[k + 1].next) {
+        const av__json_tok *val = &j->tok[k + 1];
+        for (f = 0; f < 3 && strcmp(j->tok[k].s, fields[f]) != 0; f++) {}
+        if (f == 3)
+            return av__st_bad(path, t->name, "unknown field '%.40s'", j->tok[k].s);
+        if (seen & 1 << f)
+            return av__st_bad(path, t->name, "duplicate field '%s'", fields[f]);
+        seen |= 1 << f;
+        if (f == 0 && val->type != AV__J_STR)
+            return av__st_bad(path, t->name, "dtype is not a string");
+        if (f == 0 && strcmp(val->s, "F32") != 0)
+            return av__st_bad(path, t->name, "dtype \"%.20s\" is not supported (only F32)", val->s);
+        if (f == 1) {
+            if ((rc = av__st_ints(j, k + 1, t->shape, AV_ST_MAX_DIMS, path, t->name, "shape"))) return rc;
+            t->ndim = val->n;
+        }
+        if (f == 2) {
+            if ((rc = av__st_ints(j, k + 1, off, 2, path, t->name, "data_offsets"))) return rc;
+            if (val->n != 2)
+                return av__st_bad(path, t->name, "data_offsets needs 2 entries, has %d", val->n);
+        }
+    }
+    for (f = 0; f < 3; f++)
+        if (!(seen & 1 << f))
+            return av__st_bad(path, t->name, "missing '%s'", fields[f]);
+    t->numel = 1; /* checked so that numel * 4 cannot overflow either */
+    for (f = 0; f < t->ndim; f++) {
+        if (t->shape[f] && t->numel > INT64_MAX / 4 / t->shape[f])
+            return av__st_bad(path, t->name, "shape is too large (overflow)");
+        t->numel *= t->shape[f];
+    }
+    t->begin = off[0];
+    t->end = off[1];
+    if (t->begin > t->end)
+        return av__st_bad(path, t->name, "data_offsets begin %lld > end %lld",
+                          (long long)t->begin, (long long)t->end);
+    if (t->end > data_len)
+        return av__st_bad(path, t->name,
+                          "data_offsets end %lld is past the data section (%lld bytes; truncated?)",
+                          (long long)t->end, (long long)data_len);
+    if (t->numel * 4 != t->end - t->begin)
+        return av__st_bad(path, t->name, "shape needs %lld bytes but data_offsets span %lld",
+                          (long long)(t->numel * 4), (long long)(t->end - t->begin));
+    return AV_OK;
+}
+
+static int av__st_meta_parse(av_st_file *f, const av__json *j, int v, const char *path) {
+    int m, k, q;
+    if (j->tok[v].type != AV__J_OBJ)
+        return av__set_error(AV_ERR_FORMAT, "%s: __metadata__ is not an object", path);
+    f->meta = (const char **)AV_MALLOC(sizeof(char *) * 2 * (size_t)(j->tok[v].n + 1));
+    if (!f->meta) return av__set_error(AV_ERR_NOMEM, "%s: out of memory", path);
+    for (m = 0, k = v + 1; m < j->tok[v].n; m++, k = j->tok[k + 1].next) {
+        if (j->tok[k + 1].type != AV__J_STR)
+            return av__set_error(AV_ERR_FORMAT, "%s: __metadata__ value of '%.40s' is not a string",
+                                 path, j->tok[k].s);
+        for (q = 0; q < m; q++) /* metadata is small: quadratic is fine */
+            if (strcmp(f->meta[2 * q], j->tok[k].s) == 0)
+                return av__set_error(AV_ERR_FORMAT, "%s: duplicate __metadata__ key '%.40s'",
+                                     path, j->tok[k].s);
+        f->meta[2 * m] = j->tok[k].s;
+        f->meta[2 * m + 1] = j->tok[k + 1].s;
+    }
+    f->n_meta = j->tok[v].n;
+    return AV_OK;
+}
+
+/* Interprets the parsed header and checks the data layout. */
+static int av__st_layout(av_st_file *f, const av__json *j, const char *path,
+                         const unsigned char *data, int64_t data_len) {
+    int m, k, i, rc, has_meta = 0;
+    int64_t pos = 0;
+    av__st_tensor **order;
+    if (j->tok[0].type != AV__J_OBJ)
+        return av__set_error(AV_ERR_FORMAT, "%s: header is not a JSON object", path);
+    f->t = (av__st_tensor *)AV_MALLOC(sizeof *f->t * (size_t)(j->tok[0].n + 1));
+    f->by_name = (av__st_tensor **)AV_MALLOC(sizeof *f->by_name * (size_t)(j->tok[0].n + 1));
+    if (!f->t || !f->by_name) return av__set_error(AV_ERR_NOMEM, "%s: out of memory", path);
+    for (m = 0, k = 1; m < j->tok[0].n; m++, k = j->tok[k + 1].next) {
+        if (strcmp(j->tok[k].s, "__metadata__") == 0) {
+            if (has_meta++) return av__set_error(AV_ERR_FORMAT, "%s: duplicate __metadata__", path);
+            if ((rc = av__st_meta_parse(f, j, k + 1, path))) return rc;
+            continue;
+        }
+        memset(&f->t[f->n], 0, sizeof *f->t);
+        f->t[f->n].name = j->tok[k].s;
+        if ((rc = av__st_tensor_parse(j, k + 1, path, data_len, &f->t[f->n]))) return rc;
+        f->t[f->n].data = data + f->t[f->n].begin;
+        f->by_name[f->n] = &f->t[f->n];
+        f->n++;
+    }
+    qsort(f->by_name, (size_t)f->n, sizeof *f->by_name, av__st_cmp_name);
+    for (i = 1; i < f->n; i++)
+        if (strcmp(f->by_name[i - 1]->name, f->by_name[i]->name) == 0)
+            return av__set_error(AV_ERR_FORMAT, "%s: duplicate tensor name '%.60s'",
+                                 path, f->by_name[i]->name);
+    /* The tensors, sorted by offset, must tile the data section exactly. */
+    order = (av__st_tensor **)AV_MALLOC(sizeof *order * (size_t)(f->n + 1));
+    if (!order) return av__set_error(AV_ERR_NOMEM, "%s: out of memory", path);
+    memcpy(order, f->by_name, sizeof *order * (size_t)f->n);
+    qsort(order, (size_t)f->n, sizeof *order, av__st_cmp_offset);
+    for (i = 0; i < f->n && order[i]->begin == pos; i++) pos = order[i]->end;
+    rc = AV_OK;
+    if (i < f->n && order[i]->begin > pos)
+        rc = av__set_error(AV_ERR_FORMAT, "%s: gap in the data section: bytes %lld..%lld belong to no tensor",
+                           path, (long long)pos, (long long)order[i]->begin);
+    else if (i < f->n) /* begin < pos, and i > 0 since pos starts at 0 */
+        rc = av__set_error(AV_ERR_FORMAT, "%s: tensor '%.60s' overlaps tensor '%.60s'",
+                           path, order[i]->name, order[i - 1]->name);
+    else if (pos != data_len)
+        rc = av__set_error(AV_ERR_FORMAT, "%s: data section has %lld bytes, tensors cover only %lld",
+                           path, (long long)data_len, (long long)pos);
+    AV_FREE(order);
+    return rc;
+}
+
+AVDEF int av_st_open(const char *path, av_st_file **out) {
+    unsigned char *buf = NULL;
+    size_t len = 0;
+    uint64_t hlen;
+    av__json j;
+    av_st_file *f;
+    int rc;
+    if (!out) return av__set_error(AV_ERR_ARG, "av_st_open: out is NULL");
+    *out = NULL;
+    if (!path) return av__set_error(AV_ERR_ARG, "av_st_open: path is NULL");
+    if ((rc = av__st_slurp(path, &buf, &len))) return rc;
+    if (len < 8) {
+        AV_FREE(buf);
+        return av__set_error(AV_ERR_FORMAT, "%s: file too short (%lu bytes) to hold the header length",
+                             path, (unsigned long)len);
+    }
+    hlen = (uint64_t)av__st_le32(buf) | (uint64_t)av__st_le32(buf + 4) << 32;
+    if (hlen > AV__ST_MAX_HEADER || hlen > len - 8) {
+        AV_FREE(buf);
+        return av__set_error(AV_ERR_FORMAT, "%s: header length %llu is %s (file has %lu bytes)", path,
+                             (unsigned long long)hlen,
+                             hlen > AV__ST_MAX_HEADER ? "over the 100 MB limit" : "past the end of the file",
+                             (unsigned long)len);
+    }
+    f = (av_st_file *)AV_MALLOC(sizeof *f);
+    if (!f) {
+        AV_FREE(buf);
+        return av__set_error(AV_ERR_NOMEM, "%s: out of memory", path);
+    }
+    memset(f, 0, sizeof *f);
+    f->buf = buf;
+    if (av__json_parse(&j, (char *)buf + 8, (size_t)hlen) < 0)
+        rc = av__set_error(j.nomem ? AV_ERR_NOMEM : AV_ERR_FORMAT, "%s: bad JSON header at byte %ld: %s",
+                           path, (long)(j.p - j.start), j.err);
+    else
+        rc = av__st_layout(f, &j, path, buf + 8 + hlen, (int64_t)(len - 8 - hlen));
+    AV_FREE(j.tok);
+    if (rc) {
+        av_st_close(f);
+        return rc;
+    }
+    *out = f;
+    return AV_OK;
+}
+
+AVDEF void av_st_close(av_st_file *f) {
+    if (!f) return;
+    AV_FREE(f->buf);
+    AV_FREE(f->t);
+    AV_FREE(f->by_name);
+    AV_FREE((void *)f->meta);
+    AV_FREE(f);
+}
+
+static const av__st_tensor *av__st_get(const av_st_file *f, int i) {
+    return f && i >= 0 && i < f->n ? &f->t[i] : NULL;
+}
+AVDEF int av_st_count(const av_st_file *f) { return f ? f->n : 0; }
+AVDEF const char *av_st_name(const av_st_file *f, int i) {
+    const av__st_tensor *t = av__st_get(f, i);
+    return t ? t->name : NULL;
+}
+AVDEF int av_st_ndim(const av_st_file *f, int i) {
+    const av__st_tensor *t = av__st_get(f, i);
+    return t ? t->ndim : -1;
+}
+AVDEF const int64_t *av_st_shape(const av_st_file *f, int i) {
+    const av__st_tensor *t = av__st_get(f, i);
+    return t ? t->shape : NULL;
+}
+AVDEF int64_t av_st_numel(const av_st_file *f, int i) {
+    const av__st_tensor *t = av__st_get(f, i);
+    return t ? t->numel : -1;
+}
+AVDEF int av_st_find(const av_st_file *f, const char *name) {
+    av__st_tensor **hit;
+    if (!f || !name || !f->n) return -1;
+    hit = (av__st_tensor **)bsearch(name, f->by_name, (size_t)f->n, sizeof *f->by_name, av__st_cmp_key);
+    return hit ? (int)(*hit - f->t) : -1;
+}
+AVDEF int av_st_read(const av_st_file *f, int i, float *dst, int64_t n) {
+    const av__st_tensor *t = av__st_get(f, i);
+    int64_t k;
+    if (!t || (!dst && n > 0)) return av__set_error(AV_ERR_ARG, "av_st_read: bad tensor index %d or NULL dst",
+                                                    i);
+    if (n != t->numel)
+        return av__set_error(AV_ERR_MISMATCH, "tensor '%.60s' has %lld elements, caller expects %lld",
+                             t->name, (long long)t->numel, (long long)n);
+    for (k = 0; k < n; k++) dst[k] = av__st_f32(t->data + 4 * k);
+    return AV_OK;
+}
+AVDEF const char *av_st_meta(const av_st_file *f, const char *key) {
+    int i;
+    for (i = 0; f && key && i < f->n_meta; i++)
+        if (strcmp(f->meta[2 * i], key) == 0) return f->meta[2 * i + 1];
+    return NULL;
+}
+
+/* ---- safetensors writing --------------------------------------------- */
+typedef struct av__st_buf { char *p; size_t n, cap; int oom; } av__st_buf;
+
+static void av__st_put(av__st_buf *b, const char *s, size_t n) {
+    if (b->oom) return;
+    if (b->n + n + 1 > b->cap) {
+        size_t cap = b->cap ? b->cap : 256;
+        char *p;
+        while (cap < b->n + n + 1) cap *= 2;
+        if (!(p = (char *)AV_REALLOC(b->p, cap))) { b->oom = 1; return; }
+        b->p = p;
+        b->cap = cap;
+    }
+    memcpy(b->p + b->n, s, n);
+    b->n += n;
+}
+static void av__st_puts(av__st_buf *b, const char *s) { av__st_put(b, s, strlen(s)); }
+static void av__st_put_int(av__st_buf *b, long long v) {
+    char t[32];
+    sprintf(t, "%lld", v);
+    av__st_puts(b, t);
+}
+/* JSON string; the bytes must already be valid UTF-8 */
+static void av__st_put_str(av__st_buf *b, const char *s) {
+    char t[8];
+    av__st_puts(b, "\"");
+    for (; *s; s++) {
+        unsigned char c = (unsigned char)*s;
+        if (c == '"' || c == '\\') { t[0] = '\\'; t[1] = (char)c; av__st_put(b, t, 2); }
+        else if (c < 0x20) { sprintf(t, "\\u%04x", c); av__st_puts(b, t); }
+        else av__st_put(b, s, 1);
+    }
+    av__st_puts(b, "\"");
+}
+static int av__st_utf8_ok(const char *s) {
+    const char *end = s + strlen(s);
+    int k;
+    for (; s < end; s += k)
+        if (!(k = (unsigned char)*s < 0x80 ? 1 : av__json_utf8(s, end))) return 0;
+    return 1;
+}
+
+/* Checks the caller's arguments; computes each item's numel. */
+static int av__st_check_items(const av_st_item *items, int n_items, int64_t *numel,
+                              const char *const *keys, const char *const *vals, int n_meta) {
+    int i, d;
+    int64_t total = 0;
+    if (n_items < 0 || n_meta < 0 || (n_items && !items) || (n_meta && (!keys || !vals)))
+        return av__set_error(AV_ERR_ARG, "av_st_save: bad item or metadata arrays");
+    for (i = 0; i < n_meta; i++)
+        if (!keys[i] || !vals[i] || !av__st_utf8_ok(keys[i]) || !av__st_utf8_ok(vals[i]))
+            return av__set_error(AV_ERR_ARG, "av_st_save: metadata %d is NULL or not UTF-8", i);
+    for (i = 0; i < n_items; i++) {
+        const av_st_item *it = &items[i];
+        if (!it->name || !av__st_utf8_ok(it->name) || strcmp(it->name, "__metadata__") == 0)
+            return av__set_error(AV_ERR_ARG, "av_st_save: item %d has a NULL, non-UTF-8 or reserved name", i);
+        if (it->ndim < 0 || it->ndim > AV_ST_MAX_DIMS || (it->ndim && !it->shape))
+            return av__set_error(AV_ERR_ARG, "av_st_save: '%s': bad ndim %d or NULL shape",
+                                 it->name, it->ndim);
+        for (numel[i] = 1, d = 0; d < it->ndim; d++) {
+            if (it->shape[d] < 0)
+                return av__set_error(AV_ERR_ARG, "av_st_save: '%s': negative dim", it->name);
+            if (it->shape[d] && numel[i] > INT64_MAX / 4 / it->shape[d])
+                return av__set_error(AV_ERR_ARG, "av_st_save: '%s': shape overflows", it->name);
+            numel[i] *= it->shape[d];
+        }
+        if (numel[i] && !it->data)
+            return av__set_error(AV_ERR_ARG, "av_st_save: '%s': NULL data", it->name);
+        if (total > INT64_MAX - 4 * numel[i])
+            return av__set_error(AV_ERR_ARG, "av_st_save: total data size overflows");
+        total += 4 * numel[i];
+        for (d = 0; d < i; d++)
+            if (strcmp(items[d].name, it->name) == 0)
+                return av__set_error(AV_ERR_ARG, "av_st_save: duplicate name '%s'", it->name);
+    }
+    return AV_OK;
+}
+
+/* Writes everything to fp; returns 0 on any failed write. */
+static int av__st_write(FILE *fp, const av__st_buf *h, const av_st_item *items, int n_items,
+                        const int64_t *numel) {
+    unsigned char chunk[4096];
+    int i, b;
+    int64_t k, c, e;
+    uint32_t u;
+    uint64_t hlen = h->n;
+    for (b = 0; b < 8; b++) chunk[b] = (unsigned char)(hlen >> 8 * b);
+    if (fwrite(chunk, 1, 8, fp) != 8 || fwrite(h->p, 1, h->n, fp) != h->n) return 0;
+    for (i = 0; i < n_items; i++)
+        for (k = 0; k < numel[i]; k += c) {
+            c = numel[i] - k < 1024 ? numel[i] - k : 1024;
+            for (e = 0; e < c; e++) {
+                memcpy(&u, &items[i].data[k + e], 4);
+                for (b = 0; b < 4; b++) chunk[4 * e + b] = (unsigned char)(u >> 8 * b);
+            }
+            if (fwrite(chunk, 1, (size_t)(4 * c), fp) != (size_t)(4 * c)) return 0;
+        }
+    return fflush(fp) == 0 && !ferror(fp);
+}
+
+AVDEF int av_st_save(const char *path, const av_st_item *items, int n_items,
+                     const char *const *meta_keys, const char *const *meta_values, int n_meta) {
+    av__st_buf h;
+    int64_t *numel, off = 0;
+    char *tmp = NULL;
+    FILE *fp;
+    int i, d, rc, ok;
+    if (!path) return av__set_error(AV_ERR_ARG, "av_st_save: path is NULL");
+    numel = (int64_t *)AV_MALLOC(sizeof *numel * (size_t)(n_items > 0 ? n_items : 1));
+    if (!numel) return av__set_error(AV_ERR_NOMEM, "%s: out of memory", path);
+    if ((rc = av__st_check_items(items, n_items, numel, meta_keys, meta_values, n_meta))) {
+        AV_FREE(numel);
+        return rc;
+    }
+    /* Header: metadata first, then tensors in item order, contiguous. */
+    memset(&h, 0, sizeof h);
+    av__st_puts(&h, "{");
+    if (n_meta) {
+        av__st_puts(&h, "\"__metadata__\":{");
+        for (i = 0; i < n_meta; i++) {
+            if (i) av__st_puts(&h, ",");
+            av__st_put_str(&h, meta_keys[i]);
+            av__st_puts(&h, ":");
+            av__st_put_str(&h, meta_values[i]);
+        }
+        av__st_puts(&h, n_items ? "}," : "}");
+    }
+    for (i = 0; i < n_items; i++) {
+        if (i) av__st_puts(&h, ",");
+        av__st_put_str(&h, items[i].name);
+        av__st_puts(&h, ":{\"dtype\":\"F32\",\"shape\":[");
+        for (d = 0; d < items[i].ndim; d++) {
+            if (d) av__st_puts(&h, ",");
+            av__st_put_int(&h, items[i].shape[d]);
+        }
+        av__st_puts(&h, "],\"data_offsets\":[");
+        av__st_put_int(&h, off);
+        av__st_puts(&h, ",");
+        off += 4 * numel[i];
+        av__st_put_int(&h, off);
+        av__st_puts(&h, "]}");
+    }
+    av__st_puts(&h, "}");
+    while ((8 + h.n) % 8) av__st_puts(&h, " "); /* align the data section */
+    if (!h.oom) tmp = (char *)AV_MALLOC(strlen(path) + 5);
+    if (!tmp) rc = av__set_error(AV_ERR_NOMEM, "%s: out of memory", path);
+    else {
+        sprintf(tmp, "%s.tmp", path);
+        if (!(fp = fopen(tmp, "wb"))) {
+            rc = av__set_error(AV_ERR_IO, "%s: cannot create (%s)", tmp, strerror(errno));
+        } else {
+            ok = av__st_write(fp, &h, items, n_items, numel);
+            if (!ok) rc = av__set_error(AV_ERR_IO, "%s: write failed (%s)", tmp, strerror(errno));
+            if (fclose(fp) != 0 && ok)
+                rc = av__set_error(AV_ERR_IO, "%s: close failed (%s)", tmp, strerror(errno));
+            if (!rc && rename(tmp, path) != 0)
+                rc = av__set_error(AV_ERR_IO, "%s: cannot rename %s over it (%s)",
+                                   path, tmp, strerror(errno));
+            if (rc) remove(tmp); /* only a file we created ourselves */
+        }
+    }
+    AV_FREE(tmp);
+    AV_FREE(h.p);
+    AV_FREE(numel);
+    return rc;
+}
+
+/* ---- IDX ------------------------------------------------------------- */
+static uint32_t av__idx_be32(const unsigned char *p) {
+    return (uint32_t)p[0] << 24 | (uint32_t)p[1] << 16 | (uint32_t)p[2] << 8 | (uint32_t)p[3];
+}
+static int av__idx_size(int type) {
+    switch (type) {
+    case 0x08: case 0x09: return 1;
+    case 0x0B: return 2;
+    case 0x0C: case 0x0D: return 4;
+    case 0x0E: return 8;
+    default: return 0;
+    }
+}
+static float av__idx_value(const unsigned char *p, int type) {
+    uint32_t u;
+    uint64_t w;
+    float f;
+    double d;
+    switch (type) {
+    case 0x08: return (float)p[0];
+    case 0x09: return (float)(p[0] < 128 ? p[0] : p[0] - 256);
+    case 0x0B: u = (uint32_t)p[0] << 8 | p[1]; return (float)(u < 32768 ? (long)u : (long)u - 65536);
+    case 0x0C: u = av__idx_be32(p); return (float)(u < 0x80000000u ? (double)u : (double)u - 4294967296.0);
+    case 0x0D: u = av__idx_be32(p); memcpy(&f, &u, 4); return f;
+    default: /* 0x0E; out-of-range doubles would be undefined as float */
+        w = (uint64_t)av__idx_be32(p) << 32 | av__idx_be32(p + 4);
+        memcpy(&d, &w, 8);
+        return d > FLT_MAX ? HUGE_VALF : d < -FLT_MAX ? -HUGE_VALF : (float)d;
+    }
+}
+/* A short read: an I/O error or a truncated file. */
+static int av__idx_short(FILE *fp, const char *path, const char *what) {
+    if (ferror(fp)) return av__set_error(AV_ERR_IO, "%s: read error in %s", path, what);
+    return av__set_error(AV_ERR_FORMAT, "%s: truncated file (in %s)", path, what);
+}
+
+static int av__idx_read(FILE *fp, const char *path, av_idx *x) {
+    unsigned char hd[16], chunk[8192];
+    int type, size, i;
+    int64_t k, c, per;
+    if (fread(hd, 1, 4, fp) != 4) return av__idx_short(fp, path, "the magic number");
+    if (hd[0] || hd[1])
+        return av__set_error(AV_ERR_FORMAT,
+                             "%s: bad IDX magic %02x %02x %02x %02x (first two bytes must be 0)",
+                             path, hd[0], hd[1], hd[2], hd[3]);
+    type = hd[2];
+    if (!(size = av__idx_size(type)))
+        return av__set_error(AV_ERR_FORMAT, "%s: unknown IDX type code 0x%02x", path, type);
+    x->ndim = hd[3];
+    if (x->ndim < 1 || x->ndim > 4)
+        return av__set_error(AV_ERR_FORMAT, "%s: IDX has %d dims (1..4 supported)", path, x->ndim);
+    if (fread(hd, 4, (size_t)x->ndim, fp) != (size_t)x->ndim) return av__idx_short(fp, path, "the dims");
+    x->count = 1;
+    for (i = 0; i < x->ndim; i++) {
+        uint32_t d = av__idx_be32(hd + 4 * i);
+        if (d == 0 || d > INT_MAX)
+            return av__set_error(AV_ERR_FORMAT, "%s: IDX dim %d is %lu (must be 1..%d)",
+                                 path, i, (unsigned long)d, INT_MAX);
+        if (x->count > INT64_MAX / 8 / (int64_t)d || (uint64_t)(x->count * d) > SIZE_MAX / sizeof(float))
+            return av__set_error(AV_ERR_FORMAT, "%s: IDX dims are too large", path);
+        x->dims[i] = (int)d;
+        x->count *= d;
+    }
+    if (!(x->data = (float *)AV_MALLOC((size_t)x->count * sizeof(float))))
+        return av__set_error(AV_ERR_NOMEM, "%s: out of memory for %lld values", path, (long long)x->count);
+    per = (int64_t)sizeof chunk / size;
+    for (k = 0; k < x->count; k += c) {
+        c = x->count - k < per ? x->count - k : per;
+        if (fread(chunk, (size_t)size, (size_t)c, fp) != (size_t)c)
+            return av__idx_short(fp, path, "the data");
+        for (i = 0; i < c; i++) x->data[k + i] = av__idx_value(chunk + i * size, type);
+    }
+    if (fgetc(fp) != EOF)
+        return av__set_error(AV_ERR_FORMAT, "%s: trailing bytes after %lld values",
+                             path, (long long)x->count);
+    if (ferror(fp)) return av__set_error(AV_ERR_IO, "%s: read error", path);
+    return AV_OK;
+}
+
+AVDEF int av_idx_load(const char *path, av_idx *out) {
+    FILE *fp;
+    int rc;
+    if (!out || !path) return av__set_error(AV_ERR_ARG, "av_idx_load: NULL argument");
+    memset(out, 0, sizeof *out);
+    if (!(fp = fopen(path, "rb"))) return av__set_error(AV_ERR_IO, "%s: cannot open (%s)",
+                                                        path, strerror(errno));
+    rc = av__idx_read(fp, path, out);
+    fclose(fp);
+    if (rc) av_idx_free(out);
+    return rc;
+}
+
+AVDEF void av_idx_free(av_idx *x) {
+    if (!x) return;
+    AV_FREE(x->data);
+    memset(x, 0, sizeof *x);
+}
+
+/* ======================================================================= */
+/* model files                                                             */
+/* ======================================================================= */
+/* Parameters are stored under their names; a checkpoint adds the optimizer
+   moments as "optim.m.<name>" / "optim.v.<name>" and the step as metadata. */
+static const char *const av__state_prefix[2] = {"optim.m.", "optim.v."};
+
+static int av__model_write(const av_model *m, const char *path, int with_state) {
+    int n = 0, i, k, rc;
+    char step[32], **names = NULL;
+    const char *keys[3] = {"format", "version", "step"}, *values[3];
+    av_st_item *items = (av_st_item *)av__xcalloc((size_t)m->n * 3 + 1, sizeof(av_st_item), "a save list");
+    if (with_state) names = (char **)av__xcalloc((size_t)m->n * 2 + 1, sizeof(char *), "a save list");
+    for (i = 0; i < m->n; i++) {
+        const av_tensor *t = m->params[i];
+        items[n].name = t->name; items[n].ndim = t->ndim; items[n].shape = t->shape; items[n].data = t->data;
+        n++;
+        for (k = 0; with_state && k < 2; k++) {
+            const float *state = k ? m->v[i] : m->m[i];
+            size_t len = strlen(av__state_prefix[k]) + strlen(t->name) + 1;
+            if (!state) continue;
+            names[2 * i + k] = (char *)av__xcalloc(len, 1, "a state name");
+            snprintf(names[2 * i + k], len, "%s%s", av__state_prefix[k], t->name);
+            items[n].name = names[2 * i + k]; items[n].ndim = t->ndim; items[n].shape = t->shape;
+            items[n].data = state;
+            n++;
+        }
+    }
+    snprintf(step, sizeof step, "%ld", m->step);
+    values[0] = with_state ? "attnvae-checkpoint" : "attnvae-model";
+    values[1] = ATTNVAE_VERSION;
+    values[2] = step;
+    rc = av_st_save(path, items, n, keys, values, with_state ? 3 : 2);
+    for (i = 0; with_state && i < 2 * m->n; i++) AV_FREE(names[i]);
+    AV_FREE(names);
+    AV_FREE(items);
+    return rc;
+}
+
+AVDEF int av_model_save(const av_model *m, const char *path) { return av__model_write(m, path, 0); }
+AVDEF int av_checkpoint_save(const av_model *m, const char *path) { return av__model_write(m, path, 1); }
+
+/* Which model tensor (and which slot: 0 value, 1 m, 2 v) a file entry fills, or -1. */
+static int av__model_slot(const av_model *m, const char *name, int with_state, int *slot) {
+    int i, k;
+    for (i = 0; i < m->n; i++)
+        if (strcmp(name, m->params[i]->name) == 0) { *slot = 0; return i; }
+    for (k = 0; with_state && k < 2; k++) {
+        size_t len = strlen(av__state_prefix[k]);
+        if (strncmp(name, av__state_prefix[k], len) != 0) continue;
+        for (i = 0; i < m->n; i++)
+            if (strcmp(name + len, m->params[i]->name) == 0) { *slot = k + 1; return i; }
+    }
+    return -1;
+}
+
+/* Reads everything into fresh buffers first; the model changes only if the
+   whole file fits it. */
+static int av__model_read(av_model *m, const char *path, int with_state) {
+    av_st_file *f = NULL;
+    float **fresh;
+    int rc = av_st_open(path, &f), i, k, slot, count;
+    long step = 0;
+    if (rc) return rc;
+    count = av_st_count(f);
+    fresh = (float **)av__xcalloc((size_t)m->n * 3 + 1, sizeof(float *), "a load list");
+    for (i = 0; i < count && !rc; i++) {
+        const char *name = av_st_name(f, i);
+        int p = av__model_slot(m, name, with_state, &slot), d;
+        const av_tensor *t;
+        if (p < 0) { rc = av__set_error(AV_ERR_MISMATCH, "%s: unexpected tensor '%s' (not in the model)", path, name); break; }
+        t = m->params[p];
+        if (av_st_ndim(f, i) != t->ndim) rc = 1;
+        for (d = 0; !rc && d < t->ndim; d++) rc = av_st_shape(f, i)[d] != t->shape[d];
+        if (rc) {
+            char s[64];
+            rc = av__set_error(AV_ERR_MISMATCH, "%s: tensor '%s' has a different shape from the model's %s", path, name,
+                               av__shape_str(t, s, sizeof s));
+            break;
+        }
+        fresh[3 * p + slot] = (float *)av__xcalloc((size_t)t->size, sizeof(float), "loaded values");
+        rc = av_st_read(f, i, fresh[3 * p + slot], t->size);
+    }
+    for (i = 0; i < m->n && !rc; i++)
+        if (!fresh[3 * i]) rc = av__set_error(AV_ERR_MISMATCH, "%s: missing tensor '%s'", path, m->params[i]->name);
+    if (!rc && with_state) {
+        const char *s = av_st_meta(f, "step");
+        char *end = NULL;
+        step = s ? strtol(s, &end, 10) : -1;
+        if (!s || end == s || *end || step < 0)
+            rc = av__set_error(AV_ERR_FORMAT, "%s: checkpoint has no valid \"step\" in its metadata", path);
+    }
+    av_st_close(f);
+    for (i = 0; i < m->n; i++)
+        for (k = 0; k < 3; k++) {
+            float **dst = k == 0 ? &m->params[i]->data : k == 1 ? &m->m[i] : &m->v[i];
+            float *src = fresh[3 * i + k];
+            if (rc || (!src && (k == 0 || !with_state))) { AV_FREE(src); continue; }
+            AV_FREE(*dst); /* state missing from the checkpoint restarts from zero */
+            *dst = src;
+        }
+    if (!rc && with_state) m->step = step;
+    AV_FREE(fresh);
+    return rc;
+}
+
+AVDEF int av_model_load(av_model *m, const char *path) { return av__model_read(m, path, 0); }
+AVDEF int av_checkpoint_load(av_model *m, const char *path) { return av__model_read(m, path, 1); }
 
 #endif /* ATTNVAE_IMPLEMENTATION_DONE */
 #endif /* ATTNVAE_IMPLEMENTATION */
+
+/*
+------------------------------------------------------------------------------
+This software is available under 2 licenses -- choose whichever you prefer.
+------------------------------------------------------------------------------
+ALTERNATIVE A - MIT License
+Copyright (c) 2026 the attnvae authors
+Permission is hereby granted, free of charge, to any person obtaining a copy of
+this software and associated documentation files (the "Software"), to deal in
+the Software without restriction, including without limitation the rights to
+use, copy, modify, merge, publish, distribute, sublicense, and/or sell copies
+of the Software, and to permit persons to whom the Software is furnished to do
+so, subject to the following conditions:
+The above copyright notice and this permission notice shall be included in all
+copies or substantial portions of the Software.
+THE SOFTWARE IS PROVIDED "AS IS", WITHOUT WARRANTY OF ANY KIND, EXPRESS OR
+IMPLIED, INCLUDING BUT NOT LIMITED TO THE WARRANTIES OF MERCHANTABILITY,
+FITNESS FOR A PARTICULAR PURPOSE AND NONINFRINGEMENT. IN NO EVENT SHALL THE
+AUTHORS OR COPYRIGHT HOLDERS BE LIABLE FOR ANY CLAIM, DAMAGES OR OTHER
+LIABILITY, WHETHER IN AN ACTION OF CONTRACT, TORT OR OTHERWISE, ARISING FROM,
+OUT OF OR IN CONNECTION WITH THE SOFTWARE OR THE USE OR OTHER DEALINGS IN THE
+SOFTWARE.
+------------------------------------------------------------------------------
+ALTERNATIVE B - Public Domain (www.unlicense.org)
+This is free and unencumbered software released into the public domain.
+Anyone is free to copy, modify, publish, use, compile, sell, or distribute this
+software, either in source code form or as a compiled binary, for any purpose,
+commercial or non-commercial, and by any means.
+In jurisdictions that recognize copyright laws, the author or authors of this
+software dedicate any and all copyright interest in the software to the public
+domain. We make this dedication for the benefit of the public at large and to
+the detriment of our heirs and successors. We intend this dedication to be an
+overt act of relinquishment in perpetuity of all present and future rights to
+this software under copyright law.
+THE SOFTWARE IS PROVIDED "AS IS", WITHOUT WARRANTY OF ANY KIND, EXPRESS OR
+IMPLIED, INCLUDING BUT NOT LIMITED TO THE WARRANTIES OF MERCHANTABILITY,
+FITNESS FOR A PARTICULAR PURPOSE AND NONINFRINGEMENT. IN NO EVENT SHALL THE
+AUTHORS BE LIABLE FOR ANY CLAIM, DAMAGES OR OTHER LIABILITY, WHETHER IN AN
+ACTION OF CONTRACT, TORT OR OTHERWISE, ARISING FROM, OUT OF OR IN CONNECTION
+WITH THE SOFTWARE OR THE USE OR OTHER DEALINGS IN THE SOFTWARE.
+------------------------------------------------------------------------------
+*/

@@ -305,6 +305,73 @@ static av_tensor *fwd_e2e(av_ctx *c, fd_case *fc, int grad) {
     return av_add(c, nll, av_kl_std_normal(c, mu, lv)); /* per example [B] */
 }
 
+/* plain autoencoder: per-example Bernoulli NLL of its reconstruction (tanh keeps it smooth) */
+typedef struct ae_case { av_autoencoder ae; const float *x; int B, D; } ae_case;
+static av_tensor *fwd_ae(av_ctx *c, fd_case *fc, int grad) {
+    ae_case *u = (ae_case *)fc->user;
+    av_tensor *x = av_from(c, u->x, 2, u->B, u->D);
+    (void)grad;
+    return av_bernoulli_nll(c, av_autoencoder_forward(c, &u->ae, x, NULL), x);
+}
+
+/* The autoencoder is its encoder, the activation, then the mirrored decoder. */
+static void test_autoencoder(void) {
+    int sizes[3] = {5, 4, 2}, i, j;
+    float x[15];
+    fd_case fc;
+    ae_case u;
+    av_model *m = av_model_new(11);
+    av_ctx *c = av_ctx_new();
+    av_tensor *code, *out;
+    u.ae = av_autoencoder_new(m, "ae", 2, sizes, AV_ACT_TANH);
+    CHECK(av_model_count(m) == 8, "autoencoder has %d parameter tensors, want 8", av_model_count(m));
+    CHECK(av_model_find(m, "ae.enc.1.weight") && av_model_find(m, "ae.enc.1.weight")->shape[0] == 2 &&
+              av_model_find(m, "ae.dec.0.weight") && av_model_find(m, "ae.dec.0.weight")->shape[1] == 2 &&
+              av_model_find(m, "ae.dec.1.weight")->shape[0] == 5,
+          "autoencoder parameter names or mirrored shapes are wrong");
+    tr_fill(x, 15, 0, 1);
+    out = av_autoencoder_forward(c, &u.ae, av_from(c, x, 2, 3, 5), &code);
+    CHECK(out->ndim == 2 && out->shape[0] == 3 && out->shape[1] == 5 && code->shape[1] == 2, "autoencoder shapes");
+    /* the same computation written out in double */
+    for (i = 0; i < 3; i++) {
+        double hid[4], z[2], hid2[4];
+        int k, l;
+        for (k = 0; k < 4; k++) {
+            const av_tensor *w = av_model_find(m, "ae.enc.0.weight"), *bb = av_model_find(m, "ae.enc.0.bias");
+            double acc = bb->data[k];
+            for (l = 0; l < 5; l++) acc += (double)w->data[k * 5 + l] * x[i * 5 + l];
+            hid[k] = tanh(acc);
+        }
+        for (k = 0; k < 2; k++) {
+            const av_tensor *w = av_model_find(m, "ae.enc.1.weight"), *bb = av_model_find(m, "ae.enc.1.bias");
+            double acc = bb->data[k];
+            for (l = 0; l < 4; l++) acc += (double)w->data[k * 4 + l] * hid[l];
+            z[k] = tanh(acc);
+            CHECK_CLOSE(code->data[i * 2 + k], z[k], 1e-6, 1e-5, "autoencoder code");
+        }
+        for (k = 0; k < 4; k++) {
+            const av_tensor *w = av_model_find(m, "ae.dec.0.weight"), *bb = av_model_find(m, "ae.dec.0.bias");
+            double acc = bb->data[k];
+            for (l = 0; l < 2; l++) acc += (double)w->data[k * 2 + l] * z[l];
+            hid2[k] = tanh(acc);
+        }
+        for (j = 0; j < 5; j++) {
+            const av_tensor *w = av_model_find(m, "ae.dec.1.weight"), *bb = av_model_find(m, "ae.dec.1.bias");
+            double acc = bb->data[j];
+            for (l = 0; l < 4; l++) acc += (double)w->data[j * 4 + l] * hid2[l];
+            CHECK_CLOSE(out->data[i * 5 + j], acc, 1e-6, 1e-5, "autoencoder output");
+        }
+    }
+    av_ctx_free(c);
+    u.x = x;
+    u.B = 3;
+    u.D = 5;
+    fd_init(&fc, "av_autoencoder (Bernoulli)", fwd_ae, &u);
+    for (i = 0; i < av_model_count(m); i++) fd_param(&fc, av_model_param(m, i));
+    fd_run(&fc);
+    av_model_free(m);
+}
+
 static void test_gradients(void) {
     fd_case fc;
     float mu[12], lv[12], a[24], b[24], m3[12], x3[12], lv3[12], lvD[4], lv0[1];
@@ -1228,6 +1295,7 @@ int main(int argc, char **argv) {
     av_ctx *c = av_ctx_new();
 
     test_gradients();
+    test_autoencoder();
     test_kl_closed_form(c);
     test_bernoulli_closed_form(c);
     test_gaussian_closed_form(c);
