@@ -59,10 +59,13 @@ suite = \
 	"rm -rf $(2)/vae_tmp && mkdir -p $(2)/vae_tmp && $(1) $(2)/test_vae $(2)/vae_tmp" \
 	"ATTNVAE_PYTHON=$(PYTHON) $(1) $(2)/test_torch_ref tests/torch_ref.py $(2)"
 
-# The examples run in --quick mode; the GEMM runs on every path, threaded too.
+# The examples run in --quick mode; the GEMM and the vector math run on every
+# path this CPU has (ATTNVAE_ISA forces one), threaded too.
 TEST_CMDS = $(call suite,,$(BUILD)) $(call suite,,$(BUILD)/cxx) \
 	"OMP_NUM_THREADS=2 $(BUILD)/test_gemm_omp" \
 	"ATTNVAE_ISA=scalar $(BUILD)/test_gemm --quick" \
+	"ATTNVAE_ISA=avx2 $(BUILD)/test_ops" "ATTNVAE_ISA=scalar $(BUILD)/test_ops" \
+	"ATTNVAE_ISA=avx2 $(BUILD)/test_optim" "ATTNVAE_ISA=scalar $(BUILD)/test_optim" \
 	"$(BUILD)/mlp_fashion --quick --data $(DATA) --out $(BUILD)/mlp_quick.safetensors" \
 	"$(BUILD)/vae_fashion --quick --data $(DATA) --out $(BUILD)/vae_quick" \
 	"$(BUILD)/vae_fashion --quick --data $(DATA) --out $(BUILD)/vae_quick --load $(BUILD)/vae_quick/vae.safetensors" \

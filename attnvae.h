@@ -1341,6 +1341,224 @@ AVDEF void av_sgemm(int transA, int transB, int M, int N, int K, float alpha,
     }
 }
 
+/* ---- vector math for the elementwise hot loops ---- */
+/* After the GEMM, a VAE step spends its time in softplus and sigmoid over
+   the decoder's logits and in the Adam update. Their SIMD forms use
+   exp(x) = 2^n e^r (n = round(x / ln2), |r| <= ln2/2, degree-6 Taylor
+   polynomial: relative error ~2e-7) and log1p(t) = 2 atanh(t / (2 + t)) as
+   an odd series (exact to float rounding on [0, 1], and for tiny t). Lanes
+   with |x| > 80, where e^-|x| leaves the normal range, go the scalar way. */
+static float av__sigmoidf(float v) {
+    /* both branches avoid overflow of expf */
+    if (v >= 0) return 1.0f / (1.0f + expf(-v));
+    { float e = expf(v); return e / (1.0f + e); }
+}
+static float av__softplusf(float v) { return (v > 0 ? v : 0.0f) + log1pf(expf(-fabsf(v))); }
+
+/* Adam's update of n values; decay = lr * wd for AdamW (else 0), l2 = wd for Adam. */
+typedef struct av__adam_args { float b1, b2, step_size, inv_sqrt_bc2, eps, l2, decay; } av__adam_args;
+
+static void av__adam_scalar(float *p, const float *g, float *m, float *v, int n, const av__adam_args *a) {
+    int j;
+    for (j = 0; j < n; j++) {
+        float gj = g[j] + a->l2 * p[j];
+        p[j] -= a->decay * p[j];
+        m[j] = a->b1 * m[j] + (1.0f - a->b1) * gj;
+        v[j] = a->b2 * v[j] + (1.0f - a->b2) * gj * gj;
+        p[j] -= a->step_size * m[j] / (sqrtf(v[j]) * a->inv_sqrt_bc2 + a->eps);
+    }
+}
+
+/* softplus(x) = max(x, 0) + rest(x), rest(x) = log(1 + e^-|x|): callers add
+   max(x, 0) themselves so that terms like max(x, 0) - x t cancel exactly. */
+static void av__softplus_rest_scalar(const float *x, float *y, int n) {
+    int i;
+    for (i = 0; i < n; i++) y[i] = log1pf(expf(-fabsf(x[i])));
+}
+
+static void av__sigmoid_scalar(const float *x, float *y, int n) {
+    int i;
+    for (i = 0; i < n; i++) y[i] = av__sigmoidf(x[i]);
+}
+
+static void av__relu_scalar(const float *x, float *y, int n) {
+    int i;
+    for (i = 0; i < n; i++) y[i] = x[i] > 0 || x[i] != x[i] ? x[i] : 0.0f;
+}
+
+static void av__relu_grad_scalar(const float *x, const float *g, float *gx, int n) {
+    int i;
+    for (i = 0; i < n; i++) gx[i] += x[i] > 0 ? g[i] : 0.0f;
+}
+
+static int av__nonfinite_scalar(const float *x, int n) {
+    int i;
+    for (i = 0; i < n; i++)
+        if (!isfinite(x[i])) return 1;
+    return 0;
+}
+
+#ifdef AV__X86
+/* One body for both widths: V is the vector type, P the intrinsic prefix. */
+#define AV__VMATH(TARGET, V, P, W, ROUND, SQRT, MAX, EXP2N, ANY, BLEND_NEG, ADD_WHERE_POS)                                 \
+    TARGET static V av__exp_neg_##W(V x) { /* e^x for x in [-80, 0] */                     \
+        V n = ROUND(P##_mul_ps(x, P##_set1_ps(1.44269504f)),                                \
+                           _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);                 \
+        V r = P##_fnmadd_ps(n, P##_set1_ps(0.693359375f), x), q;                            \
+        r = P##_fnmadd_ps(n, P##_set1_ps(-2.12194440e-4f), r);                              \
+        q = P##_fmadd_ps(P##_set1_ps(1.0f / 720), r, P##_set1_ps(1.0f / 120));               \
+        q = P##_fmadd_ps(q, r, P##_set1_ps(1.0f / 24));                                     \
+        q = P##_fmadd_ps(q, r, P##_set1_ps(1.0f / 6));                                      \
+        q = P##_fmadd_ps(q, r, P##_set1_ps(0.5f));                                          \
+        q = P##_fmadd_ps(q, r, P##_set1_ps(1.0f));                                          \
+        q = P##_fmadd_ps(q, r, P##_set1_ps(1.0f));                                          \
+        return EXP2N(q, n);                                                                  \
+    }                                                                                        \
+    TARGET static V av__log1p_unit_##W(V t) { /* log(1 + t), t in [0, 1] */                \
+        V s = P##_div_ps(t, P##_add_ps(P##_set1_ps(2.0f), t)), s2 = P##_mul_ps(s, s), q;     \
+        q = P##_fmadd_ps(s2, P##_set1_ps(1.0f / 13), P##_set1_ps(1.0f / 11));                \
+        q = P##_fmadd_ps(q, s2, P##_set1_ps(1.0f / 9));                                     \
+        q = P##_fmadd_ps(q, s2, P##_set1_ps(1.0f / 7));                                     \
+        q = P##_fmadd_ps(q, s2, P##_set1_ps(1.0f / 5));                                     \
+        q = P##_fmadd_ps(q, s2, P##_set1_ps(1.0f / 3));                                     \
+        q = P##_mul_ps(q, s2);                                                               \
+        s = P##_add_ps(s, s);                                                                \
+        return P##_fmadd_ps(s, q, s);                                                        \
+    }                                                                                        \
+    TARGET static void av__softplus_rest_##W(const float *x, float *y, int n) {             \
+        int i = 0;                                                                           \
+        for (; i + W <= n; i += W) {                                                         \
+            V v = P##_loadu_ps(x + i), a = P##_andnot_ps(P##_set1_ps(-0.0f), v);             \
+            if (ANY(a, P##_set1_ps(80.0f), _CMP_GT_OQ)) { av__softplus_rest_scalar(x + i, y + i, W); continue; }          \
+            P##_storeu_ps(y + i, av__log1p_unit_##W(av__exp_neg_##W(P##_sub_ps(P##_setzero_ps(), a)))); \
+        }                                                                                    \
+        av__softplus_rest_scalar(x + i, y + i, n - i);                                       \
+    }                                                                                        \
+    TARGET static void av__sigmoid_##W(const float *x, float *y, int n) {                   \
+        int i = 0;                                                                           \
+        for (; i + W <= n; i += W) {                                                         \
+            V v = P##_loadu_ps(x + i), a = P##_andnot_ps(P##_set1_ps(-0.0f), v), t, s;       \
+            if (ANY(a, P##_set1_ps(80.0f), _CMP_GT_OQ)) { av__sigmoid_scalar(x + i, y + i, W); continue; }                \
+            t = av__exp_neg_##W(P##_sub_ps(P##_setzero_ps(), a));                            \
+            s = P##_div_ps(P##_set1_ps(1.0f), P##_add_ps(P##_set1_ps(1.0f), t));             \
+            P##_storeu_ps(y + i, BLEND_NEG(v, s, P##_mul_ps(t, s))); /* x < 0: e^x/(1+e^x) */ \
+        }                                                                                    \
+        av__sigmoid_scalar(x + i, y + i, n - i);                                             \
+    }                                                                                        \
+    TARGET static void av__adam_##W(float *p, const float *g, float *m, float *v, int n,     \
+                                   const av__adam_args *a) {                                 \
+        V b1 = P##_set1_ps(a->b1), c1 = P##_set1_ps(1.0f - a->b1), b2 = P##_set1_ps(a->b2);  \
+        V c2 = P##_set1_ps(1.0f - a->b2), l2 = P##_set1_ps(a->l2), keep = P##_set1_ps(1.0f - a->decay); \
+        V step = P##_set1_ps(a->step_size), isb = P##_set1_ps(a->inv_sqrt_bc2), eps = P##_set1_ps(a->eps); \
+        int j = 0;                                                                           \
+        for (; j + W <= n; j += W) {                                                         \
+            V pj = P##_loadu_ps(p + j), gj = P##_fmadd_ps(l2, pj, P##_loadu_ps(g + j));      \
+            V mj = P##_fmadd_ps(b1, P##_loadu_ps(m + j), P##_mul_ps(c1, gj));                \
+            V vj = P##_fmadd_ps(b2, P##_loadu_ps(v + j), P##_mul_ps(P##_mul_ps(c2, gj), gj)); \
+            V den = P##_fmadd_ps(SQRT(vj), isb, eps);                                 \
+            pj = P##_mul_ps(pj, keep);                                                       \
+            P##_storeu_ps(p + j, P##_sub_ps(pj, P##_div_ps(P##_mul_ps(step, mj), den)));     \
+            P##_storeu_ps(m + j, mj);                                                        \
+            P##_storeu_ps(v + j, vj);                                                        \
+        }                                                                                    \
+        av__adam_scalar(p + j, g + j, m + j, v + j, n - j, a);                               \
+    }                                                                                        \
+    TARGET static void av__relu_##W(const float *x, float *y, int n) {                      \
+        int i = 0; /* max(0, x) returns x when x is NaN: NaN propagates */                   \
+        for (; i + W <= n; i += W) P##_storeu_ps(y + i, MAX(P##_setzero_ps(), P##_loadu_ps(x + i))); \
+        av__relu_scalar(x + i, y + i, n - i);                                                \
+    }                                                                                        \
+    TARGET static void av__relu_grad_##W(const float *x, const float *g, float *gx, int n) { \
+        int i = 0;                                                                           \
+        for (; i + W <= n; i += W)                                                           \
+            P##_storeu_ps(gx + i, ADD_WHERE_POS(P##_loadu_ps(gx + i), P##_loadu_ps(g + i), P##_loadu_ps(x + i))); \
+        av__relu_grad_scalar(x + i, g + i, gx + i, n - i);                                   \
+    }                                                                                        \
+    TARGET static int av__nonfinite_##W(const float *x, int n) { /* x - x is NaN for inf, NaN */ \
+        int i = 0;                                                                           \
+        for (; i + W <= n; i += W) {                                                         \
+            V d = P##_loadu_ps(x + i);                                                       \
+            d = P##_sub_ps(d, d);                                                            \
+            if (ANY(d, d, _CMP_UNORD_Q)) return 1;                                           \
+        }                                                                                    \
+        return av__nonfinite_scalar(x + i, n - i);                                           \
+    }
+
+/* maskz forms: GCC 12 in C++ warns about the undefined source of the plain ones */
+#define AV__ALL16 ((__mmask16)0xffff)
+#define AV__ROUND_512(x, mode) _mm512_maskz_roundscale_ps(AV__ALL16, x, mode)
+#define AV__SQRT_512(x) _mm512_maskz_sqrt_ps(AV__ALL16, x)
+#define AV__MAX_512(a, b) _mm512_maskz_max_ps(AV__ALL16, a, b)
+#define AV__EXP2N_512(q, n) _mm512_maskz_scalef_ps(AV__ALL16, q, n)
+#define AV__ANY_512(a, b, pred) _mm512_cmp_ps_mask(a, b, pred)
+#define AV__ADD_WHERE_POS_512(acc, g, x) _mm512_mask_add_ps(acc, _mm512_cmp_ps_mask(x, _mm512_setzero_ps(), _CMP_GT_OQ), acc, g)
+#define AV__BLEND_NEG_512(v, pos, neg) _mm512_mask_blend_ps(_mm512_cmp_ps_mask(v, _mm512_setzero_ps(), _CMP_LT_OQ), pos, neg)
+AV__VMATH(AV__TARGET_AVX512, __m512, _mm512, 16, AV__ROUND_512, AV__SQRT_512, AV__MAX_512, AV__EXP2N_512, AV__ANY_512, AV__BLEND_NEG_512, AV__ADD_WHERE_POS_512)
+
+/* 2^n by building the exponent bits: n is in [-116, 0] here */
+#define AV__EXP2N_256(q, n) \
+    _mm256_mul_ps(q, _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23)))
+#define AV__ANY_256(a, b, pred) _mm256_movemask_ps(_mm256_cmp_ps(a, b, pred))
+#define AV__ADD_WHERE_POS_256(acc, g, x) _mm256_add_ps(acc, _mm256_and_ps(g, _mm256_cmp_ps(x, _mm256_setzero_ps(), _CMP_GT_OQ)))
+#define AV__BLEND_NEG_256(v, pos, neg) _mm256_blendv_ps(pos, neg, _mm256_cmp_ps(v, _mm256_setzero_ps(), _CMP_LT_OQ))
+AV__VMATH(AV__TARGET_AVX2, __m256, _mm256, 8, _mm256_round_ps, _mm256_sqrt_ps, _mm256_max_ps, AV__EXP2N_256, AV__ANY_256, AV__BLEND_NEG_256, AV__ADD_WHERE_POS_256)
+#endif
+
+/* Array entry points: chunks go to threads, each chunk to the ISA's path. */
+#define AV__VCHUNK 4096
+#ifdef AV__X86
+#define AV__VDISPATCH(name, ...)                                          \
+    do {                                                                  \
+        int isa_ = av_get_isa();                                          \
+        if (isa_ == AV_ISA_AVX512) av__##name##_16(__VA_ARGS__);          \
+        else if (isa_ == AV_ISA_AVX2) av__##name##_8(__VA_ARGS__);        \
+        else av__##name##_scalar(__VA_ARGS__);                            \
+    } while (0)
+#else
+#define AV__VDISPATCH(name, ...) av__##name##_scalar(__VA_ARGS__)
+#endif
+
+static void av__softplus_rest_array(const float *x, float *y, int n) {
+    int i;
+    AV__PAR(n)
+    for (i = 0; i < n; i += AV__VCHUNK) AV__VDISPATCH(softplus_rest, x + i, y + i, AV__MIN(AV__VCHUNK, n - i));
+}
+
+static void av__sigmoid_array(const float *x, float *y, int n) {
+    int i;
+    AV__PAR(n)
+    for (i = 0; i < n; i += AV__VCHUNK) AV__VDISPATCH(sigmoid, x + i, y + i, AV__MIN(AV__VCHUNK, n - i));
+}
+
+static void av__relu_array(const float *x, float *y, int n) {
+    int i;
+    AV__PAR(n)
+    for (i = 0; i < n; i += AV__VCHUNK) AV__VDISPATCH(relu, x + i, y + i, AV__MIN(AV__VCHUNK, n - i));
+}
+
+static void av__relu_grad_array(const float *x, const float *g, float *gx, int n) {
+    int i;
+    AV__PAR(n)
+    for (i = 0; i < n; i += AV__VCHUNK) AV__VDISPATCH(relu_grad, x + i, g + i, gx + i, AV__MIN(AV__VCHUNK, n - i));
+}
+
+/* 1 if any of x[0..n) is inf or NaN */
+static int av__nonfinite(const float *x, int n) {
+#ifdef AV__X86
+    int isa = av_get_isa();
+    if (isa == AV_ISA_AVX512) return av__nonfinite_16(x, n);
+    if (isa == AV_ISA_AVX2) return av__nonfinite_8(x, n);
+#endif
+    return av__nonfinite_scalar(x, n);
+}
+
+static void av__adam_array(float *p, const float *g, float *m, float *v, int n, const av__adam_args *a) {
+    int i;
+    AV__PAR(n)
+    for (i = 0; i < n; i += AV__VCHUNK)
+        AV__VDISPATCH(adam, p + i, g + i, m + i, v + i, AV__MIN(AV__VCHUNK, n - i), a);
+}
+
 /* ======================================================================= */
 /* autodiff: the tape                                                      */
 /* ======================================================================= */
@@ -1618,12 +1836,6 @@ AVDEF av_tensor *av_concat(av_ctx *c, av_tensor *const *xs, int n_xs, int axis) 
 /* ======================================================================= */
 /* elementwise: unary                                                      */
 /* ======================================================================= */
-static float av__sigmoidf(float v) {
-    /* both branches avoid overflow of expf */
-    if (v >= 0) return 1.0f / (1.0f + expf(-v));
-    { float e = expf(v); return e / (1.0f + e); }
-}
-static float av__softplusf(float v) { return (v > 0 ? v : 0.0f) + log1pf(expf(-fabsf(v))); }
 static float av__geluf(float v) { return 0.5f * v * (1.0f + erff(v * 0.70710678f)); }
 static float av__gelu_grad(float v) {
     return 0.5f * (1.0f + erff(v * 0.70710678f)) + v * 0.39894228f * expf(-0.5f * v * v);
@@ -1667,7 +1879,6 @@ AV__UNARY(sqrt, sqrtf(v), 0.5f / y)
 AV__UNARY(square, v * v, 2.0f * v)
 AV__UNARY(tanh, tanhf(v), 1.0f - y * y)
 AV__UNARY(sigmoid, av__sigmoidf(v), y * (1.0f - y))
-AV__UNARY(relu, v > 0 ? v : 0.0f, v > 0 ? 1.0f : 0.0f)
 AV__UNARY(leaky_relu, v > 0 ? v : a * v, v > 0 ? 1.0f : a)
 AV__UNARY(gelu, av__geluf(v), av__gelu_grad(v))
 AV__UNARY(softplus, av__softplusf(v), av__sigmoidf(v))
@@ -1680,7 +1891,18 @@ AVDEF av_tensor *av_sqrt(av_ctx *c, av_tensor *x) { return av__sqrt(c, x, 0); }
 AVDEF av_tensor *av_square(av_ctx *c, av_tensor *x) { return av__square(c, x, 0); }
 AVDEF av_tensor *av_tanh(av_ctx *c, av_tensor *x) { return av__tanh(c, x, 0); }
 AVDEF av_tensor *av_sigmoid(av_ctx *c, av_tensor *x) { return av__sigmoid(c, x, 0); }
-AVDEF av_tensor *av_relu(av_ctx *c, av_tensor *x) { return av__relu(c, x, 0); }
+/* relu: vectorised, since half of a layer's inputs are negative and branches mispredict */
+static void av__relu_backward(av_ctx *c, av__node *n) {
+    (void)c;
+    av__relu_grad_array(n->in[0]->data, n->out->grad, n->in[0]->grad, n->out->size);
+}
+
+AVDEF av_tensor *av_relu(av_ctx *c, av_tensor *x) {
+    av_tensor *out = av__like(c, x, "av_relu");
+    av__relu_array(x->data, out->data, x->size);
+    av__record(c, out, av__relu_backward, x, NULL, NULL);
+    return out;
+}
 AVDEF av_tensor *av_leaky_relu(av_ctx *c, av_tensor *x, float slope) { return av__leaky_relu(c, x, slope); }
 AVDEF av_tensor *av_gelu(av_ctx *c, av_tensor *x) { return av__gelu(c, x, 0); }
 AVDEF av_tensor *av_softplus(av_ctx *c, av_tensor *x) { return av__softplus(c, x, 0); }
@@ -2245,14 +2467,16 @@ AVDEF av_tensor *av_cross_entropy(av_ctx *c, av_tensor *logits, const int *label
 
 /* BCE with logits, stable: max(x,0) - x t + log(1 + e^-|x|); dx = sigmoid(x) - t, dt = -x */
 static void av__bce_backward(av_ctx *c, av__node *n) {
-    float s = n->farg[0] * n->out->grad[0], *gx = av__in_grad(n, 0), *gt = av__in_grad(n, 1);
+    float s = n->farg[0] * n->out->grad[0], *gx = av__in_grad(n, 0), *gt = av__in_grad(n, 1), *sig;
     const float *x = n->in[0]->data, *t = n->in[1]->data;
     int i;
-    (void)c;
-    for (i = 0; i < n->in[0]->size; i++) {
-        if (gx) gx[i] += s * (av__sigmoidf(x[i]) - t[i]);
-        if (gt) gt[i] -= s * x[i];
+    if (gx) {
+        sig = (float *)av__arena_alloc(&c->arena, (size_t)n->in[0]->size * sizeof(float));
+        av__sigmoid_array(x, sig, n->in[0]->size);
+        for (i = 0; i < n->in[0]->size; i++) gx[i] += s * (sig[i] - t[i]);
     }
+    if (gt)
+        for (i = 0; i < n->in[0]->size; i++) gt[i] -= s * x[i];
 }
 
 AVDEF av_tensor *av_bce_with_logits(av_ctx *c, av_tensor *logits, av_tensor *target, int reduction) {
@@ -2263,8 +2487,9 @@ AVDEF av_tensor *av_bce_with_logits(av_ctx *c, av_tensor *logits, av_tensor *tar
     av__node *n;
     int i;
     if (!av_same_shape(logits, target)) av__fail_shapes("av_bce_with_logits", "shapes differ", logits, target);
-    for (i = 0; i < logits->size; i++)
-        acc += (x[i] > 0 ? x[i] : 0.0f) - x[i] * t[i] + log1pf(expf(-fabsf(x[i])));
+    float *sp = (float *)av__arena_alloc(&c->arena, (size_t)logits->size * sizeof(float));
+    av__softplus_rest_array(x, sp, logits->size);
+    for (i = 0; i < logits->size; i++) acc += ((x[i] > 0 ? x[i] : 0.0f) - x[i] * t[i]) + sp[i];
     out->data[0] = (float)(acc * s);
     n = av__record(c, out, av__bce_backward, logits, target, NULL);
     if (n) n->farg[0] = s;
@@ -2575,31 +2800,37 @@ AVDEF av_tensor *av_kl_std_normal(av_ctx *c, av_tensor *mu, av_tensor *logvar) {
 /* Bernoulli NLL from logits, stable BCE per element: dlogits = g (sigmoid - x), dx = -g logits */
 static void av__bernoulli_backward(av_ctx *c, av__node *n) {
     int w, B = av__examples(n->in[0], &w, "av_bernoulli_nll"), b;
-    float *gl = av__in_grad(n, 0), *gx = av__in_grad(n, 1);
-    (void)c;
+    float *gl = av__in_grad(n, 0), *gx = av__in_grad(n, 1), *sig = NULL;
+    if (gl) {
+        sig = (float *)av__arena_alloc(&c->arena, (size_t)n->in[0]->size * sizeof(float));
+        av__sigmoid_array(n->in[0]->data, sig, n->in[0]->size);
+    }
     AV__PAR((long)B * w)
     for (b = 0; b < B; b++) {
-        int j;
-        const float *l = n->in[0]->data + (size_t)b * w, *x = n->in[1]->data + (size_t)b * w;
+        size_t at = (size_t)b * w;
+        const float *l = n->in[0]->data + at, *x = n->in[1]->data + at;
         float g = n->out->grad[b];
-        for (j = 0; j < w; j++) {
-            if (gl) gl[(size_t)b * w + j] += g * (av__sigmoidf(l[j]) - x[j]);
-            if (gx) gx[(size_t)b * w + j] -= g * l[j];
-        }
+        int j;
+        if (gl) for (j = 0; j < w; j++) gl[at + j] += g * (sig[at + j] - x[j]);
+        if (gx) for (j = 0; j < w; j++) gx[at + j] -= g * l[j];
     }
 }
 
 AVDEF av_tensor *av_bernoulli_nll(av_ctx *c, av_tensor *logits, av_tensor *x) {
     int w, B = av__examples(logits, &w, "av_bernoulli_nll"), b;
     av_tensor *out;
+    float *sp;
     if (!av_same_shape(logits, x)) av__fail_shapes("av_bernoulli_nll", "logits and x differ", logits, x);
     out = av__tensor_empty(c, 1, &B, "av_bernoulli_nll");
+    sp = (float *)av__arena_alloc(&c->arena, (size_t)logits->size * sizeof(float));
+    av__softplus_rest_array(logits->data, sp, logits->size);
     AV__PAR((long)B * w)
-    for (b = 0; b < B; b++) {
-        int j;
-        const float *l = logits->data + (size_t)b * w, *xs = x->data + (size_t)b * w;
+    for (b = 0; b < B; b++) { /* softplus(l) - l x */
+        size_t at = (size_t)b * w;
+        const float *l = logits->data + at, *xs = x->data + at;
         double acc = 0;
-        for (j = 0; j < w; j++) acc += (l[j] > 0 ? l[j] : 0.0f) - l[j] * xs[j] + log1pf(expf(-fabsf(l[j])));
+        int j;
+        for (j = 0; j < w; j++) acc += ((l[j] > 0 ? l[j] : 0.0f) - l[j] * xs[j]) + sp[at + j];
         out->data[b] = (float)acc;
     }
     av__record(c, out, av__bernoulli_backward, logits, x, NULL);
@@ -2710,11 +2941,13 @@ AVDEF av_optim av_adamw(float lr, float weight_decay) {
 AVDEF int av_optim_step(av_model *m, const av_optim *o) {
     int i, j;
     double bc1, bc2;
-    for (i = 0; i < m->n; i++)
-        for (j = 0; j < m->params[i]->size; j++)
+    for (i = 0; i < m->n; i++) {
+        int bad = av__nonfinite(m->params[i]->grad, m->params[i]->size);
+        for (j = 0; bad && j < m->params[i]->size; j++)
             if (!isfinite(m->params[i]->grad[j]))
                 return av__set_error(AV_ERR_NAN, "av_optim_step: gradient of '%s' is not finite (%g at %d); step skipped",
                                      m->params[i]->name, (double)m->params[i]->grad[j], j);
+    }
     m->step++;
     bc1 = 1.0 - pow(o->beta1, (double)m->step);
     bc2 = 1.0 - pow(o->beta2, (double)m->step);
@@ -2734,17 +2967,14 @@ AVDEF int av_optim_step(av_model *m, const av_optim *o) {
         }
         if (!m->v[i]) m->v[i] = (float *)av__xcalloc((size_t)t->size, sizeof(float), "optimizer state");
         {
-            float *mm = m->m[i], *vv = m->v[i], b1 = o->beta1, b2 = o->beta2;
-            float step_size = (float)(lr / bc1), inv_sqrt_bc2 = (float)(1.0 / sqrt(bc2));
+            av__adam_args a;
             int decoupled = o->kind == AV_OPT_ADAMW;
-            AV__PAR(t->size)
-            for (j = 0; j < t->size; j++) {
-                float gj = g[j] + (decoupled ? 0.0f : wd * p[j]);
-                if (decoupled) p[j] -= lr * wd * p[j];
-                mm[j] = b1 * mm[j] + (1.0f - b1) * gj;
-                vv[j] = b2 * vv[j] + (1.0f - b2) * gj * gj;
-                p[j] -= step_size * mm[j] / (sqrtf(vv[j]) * inv_sqrt_bc2 + o->eps);
-            }
+            a.b1 = o->beta1; a.b2 = o->beta2; a.eps = o->eps;
+            a.step_size = (float)(lr / bc1);
+            a.inv_sqrt_bc2 = (float)(1.0 / sqrt(bc2));
+            a.l2 = decoupled ? 0.0f : wd;
+            a.decay = decoupled ? lr * wd : 0.0f;
+            av__adam_array(p, g, m->m[i], m->v[i], t->size, &a);
         }
     }
     return AV_OK;

@@ -305,6 +305,8 @@ static av_tensor *fwd_e2e(av_ctx *c, fd_case *fc, int grad) {
     return av_add(c, nll, av_kl_std_normal(c, mu, lv)); /* per example [B] */
 }
 
+static double ref_bce(double l, double x);
+
 /* plain autoencoder: per-example Bernoulli NLL of its reconstruction (tanh keeps it smooth) */
 typedef struct ae_case { av_autoencoder ae; const float *x; int B, D; } ae_case;
 static av_tensor *fwd_ae(av_ctx *c, fd_case *fc, int grad) {
@@ -312,6 +314,72 @@ static av_tensor *fwd_ae(av_ctx *c, fd_case *fc, int grad) {
     av_tensor *x = av_from(c, u->x, 2, u->B, u->D);
     (void)grad;
     return av_bernoulli_nll(c, av_autoencoder_forward(c, &u->ae, x, NULL), x);
+}
+
+/* The SIMD softplus/sigmoid behind av_bernoulli_nll and its gradient, on
+   every ISA path, over logits from -90 to 90 (so lanes cross the |x| > 80
+   scalar fallback), against double precision. Tolerance: the vector exp and
+   log1p are within a few ulp, and the per-row sum of 257 terms in double adds
+   nothing, so 2e-6 relative (about 16 ulp) plus 1e-6 absolute suffices. */
+static void test_simd_paths(void) {
+    enum { B = 3, W = 257 };
+    static float logits[B * W], x[B * W];
+    int isa, i, prev = av_get_isa();
+    uint64_t saved_state = tr_state; /* later tests keep their random data */
+    for (i = 0; i < B * W; i++) {
+        logits[i] = (float)(-90.0 + 180.0 * i / (B * W - 1));
+        x[i] = (float)tr_unif();
+    }
+    for (isa = AV_ISA_SCALAR; isa <= AV_ISA_NEON; isa++) {
+        av_ctx *c;
+        av_tensor *l, *nll;
+        int b;
+        if (!av_isa_supported(isa)) continue;
+        av_set_isa(isa);
+        c = av_ctx_new();
+        l = av_from(c, logits, 2, B, W);
+        av_requires_grad(c, l);
+        nll = av_bernoulli_nll(c, l, av_from(c, x, 2, B, W));
+        av_backward(c, av_sum_all(c, nll));
+        for (b = 0; b < B; b++) {
+            double want = 0;
+            for (i = b * W; i < (b + 1) * W; i++) want += ref_bce(logits[i], x[i]);
+            CHECK_CLOSE(nll->data[b], want, 1e-6, 2e-6, av_isa_name(isa));
+        }
+        for (i = 0; i < B * W; i++) {
+            double sig = 1.0 / (1.0 + exp(-(double)logits[i]));
+            CHECK_CLOSE(l->grad[i], sig - x[i], 1e-7, 2e-6, av_isa_name(isa));
+        }
+        /* relu and its gradient on the same path; NaN must propagate */
+        {
+            av_tensor *r, *xr = av_from(c, logits, 2, B, W);
+            av_model *m = av_model_new(1);
+            av_tensor *p = av_param(m, "p", AV_INIT_ZEROS, 0, 1, 1);
+            xr->data[5] = NAN;
+            av_requires_grad(c, xr);
+            r = av_relu(c, xr);
+            av_backward(c, av_sum_all(c, av_mul(c, av_from(c, x, 2, B, W), r)));
+            for (i = 0; i < B * W; i++) {
+                if (i == 5) continue;
+                CHECK(r->data[i] == (logits[i] > 0 ? logits[i] : 0.0f), "relu %s [%d]", av_isa_name(isa), i);
+                CHECK(xr->grad[i] == (logits[i] > 0 ? x[i] : 0.0f), "relu grad %s [%d]", av_isa_name(isa), i);
+            }
+            CHECK(isnan(r->data[5]), "relu(NaN) = %g on %s, want NaN", r->data[5], av_isa_name(isa));
+            /* a non-finite gradient anywhere stops the optimizer, which changes nothing */
+            p->grad[0] = 1.0f;
+            {
+                av_optim adam = av_adam(0.1f);
+                float before = p->data[0];
+                av_model_param(m, 0)->grad[0] = INFINITY;
+                CHECK(av_optim_step(m, &adam) == AV_ERR_NAN && p->data[0] == before && av_model_step(m) == 0,
+                      "optimizer took a step with an infinite gradient on %s", av_isa_name(isa));
+            }
+            av_model_free(m);
+        }
+        av_ctx_free(c);
+    }
+    av_set_isa(prev);
+    tr_state = saved_state;
 }
 
 /* The autoencoder is its encoder, the activation, then the mirrored decoder. */
@@ -1296,6 +1364,7 @@ int main(int argc, char **argv) {
 
     test_gradients();
     test_autoencoder();
+    test_simd_paths();
     test_kl_closed_form(c);
     test_bernoulli_closed_form(c);
     test_gaussian_closed_form(c);
