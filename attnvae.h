@@ -898,79 +898,83 @@ static void av__kernel_scalar(int kc, const float *a, const float *b, int ldb,
 }
 
 #ifdef AV__X86
+/* Both x86 kernels share one body: MR rows of two W-float vectors of C,
+   one broadcast of A per row and k; AV__V* name the ISA's vector ops. */
+#define AV__KDECL(i) AV__VEC c##i##0 = AV__VZERO(), c##i##1 = c##i##0;
+#define AV__KFMA(i)                                          \
+    {                                                        \
+        AV__VEC ai = AV__VSET1(a[i]);                        \
+        c##i##0 = AV__VFMA(ai, b0, c##i##0);                 \
+        c##i##1 = AV__VFMA(ai, b1, c##i##1);                 \
+    }
+#define AV__KSTORE(i)                                                       \
+    {                                                                       \
+        float *ci = c + i * ldc;                                            \
+        AV__VEC r0 = AV__VMUL(va, c##i##0), r1 = AV__VMUL(va, c##i##1);     \
+        if (beta != 0) {                                                    \
+            r0 = AV__VFMA(vb, AV__VLOAD(ci), r0);                           \
+            r1 = AV__VFMA(vb, AV__VLOAD(ci + AV__W), r1);                   \
+        }                                                                   \
+        AV__VSTORE(ci, r0);                                                 \
+        AV__VSTORE(ci + AV__W, r1);                                         \
+    }
+#define AV__KERNEL_BODY(MR, ROWS)                                           \
+    AV__VEC va = AV__VSET1(alpha), vb = AV__VSET1(beta);                    \
+    int k;                                                                  \
+    ROWS(AV__KDECL)                                                         \
+    for (k = 0; k < kc; k++, a += MR, b += ldb) {                           \
+        AV__VEC b0 = AV__VLOAD(b), b1 = AV__VLOAD(b + AV__W);               \
+        ROWS(AV__KFMA)                                                      \
+    }                                                                       \
+    ROWS(AV__KSTORE)
+
 /* 6 x 16: twelve ymm accumulators + two B vectors + one broadcast = 15 of
    the 16 registers. */
-AV__TARGET_AVX2 static void av__kernel_avx2(int kc, const float *a,
-                                            const float *b, int ldb, float *c, int ldc,
+#define AV__VEC __m256
+#define AV__W 8
+#define AV__VZERO() _mm256_setzero_ps()
+#define AV__VSET1(x) _mm256_set1_ps(x)
+#define AV__VLOAD(p) _mm256_loadu_ps(p)
+#define AV__VSTORE(p, v) _mm256_storeu_ps(p, v)
+#define AV__VMUL(x, y) _mm256_mul_ps(x, y)
+#define AV__VFMA(x, y, z) _mm256_fmadd_ps(x, y, z)
+AV__TARGET_AVX2 static void av__kernel_avx2(int kc, const float *a, const float *b, int ldb, float *c, int ldc,
                                             float alpha, float beta) {
-#define AV__DECL(i) __m256 c##i##0 = _mm256_setzero_ps(), c##i##1 = c##i##0;
-#define AV__FMA(i)                                           \
-    {                                                        \
-        __m256 ai = _mm256_broadcast_ss(a + i);              \
-        c##i##0 = _mm256_fmadd_ps(ai, b0, c##i##0);          \
-        c##i##1 = _mm256_fmadd_ps(ai, b1, c##i##1);          \
-    }
-#define AV__STORE(i)                                                        \
-    {                                                                       \
-        float *ci = c + i * ldc;                                            \
-        __m256 r0 = _mm256_mul_ps(va, c##i##0), r1 = _mm256_mul_ps(va, c##i##1); \
-        if (beta != 0) {                                                    \
-            r0 = _mm256_fmadd_ps(vb, _mm256_loadu_ps(ci), r0);              \
-            r1 = _mm256_fmadd_ps(vb, _mm256_loadu_ps(ci + 8), r1);          \
-        }                                                                   \
-        _mm256_storeu_ps(ci, r0);                                           \
-        _mm256_storeu_ps(ci + 8, r1);                                       \
-    }
-    __m256 va = _mm256_set1_ps(alpha), vb = _mm256_set1_ps(beta);
-    int k;
-    AV__ROWS6(AV__DECL)
-    for (k = 0; k < kc; k++, a += 6, b += ldb) {
-        __m256 b0 = _mm256_loadu_ps(b), b1 = _mm256_loadu_ps(b + 8);
-        AV__ROWS6(AV__FMA)
-    }
-    AV__ROWS6(AV__STORE)
-#undef AV__DECL
-#undef AV__FMA
-#undef AV__STORE
+    AV__KERNEL_BODY(6, AV__ROWS6)
 }
+#undef AV__VEC
+#undef AV__W
+#undef AV__VZERO
+#undef AV__VSET1
+#undef AV__VLOAD
+#undef AV__VSTORE
+#undef AV__VMUL
+#undef AV__VFMA
 
-/* 8 x 32: sixteen zmm accumulators, two B vectors, one A broadcast. On Zen 4 (512-bit FMAs issue as two 256-bit halves) 8x32, 4x64, 12x32 and
-   6x64 all run at the FMA limit for large sizes; 8x32 wastes least on
-   ragged edges of common shapes. */
-AV__TARGET_AVX512 static void av__kernel_avx512(int kc, const float *a,
-                                                const float *b, int ldb, float *c,
-                                                int ldc, float alpha,
-                                                float beta) {
-#define AV__DECL(i) __m512 c##i##0 = _mm512_setzero_ps(), c##i##1 = c##i##0;
-#define AV__FMA(i)                                           \
-    {                                                        \
-        __m512 ai = _mm512_set1_ps(a[i]);                    \
-        c##i##0 = _mm512_fmadd_ps(ai, b0, c##i##0);          \
-        c##i##1 = _mm512_fmadd_ps(ai, b1, c##i##1);          \
-    }
-#define AV__STORE(i)                                                        \
-    {                                                                       \
-        float *ci = c + i * ldc;                                            \
-        __m512 r0 = _mm512_mul_ps(va, c##i##0), r1 = _mm512_mul_ps(va, c##i##1); \
-        if (beta != 0) {                                                    \
-            r0 = _mm512_fmadd_ps(vb, _mm512_loadu_ps(ci), r0);              \
-            r1 = _mm512_fmadd_ps(vb, _mm512_loadu_ps(ci + 16), r1);         \
-        }                                                                   \
-        _mm512_storeu_ps(ci, r0);                                           \
-        _mm512_storeu_ps(ci + 16, r1);                                      \
-    }
-    __m512 va = _mm512_set1_ps(alpha), vb = _mm512_set1_ps(beta);
-    int k;
-    AV__ROWS8(AV__DECL)
-    for (k = 0; k < kc; k++, a += 8, b += ldb) {
-        __m512 b0 = _mm512_loadu_ps(b), b1 = _mm512_loadu_ps(b + 16);
-        AV__ROWS8(AV__FMA)
-    }
-    AV__ROWS8(AV__STORE)
-#undef AV__DECL
-#undef AV__FMA
-#undef AV__STORE
+/* 8 x 32: sixteen zmm accumulators, two B vectors, one A broadcast. On Zen 4
+   (512-bit FMAs issue as two 256-bit halves) 8x32, 4x64, 12x32 and 6x64 all
+   run at the FMA limit for large sizes; 8x32 wastes least on ragged edges of
+   common shapes. */
+#define AV__VEC __m512
+#define AV__W 16
+#define AV__VZERO() _mm512_setzero_ps()
+#define AV__VSET1(x) _mm512_set1_ps(x)
+#define AV__VLOAD(p) _mm512_loadu_ps(p)
+#define AV__VSTORE(p, v) _mm512_storeu_ps(p, v)
+#define AV__VMUL(x, y) _mm512_mul_ps(x, y)
+#define AV__VFMA(x, y, z) _mm512_fmadd_ps(x, y, z)
+AV__TARGET_AVX512 static void av__kernel_avx512(int kc, const float *a, const float *b, int ldb, float *c, int ldc,
+                                                float alpha, float beta) {
+    AV__KERNEL_BODY(8, AV__ROWS8)
 }
+#undef AV__VEC
+#undef AV__W
+#undef AV__VZERO
+#undef AV__VSET1
+#undef AV__VLOAD
+#undef AV__VSTORE
+#undef AV__VMUL
+#undef AV__VFMA
 
 /* cpuid says what the CPU has; xgetbv says whether the OS saves the
    YMM (bits 1-2) and opmask/ZMM (bits 5-7) state on context switches. */
