@@ -24,7 +24,7 @@ C99      = $(CC) -std=c99 $(WARN) $(CFLAGS)
 TESTS    := test_ops test_optim test_gemm test_io test_vae test_torch_ref
 EXAMPLES := mlp_fashion vae_fashion ae_fashion
 
-.PHONY: all examples tests test bench sanitize valgrind test-arm64 demo deps deps-demo deps-bench deps-arm64 data clean
+.PHONY: all examples tests test bench sanitize valgrind test-arm64 demo deps deps-test deps-bench deps-arm64 data clean
 
 all: examples tests
 
@@ -72,16 +72,17 @@ TEST_CMDS = $(call suite,,$(BUILD)) $(call suite,,$(BUILD)/cxx) \
 	"$(BUILD)/vae_fashion --quick --latent 2 --data $(DATA) --out $(BUILD)/vae_quick2" \
 	"$(BUILD)/ae_fashion --quick --data $(DATA) --out $(BUILD)/ae_quick"
 
-test: deps data all
+test: deps-test data all
 	@tests/run $(TEST_CMDS)
 
 SAN = -O1 -g -fno-omit-frame-pointer -fsanitize=address,undefined -fno-sanitize-recover=all
-sanitize: deps
+sanitize: deps-test
 	$(MAKE) BUILD=build/san CFLAGS="$(SAN)" OPENMP= tests
 	@ASAN_OPTIONS=detect_leaks=1 tests/run $(call suite,,build/san) $(call suite,,build/san/cxx)
 
 VALGRIND = AV_TEST_QUICK=1 valgrind -q --error-exitcode=9 --leak-check=full --errors-for-leak-kinds=definite
-valgrind: deps
+valgrind: deps-test
+	@$(APT_INSTALL) valgrind
 	$(MAKE) BUILD=build/vg CFLAGS="-O1 -g" OPENMP= tests
 	@tests/run $(call suite,$(VALGRIND),build/vg)
 
@@ -105,7 +106,7 @@ $(BUILD)/bench_gemm: tests/bench_gemm.c $(HEADER) | $(BUILD)
 	$(CC) -std=c99 -O2 $(OPENMP) -o $@ $< -lopenblas -lm
 
 # ---- demo: the main job ----------------------------------------------
-demo: deps-demo data $(BUILD)/vae_fashion
+demo: deps data $(BUILD)/vae_fashion
 	$(BUILD)/vae_fashion --data $(DATA) --out $(OUT)/vae
 	@echo "demo pictures are in $(OUT)/vae/"
 
@@ -113,19 +114,21 @@ demo: deps-demo data $(BUILD)/vae_fashion
 FASHION_SRC := /usr/share/datasets/fashion-mnist
 FASHION     := train-images-idx3-ubyte train-labels-idx1-ubyte t10k-images-idx3-ubyte t10k-labels-idx1-ubyte
 data: $(FASHION:%=$(DATA)/%)
-$(DATA)/%: | deps-demo
+$(DATA)/%: | deps
 	@mkdir -p $(DATA)
 	gunzip -c $(FASHION_SRC)/$*.gz > $@.tmp && mv $@.tmp $@
 
-# Installs Debian packages that are missing (as root, or through sudo).
+# Installs Debian packages that are missing (as root, or through sudo):
+# deps for the examples and the demo, deps-test adds PyTorch (the tests'
+# numeric reference), deps-bench OpenBLAS, deps-arm64 the cross toolchain.
 APT_INSTALL = tests/apt-install
-deps-demo:
-	@$(APT_INSTALL) libstb-dev dataset-fashion-mnist
-deps: deps-demo
-	@$(APT_INSTALL) python3-torch python3-numpy libomp-dev
-deps-bench: deps
+deps:
+	@$(APT_INSTALL) libstb-dev dataset-fashion-mnist libomp-dev
+deps-test: deps
+	@$(APT_INSTALL) python3 python3-numpy python3-torch
+deps-bench: deps-test
 	@$(APT_INSTALL) libopenblas-dev
-deps-arm64:
+deps-arm64: deps-test
 	@$(APT_INSTALL) gcc-aarch64-linux-gnu libc6-dev-arm64-cross qemu-user
 
 clean:
