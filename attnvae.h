@@ -2222,33 +2222,23 @@ static int av__rows(const av_tensor *x, int *n, const char *op) {
     return *n ? x->size / *n : 0;
 }
 
-/* y = softmax(x); dx = y (g - <g, y>) */
+/* softmax y: dx = y (g - <g, y>); log_softmax y: dx = g - e^y sum(g) */
 static void av__softmax_backward(av_ctx *c, av__node *n) {
-    int len, R = av__rows(n->out, &len, "av_softmax"), r;
+    int len, R = av__rows(n->out, &len, "av_softmax"), r, log_form = n->iarg[0];
     (void)c;
     AV__PAR((long)R * len)
     for (r = 0; r < R; r++) {
         int j;
         const float *y = n->out->data + (size_t)r * len, *g = n->out->grad + (size_t)r * len;
         float *gx = n->in[0]->grad + (size_t)r * len;
-        double dot = 0;
-        for (j = 0; j < len; j++) dot += (double)g[j] * y[j];
-        for (j = 0; j < len; j++) gx[j] += y[j] * (g[j] - (float)dot);
-    }
-}
-
-/* y = log_softmax(x); dx = g - softmax(x) sum(g) */
-static void av__log_softmax_backward(av_ctx *c, av__node *n) {
-    int len, R = av__rows(n->out, &len, "av_log_softmax"), r;
-    (void)c;
-    AV__PAR((long)R * len)
-    for (r = 0; r < R; r++) {
-        int j;
-        const float *y = n->out->data + (size_t)r * len, *g = n->out->grad + (size_t)r * len;
-        float *gx = n->in[0]->grad + (size_t)r * len;
-        double sum = 0;
-        for (j = 0; j < len; j++) sum += g[j];
-        for (j = 0; j < len; j++) gx[j] += g[j] - expf(y[j]) * (float)sum;
+        double acc = 0;
+        if (log_form) {
+            for (j = 0; j < len; j++) acc += g[j];
+            for (j = 0; j < len; j++) gx[j] += g[j] - expf(y[j]) * (float)acc;
+        } else {
+            for (j = 0; j < len; j++) acc += (double)g[j] * y[j];
+            for (j = 0; j < len; j++) gx[j] += y[j] * (g[j] - (float)acc);
+        }
     }
 }
 
@@ -2257,6 +2247,7 @@ static av_tensor *av__softmax_any(av_ctx *c, av_tensor *x, int log_form) {
     const char *op = log_form ? "av_log_softmax" : "av_softmax";
     int len, R = av__rows(x, &len, op), r;
     av_tensor *out = av__like(c, x, op);
+    av__node *n;
     AV__PAR((long)R * len)
     for (r = 0; r < R; r++) {
         int j;
@@ -2273,7 +2264,8 @@ static av_tensor *av__softmax_any(av_ctx *c, av_tensor *x, int log_form) {
             for (j = 0; j < len; j++) y[j] *= inv;
         }
     }
-    av__record(c, out, log_form ? av__log_softmax_backward : av__softmax_backward, x, NULL, NULL);
+    n = av__record(c, out, av__softmax_backward, x, NULL, NULL);
+    if (n) n->iarg[0] = log_form;
     return out;
 }
 
