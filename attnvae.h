@@ -109,14 +109,13 @@ enum {
     AV_ERR_ARG = -5,     /* bad argument from the caller */
     AV_ERR_NAN = -6      /* a loss or gradient is not finite */
 };
-AVAPI const char *av_error(void);        /* message of the last error */
+AVAPI const char *av_error(void);        /* message of the last error (one per process) */
 AVAPI int av_error_code(void);
 AVAPI void av_clear_error(void);
 /* Programming errors (shape mismatch) print a message naming the op and the
    shapes, then call this handler (default: abort()). If it returns, abort(). */
 typedef void (*av_abort_fn)(const char *message);
 AVAPI void av_set_abort_handler(av_abort_fn fn);
-
 
 /* ---- RNG: xoshiro256**, seeded, reproducible ------------------------ */
 typedef struct av_rng { uint64_t s[4]; } av_rng;
