@@ -1510,39 +1510,38 @@ AV__VMATH(AV__TARGET_AVX2, __m256, _mm256, 8, _mm256_round_ps, _mm256_sqrt_ps, _
 /* Array entry points: chunks go to threads, each chunk to the ISA's path. */
 #define AV__VCHUNK 4096
 #ifdef AV__X86
-#define AV__VDISPATCH(name, ...)                                          \
+#define AV__VDISPATCH(isa, name, ...)                                     \
     do {                                                                  \
-        int isa_ = av_get_isa();                                          \
-        if (isa_ == AV_ISA_AVX512) av__##name##_16(__VA_ARGS__);          \
-        else if (isa_ == AV_ISA_AVX2) av__##name##_8(__VA_ARGS__);        \
+        if (isa == AV_ISA_AVX512) av__##name##_16(__VA_ARGS__);           \
+        else if (isa == AV_ISA_AVX2) av__##name##_8(__VA_ARGS__);         \
         else av__##name##_scalar(__VA_ARGS__);                            \
     } while (0)
 #else
-#define AV__VDISPATCH(name, ...) av__##name##_scalar(__VA_ARGS__)
+#define AV__VDISPATCH(isa, name, ...) av__##name##_scalar(__VA_ARGS__)
 #endif
+/* The path is read before the threads start: its first read initialises it. */
+#define AV__VLOOP(n, ...)                                                 \
+    do {                                                                  \
+        int i_, isa_ = av_get_isa();                                      \
+        (void)isa_;                                                       \
+        AV__PAR(n)                                                        \
+        for (i_ = 0; i_ < (n); i_ += AV__VCHUNK) AV__VDISPATCH(isa_, __VA_ARGS__); \
+    } while (0)
 
 static void av__softplus_rest_array(const float *x, float *y, int n) {
-    int i;
-    AV__PAR(n)
-    for (i = 0; i < n; i += AV__VCHUNK) AV__VDISPATCH(softplus_rest, x + i, y + i, AV__MIN(AV__VCHUNK, n - i));
+    AV__VLOOP(n, softplus_rest, x + i_, y + i_, AV__MIN(AV__VCHUNK, n - i_));
 }
 
 static void av__sigmoid_array(const float *x, float *y, int n) {
-    int i;
-    AV__PAR(n)
-    for (i = 0; i < n; i += AV__VCHUNK) AV__VDISPATCH(sigmoid, x + i, y + i, AV__MIN(AV__VCHUNK, n - i));
+    AV__VLOOP(n, sigmoid, x + i_, y + i_, AV__MIN(AV__VCHUNK, n - i_));
 }
 
 static void av__relu_array(const float *x, float *y, int n) {
-    int i;
-    AV__PAR(n)
-    for (i = 0; i < n; i += AV__VCHUNK) AV__VDISPATCH(relu, x + i, y + i, AV__MIN(AV__VCHUNK, n - i));
+    AV__VLOOP(n, relu, x + i_, y + i_, AV__MIN(AV__VCHUNK, n - i_));
 }
 
 static void av__relu_grad_array(const float *x, const float *g, float *gx, int n) {
-    int i;
-    AV__PAR(n)
-    for (i = 0; i < n; i += AV__VCHUNK) AV__VDISPATCH(relu_grad, x + i, g + i, gx + i, AV__MIN(AV__VCHUNK, n - i));
+    AV__VLOOP(n, relu_grad, x + i_, g + i_, gx + i_, AV__MIN(AV__VCHUNK, n - i_));
 }
 
 /* 1 if any of x[0..n) is inf or NaN */
@@ -1556,10 +1555,7 @@ static int av__nonfinite(const float *x, int n) {
 }
 
 static void av__adam_array(float *p, const float *g, float *m, float *v, int n, const av__adam_args *a) {
-    int i;
-    AV__PAR(n)
-    for (i = 0; i < n; i += AV__VCHUNK)
-        AV__VDISPATCH(adam, p + i, g + i, m + i, v + i, AV__MIN(AV__VCHUNK, n - i), a);
+    AV__VLOOP(n, adam, p + i_, g + i_, m + i_, v + i_, AV__MIN(AV__VCHUNK, n - i_), a);
 }
 
 /* ======================================================================= */
