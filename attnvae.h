@@ -71,6 +71,8 @@
      VAE          av_gaussian_head av_reparameterize av_kl_std_normal
                   av_bernoulli_nll av_gaussian_nll av_gaussian_log_prob av_neg_elbo
                   av_kl_warmup av_iwae_log_px av_log_mean_exp av_interpolate
+                  av_vae (any encoder/decoder): loss reconstruct sample
+                  interpolate iwae
      optimizers   av_sgd av_adam av_adamw av_optim_step av_clip_grad_norm
                   av_lr_warmup_cosine
      files        av_model_save/load av_checkpoint_save/load (safetensors, atomic)
@@ -338,6 +340,38 @@ AVAPI void av_iwae_log_px(av_ctx *c, av_tensor *x, av_tensor *mu, av_tensor *log
 AVAPI double av_log_mean_exp(const double *v, int n);   /* log((1/n) sum e^v), stable */
 /* rows z0 + t (z1 - z0) for t = 0, 1/(steps-1), ..., 1: [steps, D] */
 AVAPI av_tensor *av_interpolate(av_ctx *c, const float *z0, const float *z1, int dim, int steps);
+
+/* A whole VAE around any encoder and decoder, given as callbacks: the
+   encoder maps x [B, ...] to features [B, F], a Gaussian head makes mu and
+   logvar, the decoder maps z [B, latent] to likelihood parameters with x's
+   element count per example: logits for AV_BERNOULLI, means for
+   AV_GAUSSIAN (log-variance x_logvar, a parameter to learn it, or NULL for
+   the constant fixed_logvar). Parameters of the head: "<name>.head.*". */
+enum { AV_BERNOULLI, AV_GAUSSIAN };
+typedef av_tensor *(*av_net_fn)(av_ctx *c, av_tensor *in, void *user);
+typedef struct av_vae {
+    av_net_fn encoder, decoder;
+    void *user;               /* passed to both callbacks */
+    av_gaussian_head head;
+    int latent, likelihood;
+    av_tensor *x_logvar;
+    float fixed_logvar;
+} av_vae;
+AVAPI av_vae av_vae_new(av_model *m, const char *name, int features, int latent, av_net_fn encoder,
+                        av_net_fn decoder, void *user, int likelihood);
+AVAPI void av_vae_encode(av_ctx *c, const av_vae *v, av_tensor *x, av_tensor **mu, av_tensor **logvar);
+/* -log p(x | z) per example: [B] */
+AVAPI av_tensor *av_vae_nll(av_ctx *c, const av_vae *v, av_tensor *z, av_tensor *x);
+/* the batch's negative ELBO (beta-weighted, nats per example); nll and kl
+   per example are returned through the pointers when not NULL */
+AVAPI av_tensor *av_vae_loss(av_ctx *c, const av_vae *v, av_tensor *x, float beta, av_tensor **nll, av_tensor **kl);
+/* data-space means: of p(x | mu(x)), of p(x | z) for n prior draws, and
+   along the line between the latent means of x's two examples ([steps, D]) */
+AVAPI av_tensor *av_vae_reconstruct(av_ctx *c, const av_vae *v, av_tensor *x);
+AVAPI av_tensor *av_vae_sample(av_ctx *c, const av_vae *v, int n);
+AVAPI av_tensor *av_vae_interpolate(av_ctx *c, const av_vae *v, av_tensor *x, int steps);
+/* IWAE estimate of log p(x) per example with k samples: writes log_px[B] */
+AVAPI void av_vae_iwae(av_ctx *c, const av_vae *v, av_tensor *x, int k, double *log_px);
 
 /* ---- optimizers ------------------------------------------------------ */
 enum { AV_OPT_SGD, AV_OPT_ADAM, AV_OPT_ADAMW };
@@ -2899,6 +2933,83 @@ AVDEF av_tensor *av_interpolate(av_ctx *c, const float *z0, const float *z1, int
         for (j = 0; j < dim; j++) out->data[(size_t)i * dim + j] = (1.0f - t) * z0[j] + t * z1[j]; /* exact at both ends */
     }
     return out;
+}
+
+AVDEF av_vae av_vae_new(av_model *m, const char *name, int features, int latent, av_net_fn encoder, av_net_fn decoder,
+                        void *user, int likelihood) {
+    av_vae v;
+    char buf[AV__NAME_MAX];
+    memset(&v, 0, sizeof v);
+    v.encoder = encoder;
+    v.decoder = decoder;
+    v.user = user;
+    v.head = av_gaussian_head_new(m, av__subname(buf, name, "head"), features, latent);
+    v.latent = latent;
+    v.likelihood = likelihood;
+    return v;
+}
+
+AVDEF void av_vae_encode(av_ctx *c, const av_vae *v, av_tensor *x, av_tensor **mu, av_tensor **logvar) {
+    av_gaussian_head_forward(c, &v->head, v->encoder(c, x, v->user), mu, logvar);
+}
+
+/* decoder output laid out like x */
+static av_tensor *av__vae_decode(av_ctx *c, const av_vae *v, av_tensor *z, const av_tensor *like) {
+    av_tensor *out = v->decoder(c, z, v->user);
+    if (!like) return out;
+    if (out->size != like->size) av__fail_shapes("av_vae: decoder output", "does not match x", out, like);
+    return av_same_shape(out, like) ? out : av__reshape(c, out, like->ndim, like->shape);
+}
+
+AVDEF av_tensor *av_vae_nll(av_ctx *c, const av_vae *v, av_tensor *z, av_tensor *x) {
+    av_tensor *params = av__vae_decode(c, v, z, x);
+    if (v->likelihood == AV_BERNOULLI) return av_bernoulli_nll(c, params, x);
+    return av_gaussian_nll(c, params, v->x_logvar ? v->x_logvar : av_scalar(c, v->fixed_logvar), x);
+}
+
+AVDEF av_tensor *av_vae_loss(av_ctx *c, const av_vae *v, av_tensor *x, float beta, av_tensor **nll, av_tensor **kl) {
+    av_tensor *mu, *logvar, *rec, *div;
+    av_vae_encode(c, v, x, &mu, &logvar);
+    rec = av_vae_nll(c, v, av_reparameterize(c, mu, logvar), x);
+    div = av_kl_std_normal(c, mu, logvar);
+    if (nll) *nll = rec;
+    if (kl) *kl = div;
+    return av_neg_elbo(c, rec, div, beta);
+}
+
+/* the mean of p(x | z): sigmoid of logits, or the Gaussian mean itself */
+static av_tensor *av__vae_mean(av_ctx *c, const av_vae *v, av_tensor *z) {
+    av_tensor *out = av__vae_decode(c, v, z, NULL);
+    return v->likelihood == AV_BERNOULLI ? av_sigmoid(c, out) : out;
+}
+
+AVDEF av_tensor *av_vae_reconstruct(av_ctx *c, const av_vae *v, av_tensor *x) {
+    av_tensor *mu, *logvar;
+    av_vae_encode(c, v, x, &mu, &logvar);
+    return av__vae_mean(c, v, mu);
+}
+
+AVDEF av_tensor *av_vae_sample(av_ctx *c, const av_vae *v, int n) {
+    return av__vae_mean(c, v, av_randn(c, 0.0f, 1.0f, 2, n, v->latent));
+}
+
+AVDEF av_tensor *av_vae_interpolate(av_ctx *c, const av_vae *v, av_tensor *x, int steps) {
+    av_tensor *mu, *logvar;
+    if (x->ndim < 1 || x->shape[0] != 2) av__fail_shapes("av_vae_interpolate", "x must hold two examples", x, NULL);
+    av_vae_encode(c, v, x, &mu, &logvar);
+    return av__vae_mean(c, v, av_interpolate(c, mu->data, mu->data + v->latent, v->latent, steps));
+}
+
+static av_tensor *av__vae_nll_cb(av_ctx *c, av_tensor *z, av_tensor *x, void *user) {
+    return av_vae_nll(c, (const av_vae *)user, z, x);
+}
+
+AVDEF void av_vae_iwae(av_ctx *c, const av_vae *v, av_tensor *x, int k, double *log_px) {
+    av_tensor *mu, *logvar;
+    int prev = av_set_grad_enabled(c, 0);
+    av_vae_encode(c, v, x, &mu, &logvar);
+    av_iwae_log_px(c, x, mu, logvar, k, av__vae_nll_cb, (void *)v, log_px);
+    av_set_grad_enabled(c, prev);
 }
 
 /* ======================================================================= */

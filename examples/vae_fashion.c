@@ -13,58 +13,48 @@
 #include <sys/stat.h>
 #include "common.h"
 
-typedef struct vae { av_mlp enc, dec; av_gaussian_head head; int latent, dim; } vae;
+/* The networks; the library's av_vae holds the Gaussian head and does the rest. */
+typedef struct nets { av_mlp enc, dec; } nets;
 
-static vae vae_new(av_model *m, int dim, int hidden, int latent) {
-    vae v;
+static av_tensor *encoder(av_ctx *c, av_tensor *x, void *user) {
+    return av_relu(c, av_mlp_forward(c, &((nets *)user)->enc, x));
+}
+
+static av_tensor *decoder(av_ctx *c, av_tensor *z, void *user) { /* Bernoulli logits */
+    return av_mlp_forward(c, &((nets *)user)->dec, z);
+}
+
+static av_vae vae_new(av_model *m, nets *n, int dim, int hidden, int latent) {
     int enc_sizes[2], dec_sizes[3];
     enc_sizes[0] = dim; enc_sizes[1] = hidden;
     dec_sizes[0] = latent; dec_sizes[1] = hidden; dec_sizes[2] = dim;
-    v.enc = av_mlp_new(m, "enc", 1, enc_sizes, AV_ACT_RELU);
-    v.head = av_gaussian_head_new(m, "head", hidden, latent);
-    v.dec = av_mlp_new(m, "dec", 2, dec_sizes, AV_ACT_RELU);
-    v.latent = latent;
-    v.dim = dim;
-    return v;
-}
-
-static void vae_encode(av_ctx *c, const vae *v, av_tensor *x, av_tensor **mu, av_tensor **logvar) {
-    av_gaussian_head_forward(c, &v->head, av_relu(c, av_mlp_forward(c, &v->enc, x)), mu, logvar);
-}
-
-/* decoder logits; pixels are sigmoid(logits) */
-static av_tensor *vae_decode(av_ctx *c, const vae *v, av_tensor *z) { return av_mlp_forward(c, &v->dec, z); }
-
-static av_tensor *vae_nll(av_ctx *c, av_tensor *z, av_tensor *x, void *user) {
-    return av_bernoulli_nll(c, vae_decode(c, (const vae *)user, z), x);
+    n->enc = av_mlp_new(m, "enc", 1, enc_sizes, AV_ACT_RELU);
+    n->dec = av_mlp_new(m, "dec", 2, dec_sizes, AV_ACT_RELU);
+    return av_vae_new(m, "vae", hidden, latent, encoder, decoder, n, AV_BERNOULLI);
 }
 
 /* -ELBO of a batch (mean over examples); adds the summed terms to totals */
-static av_tensor *vae_loss(av_ctx *c, const vae *v, av_tensor *x, float beta, double *nll_sum, double *kl_sum) {
-    av_tensor *mu, *logvar, *nll, *kl;
+static av_tensor *vae_loss(av_ctx *c, const av_vae *v, av_tensor *x, float beta, double *nll_sum, double *kl_sum) {
+    av_tensor *nll, *kl, *loss = av_vae_loss(c, v, x, beta, &nll, &kl);
     int i;
-    vae_encode(c, v, x, &mu, &logvar);
-    nll = vae_nll(c, av_reparameterize(c, mu, logvar), x, (void *)v);
-    kl = av_kl_std_normal(c, mu, logvar);
     for (i = 0; i < nll->size; i++) { *nll_sum += nll->data[i]; *kl_sum += kl->data[i]; }
-    return av_neg_elbo(c, nll, kl, beta);
+    return loss;
 }
 
 /* mean -ELBO (beta = 1) and, if k > 0, the IWAE NLL over the first n test images */
-static void evaluate(av_ctx *c, const vae *v, const ex_dataset *test, int n, int batch, int k, float *xb,
+static void evaluate(av_ctx *c, const av_vae *v, const ex_dataset *test, int n, int batch, int k, float *xb,
                      double *neg_elbo, double *iwae_nll) {
     double nll = 0, kl = 0, log_px_sum = 0, *log_px = (double *)malloc((size_t)batch * sizeof(double));
     int start, prev = av_set_grad_enabled(c, 0), i;
     for (start = 0; start < n; start += batch) {
         int count = n - start < batch ? n - start : batch;
-        av_tensor *x, *mu, *logvar;
+        av_tensor *x;
         av_ctx_reset(c);
         ex_gather(test, NULL, start, count, xb, NULL);
-        x = av_wrap(c, xb, 2, count, v->dim);
+        x = av_wrap(c, xb, 2, count, test->dim);
         vae_loss(c, v, x, 1.0f, &nll, &kl);
         if (k > 0) {
-            vae_encode(c, v, x, &mu, &logvar);
-            av_iwae_log_px(c, x, mu, logvar, k, vae_nll, (void *)v, log_px);
+            av_vae_iwae(c, v, x, k, log_px);
             for (i = 0; i < count; i++) log_px_sum += log_px[i];
             ex_progress("iwae", start + count, n, "");
         }
@@ -75,56 +65,41 @@ static void evaluate(av_ctx *c, const vae *v, const ex_dataset *test, int n, int
     free(log_px);
 }
 
-/* sigmoid of decoder logits for the rows of z, into out */
-static void decode_images(av_ctx *c, const vae *v, av_tensor *z, float *out) {
-    av_tensor *img = av_sigmoid(c, vae_decode(c, v, z));
-    memcpy(out, img->data, (size_t)img->size * sizeof(float));
-}
+static void copy_rows(float *dst, const av_tensor *t) { memcpy(dst, t->data, (size_t)t->size * sizeof(float)); }
 
-static int write_pictures(av_ctx *c, const vae *v, const ex_dataset *test, const char *dir, float *xb) {
+static int write_pictures(av_ctx *c, const av_vae *v, const ex_dataset *test, const char *dir, float *xb) {
     char path[1024];
-    float *grid = (float *)malloc((size_t)400 * v->dim * sizeof(float));
-    int i, j, rc = 0, prev = av_set_grad_enabled(c, 0);
-    av_tensor *x, *mu, *logvar;
+    int dim = test->dim, i, j, rc = 0, prev = av_set_grad_enabled(c, 0);
+    float *grid = (float *)malloc((size_t)400 * dim * sizeof(float));
+    av_tensor *recon;
 
     av_ctx_reset(c);
-    decode_images(c, v, av_randn(c, 0, 1, 2, 64, v->latent), grid);
+    copy_rows(grid, av_vae_sample(c, v, 64));
     snprintf(path, sizeof path, "%s/samples.png", dir);
     rc |= ex_write_grid(path, grid, 64, 8, 8, 28, 28);
 
-    /* row pairs: 8 originals above their 8 reconstructions (from the means) */
-    av_ctx_reset(c);
+    /* row pairs: 8 originals above their 8 reconstructions */
     ex_gather(test, NULL, 0, 32, xb, NULL);
-    x = av_wrap(c, xb, 2, 32, v->dim);
-    vae_encode(c, v, x, &mu, &logvar);
-    decode_images(c, v, mu, grid + (size_t)32 * v->dim);
-    {
-        float *pairs = (float *)malloc((size_t)64 * v->dim * sizeof(float));
-        for (i = 0; i < 4; i++)
-            for (j = 0; j < 8; j++) {
-                memcpy(pairs + (size_t)(16 * i + j) * v->dim, xb + (size_t)(8 * i + j) * v->dim, (size_t)v->dim * sizeof(float));
-                memcpy(pairs + (size_t)(16 * i + 8 + j) * v->dim, grid + (size_t)(32 + 8 * i + j) * v->dim,
-                       (size_t)v->dim * sizeof(float));
-            }
-        snprintf(path, sizeof path, "%s/reconstructions.png", dir);
-        rc |= ex_write_grid(path, pairs, 64, 8, 8, 28, 28);
-        free(pairs);
-    }
+    recon = av_vae_reconstruct(c, v, av_wrap(c, xb, 2, 32, dim));
+    for (i = 0; i < 4; i++)
+        for (j = 0; j < 8; j++) {
+            memcpy(grid + (size_t)(16 * i + j) * dim, xb + (size_t)(8 * i + j) * dim, (size_t)dim * sizeof(float));
+            memcpy(grid + (size_t)(16 * i + 8 + j) * dim, recon->data + (size_t)(8 * i + j) * dim,
+                   (size_t)dim * sizeof(float));
+        }
+    snprintf(path, sizeof path, "%s/reconstructions.png", dir);
+    rc |= ex_write_grid(path, grid, 64, 8, 8, 28, 28);
 
-    /* 8 rows, each from one test image's mean to another's in 10 steps */
-    for (i = 0; i < 8; i++) {
-        av_mark mark = av_ctx_mark(c);
-        const float *z0 = mu->data + (size_t)(2 * i) * v->latent, *z1 = mu->data + (size_t)(2 * i + 1) * v->latent;
-        decode_images(c, v, av_interpolate(c, z0, z1, v->latent, 10), grid + (size_t)10 * i * v->dim);
-        av_ctx_rewind(c, mark);
-    }
+    /* 8 rows, each from one test image to the next in 10 steps */
+    for (i = 0; i < 8; i++)
+        copy_rows(grid + (size_t)10 * i * dim, av_vae_interpolate(c, v, av_wrap(c, xb + (size_t)2 * i * dim, 2, 2, dim), 10));
     snprintf(path, sizeof path, "%s/interpolations.png", dir);
     rc |= ex_write_grid(path, grid, 80, 8, 10, 28, 28);
 
     if (v->latent == 2) { /* the decoded latent plane and the test set's means */
         int n = test->n, start;
         float *zs = (float *)malloc((size_t)2 * n * sizeof(float));
-        av_tensor *plane;
+        av_tensor *plane, *mu, *logvar;
         av_ctx_reset(c);
         plane = av_zeros(c, 2, 400, 2);
         for (i = 0; i < 20; i++)
@@ -132,14 +107,14 @@ static int write_pictures(av_ctx *c, const vae *v, const ex_dataset *test, const
                 plane->data[2 * (20 * i + j)] = -3.0f + 6.0f * j / 19.0f;
                 plane->data[2 * (20 * i + j) + 1] = 3.0f - 6.0f * i / 19.0f;
             }
-        decode_images(c, v, plane, grid);
+        copy_rows(grid, av_sigmoid(c, v->decoder(c, plane, v->user)));
         snprintf(path, sizeof path, "%s/manifold.png", dir);
         rc |= ex_write_grid(path, grid, 400, 20, 20, 28, 28);
         for (start = 0; start < n; start += 500) {
             int count = n - start < 500 ? n - start : 500;
             av_ctx_reset(c);
             ex_gather(test, NULL, start, count, xb, NULL);
-            vae_encode(c, v, av_wrap(c, xb, 2, count, v->dim), &mu, &logvar);
+            av_vae_encode(c, v, av_wrap(c, xb, 2, count, dim), &mu, &logvar);
             memcpy(zs + (size_t)2 * start, mu->data, (size_t)2 * count * sizeof(float));
         }
         snprintf(path, sizeof path, "%s/latent_scatter.png", dir);
@@ -165,7 +140,8 @@ int main(int argc, char **argv) {
     ex_dataset train, test;
     av_model *model;
     av_ctx *c;
-    vae v;
+    av_vae v;
+    nets net;
     int *order, epoch, n_train, n_test, rc = 0;
     float *xb;
     double neg_elbo = 0, iwae_nll = 0, img_per_s = 0, t_train = 0;
@@ -178,7 +154,7 @@ int main(int argc, char **argv) {
     model = av_model_new((uint64_t)ex_arg_int(argc, argv, "--seed", 1));
     c = av_ctx_new();
     av_ctx_seed(c, (uint64_t)ex_arg_int(argc, argv, "--seed", 1) + 1);
-    v = vae_new(model, train.dim, hidden, latent);
+    v = vae_new(model, &net, train.dim, hidden, latent);
     order = (int *)malloc((size_t)train.n * sizeof(int));
     xb = (float *)malloc((size_t)(batch > 500 ? batch : 500) * train.dim * sizeof(float));
     printf("vae_fashion: %d-%d-%d-%d-%d, %ld parameters, beta %g, gemm path %s\n", train.dim, hidden, latent, hidden,

@@ -382,6 +382,108 @@ static void test_simd_paths(void) {
     tr_state = saved_state;
 }
 
+/* av_vae is the pieces put together: each of its functions must equal the
+   same composition written out here, bit for bit (same ops, same RNG draws). */
+typedef struct vae_nets { av_mlp enc, dec; } vae_nets;
+static av_tensor *tv_enc(av_ctx *c, av_tensor *x, void *user) {
+    return av_tanh(c, av_mlp_forward(c, &((vae_nets *)user)->enc, x));
+}
+static av_tensor *tv_dec(av_ctx *c, av_tensor *z, void *user) {
+    return av_mlp_forward(c, &((vae_nets *)user)->dec, z);
+}
+static av_tensor *tv_bernoulli_nll(av_ctx *c, av_tensor *z, av_tensor *x, void *user) {
+    return av_bernoulli_nll(c, tv_dec(c, z, user), x);
+}
+static int same_tensor(const av_tensor *a, const av_tensor *b) {
+    return a->size == b->size && memcmp(a->data, b->data, (size_t)a->size * sizeof(float)) == 0;
+}
+
+static av_tensor *fwd_vae_gauss(av_ctx *c, fd_case *fc, int grad) {
+    av_vae *v = (av_vae *)fc->user;
+    static const float x[8] = {0.3f, -0.2f, 0.8f, 0.1f, -0.5f, 0.4f, 0.9f, -0.7f};
+    av_tensor *nll;
+    (void)grad;
+    av_ctx_seed(c, 5);
+    av_vae_loss(c, v, av_from(c, x, 2, 2, 4), 0.5f, &nll, NULL);
+    return nll;
+}
+
+static void test_vae_struct(void) {
+    int enc_sizes[2] = {4, 5}, dec_sizes[2] = {3, 4}, i, form;
+    float x[8];
+    double log_a[2], log_b[2];
+    vae_nets nets;
+    av_model *m = av_model_new(21);
+    av_ctx *c = av_ctx_new();
+    av_vae v;
+    av_tensor *xt, *mu, *lv, *z, *loss, *want, *nll, *kl, *got;
+    nets.enc = av_mlp_new(m, "enc", 1, enc_sizes, AV_ACT_TANH);
+    nets.dec = av_mlp_new(m, "dec", 1, dec_sizes, AV_ACT_TANH);
+    v = av_vae_new(m, "vae", 5, 3, tv_enc, tv_dec, &nets, AV_BERNOULLI);
+    CHECK(av_model_find(m, "vae.head.mu.weight") && av_model_find(m, "vae.head.logvar.bias"), "av_vae head names");
+    tr_fill(x, 8, 0, 1);
+    for (form = 0; form < 2; form++) {
+        v.likelihood = form ? AV_GAUSSIAN : AV_BERNOULLI;
+        v.fixed_logvar = -0.5f;
+        av_ctx_reset(c);
+        av_ctx_seed(c, 9);
+        xt = av_from(c, x, 3, 2, 1, 4); /* decoder output [2, 4] is laid out like x */
+        loss = av_vae_loss(c, &v, xt, 0.7f, &nll, &kl);
+        av_ctx_seed(c, 9);
+        av_gaussian_head_forward(c, &v.head, tv_enc(c, xt, &nets), &mu, &lv);
+        z = av_reparameterize(c, mu, lv);
+        got = av_reshape(c, tv_dec(c, z, &nets), 3, 2, 1, 4);
+        got = form ? av_gaussian_nll(c, got, av_scalar(c, -0.5f), xt) : av_bernoulli_nll(c, got, xt);
+        want = av_neg_elbo(c, got, av_kl_std_normal(c, mu, lv), 0.7f);
+        CHECK(same_tensor(loss, want) && same_tensor(nll, got), "av_vae_loss (%s) differs from its pieces",
+              form ? "Gaussian" : "Bernoulli");
+    }
+    v.likelihood = AV_BERNOULLI;
+    av_ctx_reset(c);
+    xt = av_from(c, x, 2, 2, 4);
+    got = av_vae_reconstruct(c, &v, xt);
+    av_gaussian_head_forward(c, &v.head, tv_enc(c, xt, &nets), &mu, &lv);
+    CHECK(same_tensor(got, av_sigmoid(c, tv_dec(c, mu, &nets))), "av_vae_reconstruct != sigmoid(decoder(mu))");
+    /* the ends of an interpolation are the two reconstructions */
+    want = av_vae_interpolate(c, &v, xt, 5);
+    CHECK(want->shape[0] == 5 && memcmp(want->data, got->data, 4 * sizeof(float)) == 0 &&
+              memcmp(want->data + 16, got->data + 4, 4 * sizeof(float)) == 0,
+          "av_vae_interpolate ends differ from the reconstructions");
+    av_ctx_seed(c, 3);
+    got = av_vae_sample(c, &v, 6);
+    av_ctx_seed(c, 3);
+    CHECK(got->shape[0] == 6 && same_tensor(got, av_sigmoid(c, tv_dec(c, av_randn(c, 0, 1, 2, 6, 3), &nets))),
+          "av_vae_sample != sigmoid(decoder(prior draws))");
+    av_set_grad_enabled(c, 0);
+    av_ctx_seed(c, 4);
+    av_vae_iwae(c, &v, xt, 20, log_a);
+    av_gaussian_head_forward(c, &v.head, tv_enc(c, xt, &nets), &mu, &lv);
+    av_ctx_seed(c, 4);
+    av_iwae_log_px(c, xt, mu, lv, 20, tv_bernoulli_nll, &nets, log_b);
+    CHECK(log_a[0] == log_b[0] && log_a[1] == log_b[1], "av_vae_iwae %g %g != av_iwae_log_px %g %g", log_a[0],
+          log_a[1], log_b[0], log_b[1]);
+    av_ctx_free(c);
+    /* a learned Gaussian variance gets its gradient through av_vae_loss */
+    {
+        fd_case fc;
+        v.likelihood = AV_GAUSSIAN;
+        v.x_logvar = av_param(m, "vae.x_logvar", AV_INIT_UNIFORM, 0.3f, 1, 4);
+        c = av_ctx_new();
+        av_ctx_seed(c, 8);
+        xt = av_from(c, x, 2, 2, 4);
+        av_vae_loss(c, &v, xt, 1.0f, &nll, NULL);
+        av_ctx_seed(c, 8);
+        av_gaussian_head_forward(c, &v.head, tv_enc(c, xt, &nets), &mu, &lv);
+        got = av_gaussian_nll(c, tv_dec(c, av_reparameterize(c, mu, lv), &nets), v.x_logvar, xt);
+        CHECK(same_tensor(nll, got), "av_vae_nll does not use the learned x_logvar");
+        av_ctx_free(c);
+        fd_init(&fc, "av_vae_loss (learned Gaussian variance)", fwd_vae_gauss, &v);
+        for (i = 0; i < av_model_count(m); i++) fd_param(&fc, av_model_param(m, i));
+        fd_run(&fc);
+    }
+    av_model_free(m);
+}
+
 /* The autoencoder is its encoder, the activation, then the mirrored decoder. */
 static void test_autoencoder(void) {
     int sizes[3] = {5, 4, 2}, i, j;
@@ -1365,6 +1467,7 @@ int main(int argc, char **argv) {
     test_gradients();
     test_autoencoder();
     test_simd_paths();
+    test_vae_struct();
     test_kl_closed_form(c);
     test_bernoulli_closed_form(c);
     test_gaussian_closed_form(c);
