@@ -729,20 +729,31 @@ static void av__fail_shapes(const char *op, const char *why, const av_tensor *a,
     av__fail("%s: %s: shape %s", op, why, av__shape_str(a, sa, sizeof sa));
 }
 
-static av_tensor *av__tensor_empty(av_ctx *c, int ndim, const int *shape, const char *op) {
-    av_tensor *t = (av_tensor *)av__arena_alloc(&c->arena, sizeof(av_tensor));
+/* Zeroes t and gives it a checked shape and size (who names the caller). */
+static void av__set_shape(av_tensor *t, int ndim, const int *shape, const char *who) {
     long size = 1;
     int i;
-    if (ndim < 0 || ndim > AV_MAX_DIMS) av__fail("%s: %d dimensions (at most %d)", op, ndim, AV_MAX_DIMS);
+    if (ndim < 0 || ndim > AV_MAX_DIMS) av__fail("%s: %d dimensions (at most %d)", who, ndim, AV_MAX_DIMS);
     memset(t, 0, sizeof *t);
     t->ndim = ndim;
     for (i = 0; i < ndim; i++) {
-        if (shape[i] < 0) av__fail("%s: negative size %d in dimension %d", op, shape[i], i);
+        if (shape[i] < 0) av__fail("%s: negative size %d in dimension %d", who, shape[i], i);
         t->shape[i] = shape[i];
         size *= shape[i];
-        if (size > 0x7fffffffL) av__fail("%s: tensor too large", op);
+        if (size > 0x7fffffffL) av__fail("%s: tensor too large", who);
     }
     t->size = (int)size;
+}
+
+/* A tensor in the arena without data: views and wrapped buffers set it. */
+static av_tensor *av__tensor_header(av_ctx *c, int ndim, const int *shape, const char *op) {
+    av_tensor *t = (av_tensor *)av__arena_alloc(&c->arena, sizeof(av_tensor));
+    av__set_shape(t, ndim, shape, op);
+    return t;
+}
+
+static av_tensor *av__tensor_empty(av_ctx *c, int ndim, const int *shape, const char *op) {
+    av_tensor *t = av__tensor_header(c, ndim, shape, op);
     t->data = (float *)av__arena_alloc(&c->arena, (size_t)t->size * sizeof(float));
     return t;
 }
@@ -820,20 +831,13 @@ AVDEF av_tensor *av_from(av_ctx *c, const float *data, int ndim, ...) {
 }
 
 AVDEF av_tensor *av_wrap(av_ctx *c, float *data, int ndim, ...) {
-    av_tensor *t = (av_tensor *)av__arena_alloc(&c->arena, sizeof(av_tensor));
-    int shape[AV_MAX_DIMS], i;
+    av_tensor *t;
+    int shape[AV_MAX_DIMS];
     va_list ap;
     va_start(ap, ndim);
     av__read_shape(ndim, ap, shape, "av_wrap");
     va_end(ap);
-    memset(t, 0, sizeof *t);
-    t->ndim = ndim;
-    t->size = 1;
-    for (i = 0; i < ndim; i++) {
-        if (shape[i] < 0) av__fail("av_wrap: negative size %d in dimension %d", shape[i], i);
-        t->shape[i] = shape[i];
-        t->size *= shape[i];
-    }
+    t = av__tensor_header(c, ndim, shape, "av_wrap");
     t->data = data;
     return t;
 }
@@ -1390,7 +1394,6 @@ static float av__sigmoidf(float v) {
     if (v >= 0) return 1.0f / (1.0f + expf(-v));
     { float e = expf(v); return e / (1.0f + e); }
 }
-static float av__softplusf(float v) { return (v > 0 ? v : 0.0f) + log1pf(expf(-fabsf(v))); }
 
 /* Adam's update of n values; decay = lr * wd for AdamW (else 0), l2 = wd for Adam. */
 typedef struct av__adam_args { float b1, b2, step_size, inv_sqrt_bc2, eps, l2, decay; } av__adam_args;
@@ -1706,7 +1709,7 @@ static void av__reshape_backward(av_ctx *c, av__node *n) {
 }
 
 static av_tensor *av__reshape(av_ctx *c, av_tensor *x, int ndim, const int *shape_in) {
-    av_tensor *t = (av_tensor *)av__arena_alloc(&c->arena, sizeof(av_tensor));
+    av_tensor *t;
     int i, infer = -1, known = 1, shape[AV_MAX_DIMS];
     if (ndim < 0 || ndim > AV_MAX_DIMS) av__fail("av_reshape: %d dimensions (at most %d)", ndim, AV_MAX_DIMS);
     for (i = 0; i < ndim; i++) {
@@ -1716,10 +1719,7 @@ static av_tensor *av__reshape(av_ctx *c, av_tensor *x, int ndim, const int *shap
         else known *= shape[i];
     }
     if (infer >= 0) shape[infer] = known ? x->size / known : 0;
-    memset(t, 0, sizeof *t);
-    t->ndim = ndim;
-    t->size = 1;
-    for (i = 0; i < ndim; i++) { t->shape[i] = shape[i]; t->size *= shape[i]; }
+    t = av__tensor_header(c, ndim, shape, "av_reshape");
     if (t->size != x->size) av__fail_shapes("av_reshape", "element counts differ", x, t);
     t->data = x->data;
     av__record(c, t, av__reshape_backward, x, NULL, NULL);
@@ -1911,10 +1911,8 @@ AV__UNARY(log, logf(v), 1.0f / v)
 AV__UNARY(sqrt, sqrtf(v), 0.5f / y)
 AV__UNARY(square, v * v, 2.0f * v)
 AV__UNARY(tanh, tanhf(v), 1.0f - y * y)
-AV__UNARY(sigmoid, av__sigmoidf(v), y * (1.0f - y))
 AV__UNARY(leaky_relu, v > 0 ? v : a * v, v > 0 ? 1.0f : a)
 AV__UNARY(gelu, av__geluf(v), av__gelu_grad(v))
-AV__UNARY(softplus, av__softplusf(v), av__sigmoidf(v))
 
 AVDEF av_tensor *av_scale(av_ctx *c, av_tensor *x, float s) { return av__scale(c, x, s); }
 AVDEF av_tensor *av_add_scalar(av_ctx *c, av_tensor *x, float s) { return av__add_scalar(c, x, s); }
@@ -1923,7 +1921,37 @@ AVDEF av_tensor *av_log(av_ctx *c, av_tensor *x) { return av__log(c, x, 0); }
 AVDEF av_tensor *av_sqrt(av_ctx *c, av_tensor *x) { return av__sqrt(c, x, 0); }
 AVDEF av_tensor *av_square(av_ctx *c, av_tensor *x) { return av__square(c, x, 0); }
 AVDEF av_tensor *av_tanh(av_ctx *c, av_tensor *x) { return av__tanh(c, x, 0); }
-AVDEF av_tensor *av_sigmoid(av_ctx *c, av_tensor *x) { return av__sigmoid(c, x, 0); }
+/* sigmoid and softplus use the vector math: dsigmoid = y (1 - y), dsoftplus = sigmoid(x) */
+static void av__sigmoid_backward(av_ctx *c, av__node *n) {
+    const float *y = n->out->data, *g = n->out->grad;
+    int i;
+    (void)c;
+    for (i = 0; i < n->out->size; i++) n->in[0]->grad[i] += g[i] * y[i] * (1.0f - y[i]);
+}
+
+AVDEF av_tensor *av_sigmoid(av_ctx *c, av_tensor *x) {
+    av_tensor *out = av__like(c, x, "av_sigmoid");
+    av__sigmoid_array(x->data, out->data, x->size);
+    av__record(c, out, av__sigmoid_backward, x, NULL, NULL);
+    return out;
+}
+
+static void av__softplus_backward(av_ctx *c, av__node *n) {
+    float *sig = (float *)av__arena_alloc(&c->arena, (size_t)n->out->size * sizeof(float));
+    int i;
+    av__sigmoid_array(n->in[0]->data, sig, n->out->size);
+    for (i = 0; i < n->out->size; i++) n->in[0]->grad[i] += n->out->grad[i] * sig[i];
+}
+
+AVDEF av_tensor *av_softplus(av_ctx *c, av_tensor *x) {
+    av_tensor *out = av__like(c, x, "av_softplus");
+    int i;
+    av__softplus_rest_array(x->data, out->data, x->size);
+    for (i = 0; i < x->size; i++) out->data[i] += x->data[i] > 0 ? x->data[i] : 0.0f;
+    av__record(c, out, av__softplus_backward, x, NULL, NULL);
+    return out;
+}
+
 /* relu: vectorised, since half of a layer's inputs are negative and branches mispredict */
 static void av__relu_backward(av_ctx *c, av__node *n) {
     (void)c;
@@ -1938,7 +1966,6 @@ AVDEF av_tensor *av_relu(av_ctx *c, av_tensor *x) {
 }
 AVDEF av_tensor *av_leaky_relu(av_ctx *c, av_tensor *x, float slope) { return av__leaky_relu(c, x, slope); }
 AVDEF av_tensor *av_gelu(av_ctx *c, av_tensor *x) { return av__gelu(c, x, 0); }
-AVDEF av_tensor *av_softplus(av_ctx *c, av_tensor *x) { return av__softplus(c, x, 0); }
 
 /* ======================================================================= */
 /* elementwise: binary, with broadcasting                                  */
@@ -2589,9 +2616,7 @@ static void av__init_values(av_rng *rng, av_tensor *t, int init, float arg) {
 static av_tensor *av__param_shape(av_model *m, const char *name, int init, float arg, int ndim, const int *shape) {
     av_tensor *t;
     size_t len = strlen(name);
-    int i;
     if (av_model_find(m, name)) av__fail("av_param: a parameter named '%s' exists already", name);
-    if (ndim < 0 || ndim > AV_MAX_DIMS) av__fail("av_param: '%s' has %d dimensions (at most %d)", name, ndim, AV_MAX_DIMS);
     if (m->n == m->cap) {
         int cap = m->cap ? 2 * m->cap : 16;
         m->params = (av_tensor **)AV_REALLOC(m->params, (size_t)cap * sizeof(av_tensor *));
@@ -2601,13 +2626,7 @@ static av_tensor *av__param_shape(av_model *m, const char *name, int init, float
         m->cap = cap;
     }
     t = (av_tensor *)av__xcalloc(1, sizeof(av_tensor), "a parameter");
-    t->ndim = ndim;
-    t->size = 1;
-    for (i = 0; i < ndim; i++) {
-        if (shape[i] < 0) av__fail("av_param: '%s' has a negative size", name);
-        t->shape[i] = shape[i];
-        t->size *= shape[i];
-    }
+    av__set_shape(t, ndim, shape, name);
     t->name = (const char *)memcpy(av__xcalloc(len + 1, 1, "a parameter name"), name, len + 1);
     t->data = (float *)av__xcalloc((size_t)t->size, sizeof(float), "parameter values");
     t->grad = (float *)av__xcalloc((size_t)t->size, sizeof(float), "parameter gradients");

@@ -78,23 +78,13 @@ int main(int argc, char **argv) {
         loss = test_loss(c, &ae, &test, n_test, xb);
         printf("epoch %d  train %.2f  test %.2f nats/image  (%.1f s)\n", epoch, sum / seen, loss, ex_now() - t0);
     }
-    if (!rc) { /* row pairs: 8 originals above their reconstructions */
-        float *pairs = (float *)malloc((size_t)64 * train.dim * sizeof(float));
+    if (!rc) {
         av_tensor *recon;
-        int j;
         av_ctx_reset(c);
         ex_gather(&test, NULL, 0, 32, xb, NULL);
         recon = av_sigmoid(c, av_autoencoder_forward(c, &ae, av_wrap(c, xb, 2, 32, train.dim), NULL));
-        for (i = 0; i < 4; i++)
-            for (j = 0; j < 8; j++) {
-                memcpy(pairs + (size_t)(16 * i + j) * train.dim, xb + (size_t)(8 * i + j) * train.dim,
-                       (size_t)train.dim * sizeof(float));
-                memcpy(pairs + (size_t)(16 * i + 8 + j) * train.dim, recon->data + (size_t)(8 * i + j) * train.dim,
-                       (size_t)train.dim * sizeof(float));
-            }
         snprintf(path, sizeof path, "%s/reconstructions.png", out_dir);
-        if ((rc = ex_write_grid(path, pairs, 64, 8, 8, 28, 28)) == 0) printf("pictures: %s\n", path);
-        free(pairs);
+        if ((rc = ex_write_pairs(path, xb, recon->data, train.dim)) == 0) printf("pictures: %s\n", path);
     }
     printf("summary: {\"test_recon_nll\": %.3f, \"epochs\": %d, \"seconds\": %.1f}\n", loss, epochs, ex_now() - t0);
     free(order); free(xb);

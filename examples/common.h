@@ -160,6 +160,20 @@ static inline int ex_write_grid(const char *path, const float *images, int n, in
     return ok ? 0 : -1;
 }
 
+/* 32 images above their 32 reconstructions, as 4 row pairs of 8: an 8×8 grid of 28×28. */
+static inline int ex_write_pairs(const char *path, const float *originals, const float *recons, int dim) {
+    float *grid = (float *)malloc((size_t)64 * dim * sizeof(float));
+    int i, j, rc;
+    for (i = 0; i < 4; i++)
+        for (j = 0; j < 8; j++) {
+            memcpy(grid + (size_t)(16 * i + j) * dim, originals + (size_t)(8 * i + j) * dim, (size_t)dim * sizeof(float));
+            memcpy(grid + (size_t)(16 * i + 8 + j) * dim, recons + (size_t)(8 * i + j) * dim, (size_t)dim * sizeof(float));
+        }
+    rc = ex_write_grid(path, grid, 64, 8, 8, 28, 28);
+    free(grid);
+    return rc;
+}
+
 /* A size×size scatter plot of 2-D points coloured by label (0..9). */
 static inline int ex_write_scatter(const char *path, const float *xy, const int *labels, int n, int size) {
     static const unsigned char palette[10][3] = {{31, 119, 180}, {255, 127, 14}, {44, 160, 44}, {214, 39, 40},

@@ -78,17 +78,10 @@ static int write_pictures(av_ctx *c, const av_vae *v, const ex_dataset *test, co
     snprintf(path, sizeof path, "%s/samples.png", dir);
     rc |= ex_write_grid(path, grid, 64, 8, 8, 28, 28);
 
-    /* row pairs: 8 originals above their 8 reconstructions */
     ex_gather(test, NULL, 0, 32, xb, NULL);
     recon = av_vae_reconstruct(c, v, av_wrap(c, xb, 2, 32, dim));
-    for (i = 0; i < 4; i++)
-        for (j = 0; j < 8; j++) {
-            memcpy(grid + (size_t)(16 * i + j) * dim, xb + (size_t)(8 * i + j) * dim, (size_t)dim * sizeof(float));
-            memcpy(grid + (size_t)(16 * i + 8 + j) * dim, recon->data + (size_t)(8 * i + j) * dim,
-                   (size_t)dim * sizeof(float));
-        }
     snprintf(path, sizeof path, "%s/reconstructions.png", dir);
-    rc |= ex_write_grid(path, grid, 64, 8, 8, 28, 28);
+    rc |= ex_write_pairs(path, xb, recon->data, dim);
 
     /* 8 rows, each from one test image to the next in 10 steps */
     for (i = 0; i < 8; i++)
