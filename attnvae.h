@@ -1440,6 +1440,19 @@ static int av__nonfinite_scalar(const float *x, int n) {
 
 #ifdef AV__X86
 /* One body for both widths: V is the vector type, P the intrinsic prefix. */
+/* Runs BLOCK (W values from x + i_ into y + i_) over n values; the tail goes
+   through zero-padded copies in_/out_ with TAIL_BLOCK, so a value gets the
+   same result wherever it sits in the array. */
+#define AV__VBLOCKS(W, n, BLOCK, TAIL_BLOCK)                                     \
+    int i_;                                                                      \
+    for (i_ = 0; i_ + W <= n; i_ += W) BLOCK;                                    \
+    if (i_ < n) {                                                                \
+        float in_[W] = {0}, out_[W];                                             \
+        memcpy(in_, x + i_, (size_t)(n - i_) * sizeof(float));                   \
+        TAIL_BLOCK;                                                              \
+        memcpy(y + i_, out_, (size_t)(n - i_) * sizeof(float));                  \
+    }
+
 #define AV__VMATH(TARGET, V, P, W, ROUND, SQRT, MAX, EXP2N, ANY, BLEND_NEG, ADD_WHERE_POS)                                 \
     TARGET static V av__exp_neg_##W(V x) { /* e^x for x in [-80, 0] */                     \
         V n = ROUND(P##_mul_ps(x, P##_set1_ps(1.44269504f)),                                \
@@ -1465,43 +1478,55 @@ static int av__nonfinite_scalar(const float *x, int n) {
         s = P##_add_ps(s, s);                                                                \
         return P##_fmadd_ps(s, q, s);                                                        \
     }                                                                                        \
+    /* W values at a time; lanes with |x| > 80 are redone by the scalar code */              \
+    TARGET static void av__softplus_rest_block_##W(const float *x, float *y) {              \
+        V a = P##_andnot_ps(P##_set1_ps(-0.0f), P##_loadu_ps(x));                            \
+        int k;                                                                               \
+        P##_storeu_ps(y, av__log1p_unit_##W(av__exp_neg_##W(P##_sub_ps(P##_setzero_ps(), a)))); \
+        if (ANY(a, P##_set1_ps(80.0f), _CMP_GT_OQ))                                          \
+            for (k = 0; k < W; k++)                                                          \
+                if (fabsf(x[k]) > 80.0f) av__softplus_rest_scalar(x + k, y + k, 1);          \
+    }                                                                                        \
+    TARGET static void av__sigmoid_block_##W(const float *x, float *y) {                    \
+        V v = P##_loadu_ps(x), a = P##_andnot_ps(P##_set1_ps(-0.0f), v), t, s;               \
+        int k;                                                                               \
+        t = av__exp_neg_##W(P##_sub_ps(P##_setzero_ps(), a));                                \
+        s = P##_div_ps(P##_set1_ps(1.0f), P##_add_ps(P##_set1_ps(1.0f), t));                 \
+        P##_storeu_ps(y, BLEND_NEG(v, s, P##_mul_ps(t, s))); /* x < 0: e^x/(1+e^x) */        \
+        if (ANY(a, P##_set1_ps(80.0f), _CMP_GT_OQ))                                          \
+            for (k = 0; k < W; k++)                                                          \
+                if (fabsf(x[k]) > 80.0f) av__sigmoid_scalar(x + k, y + k, 1);                \
+    }                                                                                        \
     TARGET static void av__softplus_rest_##W(const float *x, float *y, int n) {             \
-        int i = 0;                                                                           \
-        for (; i + W <= n; i += W) {                                                         \
-            V v = P##_loadu_ps(x + i), a = P##_andnot_ps(P##_set1_ps(-0.0f), v);             \
-            if (ANY(a, P##_set1_ps(80.0f), _CMP_GT_OQ)) { av__softplus_rest_scalar(x + i, y + i, W); continue; }          \
-            P##_storeu_ps(y + i, av__log1p_unit_##W(av__exp_neg_##W(P##_sub_ps(P##_setzero_ps(), a)))); \
-        }                                                                                    \
-        av__softplus_rest_scalar(x + i, y + i, n - i);                                       \
+        AV__VBLOCKS(W, n, av__softplus_rest_block_##W(x + i_, y + i_), av__softplus_rest_block_##W(in_, out_)) \
     }                                                                                        \
     TARGET static void av__sigmoid_##W(const float *x, float *y, int n) {                   \
-        int i = 0;                                                                           \
-        for (; i + W <= n; i += W) {                                                         \
-            V v = P##_loadu_ps(x + i), a = P##_andnot_ps(P##_set1_ps(-0.0f), v), t, s;       \
-            if (ANY(a, P##_set1_ps(80.0f), _CMP_GT_OQ)) { av__sigmoid_scalar(x + i, y + i, W); continue; }                \
-            t = av__exp_neg_##W(P##_sub_ps(P##_setzero_ps(), a));                            \
-            s = P##_div_ps(P##_set1_ps(1.0f), P##_add_ps(P##_set1_ps(1.0f), t));             \
-            P##_storeu_ps(y + i, BLEND_NEG(v, s, P##_mul_ps(t, s))); /* x < 0: e^x/(1+e^x) */ \
-        }                                                                                    \
-        av__sigmoid_scalar(x + i, y + i, n - i);                                             \
+        AV__VBLOCKS(W, n, av__sigmoid_block_##W(x + i_, y + i_), av__sigmoid_block_##W(in_, out_)) \
+    }                                                                                        \
+    TARGET static void av__adam_block_##W(float *p, const float *g, float *m, float *v,     \
+                                         const av__adam_args *a) {                           \
+        V pj = P##_loadu_ps(p), gj = P##_fmadd_ps(P##_set1_ps(a->l2), pj, P##_loadu_ps(g));   \
+        V mj = P##_fmadd_ps(P##_set1_ps(a->b1), P##_loadu_ps(m), P##_mul_ps(P##_set1_ps(1.0f - a->b1), gj)); \
+        V vj = P##_fmadd_ps(P##_set1_ps(a->b2), P##_loadu_ps(v),                             \
+                            P##_mul_ps(P##_mul_ps(P##_set1_ps(1.0f - a->b2), gj), gj));      \
+        V den = P##_fmadd_ps(SQRT(vj), P##_set1_ps(a->inv_sqrt_bc2), P##_set1_ps(a->eps));   \
+        pj = P##_mul_ps(pj, P##_set1_ps(1.0f - a->decay));                                   \
+        P##_storeu_ps(p, P##_sub_ps(pj, P##_div_ps(P##_mul_ps(P##_set1_ps(a->step_size), mj), den))); \
+        P##_storeu_ps(m, mj);                                                                \
+        P##_storeu_ps(v, vj);                                                                \
     }                                                                                        \
     TARGET static void av__adam_##W(float *p, const float *g, float *m, float *v, int n,     \
                                    const av__adam_args *a) {                                 \
-        V b1 = P##_set1_ps(a->b1), c1 = P##_set1_ps(1.0f - a->b1), b2 = P##_set1_ps(a->b2);  \
-        V c2 = P##_set1_ps(1.0f - a->b2), l2 = P##_set1_ps(a->l2), keep = P##_set1_ps(1.0f - a->decay); \
-        V step = P##_set1_ps(a->step_size), isb = P##_set1_ps(a->inv_sqrt_bc2), eps = P##_set1_ps(a->eps); \
-        int j = 0;                                                                           \
-        for (; j + W <= n; j += W) {                                                         \
-            V pj = P##_loadu_ps(p + j), gj = P##_fmadd_ps(l2, pj, P##_loadu_ps(g + j));      \
-            V mj = P##_fmadd_ps(b1, P##_loadu_ps(m + j), P##_mul_ps(c1, gj));                \
-            V vj = P##_fmadd_ps(b2, P##_loadu_ps(v + j), P##_mul_ps(P##_mul_ps(c2, gj), gj)); \
-            V den = P##_fmadd_ps(SQRT(vj), isb, eps);                                 \
-            pj = P##_mul_ps(pj, keep);                                                       \
-            P##_storeu_ps(p + j, P##_sub_ps(pj, P##_div_ps(P##_mul_ps(step, mj), den)));     \
-            P##_storeu_ps(m + j, mj);                                                        \
-            P##_storeu_ps(v + j, vj);                                                        \
+        int i_;                                                                              \
+        for (i_ = 0; i_ + W <= n; i_ += W) av__adam_block_##W(p + i_, g + i_, m + i_, v + i_, a); \
+        if (i_ < n) { /* the tail through zero-padded copies, like the other values */      \
+            float tp[W] = {0}, tg[W] = {0}, tm[W] = {0}, tv[W] = {0};                        \
+            size_t bytes = (size_t)(n - i_) * sizeof(float);                                 \
+            memcpy(tp, p + i_, bytes); memcpy(tg, g + i_, bytes);                            \
+            memcpy(tm, m + i_, bytes); memcpy(tv, v + i_, bytes);                            \
+            av__adam_block_##W(tp, tg, tm, tv, a);                                           \
+            memcpy(p + i_, tp, bytes); memcpy(m + i_, tm, bytes); memcpy(v + i_, tv, bytes); \
         }                                                                                    \
-        av__adam_scalar(p + j, g + j, m + j, v + j, n - j, a);                               \
     }                                                                                        \
     TARGET static void av__relu_##W(const float *x, float *y, int n) {                      \
         int i = 0; /* max(0, x) returns x when x is NaN: NaN propagates */                   \

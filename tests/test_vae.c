@@ -350,6 +350,17 @@ static void test_simd_paths(void) {
             double sig = 1.0 / (1.0 + exp(-(double)logits[i]));
             CHECK_CLOSE(l->grad[i], sig - x[i], 1e-7, 2e-6, av_isa_name(isa));
         }
+        /* a value's sigmoid and softplus do not depend on where it sits in the array
+           (SIMD body or tail), so compositions of the same values agree exactly */
+        {
+            av_tensor *all = av_from(c, logits + 100, 1, 37), *sg = av_sigmoid(c, all), *sp = av_softplus(c, all);
+            int same = 1;
+            for (i = 0; i < 37; i++) {
+                av_tensor *one = av_from(c, logits + 100 + i, 1, 1);
+                same &= av_sigmoid(c, one)->data[0] == sg->data[i] && av_softplus(c, one)->data[0] == sp->data[i];
+            }
+            CHECK(same, "sigmoid/softplus of a value depends on its position in the array on %s", av_isa_name(isa));
+        }
         /* relu and its gradient on the same path; NaN must propagate */
         {
             av_tensor *r, *xr = av_from(c, logits, 2, B, W);
