@@ -51,32 +51,47 @@
      GEMM path (x86 paths are chosen by cpuid, no -march needed; NEON at compile
      time); av_set_num_threads() or OMP_NUM_THREADS sets threads with -fopenmp.
 
-   API (declarations below, in this order)
-     errors       av_error av_error_code av_set_abort_handler
-     RNG          av_rng_seed av_rng_uniform av_rng_normal
-     context      av_ctx_new/free/reset/seed av_set_grad_enabled av_set_training
-                  av_ctx_mark/rewind
-     tensors      av_zeros av_ones av_full av_randn av_rand av_from av_wrap
-                  av_scalar av_requires_grad av_detach av_item av_print
-     GEMM         av_sgemm (row-major BLAS semantics) av_set_isa av_set_num_threads
-     ops          reshape permute transpose slice concat; add sub mul div scale
-                  add_scalar (broadcasting); exp log sqrt square tanh sigmoid relu
-                  leaky_relu gelu softplus; sum mean max (axis or all); matmul
-                  (batched, transposes) linear; softmax log_softmax layer_norm
-                  embedding dropout; mse_loss cross_entropy bce_with_logits
-     autodiff     av_backward
-     parameters   av_model_new av_param (Xavier, Kaiming, PyTorch-Linear init)
-                  av_model_find av_model_zero_grad
-     layers       av_linear_layer av_mlp av_autoencoder av_activate
-     VAE          av_gaussian_head av_reparameterize av_kl_std_normal
-                  av_bernoulli_nll av_gaussian_nll av_gaussian_log_prob av_neg_elbo
-                  av_kl_warmup av_iwae_log_px av_log_mean_exp av_interpolate
-                  av_vae (any encoder/decoder): loss reconstruct sample
-                  interpolate iwae
-     optimizers   av_sgd av_adam av_adamw av_optim_step av_clip_grad_norm
-                  av_lr_warmup_cosine
-     files        av_model_save/load av_checkpoint_save/load (safetensors, atomic)
-                  av_st_* (any safetensors file) av_idx_load (MNIST-style IDX)
+   CONTENTS
+     Declarations and code follow the same order. Each section has a tag that
+     marks both its declaration banner and its implementation banner, so one
+     grep ("\[3.2 elementwise\]") finds both.
+     [1 core]       errors (av_error, per thread), RNG, context and step arena,
+                    tensors (av_zeros ... av_wrap, and their _shape forms),
+                    tape recording
+     [2 kernels]    2.1 gemm: av_sgemm, ISA choice (av_set_isa), threads
+                    2.2 vmath: SIMD exp/log/sigmoid/softplus/relu/Adam loops
+     [3 ops]        3.1 shape: reshape permute transpose slice concat embedding
+                    3.2 elementwise: add sub mul div scale add_scalar exp log
+                        sqrt square tanh sigmoid relu leaky_relu gelu softplus
+                        dropout
+                    3.3 reduce: sum mean max (an axis, or _all)
+                    3.4 matmul: matmul (batched, transposes) linear
+                    3.5 norm: softmax log_softmax layer_norm
+                    3.9 losses: mse_loss cross_entropy bce_with_logits
+     [4 autodiff]   av_backward av_requires_grad av_detach
+     [5 model]      av_model, av_param (named, initialised), find, zero_grad
+     [6 layers]     av_linear_layer av_mlp av_activate av_autoencoder
+     [7 toolkits]   VAE: gaussian head, reparameterize, KL, likelihoods, ELBO,
+                    IWAE, av_vae around any encoder and decoder
+     [8 optim]      av_sgd av_adam av_adamw av_optim_step, clipping, schedules
+     [9 io]         JSON, safetensors (av_st_*), IDX, model and checkpoint files
+
+   ADDING AN OP (see av_slice in [3.1 shape] for a small complete one)
+     1. Declare it in its section of the declarations, with its shapes.
+     2. In the same section of the code write, in this order: a comment (the
+        shapes, what is saved, the maths of the gradient in one line); a
+        typed struct of the op's arguments if it has any; the backward; then
+        the forward. The forward checks shapes (av__fail_shapes names the op
+        and both shapes), computes its output, then calls
+            n = av__record(c, "av_name", av__name_backward, out, n_in, in...);
+        (av__record_n for several outputs or a list of inputs) and, if n is
+        not NULL, keeps its arguments with n->args = AV__KEEP(c, args) and any
+        buffer it computed for backward in n->saved, both in the arena.
+     3. The backward reads n->in[i], n->out[k] (their ->grad are allocated and
+        zeroed for it), adds into av__in_grad(n, i) when that is not NULL,
+        and never overwrites a gradient (inputs can be shared).
+     4. Test it: a finite-difference check (tests/gradcheck.h), values
+        against a double-precision reference, and its shape-error message.
 */
 #ifndef ATTNVAE_H
 #define ATTNVAE_H
@@ -99,7 +114,10 @@
 extern "C" {
 #endif
 
-/* ---- errors ---------------------------------------------------------- */
+/* ======================================================================= */
+/* [1 core] errors, RNG, context, tensors                                   */
+/* ======================================================================= */
+/* ---- errors ---- */
 /* Functions that touch outside data return 0 (AV_OK) or a negative code,
    and keep a message for av_error(). */
 enum {
@@ -111,7 +129,7 @@ enum {
     AV_ERR_ARG = -5,     /* bad argument from the caller */
     AV_ERR_NAN = -6      /* a loss or gradient is not finite */
 };
-AVAPI const char *av_error(void);        /* message of the last error (one per process) */
+AVAPI const char *av_error(void);        /* message of this thread's last error */
 AVAPI int av_error_code(void);
 AVAPI void av_clear_error(void);
 /* Programming errors (shape mismatch) print a message naming the op and the
@@ -119,14 +137,14 @@ AVAPI void av_clear_error(void);
 typedef void (*av_abort_fn)(const char *message);
 AVAPI void av_set_abort_handler(av_abort_fn fn);
 
-/* ---- RNG: xoshiro256**, seeded, reproducible ------------------------ */
+/* ---- RNG: xoshiro256**, seeded, reproducible ---- */
 typedef struct av_rng { uint64_t s[4]; } av_rng;
 AVAPI void av_rng_seed(av_rng *r, uint64_t seed);
 AVAPI uint64_t av_rng_u64(av_rng *r);
 AVAPI float av_rng_uniform(av_rng *r);            /* [0, 1) */
 AVAPI float av_rng_normal(av_rng *r);             /* N(0, 1) */
 
-/* ---- tensors --------------------------------------------------------- */
+/* ---- tensors and the context ---- */
 #define AV_MAX_DIMS 4
 typedef struct av_tensor {
     int ndim;                 /* 0..4; a 0-d tensor is a scalar */
@@ -136,6 +154,7 @@ typedef struct av_tensor {
     float *grad;              /* same layout; NULL until backward needs it */
     int requires_grad;        /* takes part in autodiff */
     const char *name;         /* parameters only */
+    uint64_t gen;             /* the step that made it (0: a parameter); ops refuse stale ones */
 } av_tensor;
 
 /* A context owns one step: an arena for tensors, the tape, an RNG and the
@@ -156,7 +175,9 @@ typedef struct av_mark { void *chunk; size_t used, step_bytes; int n_tape; } av_
 AVAPI av_mark av_ctx_mark(const av_ctx *c);
 AVAPI void av_ctx_rewind(av_ctx *c, av_mark mark);
 
-/* Creation (in the step arena). Shapes are given as ndim then the sizes. */
+/* Creation, in the step arena. Shapes are ndim then the sizes, or in the
+   _shape forms ndim and an array (for table-driven code and bindings). A
+   tensor of a finished step (after av_ctx_reset) is refused by every op. */
 AVAPI av_tensor *av_zeros(av_ctx *c, int ndim, ...);
 AVAPI av_tensor *av_ones(av_ctx *c, int ndim, ...);
 AVAPI av_tensor *av_full(av_ctx *c, float value, int ndim, ...);
@@ -164,15 +185,22 @@ AVAPI av_tensor *av_randn(av_ctx *c, float mean, float std, int ndim, ...);
 AVAPI av_tensor *av_rand(av_ctx *c, float lo, float hi, int ndim, ...);
 AVAPI av_tensor *av_from(av_ctx *c, const float *data, int ndim, ...);  /* copies */
 AVAPI av_tensor *av_wrap(av_ctx *c, float *data, int ndim, ...);        /* no copy */
-AVAPI av_tensor *av_new_shape(av_ctx *c, int ndim, const int *shape);   /* zeros */
+AVAPI av_tensor *av_zeros_shape(av_ctx *c, int ndim, const int *shape);
+AVAPI av_tensor *av_ones_shape(av_ctx *c, int ndim, const int *shape);
+AVAPI av_tensor *av_full_shape(av_ctx *c, float value, int ndim, const int *shape);
+AVAPI av_tensor *av_randn_shape(av_ctx *c, float mean, float std, int ndim, const int *shape);
+AVAPI av_tensor *av_rand_shape(av_ctx *c, float lo, float hi, int ndim, const int *shape);
+AVAPI av_tensor *av_from_shape(av_ctx *c, const float *data, int ndim, const int *shape);
+AVAPI av_tensor *av_wrap_shape(av_ctx *c, float *data, int ndim, const int *shape);
 AVAPI av_tensor *av_scalar(av_ctx *c, float value);
-AVAPI void av_requires_grad(av_ctx *c, av_tensor *t);  /* make t a leaf with a gradient */
-AVAPI av_tensor *av_detach(av_ctx *c, av_tensor *x);   /* same data, no gradient */
 AVAPI float av_item(const av_tensor *t);               /* data[0] */
 AVAPI int av_same_shape(const av_tensor *a, const av_tensor *b);
 AVAPI void av_print(const char *label, const av_tensor *t);
 
-/* ---- GEMM ------------------------------------------------------------ */
+/* ======================================================================= */
+/* [2 kernels] GEMM, instruction sets, threads                              */
+/* ======================================================================= */
+/* ---- [2.1 gemm] ---------------------------------------------------- */
 /* Row-major single-precision matrix multiply with BLAS semantics:
      C = alpha * op(A) * op(B) + beta * C,   C is M x N, op(A) M x K, op(B) K x N
    op(X) = X when trans == 0, else X transposed; A is M x K (lda >= K) or,
@@ -206,15 +234,23 @@ AVAPI const char *av_isa_name(int isa); /* "scalar", "avx2", ... or "?" */
 AVAPI void av_set_num_threads(int n);
 AVAPI int av_get_num_threads(void);
 
-/* ---- ops: every op records itself on the tape when an input needs a
-   gradient and grad mode is on. Shape errors abort with a message. ----- */
-/* shape */
-AVAPI av_tensor *av_reshape(av_ctx *c, av_tensor *x, int ndim, ...);   /* one size may be -1 */
+/* ======================================================================= */
+/* [3 ops] each records itself on the tape when an input needs a gradient   */
+/* ======================================================================= */
+/* Shape errors abort with a message naming the op and the shapes. */
+/* ---- [2.2 vmath]: the vector loops behind the ops; no public API ----- */
+
+/* ---- [3.1 shape] views, copies, gathers --------------------------------- */
+AVAPI av_tensor *av_reshape(av_ctx *c, av_tensor *x, int ndim, ...);   /* a view; one size may be -1 */
+AVAPI av_tensor *av_reshape_shape(av_ctx *c, av_tensor *x, int ndim, const int *shape);
 AVAPI av_tensor *av_permute(av_ctx *c, av_tensor *x, const int *perm);
 AVAPI av_tensor *av_transpose(av_ctx *c, av_tensor *x, int axis0, int axis1);
 AVAPI av_tensor *av_slice(av_ctx *c, av_tensor *x, int axis, int start, int end);
 AVAPI av_tensor *av_concat(av_ctx *c, av_tensor *const *xs, int n, int axis);
-/* elementwise, with numpy broadcasting */
+/* rows of table [V, D] picked by ids[n]: [n, D] */
+AVAPI av_tensor *av_embedding(av_ctx *c, av_tensor *table, const int *ids, int n);
+/* ---- [3.2 elementwise] with NumPy broadcasting -------------------------- */
+
 AVAPI av_tensor *av_add(av_ctx *c, av_tensor *a, av_tensor *b);
 AVAPI av_tensor *av_sub(av_ctx *c, av_tensor *a, av_tensor *b);
 AVAPI av_tensor *av_mul(av_ctx *c, av_tensor *a, av_tensor *b);
@@ -231,37 +267,46 @@ AVAPI av_tensor *av_relu(av_ctx *c, av_tensor *x);
 AVAPI av_tensor *av_leaky_relu(av_ctx *c, av_tensor *x, float slope);
 AVAPI av_tensor *av_gelu(av_ctx *c, av_tensor *x);      /* exact, with erf */
 AVAPI av_tensor *av_softplus(av_ctx *c, av_tensor *x);  /* log(1 + e^x), stable */
-/* reductions: over one axis (keepdim keeps it as size 1) or over all */
+AVAPI av_tensor *av_dropout(av_ctx *c, av_tensor *x, float p); /* identity unless training */
+/* ---- [3.3 reduce] over one axis (keepdim keeps it as size 1) or over all --- */
+/* The mean of an empty axis is NaN, as in PyTorch; the max of one is an error. */
 AVAPI av_tensor *av_sum(av_ctx *c, av_tensor *x, int axis, int keepdim);
 AVAPI av_tensor *av_mean(av_ctx *c, av_tensor *x, int axis, int keepdim);
 AVAPI av_tensor *av_max(av_ctx *c, av_tensor *x, int axis, int keepdim);
 AVAPI av_tensor *av_sum_all(av_ctx *c, av_tensor *x);
 AVAPI av_tensor *av_mean_all(av_ctx *c, av_tensor *x);
 AVAPI av_tensor *av_max_all(av_ctx *c, av_tensor *x);
-/* matrices: a [..., M, K] (or [..., K, M] with trans_a) times b [..., K, N]
+/* ---- [3.4 matmul]  ------------------------------------------------------ */
+/* a [..., M, K] (or [..., K, M] with trans_a) times b [..., K, N]
    (or [..., N, K] with trans_b); b may be 2-D and shared by every batch. */
 AVAPI av_tensor *av_matmul(av_ctx *c, av_tensor *a, av_tensor *b, int trans_a, int trans_b);
 /* y = x wᵀ + b, x [..., in], w [out, in] (PyTorch layout), b [out] or NULL */
 AVAPI av_tensor *av_linear(av_ctx *c, av_tensor *x, av_tensor *w, av_tensor *b);
-/* last axis */
+/* ---- [3.5 norm] softmax and normalisation, over the last axis ----------- */
 AVAPI av_tensor *av_softmax(av_ctx *c, av_tensor *x);
 AVAPI av_tensor *av_log_softmax(av_ctx *c, av_tensor *x);
 /* gamma and beta are [n] or NULL (then 1 and 0) */
 AVAPI av_tensor *av_layer_norm(av_ctx *c, av_tensor *x, av_tensor *gamma, av_tensor *beta, float eps);
-/* rows of table [V, D] picked by ids[n]: [n, D] */
-AVAPI av_tensor *av_embedding(av_ctx *c, av_tensor *table, const int *ids, int n);
-AVAPI av_tensor *av_dropout(av_ctx *c, av_tensor *x, float p); /* identity unless training */
-/* losses; reduction AV_MEAN averages over elements (rows for cross-entropy), AV_SUM adds */
+/* ---- [3.9 losses]  ------------------------------------------------------ */
+/* reduction AV_MEAN averages over elements (rows for cross-entropy), AV_SUM adds */
 enum { AV_MEAN = 0, AV_SUM = 1 };
 AVAPI av_tensor *av_mse_loss(av_ctx *c, av_tensor *pred, av_tensor *target, int reduction);
 AVAPI av_tensor *av_cross_entropy(av_ctx *c, av_tensor *logits, const int *labels, int reduction);
 AVAPI av_tensor *av_bce_with_logits(av_ctx *c, av_tensor *logits, av_tensor *target, int reduction);
 
+/* ======================================================================= */
+/* [4 autodiff] the tape, backward                                          */
+/* ======================================================================= */
 /* Runs the tape backward from a scalar loss; gradients accumulate into
    every tensor that requires them (parameters included). */
 AVAPI void av_backward(av_ctx *c, av_tensor *loss);
+AVAPI void av_requires_grad(av_ctx *c, av_tensor *t);  /* make t a leaf with a gradient */
+AVAPI av_tensor *av_detach(av_ctx *c, av_tensor *x);   /* same data, no gradient */
 
-/* ---- parameters: a named store with gradients and optimizer state ----- */
+/* ======================================================================= */
+/* [5 model] named parameters with gradients and optimizer state            */
+/* ======================================================================= */
+
 enum {
     AV_INIT_ZEROS, AV_INIT_ONES, AV_INIT_NORMAL,      /* NORMAL: std = init_arg */
     AV_INIT_UNIFORM,                                  /* U(-init_arg, init_arg) */
@@ -275,6 +320,7 @@ AVAPI av_model *av_model_new(uint64_t seed);
 AVAPI void av_model_free(av_model *m);
 /* Fan-in is the product of all sizes but the first (PyTorch's [out, in, ...]). */
 AVAPI av_tensor *av_param(av_model *m, const char *name, int init, float init_arg, int ndim, ...);
+AVAPI av_tensor *av_param_shape(av_model *m, const char *name, int init, float init_arg, int ndim, const int *shape);
 AVAPI int av_model_count(const av_model *m);
 AVAPI av_tensor *av_model_param(const av_model *m, int i);
 AVAPI av_tensor *av_model_find(const av_model *m, const char *name);
@@ -282,7 +328,10 @@ AVAPI long av_model_num_values(const av_model *m);
 AVAPI void av_model_zero_grad(av_model *m);
 AVAPI long av_model_step(const av_model *m);  /* optimizer steps taken */
 
-/* ---- layers ---------------------------------------------------------- */
+/* ======================================================================= */
+/* [6 layers] modules named and laid out as PyTorch's                       */
+/* ======================================================================= */
+
 typedef struct av_linear_layer { av_tensor *weight, *bias; } av_linear_layer;
 /* parameters "<name>.weight" [out, in] and "<name>.bias" [out] (if bias) */
 AVAPI av_linear_layer av_linear_layer_new(av_model *m, const char *name, int in, int out, int bias);
@@ -306,8 +355,10 @@ typedef struct av_autoencoder { av_mlp encoder, decoder; int activation; } av_au
 AVAPI av_autoencoder av_autoencoder_new(av_model *m, const char *name, int n_layers, const int *sizes, int activation);
 AVAPI av_tensor *av_autoencoder_forward(av_ctx *c, const av_autoencoder *ae, av_tensor *x, av_tensor **code);
 
-/* ---- VAE --------------------------------------------------------------
-   Pieces that fit any encoder and decoder: the encoder ends in a Gaussian
+/* ======================================================================= */
+/* [7 toolkits] VAE                                                         */
+/* ======================================================================= */
+/* Pieces that fit any encoder and decoder: the encoder ends in a Gaussian
    head (mu, logvar), z comes from the reparameterization, the decoder gives
    likelihood parameters, and the per-example terms make the ELBO. All
    per-example terms sum over every axis but the first, in nats. */
@@ -373,7 +424,10 @@ AVAPI av_tensor *av_vae_interpolate(av_ctx *c, const av_vae *v, av_tensor *x, in
 /* IWAE estimate of log p(x) per example with k samples: writes log_px[B] */
 AVAPI void av_vae_iwae(av_ctx *c, const av_vae *v, av_tensor *x, int k, double *log_px);
 
-/* ---- optimizers ------------------------------------------------------ */
+/* ======================================================================= */
+/* [8 optim] optimizers, schedules, clipping                                */
+/* ======================================================================= */
+
 enum { AV_OPT_SGD, AV_OPT_ADAM, AV_OPT_ADAMW };
 typedef struct av_optim {
     int kind;
@@ -392,7 +446,10 @@ AVAPI float av_grad_norm(const av_model *m);
    with p = (step-warmup)/(total-warmup) clamped to [0, 1]. */
 AVAPI float av_lr_warmup_cosine(long step, long warmup, long total, float lr_max, float lr_min);
 
-/* ---- file I/O: safetensors (F32) and IDX ----------------------------- */
+/* ======================================================================= */
+/* [9 io] safetensors, IDX, model and checkpoint files                      */
+/* ======================================================================= */
+
 /* safetensors: u64 little-endian header length N, N bytes of JSON
    {"name": {"dtype": "F32", "shape": [..], "data_offsets": [begin, end]},
     "__metadata__": {"key": "value", ..}}, then the data section, raw
@@ -446,7 +503,7 @@ typedef struct av_idx {
 AVAPI int av_idx_load(const char *path, av_idx *out);
 AVAPI void av_idx_free(av_idx *x);
 
-/* ---- model files ----------------------------------------------------- */
+/* ---- model files ---- */
 /* Parameters as safetensors. Load checks every name and shape and leaves
    the model untouched on any error. */
 AVAPI int av_model_save(const av_model *m, const char *path);
@@ -472,14 +529,14 @@ AVAPI int av_checkpoint_load(av_model *m, const char *path);
 #include <stdlib.h>
 #include <string.h>
 
-#ifndef AV_MALLOC
+#if defined(AV_MALLOC) && defined(AV_REALLOC) && defined(AV_FREE)
+/* the caller's allocator */
+#elif !defined(AV_MALLOC) && !defined(AV_REALLOC) && !defined(AV_FREE)
 #define AV_MALLOC(sz) malloc(sz)
-#endif
-#ifndef AV_REALLOC
 #define AV_REALLOC(p, sz) realloc(p, sz)
-#endif
-#ifndef AV_FREE
 #define AV_FREE(p) free(p)
+#else
+#error "attnvae: define all of AV_MALLOC, AV_REALLOC and AV_FREE, or none of them"
 #endif
 #ifndef AV_ASSERT
 #include <assert.h>
@@ -496,6 +553,20 @@ AVAPI int av_checkpoint_load(av_model *m, const char *path);
 /* loops over n independent items go parallel when n is worth a fork */
 #define AV__PAR(n) AV_OMP(omp parallel for schedule(static) if ((n) > 32768))
 
+/* Per-thread state: the error message, the GEMM's packing space. */
+#if defined(__GNUC__) || defined(__clang__)
+#define AV__THREAD_LOCAL __thread
+#elif defined(_MSC_VER)
+#define AV__THREAD_LOCAL __declspec(thread)
+#elif defined(__STDC_VERSION__) && __STDC_VERSION__ >= 201112L
+#define AV__THREAD_LOCAL _Thread_local
+#else
+#define AV__THREAD_LOCAL /* one error message and packing buffer per process */
+#endif
+
+/* A compile-time check (C99 has no static_assert). */
+#define AV__STATIC_ASSERT(cond, name) typedef char av__static_assert_##name[(cond) ? 1 : -1]
+
 #ifdef ATTNVAE_STATIC
 #if defined(__GNUC__) || defined(__clang__)
 #define AVDEF static __attribute__((unused))
@@ -507,11 +578,11 @@ AVAPI int av_checkpoint_load(av_model *m, const char *path);
 #endif
 
 /* ======================================================================= */
-/* platform, configuration, errors                                         */
+/* [1 core] errors, RNG, arena, context, tensors, tape recording        */
 /* ======================================================================= */
 /* ---- errors ---------------------------------------------------------- */
-static char av__errbuf[512];
-static int av__errcode;
+static AV__THREAD_LOCAL char av__errbuf[512];
+static AV__THREAD_LOCAL int av__errcode;
 static av_abort_fn av__abort_fn;
 
 AVDEF const char *av_error(void) { return av__errbuf; }
@@ -546,9 +617,7 @@ static void av__fail(const char *fmt, ...) {
     abort();
 }
 
-/* ======================================================================= */
-/* RNG                                                                     */
-/* ======================================================================= */
+/* ---- RNG ---- */
 /* xoshiro256** seeded through splitmix64: fast, 256-bit state, reproducible. */
 static uint64_t av__rotl(uint64_t x, int k) { return (x << k) | (x >> (64 - k)); }
 
@@ -578,9 +647,7 @@ AVDEF float av_rng_normal(av_rng *r) {
     return (float)(sqrt(-2.0 * log(u1)) * cos(6.283185307179586 * u2));
 }
 
-/* ======================================================================= */
-/* memory: the step arena                                                  */
-/* ======================================================================= */
+/* ---- the step arena ---- */
 /* Chunks are kept across resets; a reset that saw more than one chunk merges
    them into one big enough for the whole step, so steady state never mallocs. */
 typedef struct av__chunk { struct av__chunk *next; size_t size, used; } av__chunk;
@@ -615,6 +682,12 @@ static void *av__arena_alloc(av__arena *a, size_t bytes) {
     return (void *)p;
 }
 
+static void *av__arena_copy(av__arena *a, const void *src, size_t bytes) {
+    void *p = av__arena_alloc(a, bytes);
+    if (bytes) memcpy(p, src, bytes);
+    return p;
+}
+
 static void av__arena_free_chunks(av__chunk *k) {
     while (k) { av__chunk *next = k->next; AV_FREE(k); k = next; }
 }
@@ -631,30 +704,39 @@ static void av__arena_reset(av__arena *a) {
     a->step_bytes = a->step_high = 0;
 }
 
-/* ======================================================================= */
-/* tensors                                                                 */
-/* ======================================================================= */
+/* ---- context and tensors ---- */
 typedef struct av__node av__node;
 typedef void (*av__backward_fn)(av_ctx *c, av__node *n);
 
-/* One tape entry: the op's output, its inputs, and what backward needs. */
+/* One tape entry. args is the op's own argument struct (each op defines
+   one); saved holds buffers that forward computed for backward. */
 struct av__node {
+    const char *op;           /* "av_add": messages from backward name the op */
     av__backward_fn backward;
-    av_tensor *out;
-    av_tensor **in;
-    int n_in;
-    int iarg[AV_MAX_DIMS + 2];
-    float farg[2];
-    void *saved;
+    av_tensor **out, **in;    /* any number of each; an input may be NULL */
+    int n_out, n_in;
+    void *args, *saved;
 };
 
+/* gen: a context id (high 32 bits) and its step count (low), stamped on
+   every tensor the step makes, so an op can tell a freed tensor. */
 struct av_ctx {
     av__arena arena;
     av__node **tape;
     int n_tape, cap_tape;
     av_rng rng;
     int grad_enabled, training;
+    uint64_t gen;
 };
+
+static uint64_t av__next_ctx_id(void) {
+    static uint64_t next;
+#if defined(__GNUC__) || defined(__clang__)
+    return __atomic_add_fetch(&next, 1, __ATOMIC_RELAXED);
+#else
+    return ++next;
+#endif
+}
 
 AVDEF av_ctx *av_ctx_new(void) {
     av_ctx *c = (av_ctx *)AV_MALLOC(sizeof(av_ctx));
@@ -662,6 +744,7 @@ AVDEF av_ctx *av_ctx_new(void) {
     memset(c, 0, sizeof *c);
     c->grad_enabled = 1;
     c->training = 1;
+    c->gen = av__next_ctx_id() << 32 | 1;
     av_rng_seed(&c->rng, 0x5eed);
     return c;
 }
@@ -673,7 +756,11 @@ AVDEF void av_ctx_free(av_ctx *c) {
     AV_FREE(c);
 }
 
-AVDEF void av_ctx_reset(av_ctx *c) { av__arena_reset(&c->arena); c->n_tape = 0; }
+AVDEF void av_ctx_reset(av_ctx *c) {
+    av__arena_reset(&c->arena);
+    c->n_tape = 0;
+    c->gen++;
+}
 AVDEF void av_ctx_seed(av_ctx *c, uint64_t seed) { av_rng_seed(&c->rng, seed); }
 AVDEF av_rng *av_ctx_rng(av_ctx *c) { return &c->rng; }
 AVDEF void *av_ctx_alloc(av_ctx *c, size_t bytes) { return av__arena_alloc(&c->arena, bytes); }
@@ -749,6 +836,7 @@ static void av__set_shape(av_tensor *t, int ndim, const int *shape, const char *
 static av_tensor *av__tensor_header(av_ctx *c, int ndim, const int *shape, const char *op) {
     av_tensor *t = (av_tensor *)av__arena_alloc(&c->arena, sizeof(av_tensor));
     av__set_shape(t, ndim, shape, op);
+    t->gen = c->gen;
     return t;
 }
 
@@ -758,99 +846,106 @@ static av_tensor *av__tensor_empty(av_ctx *c, int ndim, const int *shape, const 
     return t;
 }
 
-AVDEF av_tensor *av_new_shape(av_ctx *c, int ndim, const int *shape) {
-    av_tensor *t = av__tensor_empty(c, ndim, shape, "av_new_shape");
-    memset(t->data, 0, (size_t)t->size * sizeof(float));
-    return t;
-}
-
 static void av__read_shape(int ndim, va_list ap, int *shape, const char *op) {
     int i;
     if (ndim < 0 || ndim > AV_MAX_DIMS) av__fail("%s: %d dimensions (at most %d)", op, ndim, AV_MAX_DIMS);
     for (i = 0; i < ndim; i++) shape[i] = va_arg(ap, int);
 }
 
-/* Reads the variadic shape and makes an uninitialised tensor. */
-#define AV__NEW_FROM_VARARGS(t, c, ndim, last, op)          \
-    do {                                                    \
-        int shape_[AV_MAX_DIMS];                            \
-        va_list ap_;                                        \
-        va_start(ap_, last);                                \
-        av__read_shape(ndim, ap_, shape_, op);              \
-        va_end(ap_);                                        \
-        t = av__tensor_empty(c, ndim, shape_, op);          \
+/* Reads the sizes after the argument `last` into int shape[AV_MAX_DIMS]. */
+#define AV__VA_SHAPE(shape, ndim, last, op)     \
+    do {                                        \
+        va_list ap_;                            \
+        va_start(ap_, last);                    \
+        av__read_shape(ndim, ap_, shape, op);   \
+        va_end(ap_);                            \
     } while (0)
 
-static void av__fill(av_tensor *t, float v) {
+static av_tensor *av__filled(av_ctx *c, int ndim, const int *shape, float v, const char *op) {
+    av_tensor *t = av__tensor_empty(c, ndim, shape, op);
     int i;
     for (i = 0; i < t->size; i++) t->data[i] = v;
-}
-
-AVDEF av_tensor *av_zeros(av_ctx *c, int ndim, ...) {
-    av_tensor *t;
-    AV__NEW_FROM_VARARGS(t, c, ndim, ndim, "av_zeros");
-    av__fill(t, 0.0f);
     return t;
 }
 
-AVDEF av_tensor *av_ones(av_ctx *c, int ndim, ...) {
-    av_tensor *t;
-    AV__NEW_FROM_VARARGS(t, c, ndim, ndim, "av_ones");
-    av__fill(t, 1.0f);
-    return t;
+AVDEF av_tensor *av_zeros_shape(av_ctx *c, int ndim, const int *shape) { return av__filled(c, ndim, shape, 0.0f, "av_zeros"); }
+AVDEF av_tensor *av_ones_shape(av_ctx *c, int ndim, const int *shape) { return av__filled(c, ndim, shape, 1.0f, "av_ones"); }
+AVDEF av_tensor *av_full_shape(av_ctx *c, float value, int ndim, const int *shape) {
+    return av__filled(c, ndim, shape, value, "av_full");
 }
 
-AVDEF av_tensor *av_full(av_ctx *c, float value, int ndim, ...) {
-    av_tensor *t;
-    AV__NEW_FROM_VARARGS(t, c, ndim, ndim, "av_full");
-    av__fill(t, value);
-    return t;
-}
-
-AVDEF av_tensor *av_randn(av_ctx *c, float mean, float std, int ndim, ...) {
-    av_tensor *t;
+AVDEF av_tensor *av_randn_shape(av_ctx *c, float mean, float std, int ndim, const int *shape) {
+    av_tensor *t = av__tensor_empty(c, ndim, shape, "av_randn");
     int i;
-    AV__NEW_FROM_VARARGS(t, c, ndim, ndim, "av_randn");
     for (i = 0; i < t->size; i++) t->data[i] = mean + std * av_rng_normal(&c->rng);
     return t;
 }
 
-AVDEF av_tensor *av_rand(av_ctx *c, float lo, float hi, int ndim, ...) {
-    av_tensor *t;
+AVDEF av_tensor *av_rand_shape(av_ctx *c, float lo, float hi, int ndim, const int *shape) {
+    av_tensor *t = av__tensor_empty(c, ndim, shape, "av_rand");
     int i;
-    AV__NEW_FROM_VARARGS(t, c, ndim, ndim, "av_rand");
     for (i = 0; i < t->size; i++) t->data[i] = lo + (hi - lo) * av_rng_uniform(&c->rng);
     return t;
 }
 
-AVDEF av_tensor *av_from(av_ctx *c, const float *data, int ndim, ...) {
-    av_tensor *t;
-    AV__NEW_FROM_VARARGS(t, c, ndim, ndim, "av_from");
+AVDEF av_tensor *av_from_shape(av_ctx *c, const float *data, int ndim, const int *shape) {
+    av_tensor *t = av__tensor_empty(c, ndim, shape, "av_from");
     if (t->size) memcpy(t->data, data, (size_t)t->size * sizeof(float));
     return t;
 }
 
-AVDEF av_tensor *av_wrap(av_ctx *c, float *data, int ndim, ...) {
-    av_tensor *t;
-    int shape[AV_MAX_DIMS];
-    va_list ap;
-    va_start(ap, ndim);
-    av__read_shape(ndim, ap, shape, "av_wrap");
-    va_end(ap);
-    t = av__tensor_header(c, ndim, shape, "av_wrap");
+AVDEF av_tensor *av_wrap_shape(av_ctx *c, float *data, int ndim, const int *shape) {
+    av_tensor *t = av__tensor_header(c, ndim, shape, "av_wrap");
     t->data = data;
     return t;
+}
+
+AVDEF av_tensor *av_zeros(av_ctx *c, int ndim, ...) {
+    int s[AV_MAX_DIMS];
+    AV__VA_SHAPE(s, ndim, ndim, "av_zeros");
+    return av_zeros_shape(c, ndim, s);
+}
+
+AVDEF av_tensor *av_ones(av_ctx *c, int ndim, ...) {
+    int s[AV_MAX_DIMS];
+    AV__VA_SHAPE(s, ndim, ndim, "av_ones");
+    return av_ones_shape(c, ndim, s);
+}
+
+AVDEF av_tensor *av_full(av_ctx *c, float value, int ndim, ...) {
+    int s[AV_MAX_DIMS];
+    AV__VA_SHAPE(s, ndim, ndim, "av_full");
+    return av_full_shape(c, value, ndim, s);
+}
+
+AVDEF av_tensor *av_randn(av_ctx *c, float mean, float std, int ndim, ...) {
+    int s[AV_MAX_DIMS];
+    AV__VA_SHAPE(s, ndim, ndim, "av_randn");
+    return av_randn_shape(c, mean, std, ndim, s);
+}
+
+AVDEF av_tensor *av_rand(av_ctx *c, float lo, float hi, int ndim, ...) {
+    int s[AV_MAX_DIMS];
+    AV__VA_SHAPE(s, ndim, ndim, "av_rand");
+    return av_rand_shape(c, lo, hi, ndim, s);
+}
+
+AVDEF av_tensor *av_from(av_ctx *c, const float *data, int ndim, ...) {
+    int s[AV_MAX_DIMS];
+    AV__VA_SHAPE(s, ndim, ndim, "av_from");
+    return av_from_shape(c, data, ndim, s);
+}
+
+AVDEF av_tensor *av_wrap(av_ctx *c, float *data, int ndim, ...) {
+    int s[AV_MAX_DIMS];
+    AV__VA_SHAPE(s, ndim, ndim, "av_wrap");
+    return av_wrap_shape(c, data, ndim, s);
 }
 
 AVDEF av_tensor *av_scalar(av_ctx *c, float value) {
     av_tensor *t = av__tensor_empty(c, 0, NULL, "av_scalar");
     t->data[0] = value;
     return t;
-}
-
-AVDEF void av_requires_grad(av_ctx *c, av_tensor *t) {
-    (void)c;
-    t->requires_grad = 1;
 }
 
 AVDEF float av_item(const av_tensor *t) { return t->data[0]; }
@@ -871,8 +966,103 @@ AVDEF void av_print(const char *label, const av_tensor *t) {
     printf(t->size > n ? " ...\n" : "\n");
 }
 
+/* ---- the tape: recording ---- */
+/* Every op calls av__record once its outputs exist: it refuses inputs from
+   an earlier step, and when grad mode is on and an input needs a gradient it
+   appends a node (NULL otherwise). Inputs may be NULL (an absent bias). */
+static void av__check_live(const av_ctx *c, const av_tensor *t, const char *op, int i) {
+    if (t && t->gen && (t->gen >> 32) == (c->gen >> 32) && t->gen != c->gen)
+        av__fail("%s: input %d is a tensor of an earlier step, freed by av_ctx_reset", op, i);
+}
+
+static av__node *av__record_n(av_ctx *c, const char *op, av__backward_fn fn, av_tensor *const *out, int n_out,
+                              av_tensor *const *in, int n_in) {
+    av__node *n;
+    int i, wants = 0;
+    for (i = 0; i < n_in; i++) {
+        av__check_live(c, in[i], op, i);
+        wants |= in[i] && in[i]->requires_grad;
+    }
+    if (!wants || !c->grad_enabled) return NULL;
+    n = (av__node *)av__arena_alloc(&c->arena, sizeof(av__node));
+    memset(n, 0, sizeof *n);
+    n->op = op;
+    n->backward = fn;
+    n->n_out = n_out;
+    n->n_in = n_in;
+    n->out = (av_tensor **)av__arena_copy(&c->arena, out, (size_t)n_out * sizeof(av_tensor *));
+    n->in = (av_tensor **)av__arena_copy(&c->arena, in, (size_t)n_in * sizeof(av_tensor *));
+    if (c->n_tape == c->cap_tape) {
+        /* the tape array survives resets, so this grows only in the first steps */
+        int cap = c->cap_tape ? 2 * c->cap_tape : 256;
+        av__node **tape = (av__node **)AV_REALLOC(c->tape, (size_t)cap * sizeof(av__node *));
+        if (!tape) av__fail("%s: out of memory growing the tape to %d entries", op, cap);
+        c->tape = tape;
+        c->cap_tape = cap;
+    }
+    c->tape[c->n_tape++] = n;
+    for (i = 0; i < n_out; i++) out[i]->requires_grad = 1;
+    return n;
+}
+
+/* av__record(c, op, backward, out, n_in, in0, in1, ...): one output */
+#define AV__MAX_VARARG_IN 8
+static av__node *av__record(av_ctx *c, const char *op, av__backward_fn fn, av_tensor *out, int n_in, ...) {
+    av_tensor *in[AV__MAX_VARARG_IN];
+    va_list ap;
+    int i;
+    if (n_in > AV__MAX_VARARG_IN) av__fail("%s: %d inputs (av__record takes %d; use av__record_n)", op, n_in, AV__MAX_VARARG_IN);
+    va_start(ap, n_in);
+    for (i = 0; i < n_in; i++) in[i] = va_arg(ap, av_tensor *);
+    va_end(ap);
+    return av__record_n(c, op, fn, &out, 1, in, n_in);
+}
+
+/* An op's argument struct, copied into the arena for its backward:
+   if (n) n->args = AV__KEEP(c, args); */
+#define AV__KEEP(c, args) av__arena_copy(&(c)->arena, &(args), sizeof(args))
+
+/* The gradient buffer of t, zeroed on first use. */
+static float *av__grad(av_ctx *c, av_tensor *t) {
+    if (!t->grad) {
+        t->grad = (float *)av__arena_alloc(&c->arena, (size_t)t->size * sizeof(float));
+        memset(t->grad, 0, (size_t)t->size * sizeof(float));
+    }
+    return t->grad;
+}
+
+/* The gradient of input i if it needs one, else NULL. */
+static float *av__in_grad(av__node *n, int i) {
+    return n->in[i] && n->in[i]->requires_grad ? n->in[i]->grad : NULL;
+}
+
+static av_tensor *av__like(av_ctx *c, const av_tensor *x, const char *op) {
+    return av__tensor_empty(c, x->ndim, x->shape, op);
+}
+
+static int av__axis(const av_tensor *x, int axis, const char *op) {
+    if (axis < 0) axis += x->ndim;
+    if (axis < 0 || axis >= x->ndim) {
+        char s[64];
+        av__fail("%s: axis out of range for shape %s", op, av__shape_str(x, s, sizeof s));
+    }
+    return axis;
+}
+
+/* Sizes before, at and after an axis: the tensor seen as [outer, n, inner]. */
+static void av__split_axis(const av_tensor *x, int axis, int *outer, int *n, int *inner) {
+    int i;
+    *outer = 1; *inner = 1;
+    for (i = 0; i < axis; i++) *outer *= x->shape[i];
+    for (i = axis + 1; i < x->ndim; i++) *inner *= x->shape[i];
+    *n = x->shape[axis];
+}
+
 /* ======================================================================= */
-/* kernels: GEMM                                                           */
+/* [2 kernels] GEMM, vector math                                        */
+/* ======================================================================= */
+/* ======================================================================= */
+/* [2.1 gemm] GEMM: packing, micro-kernels, ISA choice, threads         */
 /* ======================================================================= */
 /* ---- GEMM ------------------------------------------------------------ */
 /* Goto/BLIS scheme. C is cut into blocks of mc rows; for each kc-deep slice
@@ -1130,9 +1320,16 @@ AVDEF int av_get_isa(void) {
     if (av__isa == AV_ISA_AUTO) {
         const char *env = getenv("ATTNVAE_ISA");
         int isa = AV_ISA_SCALAR;
-        if (env)
+        if (env && *env) {
             while (isa <= AV_ISA_NEON && strcmp(env, av_isa_name(isa))) isa++;
-        if (!env || !av_isa_supported(isa)) isa = av__best_isa();
+            if (isa > AV_ISA_NEON)
+                fprintf(stderr, "attnvae: ATTNVAE_ISA=%s is not one of scalar, avx2, avx512, neon; using %s\n",
+                        env, av_isa_name(av__best_isa()));
+            else if (!av_isa_supported(isa))
+                fprintf(stderr, "attnvae: ATTNVAE_ISA=%s is not supported by this CPU or build; using %s\n",
+                        env, av_isa_name(av__best_isa()));
+        }
+        if (!env || !*env || isa > AV_ISA_NEON || !av_isa_supported(isa)) isa = av__best_isa();
         av__isa = isa;
     }
     return av__isa;
@@ -1290,13 +1487,6 @@ static void av__gemm_block(const av__gemm_job *g, int i0, int i1, int j0,
 
 /* Packing space: one buffer per calling thread that only grows, so steady
    state makes no allocations; worker threads get slices of the caller's. */
-#if defined(__GNUC__) || defined(__clang__)
-#define AV__THREAD_LOCAL __thread
-#elif defined(__STDC_VERSION__) && __STDC_VERSION__ >= 201112L
-#define AV__THREAD_LOCAL _Thread_local
-#else
-#define AV__THREAD_LOCAL /* one buffer: call av_sgemm from one thread at a time */
-#endif
 static AV__THREAD_LOCAL float *av__scratch;
 static AV__THREAD_LOCAL size_t av__scratch_bytes;
 
@@ -1382,6 +1572,9 @@ AVDEF void av_sgemm(int transA, int transB, int M, int N, int K, float alpha,
     }
 }
 
+/* ======================================================================= */
+/* [2.2 vmath] vector math for the elementwise hot loops                */
+/* ======================================================================= */
 /* ---- vector math for the elementwise hot loops ---- */
 /* After the GEMM, a VAE step spends its time in softplus and sigmoid over
    the decoder's logits and in the Adam update. Their SIMD forms use
@@ -1453,6 +1646,10 @@ static int av__nonfinite_scalar(const float *x, int n) {
         memcpy(y + i_, out_, (size_t)(n - i_) * sizeof(float));                  \
     }
 
+/* AV__VMATH defines, for vector width W (8: AVX2, 16: AVX-512):
+   av__exp_neg_W av__log1p_unit_W av__softplus_rest_block_W av__sigmoid_block_W
+   av__softplus_rest_W av__sigmoid_W av__adam_block_W av__adam_W av__relu_W
+   av__relu_grad_W av__nonfinite_W */
 #define AV__VMATH(TARGET, V, P, W, ROUND, SQRT, MAX, EXP2N, ANY, BLEND_NEG, ADD_WHERE_POS)                                 \
     TARGET static V av__exp_neg_##W(V x) { /* e^x for x in [-80, 0] */                     \
         V n = ROUND(P##_mul_ps(x, P##_set1_ps(1.44269504f)),                                \
@@ -1621,106 +1818,10 @@ static void av__adam_array(float *p, const float *g, float *m, float *v, int n, 
 }
 
 /* ======================================================================= */
-/* autodiff: the tape                                                      */
+/* [3 ops] forward and backward of every op, side by side               */
 /* ======================================================================= */
-static int av__wants_grad(const av_ctx *c, av_tensor *a, av_tensor *b, av_tensor *d) {
-    return c->grad_enabled && ((a && a->requires_grad) || (b && b->requires_grad) || (d && d->requires_grad));
-}
-
-static av__node *av__push_node(av_ctx *c, av_tensor *out, av__backward_fn fn, int n_in) {
-    av__node *n = (av__node *)av__arena_alloc(&c->arena, sizeof(av__node));
-    memset(n, 0, sizeof *n);
-    n->backward = fn;
-    n->out = out;
-    n->n_in = n_in;
-    n->in = (av_tensor **)av__arena_alloc(&c->arena, (size_t)(n_in ? n_in : 1) * sizeof(av_tensor *));
-    if (c->n_tape == c->cap_tape) {
-        /* the tape array survives resets, so this grows only in the first steps */
-        int cap = c->cap_tape ? 2 * c->cap_tape : 256;
-        av__node **tape = (av__node **)AV_REALLOC(c->tape, (size_t)cap * sizeof(av__node *));
-        if (!tape) av__fail("out of memory growing the tape to %d entries", cap);
-        c->tape = tape;
-        c->cap_tape = cap;
-    }
-    c->tape[c->n_tape++] = n;
-    out->requires_grad = 1;
-    return n;
-}
-
-/* Records out = op(a, b, d) if any input needs a gradient; NULL otherwise. */
-static av__node *av__record(av_ctx *c, av_tensor *out, av__backward_fn fn, av_tensor *a, av_tensor *b, av_tensor *d) {
-    av__node *n;
-    if (!av__wants_grad(c, a, b, d)) return NULL;
-    n = av__push_node(c, out, fn, 3);
-    n->in[0] = a; n->in[1] = b; n->in[2] = d;
-    return n;
-}
-
-/* The gradient buffer of t, zeroed on first use. */
-static float *av__grad(av_ctx *c, av_tensor *t) {
-    if (!t->grad) {
-        t->grad = (float *)av__arena_alloc(&c->arena, (size_t)t->size * sizeof(float));
-        memset(t->grad, 0, (size_t)t->size * sizeof(float));
-    }
-    return t->grad;
-}
-
-/* The gradient of input i if it needs one, else NULL. */
-static float *av__in_grad(av__node *n, int i) {
-    return n->in[i] && n->in[i]->requires_grad ? n->in[i]->grad : NULL;
-}
-
-AVDEF void av_backward(av_ctx *c, av_tensor *loss) {
-    int i, k;
-    if (loss->size != 1) av__fail_shapes("av_backward", "loss must have one element", loss, NULL);
-    if (!loss->requires_grad) av__fail("av_backward: the loss does not depend on anything that requires a gradient");
-    /* Intermediate gradients restart from zero, so a second backward over the
-       same graph adds exactly one more gradient to the leaves. */
-    for (i = 0; i < c->n_tape; i++)
-        if (c->tape[i]->out->grad) memset(c->tape[i]->out->grad, 0, (size_t)c->tape[i]->out->size * sizeof(float));
-    av__grad(c, loss)[0] = 1.0f;
-    for (i = c->n_tape - 1; i >= 0; i--) {
-        av__node *n = c->tape[i];
-        if (!n->out->grad) continue; /* nothing flowed into this op */
-        for (k = 0; k < n->n_in; k++)
-            if (n->in[k] && n->in[k]->requires_grad) av__grad(c, n->in[k]);
-        n->backward(c, n);
-    }
-}
-
-AVDEF av_tensor *av_detach(av_ctx *c, av_tensor *x) {
-    av_tensor *t = (av_tensor *)av__arena_alloc(&c->arena, sizeof(av_tensor));
-    *t = *x;
-    t->grad = NULL;
-    t->requires_grad = 0;
-    t->name = NULL;
-    return t;
-}
-
-static av_tensor *av__like(av_ctx *c, const av_tensor *x, const char *op) {
-    return av__tensor_empty(c, x->ndim, x->shape, op);
-}
-
-static int av__axis(const av_tensor *x, int axis, const char *op) {
-    if (axis < 0) axis += x->ndim;
-    if (axis < 0 || axis >= x->ndim) {
-        char s[64];
-        av__fail("%s: axis out of range for shape %s", op, av__shape_str(x, s, sizeof s));
-    }
-    return axis;
-}
-
-/* Sizes before, at and after an axis: the tensor seen as [outer, n, inner]. */
-static void av__split_axis(const av_tensor *x, int axis, int *outer, int *n, int *inner) {
-    int i;
-    *outer = 1; *inner = 1;
-    for (i = 0; i < axis; i++) *outer *= x->shape[i];
-    for (i = axis + 1; i < x->ndim; i++) *inner *= x->shape[i];
-    *n = x->shape[axis];
-}
-
 /* ======================================================================= */
-/* shape ops                                                               */
+/* [3.1 shape] reshape, permute, transpose, slice, concat, embedding    */
 /* ======================================================================= */
 static void av__add_into(float *dst, const float *src, int n) {
     int i;
@@ -1730,10 +1831,10 @@ static void av__add_into(float *dst, const float *src, int n) {
 /* reshape shares the data; its gradient is the output's, element for element */
 static void av__reshape_backward(av_ctx *c, av__node *n) {
     (void)c;
-    av__add_into(n->in[0]->grad, n->out->grad, n->out->size);
+    av__add_into(n->in[0]->grad, n->out[0]->grad, n->out[0]->size);
 }
 
-static av_tensor *av__reshape(av_ctx *c, av_tensor *x, int ndim, const int *shape_in) {
+AVDEF av_tensor *av_reshape_shape(av_ctx *c, av_tensor *x, int ndim, const int *shape_in) {
     av_tensor *t;
     int i, infer = -1, known = 1, shape[AV_MAX_DIMS];
     if (ndim < 0 || ndim > AV_MAX_DIMS) av__fail("av_reshape: %d dimensions (at most %d)", ndim, AV_MAX_DIMS);
@@ -1747,24 +1848,24 @@ static av_tensor *av__reshape(av_ctx *c, av_tensor *x, int ndim, const int *shap
     t = av__tensor_header(c, ndim, shape, "av_reshape");
     if (t->size != x->size) av__fail_shapes("av_reshape", "element counts differ", x, t);
     t->data = x->data;
-    av__record(c, t, av__reshape_backward, x, NULL, NULL);
+    av__record(c, "av_reshape", av__reshape_backward, t, 1, x);
     return t;
 }
 
 AVDEF av_tensor *av_reshape(av_ctx *c, av_tensor *x, int ndim, ...) {
     int shape[AV_MAX_DIMS];
-    va_list ap;
-    va_start(ap, ndim);
-    av__read_shape(ndim, ap, shape, "av_reshape");
-    va_end(ap);
-    return av__reshape(c, x, ndim, shape);
+    AV__VA_SHAPE(shape, ndim, ndim, "av_reshape");
+    return av_reshape_shape(c, x, ndim, shape);
 }
 
 /* permute: out index o maps to x offset sum(o[i] * xstride[perm[i]]) */
-static void av__permute_run(const av__node *n, const av_tensor *x, const av_tensor *out, int backward) {
+typedef struct av__permute_args { int perm[AV_MAX_DIMS]; } av__permute_args;
+AV__STATIC_ASSERT(AV_MAX_DIMS == 4, permute_loops_over_4_dims);
+
+static void av__permute_run(const av__permute_args *a, const av_tensor *x, const av_tensor *out, int backward) {
     int d[4] = {1, 1, 1, 1}, s[4] = {0, 0, 0, 0}, xstride[AV_MAX_DIMS], i, pad = 4 - x->ndim;
     int i0, i1, i2, i3, o = 0;
-    const int *perm = n->iarg;
+    const int *perm = a->perm;
     for (i = x->ndim - 1, xstride[x->ndim ? x->ndim - 1 : 0] = 1; i > 0; i--) xstride[i - 1] = xstride[i] * x->shape[i];
     for (i = 0; i < x->ndim; i++) { d[pad + i] = out->shape[i]; s[pad + i] = xstride[perm[i]]; }
     for (i0 = 0; i0 < d[0]; i0++)
@@ -1780,24 +1881,25 @@ static void av__permute_run(const av__node *n, const av_tensor *x, const av_tens
 
 static void av__permute_backward(av_ctx *c, av__node *n) {
     (void)c;
-    av__permute_run(n, n->in[0], n->out, 1);
+    av__permute_run((const av__permute_args *)n->args, n->in[0], n->out[0], 1);
 }
 
 AVDEF av_tensor *av_permute(av_ctx *c, av_tensor *x, const int *perm) {
     int shape[AV_MAX_DIMS], seen = 0, i;
+    av__permute_args a;
     av_tensor *out;
-    av__node tmp, *n;
+    av__node *n;
     for (i = 0; i < x->ndim; i++) {
         if (perm[i] < 0 || perm[i] >= x->ndim || (seen & (1 << perm[i])))
             av__fail_shapes("av_permute", "not a permutation of the axes", x, NULL);
         seen |= 1 << perm[i];
         shape[i] = x->shape[perm[i]];
+        a.perm[i] = perm[i];
     }
     out = av__tensor_empty(c, x->ndim, shape, "av_permute");
-    n = av__record(c, out, av__permute_backward, x, NULL, NULL);
-    if (!n) { memset(&tmp, 0, sizeof tmp); n = &tmp; }
-    for (i = 0; i < x->ndim; i++) n->iarg[i] = perm[i];
-    av__permute_run(n, x, out, 0);
+    av__permute_run(&a, x, out, 0);
+    n = av__record(c, "av_permute", av__permute_backward, out, 1, x);
+    if (n) n->args = AV__KEEP(c, a);
     return out;
 }
 
@@ -1824,47 +1926,58 @@ static void av__blocks(float *big, int n_big, int at, float *small, int n_small,
     }
 }
 
+/* x seen as [outer, n_x, inner]; the output is [outer, len, inner] from start */
+typedef struct av__slice_args { int outer, n_x, inner, start, len; } av__slice_args;
+
 static void av__slice_backward(av_ctx *c, av__node *n) {
+    const av__slice_args *a = (const av__slice_args *)n->args;
     (void)c;
-    av__blocks(n->in[0]->grad, n->iarg[1], n->iarg[3], n->out->grad, n->iarg[4], n->iarg[0], n->iarg[2], AV__SCATTER_ADD);
+    av__blocks(n->in[0]->grad, a->n_x, a->start, n->out[0]->grad, a->len, a->outer, a->inner, AV__SCATTER_ADD);
 }
 
 AVDEF av_tensor *av_slice(av_ctx *c, av_tensor *x, int axis, int start, int end) {
-    int outer, n_x, inner, shape[AV_MAX_DIMS], i;
+    int shape[AV_MAX_DIMS], i;
+    av__slice_args a;
     av_tensor *out;
     av__node *n;
     axis = av__axis(x, axis, "av_slice");
-    av__split_axis(x, axis, &outer, &n_x, &inner);
-    if (start < 0) start += n_x;
-    if (end < 0) end += n_x;
-    if (start < 0 || end > n_x || start > end) {
+    av__split_axis(x, axis, &a.outer, &a.n_x, &a.inner);
+    if (start < 0) start += a.n_x;
+    if (end < 0) end += a.n_x;
+    if (start < 0 || end > a.n_x || start > end) {
         char s[64];
         av__fail("av_slice: range [%d, %d) outside axis %d of shape %s", start, end, axis, av__shape_str(x, s, sizeof s));
     }
+    a.start = start;
+    a.len = end - start;
     for (i = 0; i < x->ndim; i++) shape[i] = x->shape[i];
-    shape[axis] = end - start;
+    shape[axis] = a.len;
     out = av__tensor_empty(c, x->ndim, shape, "av_slice");
-    av__blocks(x->data, n_x, start, out->data, end - start, outer, inner, AV__GATHER);
-    n = av__record(c, out, av__slice_backward, x, NULL, NULL);
-    if (n) { n->iarg[0] = outer; n->iarg[1] = n_x; n->iarg[2] = inner; n->iarg[3] = start; n->iarg[4] = end - start; }
+    av__blocks(x->data, a.n_x, a.start, out->data, a.len, a.outer, a.inner, AV__GATHER);
+    n = av__record(c, "av_slice", av__slice_backward, out, 1, x);
+    if (n) n->args = AV__KEEP(c, a);
     return out;
 }
 
+typedef struct av__concat_args { int axis; } av__concat_args;
+
 static void av__concat_backward(av_ctx *c, av__node *n) {
-    int k, at = 0, axis = n->iarg[0], outer, n_out, inner;
+    int k, at = 0, axis = ((const av__concat_args *)n->args)->axis, outer, n_out, inner;
     (void)c;
-    av__split_axis(n->out, axis, &outer, &n_out, &inner);
+    av__split_axis(n->out[0], axis, &outer, &n_out, &inner);
     for (k = 0; k < n->n_in; k++) {
         int len = n->in[k]->shape[axis];
         if (n->in[k]->requires_grad)
-            av__blocks(n->out->grad, n_out, at, n->in[k]->grad, len, outer, inner, AV__GATHER_ADD);
+            av__blocks(n->out[0]->grad, n_out, at, n->in[k]->grad, len, outer, inner, AV__GATHER_ADD);
         at += len;
     }
 }
 
 AVDEF av_tensor *av_concat(av_ctx *c, av_tensor *const *xs, int n_xs, int axis) {
-    int k, i, shape[AV_MAX_DIMS], at = 0, outer, n_out, inner, grad = 0;
+    int k, i, shape[AV_MAX_DIMS], at = 0, outer, n_out, inner;
+    av__concat_args a;
     av_tensor *out;
+    av__node *n;
     if (n_xs < 1) av__fail("av_concat: no tensors");
     axis = av__axis(xs[0], axis, "av_concat");
     for (i = 0; i < xs[0]->ndim; i++) shape[i] = xs[0]->shape[i];
@@ -1874,7 +1987,6 @@ AVDEF av_tensor *av_concat(av_ctx *c, av_tensor *const *xs, int n_xs, int axis) 
         for (i = 0; i < xs[0]->ndim; i++)
             if (i != axis && xs[k]->shape[i] != xs[0]->shape[i]) av__fail_shapes("av_concat", "sizes differ off the axis", xs[0], xs[k]);
         shape[axis] += xs[k]->shape[axis];
-        grad |= xs[k]->requires_grad;
     }
     out = av__tensor_empty(c, xs[0]->ndim, shape, "av_concat");
     av__split_axis(out, axis, &outer, &n_out, &inner);
@@ -1883,32 +1995,63 @@ AVDEF av_tensor *av_concat(av_ctx *c, av_tensor *const *xs, int n_xs, int axis) 
         av__blocks(out->data, n_out, at, xs[k]->data, xs[k]->shape[axis], outer, inner, AV__SCATTER_ADD);
         at += xs[k]->shape[axis];
     }
-    if (grad && c->grad_enabled) {
-        av__node *n = av__push_node(c, out, av__concat_backward, n_xs);
-        for (k = 0; k < n_xs; k++) n->in[k] = xs[k];
-        n->iarg[0] = axis;
+    a.axis = axis;
+    n = av__record_n(c, "av_concat", av__concat_backward, &out, 1, xs, n_xs);
+    if (n) n->args = AV__KEEP(c, a);
+    return out;
+}
+
+static void av__embedding_backward(av_ctx *c, av__node *n) {
+    int D = n->in[0]->shape[1], i;
+    const int *ids = (const int *)n->saved;
+    (void)c;
+    for (i = 0; i < n->out[0]->shape[0]; i++)
+        av__add_into(n->in[0]->grad + (size_t)ids[i] * D, n->out[0]->grad + (size_t)i * D, D);
+}
+
+AVDEF av_tensor *av_embedding(av_ctx *c, av_tensor *table, const int *ids, int count) {
+    int shape[2], D, i, *saved;
+    av_tensor *out;
+    av__node *n;
+    if (table->ndim != 2) av__fail_shapes("av_embedding", "table must be [vocab, dim]", table, NULL);
+    D = table->shape[1];
+    shape[0] = count;
+    shape[1] = D;
+    out = av__tensor_empty(c, 2, shape, "av_embedding");
+    saved = (int *)av__arena_alloc(&c->arena, (size_t)(count ? count : 1) * sizeof(int));
+    for (i = 0; i < count; i++) {
+        if (ids[i] < 0 || ids[i] >= table->shape[0])
+            av__fail("av_embedding: id %d at position %d outside the table's %d rows", ids[i], i, table->shape[0]);
+        saved[i] = ids[i];
+        memcpy(out->data + (size_t)i * D, table->data + (size_t)ids[i] * D, (size_t)D * sizeof(float));
     }
+    n = av__record(c, "av_embedding", av__embedding_backward, out, 1, table);
+    if (n) n->saved = saved;
     return out;
 }
 
 /* ======================================================================= */
-/* elementwise: unary                                                      */
+/* [3.2 elementwise] unary, binary with broadcasting, dropout           */
 /* ======================================================================= */
 static float av__geluf(float v) { return 0.5f * v * (1.0f + erff(v * 0.70710678f)); }
 static float av__gelu_grad(float v) {
     return 0.5f * (1.0f + erff(v * 0.70710678f)) + v * 0.39894228f * expf(-0.5f * v * v);
 }
 
+/* The argument of a unary op (scale's factor, leaky_relu's slope). */
+typedef struct av__unary_args { float a; } av__unary_args;
+
 /* Defines op NAME with forward FWD (of input v and argument a) and its
-   derivative DER (of v, output y and a), side by side. */
+   derivative DER (of v, output y and a), side by side: the functions
+   av__NAME and av__NAME_backward. */
 #define AV__UNARY(NAME, FWD, DER)                                            \
     static void av__##NAME##_backward(av_ctx *c, av__node *n) {              \
-        const float *x_ = n->in[0]->data, *y_ = n->out->data, *g_ = n->out->grad; \
-        float *gx_ = n->in[0]->grad, a = n->farg[0];                         \
+        const float *x_ = n->in[0]->data, *y_ = n->out[0]->data, *g_ = n->out[0]->grad; \
+        float *gx_ = n->in[0]->grad, a = ((const av__unary_args *)n->args)->a; \
         int i_;                                                              \
         (void)c; (void)a; (void)y_;                                          \
-        AV__PAR(n->out->size)                                        \
-        for (i_ = 0; i_ < n->out->size; i_++) {                              \
+        AV__PAR(n->out[0]->size)                                        \
+        for (i_ = 0; i_ < n->out[0]->size; i_++) {                              \
             float v = x_[i_], y = y_[i_];                                    \
             (void)v; (void)y;                                                \
             gx_[i_] += g_[i_] * (DER);                                       \
@@ -1916,16 +2059,17 @@ static float av__gelu_grad(float v) {
     }                                                                        \
     static av_tensor *av__##NAME(av_ctx *c, av_tensor *x, float a) {         \
         av_tensor *out = av__like(c, x, "av_" #NAME);                        \
+        av__unary_args args_;                                                \
         av__node *n_;                                                        \
         int i_;                                                              \
-        (void)a;                                                             \
+        args_.a = a;                                                         \
         AV__PAR(x->size)                                             \
         for (i_ = 0; i_ < x->size; i_++) {                                   \
             float v = x->data[i_];                                           \
             out->data[i_] = (FWD);                                           \
         }                                                                    \
-        n_ = av__record(c, out, av__##NAME##_backward, x, NULL, NULL);       \
-        if (n_) n_->farg[0] = a;                                             \
+        n_ = av__record(c, "av_" #NAME, av__##NAME##_backward, out, 1, x);       \
+        if (n_) n_->args = AV__KEEP(c, args_);                               \
         return out;                                                          \
     }
 
@@ -1948,24 +2092,24 @@ AVDEF av_tensor *av_square(av_ctx *c, av_tensor *x) { return av__square(c, x, 0)
 AVDEF av_tensor *av_tanh(av_ctx *c, av_tensor *x) { return av__tanh(c, x, 0); }
 /* sigmoid and softplus use the vector math: dsigmoid = y (1 - y), dsoftplus = sigmoid(x) */
 static void av__sigmoid_backward(av_ctx *c, av__node *n) {
-    const float *y = n->out->data, *g = n->out->grad;
+    const float *y = n->out[0]->data, *g = n->out[0]->grad;
     int i;
     (void)c;
-    for (i = 0; i < n->out->size; i++) n->in[0]->grad[i] += g[i] * y[i] * (1.0f - y[i]);
+    for (i = 0; i < n->out[0]->size; i++) n->in[0]->grad[i] += g[i] * y[i] * (1.0f - y[i]);
 }
 
 AVDEF av_tensor *av_sigmoid(av_ctx *c, av_tensor *x) {
     av_tensor *out = av__like(c, x, "av_sigmoid");
     av__sigmoid_array(x->data, out->data, x->size);
-    av__record(c, out, av__sigmoid_backward, x, NULL, NULL);
+    av__record(c, "av_sigmoid", av__sigmoid_backward, out, 1, x);
     return out;
 }
 
 static void av__softplus_backward(av_ctx *c, av__node *n) {
-    float *sig = (float *)av__arena_alloc(&c->arena, (size_t)n->out->size * sizeof(float));
+    float *sig = (float *)av__arena_alloc(&c->arena, (size_t)n->out[0]->size * sizeof(float));
     int i;
-    av__sigmoid_array(n->in[0]->data, sig, n->out->size);
-    for (i = 0; i < n->out->size; i++) n->in[0]->grad[i] += n->out->grad[i] * sig[i];
+    av__sigmoid_array(n->in[0]->data, sig, n->out[0]->size);
+    for (i = 0; i < n->out[0]->size; i++) n->in[0]->grad[i] += n->out[0]->grad[i] * sig[i];
 }
 
 AVDEF av_tensor *av_softplus(av_ctx *c, av_tensor *x) {
@@ -1973,31 +2117,29 @@ AVDEF av_tensor *av_softplus(av_ctx *c, av_tensor *x) {
     int i;
     av__softplus_rest_array(x->data, out->data, x->size);
     for (i = 0; i < x->size; i++) out->data[i] += x->data[i] > 0 ? x->data[i] : 0.0f;
-    av__record(c, out, av__softplus_backward, x, NULL, NULL);
+    av__record(c, "av_softplus", av__softplus_backward, out, 1, x);
     return out;
 }
 
 /* relu: vectorised, since half of a layer's inputs are negative and branches mispredict */
 static void av__relu_backward(av_ctx *c, av__node *n) {
     (void)c;
-    av__relu_grad_array(n->in[0]->data, n->out->grad, n->in[0]->grad, n->out->size);
+    av__relu_grad_array(n->in[0]->data, n->out[0]->grad, n->in[0]->grad, n->out[0]->size);
 }
 
 AVDEF av_tensor *av_relu(av_ctx *c, av_tensor *x) {
     av_tensor *out = av__like(c, x, "av_relu");
     av__relu_array(x->data, out->data, x->size);
-    av__record(c, out, av__relu_backward, x, NULL, NULL);
+    av__record(c, "av_relu", av__relu_backward, out, 1, x);
     return out;
 }
 AVDEF av_tensor *av_leaky_relu(av_ctx *c, av_tensor *x, float slope) { return av__leaky_relu(c, x, slope); }
 AVDEF av_tensor *av_gelu(av_ctx *c, av_tensor *x) { return av__gelu(c, x, 0); }
 
-/* ======================================================================= */
-/* elementwise: binary, with broadcasting                                  */
-/* ======================================================================= */
 enum { AV__ADD, AV__SUB, AV__MUL, AV__DIV };
 
 /* Both operands right-aligned to 4-D; a stride of 0 repeats an element. */
+AV__STATIC_ASSERT(AV_MAX_DIMS == 4, broadcasting_works_in_4_dims);
 typedef struct av__bcast { int d[4], sa[4], sb[4]; } av__bcast;
 
 static void av__strides4(const av_tensor *t, const int *out_d, int *s) {
@@ -2078,22 +2220,25 @@ static void av__binary_run(const av__bcast *p, int op, const av_tensor *a, const
             }
 }
 
+typedef struct av__binary_args { int op; av__bcast plan; } av__binary_args;
+
 static void av__binary_backward(av_ctx *c, av__node *n) {
-    av__bcast p;
-    int shape[AV_MAX_DIMS], ndim;
+    const av__binary_args *a = (const av__binary_args *)n->args;
     (void)c;
-    p = av__bcast_plan("backward", n->in[0], n->in[1], shape, &ndim);
-    av__binary_run(&p, n->iarg[0], n->in[0], n->in[1], n->out, n->out->grad, av__in_grad(n, 0), av__in_grad(n, 1));
+    av__binary_run(&a->plan, a->op, n->in[0], n->in[1], n->out[0], n->out[0]->grad, av__in_grad(n, 0), av__in_grad(n, 1));
 }
 
 static av_tensor *av__binary(av_ctx *c, int op, av_tensor *a, av_tensor *b, const char *name) {
     int shape[AV_MAX_DIMS], ndim;
-    av__bcast p = av__bcast_plan(name, a, b, shape, &ndim);
-    av_tensor *out = av__tensor_empty(c, ndim, shape, name);
+    av__binary_args args;
+    av_tensor *out;
     av__node *n;
-    av__binary_run(&p, op, a, b, out, NULL, NULL, NULL);
-    n = av__record(c, out, av__binary_backward, a, b, NULL);
-    if (n) n->iarg[0] = op;
+    args.op = op;
+    args.plan = av__bcast_plan(name, a, b, shape, &ndim);
+    out = av__tensor_empty(c, ndim, shape, name);
+    av__binary_run(&args.plan, op, a, b, out, NULL, NULL, NULL);
+    n = av__record(c, name, av__binary_backward, out, 2, a, b);
+    if (n) n->args = AV__KEEP(c, args);
     return out;
 }
 
@@ -2102,8 +2247,34 @@ AVDEF av_tensor *av_sub(av_ctx *c, av_tensor *a, av_tensor *b) { return av__bina
 AVDEF av_tensor *av_mul(av_ctx *c, av_tensor *a, av_tensor *b) { return av__binary(c, AV__MUL, a, b, "av_mul"); }
 AVDEF av_tensor *av_div(av_ctx *c, av_tensor *a, av_tensor *b) { return av__binary(c, AV__DIV, a, b, "av_div"); }
 
+/* the saved mask holds 0 or 1/(1-p), so forward and backward are one product */
+static void av__dropout_backward(av_ctx *c, av__node *n) {
+    const float *mask = (const float *)n->saved;
+    int i;
+    (void)c;
+    for (i = 0; i < n->out[0]->size; i++) n->in[0]->grad[i] += n->out[0]->grad[i] * mask[i];
+}
+
+AVDEF av_tensor *av_dropout(av_ctx *c, av_tensor *x, float p) {
+    av_tensor *out;
+    float *mask, keep = 1.0f / (1.0f - p);
+    av__node *n;
+    int i;
+    if (!(p >= 0.0f && p < 1.0f)) av__fail("av_dropout: p = %g must be in [0, 1)", (double)p);
+    if (!c->training || p == 0.0f) return x;
+    out = av__like(c, x, "av_dropout");
+    mask = (float *)av__arena_alloc(&c->arena, (size_t)x->size * sizeof(float));
+    for (i = 0; i < x->size; i++) {
+        mask[i] = av_rng_uniform(&c->rng) >= p ? keep : 0.0f;
+        out->data[i] = x->data[i] * mask[i];
+    }
+    n = av__record(c, "av_dropout", av__dropout_backward, out, 1, x);
+    if (n) n->saved = mask;
+    return out;
+}
+
 /* ======================================================================= */
-/* reductions                                                              */
+/* [3.3 reduce] sum, mean, max                                          */
 /* ======================================================================= */
 static av_tensor *av__reduced(av_ctx *c, const av_tensor *x, int axis, int keepdim, const char *op) {
     int shape[AV_MAX_DIMS], i, nd = 0;
@@ -2114,27 +2285,31 @@ static av_tensor *av__reduced(av_ctx *c, const av_tensor *x, int axis, int keepd
     return av__tensor_empty(c, nd, shape, op);
 }
 
-/* sum and mean: iarg = outer, n, inner; farg[0] = 1 or 1/n */
+/* x seen as [outer, len, inner], reduced over len; scale is 1 (sum) or 1/len (mean) */
+typedef struct av__reduce_args { int outer, len, inner; float scale; } av__reduce_args;
+
 static void av__sum_backward(av_ctx *c, av__node *n) {
-    int outer = n->iarg[0], len = n->iarg[1], inner = n->iarg[2], o, k, i;
-    float s = n->farg[0];
+    const av__reduce_args *a = (const av__reduce_args *)n->args;
+    int outer = a->outer, len = a->len, inner = a->inner, o, k, i;
+    float s = a->scale;
     (void)c;
     for (o = 0; o < outer; o++)
         for (k = 0; k < len; k++) {
             float *gx = n->in[0]->grad + ((size_t)o * len + k) * inner;
-            const float *g = n->out->grad + (size_t)o * inner;
+            const float *g = n->out[0]->grad + (size_t)o * inner;
             for (i = 0; i < inner; i++) gx[i] += s * g[i];
         }
 }
 
 static av_tensor *av__sum_scaled(av_ctx *c, av_tensor *x, int axis, int keepdim, int mean, const char *op) {
     int outer, len, inner, o, k, i;
+    av__reduce_args a;
     av_tensor *out;
     av__node *n;
     float s;
     axis = av__axis(x, axis, op);
     av__split_axis(x, axis, &outer, &len, &inner);
-    s = mean ? 1.0f / (float)(len ? len : 1) : 1.0f;
+    s = !mean ? 1.0f : len ? 1.0f / (float)len : NAN; /* the mean of nothing is NaN, as in PyTorch */
     out = av__reduced(c, x, axis, keepdim, op);
     for (o = 0; o < outer; o++)
         for (i = 0; i < inner; i++) {
@@ -2143,8 +2318,9 @@ static av_tensor *av__sum_scaled(av_ctx *c, av_tensor *x, int axis, int keepdim,
             for (k = 0; k < len; k++) acc += xs[(size_t)k * inner];
             out->data[(size_t)o * inner + i] = (float)(acc * s);
         }
-    n = av__record(c, out, av__sum_backward, x, NULL, NULL);
-    if (n) { n->iarg[0] = outer; n->iarg[1] = len; n->iarg[2] = inner; n->farg[0] = s; }
+    n = av__record(c, op, av__sum_backward, out, 1, x);
+    a.outer = outer; a.len = len; a.inner = inner; a.scale = s;
+    if (n) n->args = AV__KEEP(c, a);
     return out;
 }
 
@@ -2153,13 +2329,14 @@ AVDEF av_tensor *av_mean(av_ctx *c, av_tensor *x, int axis, int keepdim) { retur
 
 /* max: the gradient goes to the first maximum, whose index is saved */
 static void av__max_backward(av_ctx *c, av__node *n) {
-    int outer = n->iarg[0], len = n->iarg[1], inner = n->iarg[2], o, i;
+    const av__reduce_args *a = (const av__reduce_args *)n->args;
+    int outer = a->outer, len = a->len, inner = a->inner, o, i;
     const int *arg = (const int *)n->saved;
     (void)c;
     for (o = 0; o < outer; o++)
         for (i = 0; i < inner; i++) {
             size_t j = (size_t)o * inner + i;
-            n->in[0]->grad[((size_t)o * len + arg[j]) * inner + i] += n->out->grad[j];
+            n->in[0]->grad[((size_t)o * len + arg[j]) * inner + i] += n->out[0]->grad[j];
         }
 }
 
@@ -2181,20 +2358,25 @@ AVDEF av_tensor *av_max(av_ctx *c, av_tensor *x, int axis, int keepdim) {
             out->data[(size_t)o * inner + i] = xs[(size_t)best * inner];
             arg[(size_t)o * inner + i] = best;
         }
-    n = av__record(c, out, av__max_backward, x, NULL, NULL);
-    if (n) { n->iarg[0] = outer; n->iarg[1] = len; n->iarg[2] = inner; n->saved = arg; }
+    n = av__record(c, "av_max", av__max_backward, out, 1, x);
+    if (n) {
+        av__reduce_args a;
+        a.outer = outer; a.len = len; a.inner = inner; a.scale = 1.0f;
+        n->args = AV__KEEP(c, a);
+        n->saved = arg;
+    }
     return out;
 }
 
-static av_tensor *av__flat(av_ctx *c, av_tensor *x) { int n = x->size; return av__reshape(c, x, 1, &n); }
+static av_tensor *av__flat(av_ctx *c, av_tensor *x) { int n = x->size; return av_reshape_shape(c, x, 1, &n); }
 AVDEF av_tensor *av_sum_all(av_ctx *c, av_tensor *x) { return av_sum(c, av__flat(c, x), 0, 0); }
 AVDEF av_tensor *av_mean_all(av_ctx *c, av_tensor *x) { return av_mean(c, av__flat(c, x), 0, 0); }
 AVDEF av_tensor *av_max_all(av_ctx *c, av_tensor *x) { return av_max(c, av__flat(c, x), 0, 0); }
 
 /* ======================================================================= */
-/* matrix products                                                         */
+/* [3.4 matmul] batched matmul, linear                                  */
 /* ======================================================================= */
-/* matmul geometry, from the shapes and transposes */
+/* matmul geometry, from the shapes and transposes: also the op's arguments */
 typedef struct av__mm { int batch, M, N, K, shared_b, ta, tb; } av__mm;
 
 static av__mm av__mm_plan(const av_tensor *a, const av_tensor *b, int ta, int tb) {
@@ -2219,8 +2401,8 @@ static av__mm av__mm_plan(const av_tensor *a, const av_tensor *b, int ta, int tb
 }
 
 static void av__matmul_backward(av_ctx *c, av__node *n) {
-    av__mm g = av__mm_plan(n->in[0], n->in[1], n->iarg[0], n->iarg[1]);
-    const float *A = n->in[0]->data, *B = n->in[1]->data, *dC = n->out->grad;
+    av__mm g = *(const av__mm *)n->args;
+    const float *A = n->in[0]->data, *B = n->in[1]->data, *dC = n->out[0]->grad;
     float *dA = av__in_grad(n, 0), *dB = av__in_grad(n, 1);
     int M = g.M, N = g.N, K = g.K, lda = g.ta ? M : K, ldb = g.tb ? K : N, bi, batch = g.batch;
     size_t sa = (size_t)M * K, sb = g.shared_b ? 0 : (size_t)K * N, sc = (size_t)M * N;
@@ -2256,16 +2438,23 @@ AVDEF av_tensor *av_matmul(av_ctx *c, av_tensor *a, av_tensor *b, int trans_a, i
         av_sgemm(g.ta, g.tb, M, g.N, g.K, 1.0f, a->data + (size_t)bi * g.M * g.K, g.ta ? g.M : g.K,
                  b->data + (g.shared_b ? 0 : (size_t)bi * g.K * g.N), g.tb ? g.K : g.N, 0.0f,
                  out->data + (size_t)bi * g.M * g.N, g.N);
-    n = av__record(c, out, av__matmul_backward, a, b, NULL);
-    if (n) { n->iarg[0] = g.ta; n->iarg[1] = g.tb; }
+    n = av__record(c, "av_matmul", av__matmul_backward, out, 2, a, b);
+    if (n) n->args = AV__KEEP(c, g);
     return out;
 }
 
 /* linear: y[R, out] = x[R, in] wᵀ + b */
+/* the rows of x [..., in]: the product of its leading sizes (x may be empty) */
+static int av__leading(const av_tensor *x) {
+    int r = 1, i;
+    for (i = 0; i + 1 < x->ndim; i++) r *= x->shape[i];
+    return r;
+}
+
 static void av__linear_backward(av_ctx *c, av__node *n) {
     const av_tensor *x = n->in[0], *w = n->in[1];
-    int in = w->shape[1], outn = w->shape[0], R = x->size / (in ? in : 1), r, j;
-    const float *dy = n->out->grad;
+    int in = w->shape[1], outn = w->shape[0], R = av__leading(x), r, j;
+    const float *dy = n->out[0]->grad;
     float *dx = av__in_grad(n, 0), *dw = av__in_grad(n, 1), *db = av__in_grad(n, 2);
     (void)c;
     if (dx) av_sgemm(0, 0, R, in, outn, 1.0f, dy, outn, w->data, in, 1.0f, dx, in);
@@ -2286,16 +2475,16 @@ AVDEF av_tensor *av_linear(av_ctx *c, av_tensor *x, av_tensor *w, av_tensor *b) 
     for (i = 0; i < x->ndim; i++) shape[i] = x->shape[i];
     shape[x->ndim - 1] = outn;
     out = av__tensor_empty(c, x->ndim, shape, "av_linear");
-    R = x->size / (in ? in : 1);
+    R = av__leading(x);
     if (b)
         for (r = 0; r < R; r++) memcpy(out->data + (size_t)r * outn, b->data, (size_t)outn * sizeof(float));
     av_sgemm(0, 1, R, outn, in, 1.0f, x->data, in, w->data, in, b ? 1.0f : 0.0f, out->data, outn);
-    av__record(c, out, av__linear_backward, x, w, b);
+    av__record(c, "av_linear", av__linear_backward, out, 3, x, w, b);
     return out;
 }
 
 /* ======================================================================= */
-/* softmax, layer norm (over the last axis)                                */
+/* [3.5 norm] softmax, log-softmax, layer norm                          */
 /* ======================================================================= */
 static int av__rows(const av_tensor *x, int *n, const char *op) {
     if (x->ndim < 1) av__fail_shapes(op, "needs at least one axis", x, NULL);
@@ -2304,13 +2493,15 @@ static int av__rows(const av_tensor *x, int *n, const char *op) {
 }
 
 /* softmax y: dx = y (g - <g, y>); log_softmax y: dx = g - e^y sum(g) */
+typedef struct av__softmax_args { int log_form; } av__softmax_args;
+
 static void av__softmax_backward(av_ctx *c, av__node *n) {
-    int len, R = av__rows(n->out, &len, "av_softmax"), r, log_form = n->iarg[0];
+    int len, R = av__rows(n->out[0], &len, n->op), r, log_form = ((const av__softmax_args *)n->args)->log_form;
     (void)c;
     AV__PAR((long)R * len)
     for (r = 0; r < R; r++) {
         int j;
-        const float *y = n->out->data + (size_t)r * len, *g = n->out->grad + (size_t)r * len;
+        const float *y = n->out[0]->data + (size_t)r * len, *g = n->out[0]->grad + (size_t)r * len;
         float *gx = n->in[0]->grad + (size_t)r * len;
         double acc = 0;
         if (log_form) {
@@ -2345,8 +2536,12 @@ static av_tensor *av__softmax_any(av_ctx *c, av_tensor *x, int log_form) {
             for (j = 0; j < len; j++) y[j] *= inv;
         }
     }
-    n = av__record(c, out, av__softmax_backward, x, NULL, NULL);
-    if (n) n->iarg[0] = log_form;
+    n = av__record(c, op, av__softmax_backward, out, 1, x);
+    if (n) {
+        av__softmax_args a;
+        a.log_form = log_form;
+        n->args = AV__KEEP(c, a);
+    }
     return out;
 }
 
@@ -2355,12 +2550,12 @@ AVDEF av_tensor *av_log_softmax(av_ctx *c, av_tensor *x) { return av__softmax_an
 
 /* y = (x - mean) * rstd * gamma + beta; saved: mean and rstd per row */
 static void av__layer_norm_backward(av_ctx *c, av__node *n) {
-    int len, R = av__rows(n->out, &len, "av_layer_norm"), r, j;
+    int len, R = av__rows(n->out[0], &len, "av_layer_norm"), r, j;
     const float *stats = (const float *)n->saved, *gamma = n->in[1] ? n->in[1]->data : NULL;
     float *gx = av__in_grad(n, 0), *ggamma = av__in_grad(n, 1), *gbeta = av__in_grad(n, 2);
     (void)c;
     for (r = 0; r < R; r++) {
-        const float *x = n->in[0]->data + (size_t)r * len, *g = n->out->grad + (size_t)r * len;
+        const float *x = n->in[0]->data + (size_t)r * len, *g = n->out[0]->grad + (size_t)r * len;
         float mean = stats[2 * r], rstd = stats[2 * r + 1];
         double sum_d = 0, sum_dx = 0;
         for (j = 0; j < len; j++) {
@@ -2403,79 +2598,33 @@ AVDEF av_tensor *av_layer_norm(av_ctx *c, av_tensor *x, av_tensor *gamma, av_ten
         stats[2 * r] = mean;
         stats[2 * r + 1] = rstd;
     }
-    n = av__record(c, out, av__layer_norm_backward, x, gamma, beta);
+    n = av__record(c, "av_layer_norm", av__layer_norm_backward, out, 3, x, gamma, beta);
     if (n) n->saved = stats;
     return out;
 }
 
 /* ======================================================================= */
-/* embedding, dropout                                                      */
+/* [3.9 losses] mse, cross-entropy, BCE with logits                     */
 /* ======================================================================= */
-static void av__embedding_backward(av_ctx *c, av__node *n) {
-    int D = n->in[0]->shape[1], i;
-    const int *ids = (const int *)n->saved;
-    (void)c;
-    for (i = 0; i < n->out->shape[0]; i++)
-        av__add_into(n->in[0]->grad + (size_t)ids[i] * D, n->out->grad + (size_t)i * D, D);
-}
-
-AVDEF av_tensor *av_embedding(av_ctx *c, av_tensor *table, const int *ids, int count) {
-    int shape[2], D, i, *saved;
-    av_tensor *out;
-    av__node *n;
-    if (table->ndim != 2) av__fail_shapes("av_embedding", "table must be [vocab, dim]", table, NULL);
-    D = table->shape[1];
-    shape[0] = count;
-    shape[1] = D;
-    out = av__tensor_empty(c, 2, shape, "av_embedding");
-    saved = (int *)av__arena_alloc(&c->arena, (size_t)(count ? count : 1) * sizeof(int));
-    for (i = 0; i < count; i++) {
-        if (ids[i] < 0 || ids[i] >= table->shape[0])
-            av__fail("av_embedding: id %d at position %d outside the table's %d rows", ids[i], i, table->shape[0]);
-        saved[i] = ids[i];
-        memcpy(out->data + (size_t)i * D, table->data + (size_t)ids[i] * D, (size_t)D * sizeof(float));
-    }
-    n = av__record(c, out, av__embedding_backward, table, NULL, NULL);
-    if (n) n->saved = saved;
-    return out;
-}
-
-/* the saved mask holds 0 or 1/(1-p), so forward and backward are one product */
-static void av__dropout_backward(av_ctx *c, av__node *n) {
-    const float *mask = (const float *)n->saved;
-    int i;
-    (void)c;
-    for (i = 0; i < n->out->size; i++) n->in[0]->grad[i] += n->out->grad[i] * mask[i];
-}
-
-AVDEF av_tensor *av_dropout(av_ctx *c, av_tensor *x, float p) {
-    av_tensor *out;
-    float *mask, keep = 1.0f / (1.0f - p);
-    av__node *n;
-    int i;
-    if (!(p >= 0.0f && p < 1.0f)) av__fail("av_dropout: p = %g must be in [0, 1)", (double)p);
-    if (!c->training || p == 0.0f) return x;
-    out = av__like(c, x, "av_dropout");
-    mask = (float *)av__arena_alloc(&c->arena, (size_t)x->size * sizeof(float));
-    for (i = 0; i < x->size; i++) {
-        mask[i] = av_rng_uniform(&c->rng) >= p ? keep : 0.0f;
-        out->data[i] = x->data[i] * mask[i];
-    }
-    n = av__record(c, out, av__dropout_backward, x, NULL, NULL);
-    if (n) n->saved = mask;
-    return out;
-}
-
-/* ======================================================================= */
-/* losses                                                                  */
-/* ======================================================================= */
+/* The factor of a loss's reduction: the mean of nothing is NaN, as in PyTorch. */
 static float av__reduce_scale(int reduction, int count) {
-    return reduction == AV_SUM || count == 0 ? 1.0f : 1.0f / (float)count;
+    return reduction == AV_SUM ? 1.0f : count ? 1.0f / (float)count : NAN;
+}
+
+/* A loss's arguments: the reduction's factor, and the labels of cross-entropy. */
+typedef struct av__loss_args { float scale; const int *labels; } av__loss_args;
+
+static av__loss_args av__loss(float scale, const int *labels) {
+    av__loss_args a;
+    a.scale = scale;
+    a.labels = labels;
+    return a;
 }
 
 /* mse: mean or sum of (p - t)^2 */
 static void av__mse_backward(av_ctx *c, av__node *n) {
-    float s = 2.0f * n->farg[0] * n->out->grad[0], *gp = av__in_grad(n, 0), *gt = av__in_grad(n, 1);
+    float s = 2.0f * ((const av__loss_args *)n->args)->scale * n->out[0]->grad[0];
+    float *gp = av__in_grad(n, 0), *gt = av__in_grad(n, 1);
     int i;
     (void)c;
     for (i = 0; i < n->in[0]->size; i++) {
@@ -2497,17 +2646,21 @@ AVDEF av_tensor *av_mse_loss(av_ctx *c, av_tensor *pred, av_tensor *target, int 
         acc += d * d;
     }
     out->data[0] = (float)(acc * s);
-    n = av__record(c, out, av__mse_backward, pred, target, NULL);
-    if (n) n->farg[0] = s;
+    n = av__record(c, "av_mse_loss", av__mse_backward, out, 2, pred, target);
+    if (n) {
+        av__loss_args a = av__loss(s, NULL);
+        n->args = AV__KEEP(c, a);
+    }
     return out;
 }
 
 /* cross-entropy from logits: log-sum-exp minus the label's logit; saved: softmax */
 static void av__cross_entropy_backward(av_ctx *c, av__node *n) {
-    int len, R = av__rows(n->in[0], &len, "av_cross_entropy"), r, j;
+    const av__loss_args *a = (const av__loss_args *)n->args;
+    int len, R = av__rows(n->in[0], &len, n->op), r, j;
     const float *prob = (const float *)n->saved;
-    const int *labels = (const int *)(prob + (size_t)R * len);
-    float s = n->farg[0] * n->out->grad[0];
+    const int *labels = a->labels;
+    float s = a->scale * n->out[0]->grad[0];
     (void)c;
     for (r = 0; r < R; r++) {
         float *gx = n->in[0]->grad + (size_t)r * len;
@@ -2519,8 +2672,7 @@ static void av__cross_entropy_backward(av_ctx *c, av__node *n) {
 AVDEF av_tensor *av_cross_entropy(av_ctx *c, av_tensor *logits, const int *labels, int reduction) {
     int len, R = av__rows(logits, &len, "av_cross_entropy"), r, j;
     av_tensor *out = av__tensor_empty(c, 0, NULL, "av_cross_entropy");
-    float *prob = (float *)av__arena_alloc(&c->arena, ((size_t)R * len + R + 1) * sizeof(float));
-    int *saved_labels = (int *)(prob + (size_t)R * len);
+    float *prob = (float *)av__arena_alloc(&c->arena, (size_t)R * len * sizeof(float));
     float s = av__reduce_scale(reduction, R);
     double total = 0;
     av__node *n;
@@ -2534,17 +2686,21 @@ AVDEF av_tensor *av_cross_entropy(av_ctx *c, av_tensor *logits, const int *label
         for (j = 0; j < len; j++) { p[j] = expf(x[j] - mx); sum += p[j]; }
         for (j = 0; j < len; j++) p[j] = (float)(p[j] / sum);
         total += mx + log(sum) - x[labels[r]];
-        saved_labels[r] = labels[r];
     }
     out->data[0] = (float)(total * s);
-    n = av__record(c, out, av__cross_entropy_backward, logits, NULL, NULL);
-    if (n) { n->saved = prob; n->farg[0] = s; }
+    n = av__record(c, "av_cross_entropy", av__cross_entropy_backward, out, 1, logits);
+    if (n) {
+        av__loss_args a = av__loss(s, (const int *)av__arena_copy(&c->arena, labels, (size_t)R * sizeof(int)));
+        n->args = AV__KEEP(c, a);
+        n->saved = prob;
+    }
     return out;
 }
 
 /* BCE with logits, stable: max(x,0) - x t + log(1 + e^-|x|); dx = sigmoid(x) - t, dt = -x */
 static void av__bce_backward(av_ctx *c, av__node *n) {
-    float s = n->farg[0] * n->out->grad[0], *gx = av__in_grad(n, 0), *gt = av__in_grad(n, 1), *sig;
+    float s = ((const av__loss_args *)n->args)->scale * n->out[0]->grad[0];
+    float *gx = av__in_grad(n, 0), *gt = av__in_grad(n, 1), *sig;
     const float *x = n->in[0]->data, *t = n->in[1]->data;
     int i;
     if (gx) {
@@ -2562,19 +2718,66 @@ AVDEF av_tensor *av_bce_with_logits(av_ctx *c, av_tensor *logits, av_tensor *tar
     float s = av__reduce_scale(reduction, logits->size);
     double acc = 0;
     av__node *n;
+    float *sp;
     int i;
     if (!av_same_shape(logits, target)) av__fail_shapes("av_bce_with_logits", "shapes differ", logits, target);
-    float *sp = (float *)av__arena_alloc(&c->arena, (size_t)logits->size * sizeof(float));
+    sp = (float *)av__arena_alloc(&c->arena, (size_t)logits->size * sizeof(float));
     av__softplus_rest_array(x, sp, logits->size);
     for (i = 0; i < logits->size; i++) acc += ((x[i] > 0 ? x[i] : 0.0f) - x[i] * t[i]) + sp[i];
     out->data[0] = (float)(acc * s);
-    n = av__record(c, out, av__bce_backward, logits, target, NULL);
-    if (n) n->farg[0] = s;
+    n = av__record(c, "av_bce_with_logits", av__bce_backward, out, 2, logits, target);
+    if (n) {
+        av__loss_args a = av__loss(s, NULL);
+        n->args = AV__KEEP(c, a);
+    }
     return out;
 }
 
 /* ======================================================================= */
-/* parameters                                                              */
+/* [4 autodiff] backward, detach                                        */
+/* ======================================================================= */
+AVDEF void av_backward(av_ctx *c, av_tensor *loss) {
+    int i, k, flowed;
+    av__check_live(c, loss, "av_backward", 0);
+    if (loss->size != 1) av__fail_shapes("av_backward", "loss must have one element", loss, NULL);
+    if (!loss->requires_grad) av__fail("av_backward: the loss does not depend on anything that requires a gradient");
+    /* Intermediate gradients restart from zero, so a second backward over the
+       same graph adds exactly one more gradient to the leaves. */
+    for (i = 0; i < c->n_tape; i++)
+        for (k = 0; k < c->tape[i]->n_out; k++) {
+            av_tensor *t = c->tape[i]->out[k];
+            if (t->grad) memset(t->grad, 0, (size_t)t->size * sizeof(float));
+        }
+    av__grad(c, loss)[0] = 1.0f;
+    for (i = c->n_tape - 1; i >= 0; i--) {
+        av__node *n = c->tape[i];
+        for (k = 0, flowed = 0; k < n->n_out; k++) flowed |= n->out[k]->grad != NULL;
+        if (!flowed) continue; /* nothing flowed into this op */
+        for (k = 0; k < n->n_out; k++) av__grad(c, n->out[k]); /* unused outputs: zero */
+        for (k = 0; k < n->n_in; k++)
+            if (n->in[k] && n->in[k]->requires_grad) av__grad(c, n->in[k]);
+        n->backward(c, n);
+    }
+}
+
+AVDEF void av_requires_grad(av_ctx *c, av_tensor *t) {
+    av__check_live(c, t, "av_requires_grad", 0);
+    t->requires_grad = 1;
+}
+
+AVDEF av_tensor *av_detach(av_ctx *c, av_tensor *x) {
+    av_tensor *t = (av_tensor *)av__arena_alloc(&c->arena, sizeof(av_tensor));
+    av__check_live(c, x, "av_detach", 0);
+    *t = *x;
+    t->gen = c->gen;
+    t->grad = NULL;
+    t->requires_grad = 0;
+    t->name = NULL;
+    return t;
+}
+
+/* ======================================================================= */
+/* [5 model] parameters                                                 */
 /* ======================================================================= */
 /* Each parameter is a malloc'd tensor (stable address) with its gradient;
    the optimizer's moment buffers sit beside it, made on first use. */
@@ -2638,7 +2841,7 @@ static void av__init_values(av_rng *rng, av_tensor *t, int init, float arg) {
         t->data[i] = std > 0 ? std * av_rng_normal(rng) : bound * (2.0f * av_rng_uniform(rng) - 1.0f);
 }
 
-static av_tensor *av__param_shape(av_model *m, const char *name, int init, float arg, int ndim, const int *shape) {
+AVDEF av_tensor *av_param_shape(av_model *m, const char *name, int init, float arg, int ndim, const int *shape) {
     av_tensor *t;
     size_t len = strlen(name);
     if (av_model_find(m, name)) av__fail("av_param: a parameter named '%s' exists already", name);
@@ -2665,11 +2868,8 @@ static av_tensor *av__param_shape(av_model *m, const char *name, int init, float
 
 AVDEF av_tensor *av_param(av_model *m, const char *name, int init, float init_arg, int ndim, ...) {
     int shape[AV_MAX_DIMS];
-    va_list ap;
-    va_start(ap, ndim);
-    av__read_shape(ndim, ap, shape, "av_param");
-    va_end(ap);
-    return av__param_shape(m, name, init, init_arg, ndim, shape);
+    AV__VA_SHAPE(shape, ndim, ndim, "av_param");
+    return av_param_shape(m, name, init, init_arg, ndim, shape);
 }
 
 AVDEF int av_model_count(const av_model *m) { return m->n; }
@@ -2696,7 +2896,7 @@ AVDEF void av_model_zero_grad(av_model *m) {
 }
 
 /* ======================================================================= */
-/* layers                                                                  */
+/* [6 layers] linear, mlp, autoencoder                                  */
 /* ======================================================================= */
 /* "<prefix>.<suffix>" into buf: sublayer parameter names */
 #define AV__NAME_MAX 256
@@ -2760,9 +2960,6 @@ AVDEF av_tensor *av_mlp_forward(av_ctx *c, const av_mlp *net, av_tensor *x) {
 }
 
 
-/* ======================================================================= */
-/* VAE                                                                     */
-/* ======================================================================= */
 AVDEF av_autoencoder av_autoencoder_new(av_model *m, const char *name, int n_layers, const int *sizes, int activation) {
     av_autoencoder ae;
     int mirror[AV_MLP_MAX_LAYERS + 1], i;
@@ -2781,6 +2978,9 @@ AVDEF av_tensor *av_autoencoder_forward(av_ctx *c, const av_autoencoder *ae, av_
     return av_mlp_forward(c, &ae->decoder, z);
 }
 
+/* ======================================================================= */
+/* [7 toolkits] VAE                                                     */
+/* ======================================================================= */
 AVDEF av_gaussian_head av_gaussian_head_new(av_model *m, const char *name, int in, int latent) {
     av_gaussian_head g;
     char buf[AV__NAME_MAX];
@@ -2803,11 +3003,11 @@ static int av__examples(const av_tensor *x, int *width, const char *op) {
 
 /* z = mu + sigma eps, sigma = exp(logvar/2): dmu = g, dlogvar = g eps sigma / 2 */
 static void av__reparameterize_backward(av_ctx *c, av__node *n) {
-    const float *eps = (const float *)n->saved, *lv = n->in[1]->data, *g = n->out->grad;
+    const float *eps = (const float *)n->saved, *lv = n->in[1]->data, *g = n->out[0]->grad;
     float *gmu = av__in_grad(n, 0), *glv = av__in_grad(n, 1);
     int i;
     (void)c;
-    for (i = 0; i < n->out->size; i++) {
+    for (i = 0; i < n->out[0]->size; i++) {
         if (gmu) gmu[i] += g[i];
         if (glv) glv[i] += g[i] * eps[i] * 0.5f * expf(0.5f * lv[i]);
     }
@@ -2825,7 +3025,7 @@ AVDEF av_tensor *av_reparameterize(av_ctx *c, av_tensor *mu, av_tensor *logvar) 
         eps[i] = av_rng_normal(&c->rng);
         z->data[i] = mu->data[i] + expf(0.5f * logvar->data[i]) * eps[i];
     }
-    n = av__record(c, z, av__reparameterize_backward, mu, logvar, NULL);
+    n = av__record(c, "av_reparameterize", av__reparameterize_backward, z, 2, mu, logvar);
     if (n) n->saved = eps;
     return z;
 }
@@ -2838,7 +3038,7 @@ static void av__kl_backward(av_ctx *c, av__node *n) {
     AV__PAR((long)B * w)
     for (b = 0; b < B; b++) {
         int j;
-        float g = n->out->grad[b];
+        float g = n->out[0]->grad[b];
         for (j = 0; j < w; j++) {
             size_t i = (size_t)b * w + j;
             if (gmu) gmu[i] += g * n->in[0]->data[i];
@@ -2862,7 +3062,7 @@ AVDEF av_tensor *av_kl_std_normal(av_ctx *c, av_tensor *mu, av_tensor *logvar) {
         }
         out->data[b] = (float)kl;
     }
-    av__record(c, out, av__kl_backward, mu, logvar, NULL);
+    av__record(c, "av_kl_std_normal", av__kl_backward, out, 2, mu, logvar);
     return out;
 }
 
@@ -2878,7 +3078,7 @@ static void av__bernoulli_backward(av_ctx *c, av__node *n) {
     for (b = 0; b < B; b++) {
         size_t at = (size_t)b * w;
         const float *l = n->in[0]->data + at, *x = n->in[1]->data + at;
-        float g = n->out->grad[b];
+        float g = n->out[0]->grad[b];
         int j;
         if (gl) for (j = 0; j < w; j++) gl[at + j] += g * (sig[at + j] - x[j]);
         if (gx) for (j = 0; j < w; j++) gx[at + j] -= g * l[j];
@@ -2902,7 +3102,7 @@ AVDEF av_tensor *av_bernoulli_nll(av_ctx *c, av_tensor *logits, av_tensor *x) {
         for (j = 0; j < w; j++) acc += ((l[j] > 0 ? l[j] : 0.0f) - l[j] * xs[j]) + sp[at + j];
         out->data[b] = (float)acc;
     }
-    av__record(c, out, av__bernoulli_backward, logits, x, NULL);
+    av__record(c, "av_bernoulli_nll", av__bernoulli_backward, out, 2, logits, x);
     return out;
 }
 
@@ -3002,7 +3202,7 @@ static av_tensor *av__vae_decode(av_ctx *c, const av_vae *v, av_tensor *z, const
     av_tensor *out = v->decoder(c, z, v->user);
     if (!like) return out;
     if (out->size != like->size) av__fail_shapes("av_vae: decoder output", "does not match x", out, like);
-    return av_same_shape(out, like) ? out : av__reshape(c, out, like->ndim, like->shape);
+    return av_same_shape(out, like) ? out : av_reshape_shape(c, out, like->ndim, like->shape);
 }
 
 AVDEF av_tensor *av_vae_nll(av_ctx *c, const av_vae *v, av_tensor *z, av_tensor *x) {
@@ -3057,7 +3257,7 @@ AVDEF void av_vae_iwae(av_ctx *c, const av_vae *v, av_tensor *x, int k, double *
 }
 
 /* ======================================================================= */
-/* optimizers and schedules                                                */
+/* [8 optim] optimizers, schedules, clipping                            */
 /* ======================================================================= */
 AVDEF av_optim av_sgd(float lr, float momentum, float weight_decay) {
     av_optim o;
@@ -3154,7 +3354,7 @@ AVDEF float av_lr_warmup_cosine(long step, long warmup, long total, float lr_max
 }
 
 /* ======================================================================= */
-/* I/O: safetensors, IDX                                                   */
+/* [9 io] JSON, safetensors, IDX, model and checkpoint files            */
 /* ======================================================================= */
 /* ---- file I/O: safetensors and IDX ----------------------------------- */
 #include <errno.h>
@@ -4019,9 +4219,7 @@ AVDEF void av_idx_free(av_idx *x) {
     memset(x, 0, sizeof *x);
 }
 
-/* ======================================================================= */
-/* model files                                                             */
-/* ======================================================================= */
+/* ---- model files ---- */
 /* Parameters are stored under their names; a checkpoint adds the optimizer
    moments as "optim.m.<name>" / "optim.v.<name>" and the step as metadata. */
 static const char *const av__state_prefix[2] = {"optim.m.", "optim.v."};

@@ -190,7 +190,7 @@ static int gc_check_ex(const char *what, gc_fwd_fn fwd, void *user, int n_in, co
         base[k] = out->data[k];
         L0 += (double)R[k] * out->data[k];
     }
-    Rt = av_new_shape(c, out->ndim, out->shape);
+    Rt = av_zeros_shape(c, out->ndim, out->shape);
     memcpy(Rt->data, R, (size_t)nout * sizeof(float));
     loss = av_sum_all(c, av_mul(c, out, Rt));
     CHECK(loss->size == 1 && loss->ndim == 0, "%s: sum_all gave ndim %d size %d", what, loss->ndim, loss->size);

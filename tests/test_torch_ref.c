@@ -60,7 +60,7 @@ static av_tensor *leaf(av_ctx *c, const float *v, int ndim, int d0, int d1, int 
 }
 
 static av_tensor *weighted_sum(av_ctx *c, av_tensor *y, const float *r) {
-    av_tensor *rt = av_new_shape(c, y->ndim, y->shape);
+    av_tensor *rt = av_zeros_shape(c, y->ndim, y->shape);
     memcpy(rt->data, r, (size_t)y->size * sizeof(float));
     return av_sum_all(c, av_mul(c, y, rt));
 }

@@ -134,7 +134,7 @@ static void fd_param(fd_case *fc, av_tensor *p) {
 
 /* The tensor of variable i for this forward (a leaf that requires grad when grad). */
 static av_tensor *fd_leaf(av_ctx *c, fd_case *fc, int i, int grad) {
-    av_tensor *t = av_new_shape(c, fc->var_ndim[i], fc->var_shape[i]);
+    av_tensor *t = av_zeros_shape(c, fc->var_ndim[i], fc->var_shape[i]);
     memcpy(t->data, fc->var[i], (size_t)fc->var_n[i] * sizeof(float));
     if (grad) av_requires_grad(c, t);
     fc->var_t[i] = t;
@@ -171,7 +171,7 @@ static void fd_run(fd_case *fc) {
     R = (float *)malloc((size_t)nout * 3 * sizeof(float));
     op = R + nout;
     om = op + nout;
-    Rt = av_new_shape(c, out->ndim, out->shape);
+    Rt = av_zeros_shape(c, out->ndim, out->shape);
     for (k = 0; k < nout; k++) {
         double r = tr_in(0.5, 1.5);
         R[k] = (float)(tr_u64() & 1 ? r : -r);
