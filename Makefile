@@ -21,7 +21,7 @@ OUT     := out
 HEADER  := attnvae.h
 C99      = $(CC) -std=c99 $(WARN) $(CFLAGS)
 
-TESTS    := test_ops test_optim test_gemm test_io test_vae test_torch_ref
+TESTS    := test_core test_ops test_optim test_gemm test_io test_vae test_torch_ref
 EXAMPLES := mlp_fashion vae_fashion ae_fashion
 
 .PHONY: all examples tests test bench sanitize valgrind test-arm64 demo deps deps-test deps-bench deps-arm64 data clean
@@ -38,7 +38,7 @@ $(BUILD)/%: examples/%.c examples/common.h $(HEADER) | $(BUILD)
 	$(C99) $(OPENMP) -o $@ $< -lstb -lm
 
 $(BUILD)/test_%: tests/test_%.c tests/test.h $(wildcard tests/*.h) $(HEADER) | $(BUILD)
-	$(C99) -o $@ $< -lm
+	$(C99) -o $@ $< -lm -pthread
 
 $(BUILD)/test_gemm_omp: tests/test_gemm.c tests/test.h $(HEADER) | $(BUILD)
 	$(C99) $(OPENMP) -o $@ $< -lm
@@ -46,12 +46,13 @@ $(BUILD)/test_gemm_omp: tests/test_gemm.c tests/test.h $(HEADER) | $(BUILD)
 # The header must also work as C++: the test programs are built as C++ too.
 $(BUILD)/cxx/test_%: tests/test_%.c tests/test.h $(wildcard tests/*.h) $(HEADER)
 	@mkdir -p $(BUILD)/cxx
-	$(CXX) -x c++ -std=c++11 $(WARN) $(CFLAGS) -o $@ $< -lm
+	$(CXX) -x c++ -std=c++11 $(WARN) $(CFLAGS) -o $@ $< -lm -pthread
 
 # ---- tests ------------------------------------------------------------
 # $(call suite,RUNNER,DIR): one quoted command per test program in DIR, each
 # run through RUNNER (empty, valgrind or qemu); tests/run totals them.
 suite = \
+	"$(1) $(2)/test_core" \
 	"$(1) $(2)/test_ops" \
 	"$(1) $(2)/test_optim" \
 	"$(1) $(2)/test_gemm" \
@@ -70,7 +71,8 @@ TEST_CMDS = $(call suite,,$(BUILD)) $(call suite,,$(BUILD)/cxx) \
 	"$(BUILD)/vae_fashion --quick --data $(DATA) --out $(BUILD)/vae_quick" \
 	"$(BUILD)/vae_fashion --quick --data $(DATA) --out $(BUILD)/vae_quick --load $(BUILD)/vae_quick/vae.safetensors" \
 	"$(BUILD)/vae_fashion --quick --latent 2 --data $(DATA) --out $(BUILD)/vae_quick2" \
-	"$(BUILD)/ae_fashion --quick --data $(DATA) --out $(BUILD)/ae_quick"
+	"$(BUILD)/ae_fashion --quick --data $(DATA) --out $(BUILD)/ae_quick" \
+	"tests/check_config.sh '$(CC)' $(BUILD)/test_core"
 
 test: deps-test data all
 	@tests/run $(TEST_CMDS)
@@ -89,11 +91,11 @@ valgrind: deps-test
 # AArch64: cross-compiled, static, run under qemu-user; the NEON GEMM path
 # must be among those tested.
 ARM_CC := aarch64-linux-gnu-gcc
-ARM_TESTS := test_ops test_optim test_gemm test_io test_vae test_torch_ref
+ARM_TESTS := test_core test_ops test_optim test_gemm test_io test_vae test_torch_ref
 test-arm64: deps-arm64
 	@mkdir -p build/arm64
 	for t in $(ARM_TESTS); do \
-		$(ARM_CC) -std=c99 $(WARN) -O2 -static -o build/arm64/$$t tests/$$t.c -lm || exit 1; done
+		$(ARM_CC) -std=c99 $(WARN) -O2 -static -o build/arm64/$$t tests/$$t.c -lm -pthread || exit 1; done
 	@tests/run $(call suite,qemu-aarch64,build/arm64) \
 		"qemu-aarch64 build/arm64/test_gemm --quick | grep '^isa neon:'"
 

@@ -81,8 +81,10 @@
      2. In the same section of the code write, in this order: a comment (the
         shapes, what is saved, the maths of the gradient in one line); a
         typed struct of the op's arguments if it has any; the backward; then
-        the forward. The forward checks shapes (av__fail_shapes names the op
-        and both shapes), computes its output, then calls
+        the forward. The forward first calls av__live(c, "av_name", inputs)
+        (it refuses tensors of a finished step before anything is allocated
+        over them), checks shapes (av__fail_shapes names the op and both
+        shapes), computes its output, then calls
             n = av__record(c, "av_name", av__name_backward, out, n_in, in...);
         (av__record_n for several outputs or a list of inputs) and, if n is
         not NULL, keeps its arguments with n->args = AV__KEEP(c, args) and any
@@ -972,7 +974,15 @@ AVDEF void av_print(const char *label, const av_tensor *t) {
    appends a node (NULL otherwise). Inputs may be NULL (an absent bias). */
 static void av__check_live(const av_ctx *c, const av_tensor *t, const char *op, int i) {
     if (t && t->gen && (t->gen >> 32) == (c->gen >> 32) && t->gen != c->gen)
-        av__fail("%s: input %d is a tensor of an earlier step, freed by av_ctx_reset", op, i);
+        av__fail("%s: input %d is a tensor of an earlier step, freed by av_ctx_reset (make tensors after the reset)", op, i);
+}
+
+/* Every op checks its inputs first, before it allocates: after a reset the
+   arena hands out the same memory again and would overwrite a stale header. */
+static void av__live(const av_ctx *c, const char *op, const av_tensor *a, const av_tensor *b, const av_tensor *d) {
+    av__check_live(c, a, op, 0);
+    av__check_live(c, b, op, 1);
+    av__check_live(c, d, op, 2);
 }
 
 static av__node *av__record_n(av_ctx *c, const char *op, av__backward_fn fn, av_tensor *const *out, int n_out,
@@ -1837,6 +1847,7 @@ static void av__reshape_backward(av_ctx *c, av__node *n) {
 AVDEF av_tensor *av_reshape_shape(av_ctx *c, av_tensor *x, int ndim, const int *shape_in) {
     av_tensor *t;
     int i, infer = -1, known = 1, shape[AV_MAX_DIMS];
+    av__live(c, "av_reshape", x, NULL, NULL);
     if (ndim < 0 || ndim > AV_MAX_DIMS) av__fail("av_reshape: %d dimensions (at most %d)", ndim, AV_MAX_DIMS);
     for (i = 0; i < ndim; i++) {
         shape[i] = shape_in[i];
@@ -1889,6 +1900,7 @@ AVDEF av_tensor *av_permute(av_ctx *c, av_tensor *x, const int *perm) {
     av__permute_args a;
     av_tensor *out;
     av__node *n;
+    av__live(c, "av_permute", x, NULL, NULL);
     for (i = 0; i < x->ndim; i++) {
         if (perm[i] < 0 || perm[i] >= x->ndim || (seen & (1 << perm[i])))
             av__fail_shapes("av_permute", "not a permutation of the axes", x, NULL);
@@ -1940,6 +1952,7 @@ AVDEF av_tensor *av_slice(av_ctx *c, av_tensor *x, int axis, int start, int end)
     av__slice_args a;
     av_tensor *out;
     av__node *n;
+    av__live(c, "av_slice", x, NULL, NULL);
     axis = av__axis(x, axis, "av_slice");
     av__split_axis(x, axis, &a.outer, &a.n_x, &a.inner);
     if (start < 0) start += a.n_x;
@@ -1979,6 +1992,7 @@ AVDEF av_tensor *av_concat(av_ctx *c, av_tensor *const *xs, int n_xs, int axis) 
     av_tensor *out;
     av__node *n;
     if (n_xs < 1) av__fail("av_concat: no tensors");
+    for (k = 0; k < n_xs; k++) av__check_live(c, xs[k], "av_concat", k);
     axis = av__axis(xs[0], axis, "av_concat");
     for (i = 0; i < xs[0]->ndim; i++) shape[i] = xs[0]->shape[i];
     shape[axis] = 0;
@@ -2013,6 +2027,7 @@ AVDEF av_tensor *av_embedding(av_ctx *c, av_tensor *table, const int *ids, int c
     int shape[2], D, i, *saved;
     av_tensor *out;
     av__node *n;
+    av__live(c, "av_embedding", table, NULL, NULL);
     if (table->ndim != 2) av__fail_shapes("av_embedding", "table must be [vocab, dim]", table, NULL);
     D = table->shape[1];
     shape[0] = count;
@@ -2058,10 +2073,12 @@ typedef struct av__unary_args { float a; } av__unary_args;
         }                                                                    \
     }                                                                        \
     static av_tensor *av__##NAME(av_ctx *c, av_tensor *x, float a) {         \
-        av_tensor *out = av__like(c, x, "av_" #NAME);                        \
+        av_tensor *out;                                                      \
         av__unary_args args_;                                                \
         av__node *n_;                                                        \
         int i_;                                                              \
+        av__live(c, "av_" #NAME, x, NULL, NULL);                             \
+        out = av__like(c, x, "av_" #NAME);                                   \
         args_.a = a;                                                         \
         AV__PAR(x->size)                                             \
         for (i_ = 0; i_ < x->size; i_++) {                                   \
@@ -2099,7 +2116,9 @@ static void av__sigmoid_backward(av_ctx *c, av__node *n) {
 }
 
 AVDEF av_tensor *av_sigmoid(av_ctx *c, av_tensor *x) {
-    av_tensor *out = av__like(c, x, "av_sigmoid");
+    av_tensor *out;
+    av__live(c, "av_sigmoid", x, NULL, NULL);
+    out = av__like(c, x, "av_sigmoid");
     av__sigmoid_array(x->data, out->data, x->size);
     av__record(c, "av_sigmoid", av__sigmoid_backward, out, 1, x);
     return out;
@@ -2113,8 +2132,10 @@ static void av__softplus_backward(av_ctx *c, av__node *n) {
 }
 
 AVDEF av_tensor *av_softplus(av_ctx *c, av_tensor *x) {
-    av_tensor *out = av__like(c, x, "av_softplus");
+    av_tensor *out;
     int i;
+    av__live(c, "av_softplus", x, NULL, NULL);
+    out = av__like(c, x, "av_softplus");
     av__softplus_rest_array(x->data, out->data, x->size);
     for (i = 0; i < x->size; i++) out->data[i] += x->data[i] > 0 ? x->data[i] : 0.0f;
     av__record(c, "av_softplus", av__softplus_backward, out, 1, x);
@@ -2128,7 +2149,9 @@ static void av__relu_backward(av_ctx *c, av__node *n) {
 }
 
 AVDEF av_tensor *av_relu(av_ctx *c, av_tensor *x) {
-    av_tensor *out = av__like(c, x, "av_relu");
+    av_tensor *out;
+    av__live(c, "av_relu", x, NULL, NULL);
+    out = av__like(c, x, "av_relu");
     av__relu_array(x->data, out->data, x->size);
     av__record(c, "av_relu", av__relu_backward, out, 1, x);
     return out;
@@ -2233,6 +2256,7 @@ static av_tensor *av__binary(av_ctx *c, int op, av_tensor *a, av_tensor *b, cons
     av__binary_args args;
     av_tensor *out;
     av__node *n;
+    av__live(c, name, a, b, NULL);
     args.op = op;
     args.plan = av__bcast_plan(name, a, b, shape, &ndim);
     out = av__tensor_empty(c, ndim, shape, name);
@@ -2260,6 +2284,7 @@ AVDEF av_tensor *av_dropout(av_ctx *c, av_tensor *x, float p) {
     float *mask, keep = 1.0f / (1.0f - p);
     av__node *n;
     int i;
+    av__live(c, "av_dropout", x, NULL, NULL);
     if (!(p >= 0.0f && p < 1.0f)) av__fail("av_dropout: p = %g must be in [0, 1)", (double)p);
     if (!c->training || p == 0.0f) return x;
     out = av__like(c, x, "av_dropout");
@@ -2307,6 +2332,7 @@ static av_tensor *av__sum_scaled(av_ctx *c, av_tensor *x, int axis, int keepdim,
     av_tensor *out;
     av__node *n;
     float s;
+    av__live(c, op, x, NULL, NULL);
     axis = av__axis(x, axis, op);
     av__split_axis(x, axis, &outer, &len, &inner);
     s = !mean ? 1.0f : len ? 1.0f / (float)len : NAN; /* the mean of nothing is NaN, as in PyTorch */
@@ -2344,6 +2370,7 @@ AVDEF av_tensor *av_max(av_ctx *c, av_tensor *x, int axis, int keepdim) {
     int outer, len, inner, o, k, i, *arg;
     av_tensor *out;
     av__node *n;
+    av__live(c, "av_max", x, NULL, NULL);
     axis = av__axis(x, axis, "av_max");
     av__split_axis(x, axis, &outer, &len, &inner);
     if (len == 0) av__fail_shapes("av_max", "empty axis", x, NULL);
@@ -2425,10 +2452,14 @@ static void av__matmul_backward(av_ctx *c, av__node *n) {
 }
 
 AVDEF av_tensor *av_matmul(av_ctx *c, av_tensor *a, av_tensor *b, int trans_a, int trans_b) {
-    av__mm g = av__mm_plan(a, b, trans_a, trans_b);
-    int shape[AV_MAX_DIMS], i, M = g.M, batch = g.batch, bi;
+    av__mm g;
+    int shape[AV_MAX_DIMS], i, M, batch, bi;
     av_tensor *out;
     av__node *n;
+    av__live(c, "av_matmul", a, b, NULL);
+    g = av__mm_plan(a, b, trans_a, trans_b);
+    M = g.M;
+    batch = g.batch;
     for (i = 0; i < a->ndim - 2; i++) shape[i] = a->shape[i];
     shape[a->ndim - 2] = g.M;
     shape[a->ndim - 1] = g.N;
@@ -2467,6 +2498,7 @@ static void av__linear_backward(av_ctx *c, av__node *n) {
 AVDEF av_tensor *av_linear(av_ctx *c, av_tensor *x, av_tensor *w, av_tensor *b) {
     int shape[AV_MAX_DIMS], in, outn, R, r, i;
     av_tensor *out;
+    av__live(c, "av_linear", x, w, b);
     if (w->ndim != 2 || x->ndim < 1 || x->shape[x->ndim - 1] != w->shape[1])
         av__fail_shapes("av_linear", "x must be [..., in] and w [out, in]", x, w);
     in = w->shape[1];
@@ -2517,9 +2549,12 @@ static void av__softmax_backward(av_ctx *c, av__node *n) {
 /* Stable: subtract the row maximum before exponentiating. */
 static av_tensor *av__softmax_any(av_ctx *c, av_tensor *x, int log_form) {
     const char *op = log_form ? "av_log_softmax" : "av_softmax";
-    int len, R = av__rows(x, &len, op), r;
-    av_tensor *out = av__like(c, x, op);
+    int len, R, r;
+    av_tensor *out;
     av__node *n;
+    av__live(c, op, x, NULL, NULL);
+    R = av__rows(x, &len, op);
+    out = av__like(c, x, op);
     AV__PAR((long)R * len)
     for (r = 0; r < R; r++) {
         int j;
@@ -2577,10 +2612,14 @@ static void av__layer_norm_backward(av_ctx *c, av__node *n) {
 }
 
 AVDEF av_tensor *av_layer_norm(av_ctx *c, av_tensor *x, av_tensor *gamma, av_tensor *beta, float eps) {
-    int len, R = av__rows(x, &len, "av_layer_norm"), r;
-    av_tensor *out = av__like(c, x, "av_layer_norm");
-    float *stats = (float *)av__arena_alloc(&c->arena, (size_t)(2 * R + 1) * sizeof(float));
+    int len, R, r;
+    av_tensor *out;
+    float *stats;
     av__node *n;
+    av__live(c, "av_layer_norm", x, gamma, beta);
+    R = av__rows(x, &len, "av_layer_norm");
+    out = av__like(c, x, "av_layer_norm");
+    stats = (float *)av__arena_alloc(&c->arena, (size_t)(2 * R + 1) * sizeof(float));
     if (gamma && (gamma->size != len)) av__fail_shapes("av_layer_norm", "gamma must match the last axis", x, gamma);
     if (beta && (beta->size != len)) av__fail_shapes("av_layer_norm", "beta must match the last axis", x, beta);
     AV__PAR((long)R * len)
@@ -2635,11 +2674,13 @@ static void av__mse_backward(av_ctx *c, av__node *n) {
 }
 
 AVDEF av_tensor *av_mse_loss(av_ctx *c, av_tensor *pred, av_tensor *target, int reduction) {
-    av_tensor *out = av__tensor_empty(c, 0, NULL, "av_mse_loss");
+    av_tensor *out;
     double acc = 0;
     float s = av__reduce_scale(reduction, pred->size);
     av__node *n;
     int i;
+    av__live(c, "av_mse_loss", pred, target, NULL);
+    out = av__tensor_empty(c, 0, NULL, "av_mse_loss");
     if (!av_same_shape(pred, target)) av__fail_shapes("av_mse_loss", "shapes differ", pred, target);
     for (i = 0; i < pred->size; i++) {
         double d = (double)pred->data[i] - target->data[i];
@@ -2670,12 +2711,16 @@ static void av__cross_entropy_backward(av_ctx *c, av__node *n) {
 }
 
 AVDEF av_tensor *av_cross_entropy(av_ctx *c, av_tensor *logits, const int *labels, int reduction) {
-    int len, R = av__rows(logits, &len, "av_cross_entropy"), r, j;
-    av_tensor *out = av__tensor_empty(c, 0, NULL, "av_cross_entropy");
-    float *prob = (float *)av__arena_alloc(&c->arena, (size_t)R * len * sizeof(float));
-    float s = av__reduce_scale(reduction, R);
+    int len, R, r, j;
+    av_tensor *out;
+    float *prob, s;
     double total = 0;
     av__node *n;
+    av__live(c, "av_cross_entropy", logits, NULL, NULL);
+    R = av__rows(logits, &len, "av_cross_entropy");
+    out = av__tensor_empty(c, 0, NULL, "av_cross_entropy");
+    prob = (float *)av__arena_alloc(&c->arena, (size_t)R * len * sizeof(float));
+    s = av__reduce_scale(reduction, R);
     for (r = 0; r < R; r++) {
         const float *x = logits->data + (size_t)r * len;
         float *p = prob + (size_t)r * len, mx = x[0];
@@ -2713,13 +2758,15 @@ static void av__bce_backward(av_ctx *c, av__node *n) {
 }
 
 AVDEF av_tensor *av_bce_with_logits(av_ctx *c, av_tensor *logits, av_tensor *target, int reduction) {
-    av_tensor *out = av__tensor_empty(c, 0, NULL, "av_bce_with_logits");
+    av_tensor *out;
     const float *x = logits->data, *t = target->data;
     float s = av__reduce_scale(reduction, logits->size);
     double acc = 0;
     av__node *n;
     float *sp;
     int i;
+    av__live(c, "av_bce_with_logits", logits, target, NULL);
+    out = av__tensor_empty(c, 0, NULL, "av_bce_with_logits");
     if (!av_same_shape(logits, target)) av__fail_shapes("av_bce_with_logits", "shapes differ", logits, target);
     sp = (float *)av__arena_alloc(&c->arena, (size_t)logits->size * sizeof(float));
     av__softplus_rest_array(x, sp, logits->size);
@@ -2738,7 +2785,7 @@ AVDEF av_tensor *av_bce_with_logits(av_ctx *c, av_tensor *logits, av_tensor *tar
 /* ======================================================================= */
 AVDEF void av_backward(av_ctx *c, av_tensor *loss) {
     int i, k, flowed;
-    av__check_live(c, loss, "av_backward", 0);
+    av__check_live(c, loss, "av_backward (the loss)", 0);
     if (loss->size != 1) av__fail_shapes("av_backward", "loss must have one element", loss, NULL);
     if (!loss->requires_grad) av__fail("av_backward: the loss does not depend on anything that requires a gradient");
     /* Intermediate gradients restart from zero, so a second backward over the
@@ -3018,6 +3065,7 @@ AVDEF av_tensor *av_reparameterize(av_ctx *c, av_tensor *mu, av_tensor *logvar) 
     float *eps;
     av__node *n;
     int i;
+    av__live(c, "av_reparameterize", mu, logvar, NULL);
     if (!av_same_shape(mu, logvar)) av__fail_shapes("av_reparameterize", "mu and logvar differ", mu, logvar);
     z = av__like(c, mu, "av_reparameterize");
     eps = (float *)av__arena_alloc(&c->arena, (size_t)mu->size * sizeof(float));
@@ -3050,6 +3098,7 @@ static void av__kl_backward(av_ctx *c, av__node *n) {
 AVDEF av_tensor *av_kl_std_normal(av_ctx *c, av_tensor *mu, av_tensor *logvar) {
     int w, B = av__examples(mu, &w, "av_kl_std_normal"), b;
     av_tensor *out;
+    av__live(c, "av_kl_std_normal", mu, logvar, NULL);
     if (!av_same_shape(mu, logvar)) av__fail_shapes("av_kl_std_normal", "mu and logvar differ", mu, logvar);
     out = av__tensor_empty(c, 1, &B, "av_kl_std_normal");
     AV__PAR((long)B * w)
@@ -3089,6 +3138,7 @@ AVDEF av_tensor *av_bernoulli_nll(av_ctx *c, av_tensor *logits, av_tensor *x) {
     int w, B = av__examples(logits, &w, "av_bernoulli_nll"), b;
     av_tensor *out;
     float *sp;
+    av__live(c, "av_bernoulli_nll", logits, x, NULL);
     if (!av_same_shape(logits, x)) av__fail_shapes("av_bernoulli_nll", "logits and x differ", logits, x);
     out = av__tensor_empty(c, 1, &B, "av_bernoulli_nll");
     sp = (float *)av__arena_alloc(&c->arena, (size_t)logits->size * sizeof(float));

@@ -48,6 +48,12 @@
 #include <float.h>
 #include <stdarg.h>
 
+#if defined(__GNUC__) || defined(__clang__)
+#define GC_MAYBE_UNUSED __attribute__((unused)) /* not every test uses every helper */
+#else
+#define GC_MAYBE_UNUSED
+#endif
+
 #define GC_MAX_IN 8
 #define GC_ULPS 16.0
 #define GC_H 1e-2
@@ -96,7 +102,7 @@ static void gc_fill(float *dst, int n, double lo, double hi) {
     for (i = 0; i < n; i++) dst[i] = (float)(lo + (hi - lo) * gc_unif());
 }
 /* random sign, magnitude in [lo, hi): keeps values away from 0 */
-static void gc_fill_away(float *dst, int n, double lo, double hi) {
+GC_MAYBE_UNUSED static void gc_fill_away(float *dst, int n, double lo, double hi) {
     int i;
     for (i = 0; i < n; i++) {
         double m = lo + (hi - lo) * gc_unif();
@@ -104,7 +110,7 @@ static void gc_fill_away(float *dst, int n, double lo, double hi) {
     }
 }
 /* n distinct values lo + (hi-lo) k/(n-1), shuffled: no ties, spacing known */
-static void gc_fill_distinct(float *dst, int n, double lo, double hi) {
+GC_MAYBE_UNUSED static void gc_fill_distinct(float *dst, int n, double lo, double hi) {
     int i;
     for (i = 0; i < n; i++) dst[i] = (float)(n > 1 ? lo + (hi - lo) * i / (n - 1) : lo);
     for (i = n - 1; i > 0; i--) {
