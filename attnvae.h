@@ -566,6 +566,15 @@ AVAPI int av_checkpoint_load(av_model *m, const char *path);
 #define AV__THREAD_LOCAL /* one error message and packing buffer per process */
 #endif
 
+/* The error paths end in abort(). */
+#if defined(__GNUC__) || defined(__clang__)
+#define AV__NORETURN __attribute__((noreturn))
+#elif defined(_MSC_VER)
+#define AV__NORETURN __declspec(noreturn)
+#else
+#define AV__NORETURN
+#endif
+
 /* A compile-time check (C99 has no static_assert). */
 #define AV__STATIC_ASSERT(cond, name) typedef char av__static_assert_##name[(cond) ? 1 : -1]
 
@@ -607,7 +616,7 @@ static int av__set_error(int code, const char *fmt, ...) {
 #if defined(__GNUC__) || defined(__clang__)
 __attribute__((format(printf, 1, 2)))
 #endif
-static void av__fail(const char *fmt, ...) {
+AV__NORETURN static void av__fail(const char *fmt, ...) {
     char msg[512];
     va_list ap;
     va_start(ap, fmt);
@@ -615,7 +624,7 @@ static void av__fail(const char *fmt, ...) {
     va_end(ap);
     fprintf(stderr, "attnvae: %s\n", msg);
     if (av__abort_fn) av__abort_fn(msg);
-    AV_ASSERT(!"attnvae: programming error (see the message above)");
+    AV_ASSERT(0 && "attnvae: programming error (see the message above)");
     abort();
 }
 
@@ -812,7 +821,7 @@ static const char *av__shape_str(const av_tensor *t, char *buf, size_t cap) {
     return buf;
 }
 
-static void av__fail_shapes(const char *op, const char *why, const av_tensor *a, const av_tensor *b) {
+AV__NORETURN static void av__fail_shapes(const char *op, const char *why, const av_tensor *a, const av_tensor *b) {
     char sa[64], sb[64];
     if (b) av__fail("%s: %s: shapes %s and %s", op, why, av__shape_str(a, sa, sizeof sa), av__shape_str(b, sb, sizeof sb));
     av__fail("%s: %s: shape %s", op, why, av__shape_str(a, sa, sizeof sa));
