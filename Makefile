@@ -21,7 +21,8 @@ OUT     := out
 HEADER  := attnvae.h
 C99      = $(CC) -std=c99 $(WARN) $(CFLAGS)
 
-TESTS    := test_core test_ops test_optim test_gemm test_io test_vae test_torch_ref
+TESTS    := test_core test_ops test_attention test_optim test_gemm test_io test_vae test_torch_ref
+OMP_TESTS := test_gemm test_attention
 EXAMPLES := mlp_fashion vae_fashion ae_fashion
 
 .PHONY: all examples tests test bench sanitize valgrind test-arm64 demo deps deps-test deps-bench deps-arm64 data clean
@@ -29,7 +30,7 @@ EXAMPLES := mlp_fashion vae_fashion ae_fashion
 all: examples tests
 
 examples: $(EXAMPLES:%=$(BUILD)/%)
-tests: $(TESTS:%=$(BUILD)/%) $(TESTS:%=$(BUILD)/cxx/%) $(BUILD)/test_gemm_omp
+tests: $(TESTS:%=$(BUILD)/%) $(TESTS:%=$(BUILD)/cxx/%) $(OMP_TESTS:%=$(BUILD)/%_omp)
 
 $(BUILD):
 	@mkdir -p $@
@@ -40,8 +41,9 @@ $(BUILD)/%: examples/%.c examples/common.h $(HEADER) | $(BUILD)
 $(BUILD)/test_%: tests/test_%.c tests/test.h $(wildcard tests/*.h) $(HEADER) | $(BUILD)
 	$(C99) -o $@ $< -lm -pthread
 
-$(BUILD)/test_gemm_omp: tests/test_gemm.c tests/test.h $(HEADER) | $(BUILD)
-	$(C99) $(OPENMP) -o $@ $< -lm
+# Threaded builds: their tests compare 1 and 2 threads bit for bit.
+$(BUILD)/%_omp: tests/%.c tests/test.h $(wildcard tests/*.h) $(HEADER) | $(BUILD)
+	$(C99) $(OPENMP) -o $@ $< -lm -pthread
 
 # The header must also work as C++: the test programs are built as C++ too.
 $(BUILD)/cxx/test_%: tests/test_%.c tests/test.h $(wildcard tests/*.h) $(HEADER)
@@ -54,6 +56,7 @@ $(BUILD)/cxx/test_%: tests/test_%.c tests/test.h $(wildcard tests/*.h) $(HEADER)
 suite = \
 	"$(1) $(2)/test_core" \
 	"$(1) $(2)/test_ops" \
+	"$(1) $(2)/test_attention" \
 	"$(1) $(2)/test_optim" \
 	"$(1) $(2)/test_gemm" \
 	"rm -rf $(2)/io_tmp && mkdir -p $(2)/io_tmp && $(PYTHON) tests/make_safetensors.py write $(2)/io_tmp/py.safetensors && $(1) $(2)/test_io $(2)/io_tmp/py.safetensors $(2)/io_tmp && $(PYTHON) tests/make_safetensors.py check $(2)/io_tmp/c_written.safetensors" \
@@ -64,6 +67,7 @@ suite = \
 # path this CPU has (ATTNVAE_ISA forces one), threaded too.
 TEST_CMDS = $(call suite,,$(BUILD)) $(call suite,,$(BUILD)/cxx) \
 	"OMP_NUM_THREADS=2 $(BUILD)/test_gemm_omp" \
+	"OMP_NUM_THREADS=2 $(BUILD)/test_attention_omp" \
 	"ATTNVAE_ISA=scalar $(BUILD)/test_gemm --quick" \
 	"ATTNVAE_ISA=avx2 $(BUILD)/test_ops" "ATTNVAE_ISA=scalar $(BUILD)/test_ops" \
 	"ATTNVAE_ISA=avx2 $(BUILD)/test_optim" "ATTNVAE_ISA=scalar $(BUILD)/test_optim" \
@@ -91,7 +95,7 @@ valgrind: deps-test
 # AArch64: cross-compiled, static, run under qemu-user; the NEON GEMM path
 # must be among those tested.
 ARM_CC := aarch64-linux-gnu-gcc
-ARM_TESTS := test_core test_ops test_optim test_gemm test_io test_vae test_torch_ref
+ARM_TESTS := test_core test_ops test_attention test_optim test_gemm test_io test_vae test_torch_ref
 test-arm64: deps-arm64
 	@mkdir -p build/arm64
 	for t in $(ARM_TESTS); do \

@@ -60,6 +60,8 @@
                     tape recording
      [2 kernels]    2.1 gemm: av_sgemm, ISA choice (av_set_isa), threads
                     2.2 vmath: SIMD exp/log/sigmoid/softplus/relu/Adam loops
+                    2.3 attention: block products on packed panels, the
+                        online softmax of the tiled attention
      [3 ops]        3.1 shape: reshape permute transpose slice concat embedding
                     3.2 elementwise: add sub mul div scale add_scalar exp log
                         sqrt square tanh sigmoid relu leaky_relu gelu softplus
@@ -67,6 +69,7 @@
                     3.3 reduce: sum mean max (an axis, or _all)
                     3.4 matmul: matmul (batched, transposes) linear
                     3.5 norm: softmax log_softmax layer_norm
+                    3.6 attention: sdpa (tiled) sdpa_weights (naive) masks
                     3.9 losses: mse_loss cross_entropy bce_with_logits
      [4 autodiff]   av_backward av_requires_grad av_detach
      [5 model]      av_model, av_param (named, initialised), find, zero_grad
@@ -241,6 +244,7 @@ AVAPI int av_get_num_threads(void);
 /* ======================================================================= */
 /* Shape errors abort with a message naming the op and the shapes. */
 /* ---- [2.2 vmath]: the vector loops behind the ops; no public API ----- */
+/* ---- [2.3 attention]: the tiles of av_sdpa; no public API ------------ */
 
 /* ---- [3.1 shape] views, copies, gathers --------------------------------- */
 AVAPI av_tensor *av_reshape(av_ctx *c, av_tensor *x, int ndim, ...);   /* a view; one size may be -1 */
@@ -289,6 +293,34 @@ AVAPI av_tensor *av_softmax(av_ctx *c, av_tensor *x);
 AVAPI av_tensor *av_log_softmax(av_ctx *c, av_tensor *x);
 /* gamma and beta are [n] or NULL (then 1 and 0) */
 AVAPI av_tensor *av_layer_norm(av_ctx *c, av_tensor *x, av_tensor *gamma, av_tensor *beta, float eps);
+/* ---- [3.6 attention] scaled dot-product attention ----------------------- */
+/* softmax(q kᵀ scale + mask) v.
+   q [B, H, Tq, D], k [B, H, Tk, D], v [B, H, Tk, Dv]  ->  [B, H, Tq, Dv]
+   (fewer leading dims are fine: [H, T, D], [T, D]).
+   mask: NULL, or additive and broadcastable to [B, H, Tq, Tk] (-INFINITY
+   hides a key); it gets a gradient if it requires one.
+   is_causal: query i sees keys j <= i + (Tk - Tq) (bottom-right aligned, so
+   that a KV-cached decoder step with Tq = 1 sees every cached key).
+   dropout_p: on the attention weights, in training mode only.
+   scale: 0 means 1/sqrt(D).
+   A query that sees no key gets zeros and passes no gradient, never NaN.
+   av_sdpa is tiled ("flash"): memory grows linearly with T, blocks that
+   causality hides are skipped, the backward recomputes the weights, and
+   dropout masks are regenerated from a counter-based generator, so nothing
+   Tq x Tk is ever stored. Threads split the work over (batch, head, query
+   block) and the result is the same for any number of threads. */
+AVAPI av_tensor *av_sdpa(av_ctx *c, av_tensor *q, av_tensor *k, av_tensor *v,
+                         av_tensor *mask, int is_causal, float dropout_p, float scale);
+/* The same attention, also returning the weights [B, H, Tq, Tk] in *weights,
+   for inspection and heatmaps (it stores the T×T matrix; the weights may
+   take part in a loss). The naive path: no dropout. */
+AVAPI av_tensor *av_sdpa_weights(av_ctx *c, av_tensor *q, av_tensor *k, av_tensor *v,
+                                 av_tensor *mask, int is_causal, float scale,
+                                 av_tensor **weights);
+/* Additive masks: [B, 1, 1, Tk] hiding keys j >= lengths[b] (sequences of
+   different lengths in one batch), and [Tq, Tk] hiding j > i + (Tk - Tq). */
+AVAPI av_tensor *av_key_padding_mask(av_ctx *c, const int *lengths, int B, int Tk);
+AVAPI av_tensor *av_causal_mask(av_ctx *c, int Tq, int Tk);
 /* ---- [3.9 losses]  ------------------------------------------------------ */
 /* reduction AV_MEAN averages over elements (rows for cross-entropy), AV_SUM adds */
 enum { AV_MEAN = 0, AV_SUM = 1 };
@@ -658,6 +690,17 @@ AVDEF float av_rng_normal(av_rng *r) {
     return (float)(sqrt(-2.0 * log(u1)) * cos(6.283185307179586 * u2));
 }
 
+/* ---- counter-based draws ---- */
+/* A draw that depends only on (seed, index): any kernel can regenerate the
+   draw of element e in any order, on any thread. */
+static float av__counter_uniform(uint64_t seed, uint64_t index) {
+    uint64_t z = seed ^ (index * 0x9e3779b97f4a7c15ULL);
+    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ULL;
+    z = (z ^ (z >> 27)) * 0x94d049bb133111ebULL;
+    z ^= z >> 31;
+    return (float)(z >> 40) * (1.0f / 16777216.0f);
+}
+
 /* ---- the step arena ---- */
 /* Chunks are kept across resets; a reset that saw more than one chunk merges
    them into one big enough for the whole step, so steady state never mallocs. */
@@ -738,7 +781,15 @@ struct av_ctx {
     av_rng rng;
     int grad_enabled, training;
     uint64_t gen;
+    uint64_t counter_seed, counter_next; /* counter-based draws: the next unused index */
 };
+
+/* Reserves count consecutive indices of the context's counter-based stream. */
+static void av__counter_take(av_ctx *c, uint64_t count, uint64_t *seed, uint64_t *first) {
+    *seed = c->counter_seed;
+    *first = c->counter_next;
+    c->counter_next += count;
+}
 
 static uint64_t av__next_ctx_id(void) {
     static uint64_t next;
@@ -756,7 +807,7 @@ AVDEF av_ctx *av_ctx_new(void) {
     c->grad_enabled = 1;
     c->training = 1;
     c->gen = av__next_ctx_id() << 32 | 1;
-    av_rng_seed(&c->rng, 0x5eed);
+    av_ctx_seed(c, 0x5eed);
     return c;
 }
 
@@ -772,7 +823,11 @@ AVDEF void av_ctx_reset(av_ctx *c) {
     c->n_tape = 0;
     c->gen++;
 }
-AVDEF void av_ctx_seed(av_ctx *c, uint64_t seed) { av_rng_seed(&c->rng, seed); }
+AVDEF void av_ctx_seed(av_ctx *c, uint64_t seed) {
+    av_rng_seed(&c->rng, seed);
+    c->counter_seed = seed ^ 0x6a09e667f3bcc909ULL; /* a stream apart from the sequential one */
+    c->counter_next = 0;
+}
 AVDEF av_rng *av_ctx_rng(av_ctx *c) { return &c->rng; }
 AVDEF void *av_ctx_alloc(av_ctx *c, size_t bytes) { return av__arena_alloc(&c->arena, bytes); }
 AVDEF size_t av_ctx_peak_bytes(const av_ctx *c) { return c->arena.peak_bytes; }
@@ -1837,6 +1892,184 @@ static void av__adam_array(float *p, const float *g, float *m, float *v, int n, 
 }
 
 /* ======================================================================= */
+/* [2.3 attention] tiles of the tiled ("flash") attention in [3.6]         */
+/* ======================================================================= */
+/* The tiled attention works on blocks of the score matrix kept transposed:
+   St[j][i] = score of key j for query i, so every softmax statistic (the
+   running max, the sum, the log-sum-exp) is a vector over queries and the
+   per-row work of the softmax becomes plain vertical SIMD, with no
+   horizontal reductions. The block products run on the GEMM's
+   micro-kernels over operands packed once per head. */
+
+/* C (M x N) = alpha A B + beta C from operands in micro-panel form: A's panel
+   p (rows p*MR..) starts at A + p*a_step, element (i, k) at k*MR + i; B's
+   panel q (columns q*NR..) starts at B + q*b_step, its row k at k*ldb (ldb is
+   NR when packed, or a buffer's own stride). Edge tiles go through a small
+   buffer, so C is written only inside M x N; B must hold whole panels. */
+static void av__gemm_panels(const av__gemm_impl *im, int M, int N, int kc, const float *A, size_t a_step,
+                            const float *B, size_t b_step, int ldb, float *C, int ldc, float alpha, float beta) {
+    int MR = im->mr, NR = im->nr, i, j;
+    for (i = 0; i < M; i += MR) {
+        const float *a = A + (size_t)(i / MR) * a_step;
+        int m = AV__MIN(MR, M - i);
+        for (j = 0; j < N; j += NR) {
+            const float *b = B + (size_t)(j / NR) * b_step;
+            float *c = C + (size_t)i * ldc + j;
+            int n = AV__MIN(NR, N - j);
+            if (m == MR && n == NR) {
+                im->kernel(kc, a, b, ldb, c, ldc, alpha, beta);
+            } else {
+                float tile[AV__MAX_TILE];
+                im->kernel(kc, a, b, ldb, tile, NR, 1.0f, 0.0f);
+                av__merge_tile(c, ldc, tile, NR, m, n, alpha, beta);
+            }
+        }
+    }
+}
+
+/* Micro-panels of height P cut from X (R x cols, row stride ld), zero-padded
+   to P. By rows: panel p holds rows p*P.., element (r, k) at k*P + r for
+   k < cols; panels are P*cols apart. By columns: panel p holds columns p*P..,
+   element (c, k) at k*P + c for k < R; panels are P*R apart. */
+static void av__panels_by_rows(float *dst, int P, const float *X, int R, int cols, size_t ld) {
+    int p;
+    for (p = 0; p * P < R; p++)
+        av__pack(dst + (size_t)p * P * cols, P, X + (size_t)p * P * ld, ld, 0, AV__MIN(P, R - p * P), cols);
+}
+
+static void av__panels_by_cols(float *dst, int P, const float *X, int R, int cols, size_t ld) {
+    int p;
+    for (p = 0; p * P < cols; p++)
+        av__pack(dst + (size_t)p * P * R, P, X + (size_t)p * P, ld, 1, AV__MIN(P, cols - p * P), R);
+}
+
+/* The softmax steps on a block St (bk rows of keys j, n columns of queries i,
+   row stride ld; n is a multiple of the vector width). exp of x <= 0 is 0
+   below -80 (e^-80 is below float precision next to the row's largest term).
+     online:  m' = max(m, max_j St), alpha = e^(m - m'), St = e^(St - m'),
+              l = l alpha + sum_j St, m = m'      (forward, block by block)
+     probs:   St = e^(St - lse)                   (backward's recomputation)
+     dscores: dSt = Pt (dSt - delta)              (softmax's backward)
+     scale:   rows of Ot (D x n) times alpha      (the output's rescaling)
+   A column with no visible key keeps m = -inf and gets zeros, never NaN. */
+static float av__expz(float x) { return x < -80.0f ? 0.0f : expf(x); }
+
+static void av__attn_online_scalar(float *St, int ld, int bk, int n, float *m, float *l, float *alpha) {
+    int i, j;
+    for (i = 0; i < n; i++) {
+        float mx = m[i], ms, s = 0;
+        for (j = 0; j < bk; j++) mx = St[(size_t)j * ld + i] > mx ? St[(size_t)j * ld + i] : mx;
+        ms = mx == -INFINITY ? 0.0f : mx;
+        alpha[i] = av__expz(m[i] - ms);
+        for (j = 0; j < bk; j++) {
+            float p = av__expz(St[(size_t)j * ld + i] - ms);
+            St[(size_t)j * ld + i] = p;
+            s += p;
+        }
+        l[i] = l[i] * alpha[i] + s;
+        m[i] = mx;
+    }
+}
+
+static void av__attn_probs_scalar(float *St, int ld, int bk, int n, const float *lse) {
+    int i, j;
+    for (j = 0; j < bk; j++)
+        for (i = 0; i < n; i++) {
+            float L = lse[i] == -INFINITY ? INFINITY : lse[i];
+            St[(size_t)j * ld + i] = av__expz(St[(size_t)j * ld + i] - L);
+        }
+}
+
+static void av__attn_dscores_scalar(float *dSt, const float *Pt, int ld, int bk, int n, const float *delta) {
+    int i, j;
+    for (j = 0; j < bk; j++)
+        for (i = 0; i < n; i++) dSt[(size_t)j * ld + i] = Pt[(size_t)j * ld + i] * (dSt[(size_t)j * ld + i] - delta[i]);
+}
+
+static void av__attn_scale_scalar(float *Ot, int ld, int rows, int n, const float *alpha) {
+    int i, r;
+    for (r = 0; r < rows; r++)
+        for (i = 0; i < n; i++) Ot[(size_t)r * ld + i] *= alpha[i];
+}
+
+#ifdef AV__X86
+/* AV__ATTN_VEC defines, for vector width W (8: AVX2, 16: AVX-512):
+   av__attn_expz_W av__attn_online_W av__attn_probs_W av__attn_dscores_W
+   av__attn_scale_W. MAX is the ISA's max; GE80(x) is a lane mask of x >= -80, KEEP(v, mask) keeps
+   the masked lanes and zeroes the others, NOT_NEG_INF(x) is x with -inf
+   lanes set to 0, NEG_INF_TO_INF(x) is x with -inf lanes set to +inf. */
+#define AV__ATTN_VEC(TARGET, V, P, W, MAX, MASK_T, GE80, KEEP, NOT_NEG_INF, NEG_INF_TO_INF)                      \
+    TARGET static V av__attn_expz_##W(V x) {                                                       \
+        MASK_T keep = GE80(x);                                                                     \
+        return KEEP(av__exp_neg_##W(MAX(x, P##_set1_ps(-80.0f))), keep);                   \
+    }                                                                                              \
+    TARGET static void av__attn_online_##W(float *St, int ld, int bk, int n, float *m, float *l,   \
+                                           float *alpha) {                                         \
+        int i, j;                                                                                  \
+        for (i = 0; i < n; i += W) {                                                               \
+            V mo = P##_loadu_ps(m + i), mx = mo, ms, a, s = P##_setzero_ps();                      \
+            for (j = 0; j < bk; j++) mx = MAX(mx, P##_loadu_ps(St + (size_t)j * ld + i));   \
+            ms = NOT_NEG_INF(mx);                                                                  \
+            a = av__attn_expz_##W(P##_sub_ps(mo, ms));                                             \
+            for (j = 0; j < bk; j++) {                                                             \
+                float *row = St + (size_t)j * ld + i;                                              \
+                V p = av__attn_expz_##W(P##_sub_ps(P##_loadu_ps(row), ms));                        \
+                P##_storeu_ps(row, p);                                                             \
+                s = P##_add_ps(s, p);                                                              \
+            }                                                                                      \
+            P##_storeu_ps(l + i, P##_add_ps(P##_mul_ps(P##_loadu_ps(l + i), a), s));               \
+            P##_storeu_ps(alpha + i, a);                                                           \
+            P##_storeu_ps(m + i, mx);                                                              \
+        }                                                                                          \
+    }                                                                                              \
+    TARGET static void av__attn_probs_##W(float *St, int ld, int bk, int n, const float *lse) {     \
+        int i, j;                                                                                  \
+        for (i = 0; i < n; i += W) {                                                               \
+            V L = NEG_INF_TO_INF(P##_loadu_ps(lse + i));                                           \
+            for (j = 0; j < bk; j++) {                                                             \
+                float *row = St + (size_t)j * ld + i;                                              \
+                P##_storeu_ps(row, av__attn_expz_##W(P##_sub_ps(P##_loadu_ps(row), L)));           \
+            }                                                                                      \
+        }                                                                                          \
+    }                                                                                              \
+    TARGET static void av__attn_dscores_##W(float *dSt, const float *Pt, int ld, int bk, int n,    \
+                                            const float *delta) {                                  \
+        int i, j;                                                                                  \
+        for (i = 0; i < n; i += W) {                                                               \
+            V d = P##_loadu_ps(delta + i);                                                         \
+            for (j = 0; j < bk; j++) {                                                             \
+                size_t at = (size_t)j * ld + i;                                                    \
+                P##_storeu_ps(dSt + at, P##_mul_ps(P##_loadu_ps(Pt + at), P##_sub_ps(P##_loadu_ps(dSt + at), d))); \
+            }                                                                                      \
+        }                                                                                          \
+    }                                                                                              \
+    TARGET static void av__attn_scale_##W(float *Ot, int ld, int rows, int n, const float *alpha) { \
+        int i, r;                                                                                  \
+        for (r = 0; r < rows; r++)                                                                 \
+            for (i = 0; i < n; i += W) {                                                           \
+                float *o = Ot + (size_t)r * ld + i;                                                \
+                P##_storeu_ps(o, P##_mul_ps(P##_loadu_ps(o), P##_loadu_ps(alpha + i)));            \
+            }                                                                                      \
+    }
+
+#define AV__GE80_512(x) _mm512_cmp_ps_mask(x, _mm512_set1_ps(-80.0f), _CMP_GE_OQ)
+#define AV__KEEP_512(v, k) _mm512_maskz_mov_ps(k, v)
+#define AV__NOT_NEG_INF_512(x) _mm512_maskz_mov_ps(_mm512_cmp_ps_mask(x, _mm512_set1_ps(-INFINITY), _CMP_NEQ_OQ), x)
+#define AV__NEG_INF_TO_INF_512(x) \
+    _mm512_mask_mov_ps(x, _mm512_cmp_ps_mask(x, _mm512_set1_ps(-INFINITY), _CMP_EQ_OQ), _mm512_set1_ps(INFINITY))
+AV__ATTN_VEC(AV__TARGET_AVX512, __m512, _mm512, 16, AV__MAX_512, __mmask16, AV__GE80_512, AV__KEEP_512, AV__NOT_NEG_INF_512,
+             AV__NEG_INF_TO_INF_512)
+
+#define AV__GE80_256(x) _mm256_cmp_ps(x, _mm256_set1_ps(-80.0f), _CMP_GE_OQ)
+#define AV__KEEP_256(v, k) _mm256_and_ps(v, k)
+#define AV__NOT_NEG_INF_256(x) _mm256_and_ps(x, _mm256_cmp_ps(x, _mm256_set1_ps(-INFINITY), _CMP_NEQ_OQ))
+#define AV__NEG_INF_TO_INF_256(x) \
+    _mm256_blendv_ps(x, _mm256_set1_ps(INFINITY), _mm256_cmp_ps(x, _mm256_set1_ps(-INFINITY), _CMP_EQ_OQ))
+AV__ATTN_VEC(AV__TARGET_AVX2, __m256, _mm256, 8, _mm256_max_ps, __m256, AV__GE80_256, AV__KEEP_256, AV__NOT_NEG_INF_256,
+             AV__NEG_INF_TO_INF_256)
+#endif /* AV__X86 */
+
+/* ======================================================================= */
 /* [3 ops] forward and backward of every op, side by side               */
 /* ======================================================================= */
 /* ======================================================================= */
@@ -2649,6 +2882,549 @@ AVDEF av_tensor *av_layer_norm(av_ctx *c, av_tensor *x, av_tensor *gamma, av_ten
     n = av__record(c, "av_layer_norm", av__layer_norm_backward, out, 3, x, gamma, beta);
     if (n) n->saved = stats;
     return out;
+}
+
+/* ======================================================================= */
+/* [3.6 attention] scaled dot-product attention, tiled and naive           */
+/* ======================================================================= */
+/* The geometry of one call: q [B,H,Tq,D], k [B,H,Tk,D], v [B,H,Tk,Dv] seen
+   as BH heads; the mask's element (b, h, i, j) sits at
+   b*mb + h*mh + i*mi + j*mj (a stride is 0 where the mask broadcasts). */
+typedef struct av__sdpa_geom {
+    int B, H, Tq, Tk, D, Dv;
+    int causal, offset;         /* query i sees keys j <= i + offset (= Tk - Tq) */
+    float scale, dropout;       /* dropout is 0 outside training */
+    long mb, mh, mi, mj;        /* mask strides */
+    uint64_t seed, stream;      /* dropout: element e of the [B,H,Tq,Tk] weights draws (seed, stream + e) */
+} av__sdpa_geom;
+
+typedef struct av__sdpa_args { av__sdpa_geom g; } av__sdpa_args;
+
+static int av__sdpa_hidden(const av__sdpa_geom *g, int i, int j) { return g->causal && j > i + g->offset; }
+
+/* dropout of weight e: kept with probability 1 - p, from a counter-based
+   draw, so the tiled and naive paths and forward and backward agree */
+static int av__sdpa_kept(const av__sdpa_geom *g, int bh, int i, int j) {
+    uint64_t e = ((uint64_t)bh * (uint64_t)g->Tq + (uint64_t)i) * (uint64_t)g->Tk + (uint64_t)j;
+    return av__counter_uniform(g->seed, g->stream + e) >= g->dropout;
+}
+
+static av__sdpa_geom av__sdpa_plan(av_ctx *c, const char *op, const av_tensor *q, const av_tensor *k,
+                                   const av_tensor *v, const av_tensor *mask, int causal, float dropout,
+                                   float scale) {
+    av__sdpa_geom g;
+    int i, lead = q->ndim - 2, dims[4], mshape[4];
+    long stride;
+    memset(&g, 0, sizeof g);
+    if (q->ndim < 2 || k->ndim != q->ndim || v->ndim != q->ndim)
+        av__fail_shapes(op, "q, k and v need the same rank, 2 to 4 ([B,H,T,D], [H,T,D] or [T,D])", q, k);
+    for (i = 0; i < lead; i++)
+        if (k->shape[i] != q->shape[i] || v->shape[i] != q->shape[i])
+            av__fail_shapes(op, "q, k and v need the same leading sizes", q, k->shape[i] != q->shape[i] ? k : v);
+    g.B = lead == 2 ? q->shape[0] : 1;
+    g.H = lead >= 1 ? q->shape[lead - 1] : 1;
+    g.Tq = q->shape[lead];
+    g.D = q->shape[lead + 1];
+    g.Tk = k->shape[lead];
+    g.Dv = v->shape[lead + 1];
+    if (k->shape[lead + 1] != g.D) av__fail_shapes(op, "q and k need the same last size", q, k);
+    if (v->shape[lead] != g.Tk) av__fail_shapes(op, "k and v need the same length", k, v);
+    if (!(dropout >= 0.0f && dropout < 1.0f)) av__fail("%s: dropout_p = %g must be in [0, 1)", op, (double)dropout);
+    if (!(scale >= 0.0f) || isinf(scale)) av__fail("%s: scale = %g must be finite and >= 0", op, (double)scale);
+    g.causal = causal != 0;
+    g.offset = g.Tk - g.Tq;
+    g.scale = scale != 0.0f ? scale : 1.0f / sqrtf((float)(g.D ? g.D : 1));
+    g.dropout = c->training ? dropout : 0.0f;
+    if (mask) { /* right-aligned against [B, H, Tq, Tk] */
+        long *strides[4];
+        dims[0] = g.B; dims[1] = g.H; dims[2] = g.Tq; dims[3] = g.Tk;
+        strides[0] = &g.mb; strides[1] = &g.mh; strides[2] = &g.mi; strides[3] = &g.mj;
+        if (mask->ndim > 4) av__fail_shapes(op, "the mask has more than 4 dimensions", mask, NULL);
+        for (i = 0; i < 4; i++) mshape[i] = i < 4 - mask->ndim ? 1 : mask->shape[i - (4 - mask->ndim)];
+        for (i = 3, stride = 1; i >= 0; i--) {
+            if (mshape[i] != 1 && mshape[i] != dims[i])
+                av__fail_shapes(op, "the mask does not broadcast to [B, H, Tq, Tk] of q and k", mask, q);
+            *strides[i] = mshape[i] == 1 ? 0 : stride;
+            stride *= mshape[i];
+        }
+    }
+    return g;
+}
+
+/* The output's shape: q's with Dv last. */
+static av_tensor *av__sdpa_output(av_ctx *c, const av_tensor *q, int Dv, const char *op) {
+    int shape[AV_MAX_DIMS], i;
+    for (i = 0; i < q->ndim; i++) shape[i] = q->shape[i];
+    shape[q->ndim - 1] = Dv;
+    return av__tensor_empty(c, q->ndim, shape, op);
+}
+
+/* ---- the tiled path ----------------------------------------------------
+   Blocks of BQ queries by BK keys. The forward (FlashAttention-2's
+   algorithm 1) keeps per query a running max m and sum l, rescales its
+   output block as m grows, and saves lse = m + log l. The backward
+   (algorithm 2) recomputes each block's weights from lse, and with
+   delta = rowsum(dO o O) gets dS = P o (dP - delta) without any Tq x Tk
+   buffer. Blocks that causality hides entirely are skipped. */
+typedef struct av__flash {
+    const av__gemm_impl *im;
+    int isa, BQ, BK;
+    const av__sdpa_geom *g;
+} av__flash;
+
+static av__flash av__flash_plan(const av__sdpa_geom *g) {
+    av__flash f;
+    f.isa = av_get_isa();
+    f.im = av__impl_for(f.isa);
+    f.BQ = 2 * f.im->nr >= 64 ? 2 * f.im->nr : 4 * f.im->nr; /* a multiple of NR: whole B panels */
+    f.BK = 8 * f.im->mr;                                      /* a multiple of MR: whole A panels */
+    f.g = g;
+    return f;
+}
+
+static int av__round_up(int n, int m) { return (n + m - 1) / m * m; }
+
+/* Scores of keys [j0, j0+bk) for queries [i0, i0+nq): the mask added and
+   hidden or padding entries set to -inf, in St (bk x n, n >= nq). */
+static void av__flash_mask(const av__flash *f, float *St, int bk, int n, int j0, int i0, int nq, const float *mb) {
+    const av__sdpa_geom *g = f->g;
+    int j, i;
+    for (j = 0; j < bk; j++) {
+        float *row = St + (size_t)j * f->BQ;
+        int jg = j0 + j, hidden = g->causal ? jg - g->offset - i0 : 0; /* queries i < hidden do not see jg */
+        if (mb) {
+            const float *mrow = mb + jg * g->mj;
+            for (i = 0; i < nq; i++) row[i] += mrow[(i0 + i) * g->mi];
+        }
+        for (i = 0; i < AV__MIN(hidden, nq); i++) row[i] = -INFINITY;
+        for (i = nq; i < n; i++) row[i] = -INFINITY;
+    }
+}
+
+/* The first key block past what query block [i0, i0+nq) may see. */
+static int av__flash_key_end(const av__flash *f, int i0, int nq) {
+    const av__sdpa_geom *g = f->g;
+    long last = g->causal ? (long)i0 + nq - 1 + g->offset : (long)g->Tk - 1;
+    return last < 0 ? 0 : (int)AV__MIN(last + 1, (long)g->Tk);
+}
+
+/* Per head: K as A panels (rows j, k over D) and V transposed as A panels
+   (rows over Dv, k over j), packed once and shared by the query blocks. */
+static size_t av__flash_kv_floats(const av__flash *f) {
+    const av__sdpa_geom *g = f->g;
+    int MR = f->im->mr;
+    return (size_t)av__round_up(g->Tk, MR) * g->D + (size_t)av__round_up(g->Dv, MR) * g->Tk;
+}
+
+static void av__flash_forward_block(const av__flash *f, int bh, int qb, const float *q, const float *Kp,
+                                    const float *Vtp, const float *mb, float *out, float *lse, float *scratch) {
+    const av__sdpa_geom *g = f->g;
+    const av__gemm_impl *im = f->im;
+    int MR = im->mr, NR = im->nr, BQ = f->BQ, BK = f->BK, i0 = qb * BQ, j0, i, n, nq, j_end;
+    float *Qb = scratch, *St = Qb + (size_t)BQ * g->D, *Ot = St + (size_t)BK * BQ;
+    float *m = Ot + (size_t)g->Dv * BQ, *l = m + BQ, *alpha = l + BQ;
+    nq = AV__MIN(BQ, g->Tq - i0);
+    n = av__round_up(nq, NR);
+    j_end = av__flash_key_end(f, i0, nq);
+    av__panels_by_rows(Qb, NR, q + (size_t)i0 * g->D, nq, g->D, (size_t)g->D);
+    for (i = 0; i < n; i++) { m[i] = -INFINITY; l[i] = 0.0f; }
+    memset(Ot, 0, (size_t)g->Dv * BQ * sizeof(float));
+    for (j0 = 0; j0 < j_end; j0 += BK) {
+        int bk = AV__MIN(BK, g->Tk - j0);
+        /* St = scale K_j Q_i^T, then mask, causality and the online softmax */
+        av__gemm_panels(im, bk, n, g->D, Kp + (size_t)j0 * g->D, (size_t)MR * g->D, Qb, (size_t)NR * g->D, NR,
+                        St, BQ, g->scale, 0.0f);
+        av__flash_mask(f, St, bk, n, j0, i0, nq, mb);
+        AV__VDISPATCH(f->isa, attn_online, St, BQ, bk, n, m, l, alpha);
+        AV__VDISPATCH(f->isa, attn_scale, Ot, BQ, g->Dv, n, alpha);
+        if (g->dropout > 0.0f) {
+            int j, ii;
+            float keep = 1.0f / (1.0f - g->dropout);
+            for (j = 0; j < bk; j++)
+                for (ii = 0; ii < nq; ii++) St[(size_t)j * BQ + ii] *= av__sdpa_kept(g, bh, i0 + ii, j0 + j) ? keep : 0.0f;
+        }
+        /* Ot += V_j^T P_j^T, St read in place as whole B panels */
+        av__gemm_panels(im, g->Dv, n, bk, Vtp + (size_t)j0 * MR, (size_t)MR * g->Tk, St, (size_t)NR, BQ, Ot, BQ,
+                        1.0f, 1.0f);
+    }
+    for (i = 0; i < nq; i++) {
+        int d;
+        float inv = l[i] > 0.0f ? 1.0f / l[i] : 0.0f;
+        float *o = out + (size_t)(i0 + i) * g->Dv;
+        for (d = 0; d < g->Dv; d++) o[d] = Ot[(size_t)d * BQ + i] * inv;
+        lse[i0 + i] = l[i] > 0.0f ? m[i] + logf(l[i]) : -INFINITY;
+    }
+}
+
+static void av__flash_forward(av_ctx *c, const av__flash *f, const float *q, const float *k, const float *v,
+                              const float *mask, float *out, float *lse) {
+    const av__sdpa_geom *g = f->g;
+    int BH = g->B * g->H, nqb = (g->Tq + f->BQ - 1) / f->BQ, items = BH * nqb, nt = 1, MR = f->im->mr, t;
+    size_t kv = av__flash_kv_floats(f);
+    size_t per_thread = (size_t)f->BQ * g->D + (size_t)f->BK * f->BQ + (size_t)g->Dv * f->BQ + 3 * (size_t)f->BQ;
+    float *packs = (float *)av__arena_alloc(&c->arena, (size_t)BH * kv * sizeof(float)), *scratch;
+#ifdef _OPENMP
+    if (!omp_in_parallel() && (double)g->Tq * g->Tk * (g->D + g->Dv) * BH > 2e6) nt = av_get_num_threads();
+#endif
+    scratch = (float *)av__arena_alloc(&c->arena, (size_t)nt * per_thread * sizeof(float));
+    AV_OMP(omp parallel for num_threads(nt) schedule(static) if (nt > 1))
+    for (t = 0; t < BH; t++) {
+        float *Kp = packs + (size_t)t * kv;
+        const float *kh = k + (size_t)t * g->Tk * g->D, *vh = v + (size_t)t * g->Tk * g->Dv;
+        av__panels_by_rows(Kp, MR, kh, g->Tk, g->D, (size_t)g->D);
+        av__panels_by_cols(Kp + (size_t)av__round_up(g->Tk, MR) * g->D, MR, vh, g->Tk, g->Dv, (size_t)g->Dv);
+    }
+    /* Work items are (head, query block); each is computed the same way
+       whichever thread takes it, so the result does not depend on threads. */
+    AV_OMP(omp parallel for num_threads(nt) schedule(dynamic, 1) if (nt > 1))
+    for (t = 0; t < items; t++) {
+        int bh = t / nqb, qb = t % nqb, b = bh / g->H, h = bh % g->H, me = 0;
+        const float *Kp = packs + (size_t)bh * kv;
+#ifdef _OPENMP
+        me = omp_get_thread_num();
+#endif
+        av__flash_forward_block(f, bh, qb, q + (size_t)bh * g->Tq * g->D, Kp,
+                                Kp + (size_t)av__round_up(g->Tk, MR) * g->D,
+                                mask ? mask + b * g->mb + h * g->mh : NULL, out + (size_t)bh * g->Tq * g->Dv,
+                                lse + (size_t)bh * g->Tq, scratch + (size_t)me * per_thread);
+    }
+}
+
+/* Everything one head's backward packs, and its block buffers. */
+typedef struct av__flash_bwd {
+    float *Kp, *Vp, *Ktp;   /* A panels: K (k over D), V (k over Dv), K^T (k over j) */
+    float *Qb, *dOb;        /* B panels of Q^T and dO^T (k over D, Dv), whole query range */
+    float *Qr, *dOr;        /* B panels of Q and dO (k over queries) */
+    float *St, *dSt;        /* one block's P^T and dP^T then dS^T, BK x BQ */
+    float *Pd, *Ap;         /* P^T after dropout; A panels of one block */
+    float *dQt;             /* dQ^T, D x Tq (padded) */
+    float *lse, *delta;     /* one query block's, padded with 0 */
+    float *dmask;           /* this head's mask gradient, or NULL */
+} av__flash_bwd;
+
+/* dQ^T's row stride: the queries padded to a block, plus 32 floats so that
+   rows do not fall on one cache set (a power-of-two stride would) */
+static int av__flash_dq_ld(const av__flash *f) { return av__round_up(f->g->Tq, f->BQ) + 32; }
+
+static size_t av__flash_bwd_floats(const av__flash *f, size_t mask_floats) {
+    const av__sdpa_geom *g = f->g;
+    int MR = f->im->mr, NR = f->im->nr;
+    size_t tk = (size_t)av__round_up(g->Tk, MR), tq = (size_t)av__round_up(g->Tq, f->BQ), ldq = (size_t)av__flash_dq_ld(f);
+    return tk * g->D + tk * g->Dv + (size_t)av__round_up(g->D, MR) * g->Tk      /* Kp Vp Ktp */
+           + tq * g->D + tq * g->Dv                                             /* Qb dOb */
+           + (size_t)av__round_up(g->D, NR) * g->Tq + (size_t)av__round_up(g->Dv, NR) * g->Tq /* Qr dOr */
+           + 4 * (size_t)f->BK * f->BQ + (size_t)g->D * ldq + 2 * (size_t)f->BQ + mask_floats;
+}
+
+static av__flash_bwd av__flash_bwd_layout(const av__flash *f, float *p, size_t mask_floats) {
+    const av__sdpa_geom *g = f->g;
+    int MR = f->im->mr, NR = f->im->nr;
+    size_t tk = (size_t)av__round_up(g->Tk, MR), tq = (size_t)av__round_up(g->Tq, f->BQ);
+    av__flash_bwd w;
+    w.Kp = p; p += tk * g->D;
+    w.Vp = p; p += tk * g->Dv;
+    w.Ktp = p; p += (size_t)av__round_up(g->D, MR) * g->Tk;
+    w.Qb = p; p += tq * g->D;
+    w.dOb = p; p += tq * g->Dv;
+    w.Qr = p; p += (size_t)av__round_up(g->D, NR) * g->Tq;
+    w.dOr = p; p += (size_t)av__round_up(g->Dv, NR) * g->Tq;
+    w.St = p; p += (size_t)f->BK * f->BQ;
+    w.dSt = p; p += (size_t)f->BK * f->BQ;
+    w.Pd = p; p += (size_t)f->BK * f->BQ;
+    w.Ap = p; p += (size_t)f->BK * f->BQ;
+    w.dQt = p; p += (size_t)g->D * av__flash_dq_ld(f);
+    w.lse = p; p += f->BQ;
+    w.delta = p; p += f->BQ;
+    w.dmask = mask_floats ? p : NULL;
+    return w;
+}
+
+/* One head: key blocks outer (dK_j, dV_j accumulate over query blocks in
+   order), query blocks inner (dQ_i accumulates over key blocks in order). */
+static void av__flash_backward_head(const av__flash *f, int bh, const float *q, const float *k, const float *v,
+                                    const float *dO, const float *lse, const float *delta, const float *mb,
+                                    float *dq, float *dk, float *dv, av__flash_bwd *w) {
+    const av__sdpa_geom *g = f->g;
+    const av__gemm_impl *im = f->im;
+    int MR = im->mr, NR = im->nr, BQ = f->BQ, BK = f->BK, ldq = av__flash_dq_ld(f), j0, i0, i, j;
+    int mask_cols = g->mj ? g->Tk : 1;
+    float keep = g->dropout > 0.0f ? 1.0f / (1.0f - g->dropout) : 1.0f;
+    av__panels_by_rows(w->Kp, MR, k, g->Tk, g->D, (size_t)g->D);
+    av__panels_by_rows(w->Vp, MR, v, g->Tk, g->Dv, (size_t)g->Dv);
+    av__panels_by_cols(w->Ktp, MR, k, g->Tk, g->D, (size_t)g->D);
+    for (i0 = 0; i0 < g->Tq; i0 += BQ) {
+        int nq = AV__MIN(BQ, g->Tq - i0);
+        av__panels_by_rows(w->Qb + (size_t)i0 * g->D, NR, q + (size_t)i0 * g->D, nq, g->D, (size_t)g->D);
+        av__panels_by_rows(w->dOb + (size_t)i0 * g->Dv, NR, dO + (size_t)i0 * g->Dv, nq, g->Dv, (size_t)g->Dv);
+    }
+    av__panels_by_cols(w->Qr, NR, q, g->Tq, g->D, (size_t)g->D);
+    av__panels_by_cols(w->dOr, NR, dO, g->Tq, g->Dv, (size_t)g->Dv);
+    memset(w->dQt, 0, (size_t)g->D * ldq * sizeof(float));
+    for (j0 = 0; j0 < g->Tk; j0 += BK) {
+        int bk = AV__MIN(BK, g->Tk - j0);
+        for (i0 = 0; i0 < g->Tq; i0 += BQ) {
+            int nq = AV__MIN(BQ, g->Tq - i0), n = av__round_up(nq, NR);
+            if (av__flash_key_end(f, i0, nq) <= j0) continue; /* hidden by causality */
+            for (i = 0; i < n; i++) {
+                w->lse[i] = i < nq ? lse[i0 + i] : 0.0f;
+                w->delta[i] = i < nq ? delta[i0 + i] : 0.0f;
+            }
+            /* P^T = exp(scale K_j Q_i^T + mask - lse) */
+            av__gemm_panels(im, bk, n, g->D, w->Kp + (size_t)j0 * g->D, (size_t)MR * g->D, w->Qb + (size_t)i0 * g->D,
+                            (size_t)NR * g->D, NR, w->St, BQ, g->scale, 0.0f);
+            av__flash_mask(f, w->St, bk, n, j0, i0, nq, mb);
+            AV__VDISPATCH(f->isa, attn_probs, w->St, BQ, bk, n, w->lse);
+            /* dP^T = V_j dO_i^T; with dropout, dP and the P that reached V carry the mask */
+            av__gemm_panels(im, bk, n, g->Dv, w->Vp + (size_t)j0 * g->Dv, (size_t)MR * g->Dv,
+                            w->dOb + (size_t)i0 * g->Dv, (size_t)NR * g->Dv, NR, w->dSt, BQ, 1.0f, 0.0f);
+            if (g->dropout > 0.0f)
+                for (j = 0; j < bk; j++)
+                    for (i = 0; i < nq; i++) {
+                        float s = av__sdpa_kept(g, bh, i0 + i, j0 + j) ? keep : 0.0f;
+                        w->dSt[(size_t)j * BQ + i] *= s;
+                        w->Pd[(size_t)j * BQ + i] = w->St[(size_t)j * BQ + i] * s;
+                    }
+            /* dV_j += P_j^T dO_i: A = panels of P^T's rows, k over the block's queries */
+            av__panels_by_rows(w->Ap, MR, g->dropout > 0.0f ? w->Pd : w->St, bk, nq, (size_t)BQ);
+            av__gemm_panels(im, bk, g->Dv, nq, w->Ap, (size_t)MR * nq, w->dOr + (size_t)i0 * NR, (size_t)NR * g->Tq, NR,
+                            dv + (size_t)j0 * g->Dv, g->Dv, 1.0f, 1.0f);
+            /* dS^T = P^T (dP^T - delta) */
+            AV__VDISPATCH(f->isa, attn_dscores, w->dSt, w->St, BQ, bk, n, w->delta);
+            if (w->dmask)
+                for (j = 0; j < bk; j++)
+                    for (i = 0; i < nq; i++)
+                        w->dmask[(g->mi ? (size_t)(i0 + i) * mask_cols : 0) + (g->mj ? (size_t)(j0 + j) : 0)] +=
+                            w->dSt[(size_t)j * BQ + i];
+            /* dQ_i^T += scale K_j^T dS_j^T (dS^T read in place) */
+            av__gemm_panels(im, g->D, n, bk, w->Ktp + (size_t)j0 * MR, (size_t)MR * g->Tk, w->dSt, (size_t)NR, BQ,
+                            w->dQt + i0, ldq, g->scale, 1.0f);
+            /* dK_j += scale dS_j^T Q_i */
+            av__panels_by_rows(w->Ap, MR, w->dSt, bk, nq, (size_t)BQ);
+            av__gemm_panels(im, bk, g->D, nq, w->Ap, (size_t)MR * nq, w->Qr + (size_t)i0 * NR, (size_t)NR * g->Tq, NR,
+                            dk + (size_t)j0 * g->D, g->D, g->scale, 1.0f);
+        }
+    }
+    for (i0 = 0; i0 < g->Tq; i0 += 16) /* dq += dQt^T, 16 queries at a time so both sides stay in cache */
+        for (j = 0; j < g->D; j++)
+            for (i = i0; i < AV__MIN(i0 + 16, g->Tq); i++) dq[(size_t)i * g->D + j] += w->dQt[(size_t)j * ldq + i];
+}
+
+static void av__flash_backward(av_ctx *c, const av__flash *f, const float *q, const float *k, const float *v,
+                               const float *mask, const float *out, const float *dO, const float *lse, float *dq,
+                               float *dk, float *dv, float *dmask) {
+    const av__sdpa_geom *g = f->g;
+    int BH = g->B * g->H, nt = 1, t, i;
+    size_t mask_floats = dmask ? (size_t)(g->mi ? g->Tq : 1) * (g->mj ? g->Tk : 1) : 0;
+    size_t per_head = av__flash_bwd_floats(f, mask_floats);
+    float *delta = (float *)av__arena_alloc(&c->arena, ((size_t)BH * g->Tq + 1) * sizeof(float)), *scratch, *dmasks;
+#ifdef _OPENMP
+    if (!omp_in_parallel() && BH > 1 && (double)g->Tq * g->Tk * (g->D + g->Dv) * BH > 2e6)
+        nt = AV__MIN(av_get_num_threads(), BH);
+#endif
+    for (i = 0; i < BH * g->Tq; i++) { /* delta = rowsum(dO o O) */
+        double s = 0;
+        int d;
+        for (d = 0; d < g->Dv; d++) s += (double)dO[(size_t)i * g->Dv + d] * out[(size_t)i * g->Dv + d];
+        delta[i] = (float)s;
+    }
+    scratch = (float *)av__arena_alloc(&c->arena, (size_t)nt * per_head * sizeof(float));
+    dmasks = dmask ? (float *)av__arena_alloc(&c->arena, (size_t)BH * mask_floats * sizeof(float)) : NULL;
+    if (dmasks) memset(dmasks, 0, (size_t)BH * mask_floats * sizeof(float));
+    /* One head per work item: no two threads write the same gradient. */
+    AV_OMP(omp parallel for num_threads(nt) schedule(dynamic, 1) if (nt > 1))
+    for (t = 0; t < BH; t++) {
+        int b = t / g->H, h = t % g->H, me = 0;
+        av__flash_bwd w;
+#ifdef _OPENMP
+        me = omp_get_thread_num();
+#endif
+        w = av__flash_bwd_layout(f, scratch + (size_t)me * per_head, 0);
+        w.dmask = dmasks ? dmasks + (size_t)t * mask_floats : NULL;
+        av__flash_backward_head(f, t, q + (size_t)t * g->Tq * g->D, k + (size_t)t * g->Tk * g->D,
+                                v + (size_t)t * g->Tk * g->Dv, dO + (size_t)t * g->Tq * g->Dv, lse + (size_t)t * g->Tq,
+                                delta + (size_t)t * g->Tq, mask ? mask + b * g->mb + h * g->mh : NULL,
+                                dq + (size_t)t * g->Tq * g->D, dk + (size_t)t * g->Tk * g->D,
+                                dv + (size_t)t * g->Tk * g->Dv, &w);
+    }
+    if (dmasks) /* heads that share mask entries add in head order */
+        for (t = 0; t < BH; t++) {
+            float *dst = dmask + (t / g->H) * g->mb + (t % g->H) * g->mh;
+            const float *src = dmasks + (size_t)t * mask_floats;
+            int qi, kj, cols = g->mj ? g->Tk : 1;
+            for (qi = 0; qi < (g->mi ? g->Tq : 1); qi++)
+                for (kj = 0; kj < cols; kj++) dst[qi * g->mi + kj * g->mj] += src[(size_t)qi * cols + kj];
+        }
+}
+
+/* Inputs that need no gradient get one in scratch: simpler than a variant
+   of the kernel for each subset. */
+static float *av__grad_or_scratch(av_ctx *c, av__node *n, int i) {
+    float *gr = av__in_grad(n, i);
+    if (gr) return gr;
+    gr = (float *)av__arena_alloc(&c->arena, (size_t)n->in[i]->size * sizeof(float));
+    memset(gr, 0, (size_t)n->in[i]->size * sizeof(float));
+    return gr;
+}
+
+/* av_sdpa: saved: lse [B, H, Tq] */
+static void av__sdpa_backward(av_ctx *c, av__node *n) {
+    const av__sdpa_args *a = (const av__sdpa_args *)n->args;
+    av__flash f = av__flash_plan(&a->g);
+    av_tensor *mask = n->in[3];
+    av__flash_backward(c, &f, n->in[0]->data, n->in[1]->data, n->in[2]->data, mask ? mask->data : NULL,
+                       n->out[0]->data, n->out[0]->grad, (const float *)n->saved, av__grad_or_scratch(c, n, 0),
+                       av__grad_or_scratch(c, n, 1), av__grad_or_scratch(c, n, 2), av__in_grad(n, 3));
+}
+
+AVDEF av_tensor *av_sdpa(av_ctx *c, av_tensor *q, av_tensor *k, av_tensor *v, av_tensor *mask, int is_causal,
+                         float dropout_p, float scale) {
+    av__sdpa_args a;
+    av__flash f;
+    av_tensor *out, *in[4];
+    float *lse;
+    av__node *n;
+    av__live(c, "av_sdpa", q, k, v);
+    av__check_live(c, mask, "av_sdpa", 3);
+    a.g = av__sdpa_plan(c, "av_sdpa", q, k, v, mask, is_causal, dropout_p, scale);
+    if (a.g.dropout > 0.0f) av__counter_take(c, (uint64_t)a.g.B * a.g.H * a.g.Tq * a.g.Tk, &a.g.seed, &a.g.stream);
+    f = av__flash_plan(&a.g);
+    out = av__sdpa_output(c, q, a.g.Dv, "av_sdpa");
+    lse = (float *)av__arena_alloc(&c->arena, ((size_t)a.g.B * a.g.H * a.g.Tq + 1) * sizeof(float));
+    av__flash_forward(c, &f, q->data, k->data, v->data, mask ? mask->data : NULL, out->data, lse);
+    in[0] = q; in[1] = k; in[2] = v; in[3] = mask;
+    n = av__record_n(c, "av_sdpa", av__sdpa_backward, &out, 1, in, 4);
+    if (n) {
+        n->args = AV__KEEP(c, a);
+        n->saved = lse;
+    }
+    return out;
+}
+
+/* ---- the naive path ----------------------------------------------------
+   Per head, as written in textbooks (and llm.c): S = scale Q K^T + mask,
+   P = softmax(S) (the weights, an output), O = dropout(P) V; backward
+   dP = dO V^T (+ the weights' own gradient), dS = P o (dP - rowsum(P o dP)),
+   dQ = scale dS K, dK = scale dS^T Q, dV = dropout(P)^T dO. It stores the
+   B x H x Tq x Tk weights. */
+static float av__sdpa_drop_scale(const av__sdpa_geom *g, int bh, int i, int j) {
+    return g->dropout > 0.0f ? (av__sdpa_kept(g, bh, i, j) ? 1.0f / (1.0f - g->dropout) : 0.0f) : 1.0f;
+}
+
+static void av__sdpa_naive_backward(av_ctx *c, av__node *n) {
+    const av__sdpa_geom *g = &((const av__sdpa_args *)n->args)->g;
+    const float *P = n->out[1]->data, *dW = n->out[1]->grad, *dO = n->out[0]->grad;
+    float *dq = av__in_grad(n, 0), *dk = av__in_grad(n, 1), *dv = av__in_grad(n, 2), *dmask = av__in_grad(n, 3);
+    float *dP = (float *)av__arena_alloc(&c->arena, ((size_t)g->Tq * g->Tk + 1) * sizeof(float));
+    float *Pd = (float *)av__arena_alloc(&c->arena, ((size_t)g->Tq * g->Tk + 1) * sizeof(float));
+    int bh, i, j, TT = g->Tq * g->Tk;
+    for (bh = 0; bh < g->B * g->H; bh++) {
+        const float *p = P + (size_t)bh * TT, *q = n->in[0]->data + (size_t)bh * g->Tq * g->D;
+        const float *k = n->in[1]->data + (size_t)bh * g->Tk * g->D, *v = n->in[2]->data + (size_t)bh * g->Tk * g->Dv;
+        const float *dout = dO + (size_t)bh * g->Tq * g->Dv;
+        for (i = 0; i < g->Tq; i++)
+            for (j = 0; j < g->Tk; j++) Pd[(size_t)i * g->Tk + j] = p[(size_t)i * g->Tk + j] * av__sdpa_drop_scale(g, bh, i, j);
+        if (dv) av_sgemm(1, 0, g->Tk, g->Dv, g->Tq, 1.0f, Pd, g->Tk, dout, g->Dv, 1.0f, dv + (size_t)bh * g->Tk * g->Dv, g->Dv);
+        av_sgemm(0, 1, g->Tq, g->Tk, g->Dv, 1.0f, dout, g->Dv, v, g->Dv, 0.0f, dP, g->Tk);
+        for (i = 0; i < g->Tq; i++) { /* dS = P (dP - <P, dP>), in place */
+            float *d = dP + (size_t)i * g->Tk;
+            const float *pr = p + (size_t)i * g->Tk, *dw = dW + (size_t)bh * TT + (size_t)i * g->Tk;
+            double dot = 0;
+            for (j = 0; j < g->Tk; j++) {
+                d[j] = d[j] * av__sdpa_drop_scale(g, bh, i, j) + dw[j];
+                dot += (double)pr[j] * d[j];
+            }
+            for (j = 0; j < g->Tk; j++) d[j] = pr[j] * (d[j] - (float)dot);
+        }
+        if (dq) av_sgemm(0, 0, g->Tq, g->D, g->Tk, g->scale, dP, g->Tk, k, g->D, 1.0f, dq + (size_t)bh * g->Tq * g->D, g->D);
+        if (dk) av_sgemm(1, 0, g->Tk, g->D, g->Tq, g->scale, dP, g->Tk, q, g->D, 1.0f, dk + (size_t)bh * g->Tk * g->D, g->D);
+        if (dmask) {
+            float *dm = dmask + (bh / g->H) * g->mb + (bh % g->H) * g->mh;
+            for (i = 0; i < g->Tq; i++)
+                for (j = 0; j < g->Tk; j++) dm[i * g->mi + j * g->mj] += dP[(size_t)i * g->Tk + j];
+        }
+    }
+}
+
+/* The naive op, with dropout (av_sdpa_weights has none; the layers and the
+   tests use this form to reproduce av_sdpa's dropout exactly). */
+static av_tensor *av__sdpa_naive(av_ctx *c, av_tensor *q, av_tensor *k, av_tensor *v, av_tensor *mask, int is_causal,
+                                 float dropout_p, float scale, av_tensor **weights) {
+    av__sdpa_args a;
+    av_tensor *out[2], *in[4], *W;
+    int bh, i, j, shape[AV_MAX_DIMS], TT;
+    float *Pd;
+    av__node *n;
+    av__live(c, "av_sdpa_weights", q, k, v);
+    av__check_live(c, mask, "av_sdpa_weights", 3);
+    a.g = av__sdpa_plan(c, "av_sdpa_weights", q, k, v, mask, is_causal, dropout_p, scale);
+    if (a.g.dropout > 0.0f) av__counter_take(c, (uint64_t)a.g.B * a.g.H * a.g.Tq * a.g.Tk, &a.g.seed, &a.g.stream);
+    for (i = 0; i < q->ndim; i++) shape[i] = q->shape[i];
+    shape[q->ndim - 1] = a.g.Tk;
+    W = av__tensor_empty(c, q->ndim, shape, "av_sdpa_weights");
+    out[0] = av__sdpa_output(c, q, a.g.Dv, "av_sdpa_weights");
+    out[1] = W;
+    TT = a.g.Tq * a.g.Tk;
+    Pd = (float *)av__arena_alloc(&c->arena, ((size_t)TT + 1) * sizeof(float));
+    for (bh = 0; bh < a.g.B * a.g.H; bh++) {
+        const av__sdpa_geom *g = &a.g;
+        float *p = W->data + (size_t)bh * TT;
+        const float *mb = mask ? mask->data + (bh / g->H) * g->mb + (bh % g->H) * g->mh : NULL;
+        av_sgemm(0, 1, g->Tq, g->Tk, g->D, g->scale, q->data + (size_t)bh * g->Tq * g->D, g->D,
+                 k->data + (size_t)bh * g->Tk * g->D, g->D, 0.0f, p, g->Tk);
+        for (i = 0; i < g->Tq; i++) {
+            float *s = p + (size_t)i * g->Tk, mx = -INFINITY;
+            double sum = 0;
+            for (j = 0; j < g->Tk; j++) {
+                if (mb) s[j] += mb[i * g->mi + j * g->mj];
+                if (av__sdpa_hidden(g, i, j)) s[j] = -INFINITY;
+                mx = s[j] > mx ? s[j] : mx;
+            }
+            for (j = 0; j < g->Tk; j++) { /* a row with no visible key stays all zero */
+                s[j] = mx == -INFINITY ? 0.0f : expf(s[j] - mx);
+                sum += s[j];
+            }
+            for (j = 0; j < g->Tk; j++) {
+                s[j] = sum > 0 ? (float)(s[j] / sum) : 0.0f;
+                Pd[(size_t)i * g->Tk + j] = s[j] * av__sdpa_drop_scale(g, bh, i, j);
+            }
+        }
+        av_sgemm(0, 0, g->Tq, g->Dv, g->Tk, 1.0f, Pd, g->Tk, v->data + (size_t)bh * g->Tk * g->Dv, g->Dv, 0.0f,
+                 out[0]->data + (size_t)bh * g->Tq * g->Dv, g->Dv);
+    }
+    in[0] = q; in[1] = k; in[2] = v; in[3] = mask;
+    n = av__record_n(c, "av_sdpa_weights", av__sdpa_naive_backward, out, 2, in, 4);
+    if (n) n->args = AV__KEEP(c, a);
+    if (weights) *weights = W;
+    return out[0];
+}
+
+AVDEF av_tensor *av_sdpa_weights(av_ctx *c, av_tensor *q, av_tensor *k, av_tensor *v, av_tensor *mask, int is_causal,
+                                 float scale, av_tensor **weights) {
+    return av__sdpa_naive(c, q, k, v, mask, is_causal, 0.0f, scale, weights);
+}
+
+/* ---- masks ---- */
+AVDEF av_tensor *av_key_padding_mask(av_ctx *c, const int *lengths, int B, int Tk) {
+    int shape[4], b, j;
+    av_tensor *m;
+    shape[0] = B; shape[1] = 1; shape[2] = 1; shape[3] = Tk;
+    m = av__tensor_empty(c, 4, shape, "av_key_padding_mask");
+    for (b = 0; b < B; b++) {
+        if (lengths[b] < 0 || lengths[b] > Tk)
+            av__fail("av_key_padding_mask: length %d of sequence %d outside [0, %d]", lengths[b], b, Tk);
+        for (j = 0; j < Tk; j++) m->data[(size_t)b * Tk + j] = j < lengths[b] ? 0.0f : -INFINITY;
+    }
+    return m;
+}
+
+AVDEF av_tensor *av_causal_mask(av_ctx *c, int Tq, int Tk) {
+    int shape[2], i, j;
+    av_tensor *m;
+    shape[0] = Tq; shape[1] = Tk;
+    m = av__tensor_empty(c, 2, shape, "av_causal_mask");
+    for (i = 0; i < Tq; i++)
+        for (j = 0; j < Tk; j++) m->data[(size_t)i * Tk + j] = j <= i + (Tk - Tq) ? 0.0f : -INFINITY;
+    return m;
 }
 
 /* ======================================================================= */
