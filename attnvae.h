@@ -73,7 +73,8 @@
                     3.9 losses: mse_loss cross_entropy bce_with_logits
      [4 autodiff]   av_backward av_requires_grad av_detach
      [5 model]      av_model, av_param (named, initialised), find, zero_grad
-     [6 layers]     av_linear_layer av_mlp av_activate av_autoencoder
+     [6 layers]     av_linear_layer av_mlp av_activate; av_mha (multi-head
+                    attention with a KV cache); av_autoencoder
      [7 toolkits]   VAE: gaussian head, reparameterize, KL, likelihoods, ELBO,
                     IWAE, av_vae around any encoder and decoder
      [8 optim]      av_sgd av_adam av_adamw av_optim_step, clipping, schedules
@@ -251,7 +252,7 @@ AVAPI av_tensor *av_reshape(av_ctx *c, av_tensor *x, int ndim, ...);   /* a view
 AVAPI av_tensor *av_reshape_shape(av_ctx *c, av_tensor *x, int ndim, const int *shape);
 AVAPI av_tensor *av_permute(av_ctx *c, av_tensor *x, const int *perm);
 AVAPI av_tensor *av_transpose(av_ctx *c, av_tensor *x, int axis0, int axis1);
-AVAPI av_tensor *av_slice(av_ctx *c, av_tensor *x, int axis, int start, int end);
+AVAPI av_tensor *av_slice(av_ctx *c, av_tensor *x, int axis, int start, int end); /* a view if contiguous */
 AVAPI av_tensor *av_concat(av_ctx *c, av_tensor *const *xs, int n, int axis);
 /* rows of table [V, D] picked by ids[n]: [n, D] */
 AVAPI av_tensor *av_embedding(av_ctx *c, av_tensor *table, const int *ids, int n);
@@ -379,6 +380,51 @@ AVAPI av_tensor *av_activate(av_ctx *c, av_tensor *x, int activation); /* leaky 
 typedef struct av_mlp { int n_layers, activation; av_linear_layer layers[AV_MLP_MAX_LAYERS]; } av_mlp;
 AVAPI av_mlp av_mlp_new(av_model *m, const char *name, int n_layers, const int *sizes, int activation);
 AVAPI av_tensor *av_mlp_forward(av_ctx *c, const av_mlp *net, av_tensor *x);
+
+/* Multi-head attention, PyTorch's nn.MultiheadAttention: parameters
+   "<name>.in_proj_weight" [3E, E] and "<name>.in_proj_bias" [3E] (if bias),
+   "<name>.out_proj.weight" [E, E], "<name>.out_proj.bias" [E]; when kdim or
+   vdim differ from E, "<name>.q_proj_weight" [E, E], "<name>.k_proj_weight"
+   [E, kdim] and "<name>.v_proj_weight" [E, vdim] replace in_proj_weight.
+   PyTorch's initialisation; a state_dict saved as safetensors loads by name.
+   kdim, vdim 0 mean E. dropout acts on the attention weights in training. */
+typedef struct av_mha {
+    int embed_dim, num_heads, kdim, vdim;
+    float dropout;
+    av_tensor *in_proj_weight, *in_proj_bias;                 /* packed form */
+    av_tensor *q_proj_weight, *k_proj_weight, *v_proj_weight; /* separate form (kdim or vdim != E) */
+    av_linear_layer out_proj;
+} av_mha;
+AVAPI av_mha av_mha_new(av_model *m, const char *name, int embed_dim, int num_heads, int kdim, int vdim, int bias,
+                        float dropout);
+/* Batch first: query [B, Tq, E], key [B, Tk, kdim], value [B, Tk, vdim]
+   ([T, E] without a batch) -> [B, Tq, E]. Self-attention passes one tensor
+   three times (one projection then serves q, k and v). key_padding_mask:
+   NULL or additive [B, Tk] (av_key_padding_mask gives one, reshape it to
+   [B, Tk]); attn_mask: NULL or additive, broadcastable to [B, H, Tq, Tk].
+   weights: NULL, or receives the weights of every head [B, H, Tq, Tk] (then
+   the naive path runs; av_mean over axis 1 gives PyTorch's average). */
+AVAPI av_tensor *av_mha_forward(av_ctx *c, const av_mha *a, av_tensor *query, av_tensor *key, av_tensor *value,
+                                av_tensor *key_padding_mask, av_tensor *attn_mask, int is_causal, av_tensor **weights);
+/* A KV cache for decoding one step at a time (inference: no gradient
+   flows into what it holds). It owns its memory and grows as needed. */
+typedef struct av_kv_cache {
+    int batch, heads, head_dim, capacity, length;
+    float *k, *v;   /* [batch, heads, capacity, head_dim] */
+} av_kv_cache;
+AVAPI int av_kv_cache_init(av_kv_cache *kv, const av_mha *a, int batch, int capacity); /* 0 or AV_ERR_NOMEM */
+AVAPI void av_kv_cache_free(av_kv_cache *kv);
+AVAPI void av_kv_cache_clear(av_kv_cache *kv);   /* length 0, memory kept */
+/* Self-attention step: x [B, T, E] (often T = 1); x's keys and values are
+   appended, then its queries attend causally to everything cached. Step by
+   step this equals av_mha_forward(x, x, x, is_causal = 1) on the whole
+   sequence. Returns [B, T, E]. */
+AVAPI av_tensor *av_mha_step(av_ctx *c, const av_mha *a, av_tensor *x, av_kv_cache *kv, av_tensor **weights);
+/* Cross-attention: the cache holds memory's keys and values (computed once
+   by av_kv_cache_set_memory); av_mha_attend_cache attends query to them. */
+AVAPI int av_kv_cache_set_memory(av_ctx *c, const av_mha *a, av_tensor *memory, av_kv_cache *kv);
+AVAPI av_tensor *av_mha_attend_cache(av_ctx *c, const av_mha *a, av_tensor *query, const av_kv_cache *kv,
+                                     av_tensor *key_padding_mask, av_tensor **weights);
 
 /* A plain autoencoder: encoder MLP sizes[0] -> ... -> sizes[n] (the code),
    decoder the mirror image back to sizes[0]; parameters "<name>.enc.*" and
@@ -2207,8 +2253,13 @@ AVDEF av_tensor *av_slice(av_ctx *c, av_tensor *x, int axis, int start, int end)
     a.len = end - start;
     for (i = 0; i < x->ndim; i++) shape[i] = x->shape[i];
     shape[axis] = a.len;
-    out = av__tensor_empty(c, x->ndim, shape, "av_slice");
-    av__blocks(x->data, a.n_x, a.start, out->data, a.len, a.outer, a.inner, AV__GATHER);
+    if (a.outer == 1) { /* one contiguous block: a view, as reshape is */
+        out = av__tensor_header(c, x->ndim, shape, "av_slice");
+        out->data = x->data + (size_t)a.start * a.inner;
+    } else {
+        out = av__tensor_empty(c, x->ndim, shape, "av_slice");
+        av__blocks(x->data, a.n_x, a.start, out->data, a.len, a.outer, a.inner, AV__GATHER);
+    }
     n = av__record(c, "av_slice", av__slice_backward, out, 1, x);
     if (n) n->args = AV__KEEP(c, a);
     return out;
@@ -2887,34 +2938,84 @@ AVDEF av_tensor *av_layer_norm(av_ctx *c, av_tensor *x, av_tensor *gamma, av_ten
 /* ======================================================================= */
 /* [3.6 attention] scaled dot-product attention, tiled and naive           */
 /* ======================================================================= */
-/* The geometry of one call: q [B,H,Tq,D], k [B,H,Tk,D], v [B,H,Tk,Dv] seen
-   as BH heads; the mask's element (b, h, i, j) sits at
-   b*mb + h*mh + i*mi + j*mj (a stride is 0 where the mask broadcasts). */
+/* Where head (b, h) of an operand lies: element (b, h, i, d) at
+   off + b*sb + h*sh + i*ld + d. av_sdpa's [B, H, T, D] tensors are one case;
+   the multi-head layer reads q, k and v straight out of its projections
+   ([B, T, 3E], head h at column h*Dh) and a KV cache out of its buffers. */
+typedef struct av__heads { size_t off, sb, sh; int ld; } av__heads;
+
+static av__heads av__heads_of(size_t off, size_t sb, size_t sh, int ld) {
+    av__heads v;
+    v.off = off; v.sb = sb; v.sh = sh; v.ld = ld;
+    return v;
+}
+
+/* One call's geometry: B x H heads of Tq queries and Tk keys; the mask's
+   element (b, h, i, j) at b*mb + h*mh + i*mi + j*mj (0 where it broadcasts). */
 typedef struct av__sdpa_geom {
     int B, H, Tq, Tk, D, Dv;
     int causal, offset;         /* query i sees keys j <= i + offset (= Tk - Tq) */
     float scale, dropout;       /* dropout is 0 outside training */
     long mb, mh, mi, mj;        /* mask strides */
-    uint64_t seed, stream;      /* dropout: element e of the [B,H,Tq,Tk] weights draws (seed, stream + e) */
+    av__heads q, k, v, o;       /* o: the output, and the output's gradient */
+    uint64_t seed, stream;      /* dropout: weight e of [B,H,Tq,Tk] draws (seed, stream + e) */
 } av__sdpa_geom;
 
 typedef struct av__sdpa_args { av__sdpa_geom g; } av__sdpa_args;
 
+static const float *av__head(const float *base, const av__heads *v, int bh, int H) {
+    return base + v->off + (size_t)(bh / H) * v->sb + (size_t)(bh % H) * v->sh;
+}
+static float *av__head_w(float *base, const av__heads *v, int bh, int H) {
+    return base + v->off + (size_t)(bh / H) * v->sb + (size_t)(bh % H) * v->sh;
+}
+
 static int av__sdpa_hidden(const av__sdpa_geom *g, int i, int j) { return g->causal && j > i + g->offset; }
 
-/* dropout of weight e: kept with probability 1 - p, from a counter-based
-   draw, so the tiled and naive paths and forward and backward agree */
+/* dropout of weight (bh, i, j): kept with probability 1 - p, from a
+   counter-based draw, so the tiled and naive paths and forward and
+   backward agree */
 static int av__sdpa_kept(const av__sdpa_geom *g, int bh, int i, int j) {
     uint64_t e = ((uint64_t)bh * (uint64_t)g->Tq + (uint64_t)i) * (uint64_t)g->Tk + (uint64_t)j;
     return av__counter_uniform(g->seed, g->stream + e) >= g->dropout;
 }
 
+/* Sizes, options and the mask's strides; the views are the caller's. */
+static void av__sdpa_setup(av_ctx *c, av__sdpa_geom *g, const char *op, const av_tensor *mask, int causal,
+                           float dropout, float scale) {
+    int i, dims[4], mshape[4];
+    long stride, *strides[4];
+    if (!(dropout >= 0.0f && dropout < 1.0f)) av__fail("%s: dropout_p = %g must be in [0, 1)", op, (double)dropout);
+    if (!(scale >= 0.0f) || isinf(scale)) av__fail("%s: scale = %g must be finite and >= 0", op, (double)scale);
+    g->causal = causal != 0;
+    g->offset = g->Tk - g->Tq;
+    g->scale = scale != 0.0f ? scale : 1.0f / sqrtf((float)(g->D ? g->D : 1));
+    g->dropout = c->training ? dropout : 0.0f;
+    g->mb = g->mh = g->mi = g->mj = 0;
+    if (g->dropout > 0.0f) av__counter_take(c, (uint64_t)g->B * g->H * g->Tq * g->Tk, &g->seed, &g->stream);
+    if (!mask) return;
+    /* right-aligned against [B, H, Tq, Tk] */
+    dims[0] = g->B; dims[1] = g->H; dims[2] = g->Tq; dims[3] = g->Tk;
+    strides[0] = &g->mb; strides[1] = &g->mh; strides[2] = &g->mi; strides[3] = &g->mj;
+    if (mask->ndim > 4) av__fail_shapes(op, "the mask has more than 4 dimensions", mask, NULL);
+    for (i = 0; i < 4; i++) mshape[i] = i < 4 - mask->ndim ? 1 : mask->shape[i - (4 - mask->ndim)];
+    for (i = 3, stride = 1; i >= 0; i--) {
+        if (mshape[i] != 1 && mshape[i] != dims[i]) {
+            char s[64];
+            av__fail("%s: the mask %s does not broadcast to [B, H, Tq, Tk] = [%d,%d,%d,%d]", op,
+                     av__shape_str(mask, s, sizeof s), g->B, g->H, g->Tq, g->Tk);
+        }
+        *strides[i] = mshape[i] == 1 ? 0 : stride;
+        stride *= mshape[i];
+    }
+}
+
+/* av_sdpa's operands: [B, H, T, D] (or [H, T, D], [T, D]), contiguous. */
 static av__sdpa_geom av__sdpa_plan(av_ctx *c, const char *op, const av_tensor *q, const av_tensor *k,
                                    const av_tensor *v, const av_tensor *mask, int causal, float dropout,
                                    float scale) {
     av__sdpa_geom g;
-    int i, lead = q->ndim - 2, dims[4], mshape[4];
-    long stride;
+    int i, lead = q->ndim - 2;
     memset(&g, 0, sizeof g);
     if (q->ndim < 2 || k->ndim != q->ndim || v->ndim != q->ndim)
         av__fail_shapes(op, "q, k and v need the same rank, 2 to 4 ([B,H,T,D], [H,T,D] or [T,D])", q, k);
@@ -2929,34 +3030,12 @@ static av__sdpa_geom av__sdpa_plan(av_ctx *c, const char *op, const av_tensor *q
     g.Dv = v->shape[lead + 1];
     if (k->shape[lead + 1] != g.D) av__fail_shapes(op, "q and k need the same last size", q, k);
     if (v->shape[lead] != g.Tk) av__fail_shapes(op, "k and v need the same length", k, v);
-    if (!(dropout >= 0.0f && dropout < 1.0f)) av__fail("%s: dropout_p = %g must be in [0, 1)", op, (double)dropout);
-    if (!(scale >= 0.0f) || isinf(scale)) av__fail("%s: scale = %g must be finite and >= 0", op, (double)scale);
-    g.causal = causal != 0;
-    g.offset = g.Tk - g.Tq;
-    g.scale = scale != 0.0f ? scale : 1.0f / sqrtf((float)(g.D ? g.D : 1));
-    g.dropout = c->training ? dropout : 0.0f;
-    if (mask) { /* right-aligned against [B, H, Tq, Tk] */
-        long *strides[4];
-        dims[0] = g.B; dims[1] = g.H; dims[2] = g.Tq; dims[3] = g.Tk;
-        strides[0] = &g.mb; strides[1] = &g.mh; strides[2] = &g.mi; strides[3] = &g.mj;
-        if (mask->ndim > 4) av__fail_shapes(op, "the mask has more than 4 dimensions", mask, NULL);
-        for (i = 0; i < 4; i++) mshape[i] = i < 4 - mask->ndim ? 1 : mask->shape[i - (4 - mask->ndim)];
-        for (i = 3, stride = 1; i >= 0; i--) {
-            if (mshape[i] != 1 && mshape[i] != dims[i])
-                av__fail_shapes(op, "the mask does not broadcast to [B, H, Tq, Tk] of q and k", mask, q);
-            *strides[i] = mshape[i] == 1 ? 0 : stride;
-            stride *= mshape[i];
-        }
-    }
+    g.q = av__heads_of(0, (size_t)g.H * g.Tq * g.D, (size_t)g.Tq * g.D, g.D);
+    g.k = av__heads_of(0, (size_t)g.H * g.Tk * g.D, (size_t)g.Tk * g.D, g.D);
+    g.v = av__heads_of(0, (size_t)g.H * g.Tk * g.Dv, (size_t)g.Tk * g.Dv, g.Dv);
+    g.o = av__heads_of(0, (size_t)g.H * g.Tq * g.Dv, (size_t)g.Tq * g.Dv, g.Dv);
+    av__sdpa_setup(c, &g, op, mask, causal, dropout, scale);
     return g;
-}
-
-/* The output's shape: q's with Dv last. */
-static av_tensor *av__sdpa_output(av_ctx *c, const av_tensor *q, int Dv, const char *op) {
-    int shape[AV_MAX_DIMS], i;
-    for (i = 0; i < q->ndim; i++) shape[i] = q->shape[i];
-    shape[q->ndim - 1] = Dv;
-    return av__tensor_empty(c, q->ndim, shape, op);
 }
 
 /* ---- the tiled path ----------------------------------------------------
@@ -3026,7 +3105,7 @@ static void av__flash_forward_block(const av__flash *f, int bh, int qb, const fl
     nq = AV__MIN(BQ, g->Tq - i0);
     n = av__round_up(nq, NR);
     j_end = av__flash_key_end(f, i0, nq);
-    av__panels_by_rows(Qb, NR, q + (size_t)i0 * g->D, nq, g->D, (size_t)g->D);
+    av__panels_by_rows(Qb, NR, q + (size_t)i0 * g->q.ld, nq, g->D, (size_t)g->q.ld);
     for (i = 0; i < n; i++) { m[i] = -INFINITY; l[i] = 0.0f; }
     memset(Ot, 0, (size_t)g->Dv * BQ * sizeof(float));
     for (j0 = 0; j0 < j_end; j0 += BK) {
@@ -3050,7 +3129,7 @@ static void av__flash_forward_block(const av__flash *f, int bh, int qb, const fl
     for (i = 0; i < nq; i++) {
         int d;
         float inv = l[i] > 0.0f ? 1.0f / l[i] : 0.0f;
-        float *o = out + (size_t)(i0 + i) * g->Dv;
+        float *o = out + (size_t)(i0 + i) * g->o.ld;
         for (d = 0; d < g->Dv; d++) o[d] = Ot[(size_t)d * BQ + i] * inv;
         lse[i0 + i] = l[i] > 0.0f ? m[i] + logf(l[i]) : -INFINITY;
     }
@@ -3070,9 +3149,9 @@ static void av__flash_forward(av_ctx *c, const av__flash *f, const float *q, con
     AV_OMP(omp parallel for num_threads(nt) schedule(static) if (nt > 1))
     for (t = 0; t < BH; t++) {
         float *Kp = packs + (size_t)t * kv;
-        const float *kh = k + (size_t)t * g->Tk * g->D, *vh = v + (size_t)t * g->Tk * g->Dv;
-        av__panels_by_rows(Kp, MR, kh, g->Tk, g->D, (size_t)g->D);
-        av__panels_by_cols(Kp + (size_t)av__round_up(g->Tk, MR) * g->D, MR, vh, g->Tk, g->Dv, (size_t)g->Dv);
+        av__panels_by_rows(Kp, MR, av__head(k, &g->k, t, g->H), g->Tk, g->D, (size_t)g->k.ld);
+        av__panels_by_cols(Kp + (size_t)av__round_up(g->Tk, MR) * g->D, MR, av__head(v, &g->v, t, g->H), g->Tk, g->Dv,
+                           (size_t)g->v.ld);
     }
     /* Work items are (head, query block); each is computed the same way
        whichever thread takes it, so the result does not depend on threads. */
@@ -3083,9 +3162,8 @@ static void av__flash_forward(av_ctx *c, const av__flash *f, const float *q, con
 #ifdef _OPENMP
         me = omp_get_thread_num();
 #endif
-        av__flash_forward_block(f, bh, qb, q + (size_t)bh * g->Tq * g->D, Kp,
-                                Kp + (size_t)av__round_up(g->Tk, MR) * g->D,
-                                mask ? mask + b * g->mb + h * g->mh : NULL, out + (size_t)bh * g->Tq * g->Dv,
+        av__flash_forward_block(f, bh, qb, av__head(q, &g->q, bh, g->H), Kp, Kp + (size_t)av__round_up(g->Tk, MR) * g->D,
+                                mask ? mask + b * g->mb + h * g->mh : NULL, av__head_w(out, &g->o, bh, g->H),
                                 lse + (size_t)bh * g->Tq, scratch + (size_t)me * per_thread);
     }
 }
@@ -3149,16 +3227,16 @@ static void av__flash_backward_head(const av__flash *f, int bh, const float *q, 
     int MR = im->mr, NR = im->nr, BQ = f->BQ, BK = f->BK, ldq = av__flash_dq_ld(f), j0, i0, i, j;
     int mask_cols = g->mj ? g->Tk : 1;
     float keep = g->dropout > 0.0f ? 1.0f / (1.0f - g->dropout) : 1.0f;
-    av__panels_by_rows(w->Kp, MR, k, g->Tk, g->D, (size_t)g->D);
-    av__panels_by_rows(w->Vp, MR, v, g->Tk, g->Dv, (size_t)g->Dv);
-    av__panels_by_cols(w->Ktp, MR, k, g->Tk, g->D, (size_t)g->D);
+    av__panels_by_rows(w->Kp, MR, k, g->Tk, g->D, (size_t)g->k.ld);
+    av__panels_by_rows(w->Vp, MR, v, g->Tk, g->Dv, (size_t)g->v.ld);
+    av__panels_by_cols(w->Ktp, MR, k, g->Tk, g->D, (size_t)g->k.ld);
     for (i0 = 0; i0 < g->Tq; i0 += BQ) {
         int nq = AV__MIN(BQ, g->Tq - i0);
-        av__panels_by_rows(w->Qb + (size_t)i0 * g->D, NR, q + (size_t)i0 * g->D, nq, g->D, (size_t)g->D);
-        av__panels_by_rows(w->dOb + (size_t)i0 * g->Dv, NR, dO + (size_t)i0 * g->Dv, nq, g->Dv, (size_t)g->Dv);
+        av__panels_by_rows(w->Qb + (size_t)i0 * g->D, NR, q + (size_t)i0 * g->q.ld, nq, g->D, (size_t)g->q.ld);
+        av__panels_by_rows(w->dOb + (size_t)i0 * g->Dv, NR, dO + (size_t)i0 * g->o.ld, nq, g->Dv, (size_t)g->o.ld);
     }
-    av__panels_by_cols(w->Qr, NR, q, g->Tq, g->D, (size_t)g->D);
-    av__panels_by_cols(w->dOr, NR, dO, g->Tq, g->Dv, (size_t)g->Dv);
+    av__panels_by_cols(w->Qr, NR, q, g->Tq, g->D, (size_t)g->q.ld);
+    av__panels_by_cols(w->dOr, NR, dO, g->Tq, g->Dv, (size_t)g->o.ld);
     memset(w->dQt, 0, (size_t)g->D * ldq * sizeof(float));
     for (j0 = 0; j0 < g->Tk; j0 += BK) {
         int bk = AV__MIN(BK, g->Tk - j0);
@@ -3187,7 +3265,7 @@ static void av__flash_backward_head(const av__flash *f, int bh, const float *q, 
             /* dV_j += P_j^T dO_i: A = panels of P^T's rows, k over the block's queries */
             av__panels_by_rows(w->Ap, MR, g->dropout > 0.0f ? w->Pd : w->St, bk, nq, (size_t)BQ);
             av__gemm_panels(im, bk, g->Dv, nq, w->Ap, (size_t)MR * nq, w->dOr + (size_t)i0 * NR, (size_t)NR * g->Tq, NR,
-                            dv + (size_t)j0 * g->Dv, g->Dv, 1.0f, 1.0f);
+                            dv + (size_t)j0 * g->v.ld, g->v.ld, 1.0f, 1.0f);
             /* dS^T = P^T (dP^T - delta) */
             AV__VDISPATCH(f->isa, attn_dscores, w->dSt, w->St, BQ, bk, n, w->delta);
             if (w->dmask)
@@ -3201,12 +3279,12 @@ static void av__flash_backward_head(const av__flash *f, int bh, const float *q, 
             /* dK_j += scale dS_j^T Q_i */
             av__panels_by_rows(w->Ap, MR, w->dSt, bk, nq, (size_t)BQ);
             av__gemm_panels(im, bk, g->D, nq, w->Ap, (size_t)MR * nq, w->Qr + (size_t)i0 * NR, (size_t)NR * g->Tq, NR,
-                            dk + (size_t)j0 * g->D, g->D, g->scale, 1.0f);
+                            dk + (size_t)j0 * g->k.ld, g->k.ld, g->scale, 1.0f);
         }
     }
     for (i0 = 0; i0 < g->Tq; i0 += 16) /* dq += dQt^T, 16 queries at a time so both sides stay in cache */
         for (j = 0; j < g->D; j++)
-            for (i = i0; i < AV__MIN(i0 + 16, g->Tq); i++) dq[(size_t)i * g->D + j] += w->dQt[(size_t)j * ldq + i];
+            for (i = i0; i < AV__MIN(i0 + 16, g->Tq); i++) dq[(size_t)i * g->q.ld + j] += w->dQt[(size_t)j * ldq + i];
 }
 
 static void av__flash_backward(av_ctx *c, const av__flash *f, const float *q, const float *k, const float *v,
@@ -3221,12 +3299,15 @@ static void av__flash_backward(av_ctx *c, const av__flash *f, const float *q, co
     if (!omp_in_parallel() && BH > 1 && (double)g->Tq * g->Tk * (g->D + g->Dv) * BH > 2e6)
         nt = AV__MIN(av_get_num_threads(), BH);
 #endif
-    for (i = 0; i < BH * g->Tq; i++) { /* delta = rowsum(dO o O) */
-        double s = 0;
-        int d;
-        for (d = 0; d < g->Dv; d++) s += (double)dO[(size_t)i * g->Dv + d] * out[(size_t)i * g->Dv + d];
-        delta[i] = (float)s;
-    }
+    for (t = 0; t < BH; t++) /* delta = rowsum(dO o O) */
+        for (i = 0; i < g->Tq; i++) {
+            const float *o = av__head(out, &g->o, t, g->H) + (size_t)i * g->o.ld;
+            const float *d_o = av__head(dO, &g->o, t, g->H) + (size_t)i * g->o.ld;
+            double s = 0;
+            int d;
+            for (d = 0; d < g->Dv; d++) s += (double)d_o[d] * o[d];
+            delta[(size_t)t * g->Tq + i] = (float)s;
+        }
     scratch = (float *)av__arena_alloc(&c->arena, (size_t)nt * per_head * sizeof(float));
     dmasks = dmask ? (float *)av__arena_alloc(&c->arena, (size_t)BH * mask_floats * sizeof(float)) : NULL;
     if (dmasks) memset(dmasks, 0, (size_t)BH * mask_floats * sizeof(float));
@@ -3240,11 +3321,11 @@ static void av__flash_backward(av_ctx *c, const av__flash *f, const float *q, co
 #endif
         w = av__flash_bwd_layout(f, scratch + (size_t)me * per_head, 0);
         w.dmask = dmasks ? dmasks + (size_t)t * mask_floats : NULL;
-        av__flash_backward_head(f, t, q + (size_t)t * g->Tq * g->D, k + (size_t)t * g->Tk * g->D,
-                                v + (size_t)t * g->Tk * g->Dv, dO + (size_t)t * g->Tq * g->Dv, lse + (size_t)t * g->Tq,
+        av__flash_backward_head(f, t, av__head(q, &g->q, t, g->H), av__head(k, &g->k, t, g->H),
+                                av__head(v, &g->v, t, g->H), av__head(dO, &g->o, t, g->H), lse + (size_t)t * g->Tq,
                                 delta + (size_t)t * g->Tq, mask ? mask + b * g->mb + h * g->mh : NULL,
-                                dq + (size_t)t * g->Tq * g->D, dk + (size_t)t * g->Tk * g->D,
-                                dv + (size_t)t * g->Tk * g->Dv, &w);
+                                av__head_w(dq, &g->q, t, g->H), av__head_w(dk, &g->k, t, g->H),
+                                av__head_w(dv, &g->v, t, g->H), &w);
     }
     if (dmasks) /* heads that share mask entries add in head order */
         for (t = 0; t < BH; t++) {
@@ -3266,38 +3347,14 @@ static float *av__grad_or_scratch(av_ctx *c, av__node *n, int i) {
     return gr;
 }
 
-/* av_sdpa: saved: lse [B, H, Tq] */
-static void av__sdpa_backward(av_ctx *c, av__node *n) {
+/* inputs q, k, v (one tensor may serve several), mask; saved: lse [B, H, Tq] */
+static void av__flash_backward_op(av_ctx *c, av__node *n) {
     const av__sdpa_args *a = (const av__sdpa_args *)n->args;
     av__flash f = av__flash_plan(&a->g);
     av_tensor *mask = n->in[3];
     av__flash_backward(c, &f, n->in[0]->data, n->in[1]->data, n->in[2]->data, mask ? mask->data : NULL,
                        n->out[0]->data, n->out[0]->grad, (const float *)n->saved, av__grad_or_scratch(c, n, 0),
                        av__grad_or_scratch(c, n, 1), av__grad_or_scratch(c, n, 2), av__in_grad(n, 3));
-}
-
-AVDEF av_tensor *av_sdpa(av_ctx *c, av_tensor *q, av_tensor *k, av_tensor *v, av_tensor *mask, int is_causal,
-                         float dropout_p, float scale) {
-    av__sdpa_args a;
-    av__flash f;
-    av_tensor *out, *in[4];
-    float *lse;
-    av__node *n;
-    av__live(c, "av_sdpa", q, k, v);
-    av__check_live(c, mask, "av_sdpa", 3);
-    a.g = av__sdpa_plan(c, "av_sdpa", q, k, v, mask, is_causal, dropout_p, scale);
-    if (a.g.dropout > 0.0f) av__counter_take(c, (uint64_t)a.g.B * a.g.H * a.g.Tq * a.g.Tk, &a.g.seed, &a.g.stream);
-    f = av__flash_plan(&a.g);
-    out = av__sdpa_output(c, q, a.g.Dv, "av_sdpa");
-    lse = (float *)av__arena_alloc(&c->arena, ((size_t)a.g.B * a.g.H * a.g.Tq + 1) * sizeof(float));
-    av__flash_forward(c, &f, q->data, k->data, v->data, mask ? mask->data : NULL, out->data, lse);
-    in[0] = q; in[1] = k; in[2] = v; in[3] = mask;
-    n = av__record_n(c, "av_sdpa", av__sdpa_backward, &out, 1, in, 4);
-    if (n) {
-        n->args = AV__KEEP(c, a);
-        n->saved = lse;
-    }
-    return out;
 }
 
 /* ---- the naive path ----------------------------------------------------
@@ -3310,21 +3367,22 @@ static float av__sdpa_drop_scale(const av__sdpa_geom *g, int bh, int i, int j) {
     return g->dropout > 0.0f ? (av__sdpa_kept(g, bh, i, j) ? 1.0f / (1.0f - g->dropout) : 0.0f) : 1.0f;
 }
 
-static void av__sdpa_naive_backward(av_ctx *c, av__node *n) {
+static void av__naive_backward_op(av_ctx *c, av__node *n) {
     const av__sdpa_geom *g = &((const av__sdpa_args *)n->args)->g;
     const float *P = n->out[1]->data, *dW = n->out[1]->grad, *dO = n->out[0]->grad;
+    const float *qd = n->in[0]->data, *kd = n->in[1]->data, *vd = n->in[2]->data;
     float *dq = av__in_grad(n, 0), *dk = av__in_grad(n, 1), *dv = av__in_grad(n, 2), *dmask = av__in_grad(n, 3);
     float *dP = (float *)av__arena_alloc(&c->arena, ((size_t)g->Tq * g->Tk + 1) * sizeof(float));
     float *Pd = (float *)av__arena_alloc(&c->arena, ((size_t)g->Tq * g->Tk + 1) * sizeof(float));
     int bh, i, j, TT = g->Tq * g->Tk;
     for (bh = 0; bh < g->B * g->H; bh++) {
-        const float *p = P + (size_t)bh * TT, *q = n->in[0]->data + (size_t)bh * g->Tq * g->D;
-        const float *k = n->in[1]->data + (size_t)bh * g->Tk * g->D, *v = n->in[2]->data + (size_t)bh * g->Tk * g->Dv;
-        const float *dout = dO + (size_t)bh * g->Tq * g->Dv;
+        const float *p = P + (size_t)bh * TT, *q = av__head(qd, &g->q, bh, g->H), *k = av__head(kd, &g->k, bh, g->H);
+        const float *v = av__head(vd, &g->v, bh, g->H), *dout = av__head(dO, &g->o, bh, g->H);
         for (i = 0; i < g->Tq; i++)
             for (j = 0; j < g->Tk; j++) Pd[(size_t)i * g->Tk + j] = p[(size_t)i * g->Tk + j] * av__sdpa_drop_scale(g, bh, i, j);
-        if (dv) av_sgemm(1, 0, g->Tk, g->Dv, g->Tq, 1.0f, Pd, g->Tk, dout, g->Dv, 1.0f, dv + (size_t)bh * g->Tk * g->Dv, g->Dv);
-        av_sgemm(0, 1, g->Tq, g->Tk, g->Dv, 1.0f, dout, g->Dv, v, g->Dv, 0.0f, dP, g->Tk);
+        if (dv)
+            av_sgemm(1, 0, g->Tk, g->Dv, g->Tq, 1.0f, Pd, g->Tk, dout, g->o.ld, 1.0f, av__head_w(dv, &g->v, bh, g->H), g->v.ld);
+        av_sgemm(0, 1, g->Tq, g->Tk, g->Dv, 1.0f, dout, g->o.ld, v, g->v.ld, 0.0f, dP, g->Tk);
         for (i = 0; i < g->Tq; i++) { /* dS = P (dP - <P, dP>), in place */
             float *d = dP + (size_t)i * g->Tk;
             const float *pr = p + (size_t)i * g->Tk, *dw = dW + (size_t)bh * TT + (size_t)i * g->Tk;
@@ -3335,8 +3393,8 @@ static void av__sdpa_naive_backward(av_ctx *c, av__node *n) {
             }
             for (j = 0; j < g->Tk; j++) d[j] = pr[j] * (d[j] - (float)dot);
         }
-        if (dq) av_sgemm(0, 0, g->Tq, g->D, g->Tk, g->scale, dP, g->Tk, k, g->D, 1.0f, dq + (size_t)bh * g->Tq * g->D, g->D);
-        if (dk) av_sgemm(1, 0, g->Tk, g->D, g->Tq, g->scale, dP, g->Tk, q, g->D, 1.0f, dk + (size_t)bh * g->Tk * g->D, g->D);
+        if (dq) av_sgemm(0, 0, g->Tq, g->D, g->Tk, g->scale, dP, g->Tk, k, g->k.ld, 1.0f, av__head_w(dq, &g->q, bh, g->H), g->q.ld);
+        if (dk) av_sgemm(1, 0, g->Tk, g->D, g->Tq, g->scale, dP, g->Tk, q, g->q.ld, 1.0f, av__head_w(dk, &g->k, bh, g->H), g->k.ld);
         if (dmask) {
             float *dm = dmask + (bh / g->H) * g->mb + (bh % g->H) * g->mh;
             for (i = 0; i < g->Tq; i++)
@@ -3345,32 +3403,15 @@ static void av__sdpa_naive_backward(av_ctx *c, av__node *n) {
     }
 }
 
-/* The naive op, with dropout (av_sdpa_weights has none; the layers and the
-   tests use this form to reproduce av_sdpa's dropout exactly). */
-static av_tensor *av__sdpa_naive(av_ctx *c, av_tensor *q, av_tensor *k, av_tensor *v, av_tensor *mask, int is_causal,
-                                 float dropout_p, float scale, av_tensor **weights) {
-    av__sdpa_args a;
-    av_tensor *out[2], *in[4], *W;
-    int bh, i, j, shape[AV_MAX_DIMS], TT;
-    float *Pd;
-    av__node *n;
-    av__live(c, "av_sdpa_weights", q, k, v);
-    av__check_live(c, mask, "av_sdpa_weights", 3);
-    a.g = av__sdpa_plan(c, "av_sdpa_weights", q, k, v, mask, is_causal, dropout_p, scale);
-    if (a.g.dropout > 0.0f) av__counter_take(c, (uint64_t)a.g.B * a.g.H * a.g.Tq * a.g.Tk, &a.g.seed, &a.g.stream);
-    for (i = 0; i < q->ndim; i++) shape[i] = q->shape[i];
-    shape[q->ndim - 1] = a.g.Tk;
-    W = av__tensor_empty(c, q->ndim, shape, "av_sdpa_weights");
-    out[0] = av__sdpa_output(c, q, a.g.Dv, "av_sdpa_weights");
-    out[1] = W;
-    TT = a.g.Tq * a.g.Tk;
-    Pd = (float *)av__arena_alloc(&c->arena, ((size_t)TT + 1) * sizeof(float));
-    for (bh = 0; bh < a.g.B * a.g.H; bh++) {
-        const av__sdpa_geom *g = &a.g;
-        float *p = W->data + (size_t)bh * TT;
-        const float *mb = mask ? mask->data + (bh / g->H) * g->mb + (bh % g->H) * g->mh : NULL;
-        av_sgemm(0, 1, g->Tq, g->Tk, g->D, g->scale, q->data + (size_t)bh * g->Tq * g->D, g->D,
-                 k->data + (size_t)bh * g->Tk * g->D, g->D, 0.0f, p, g->Tk);
+static void av__naive_forward(av_ctx *c, const av__sdpa_geom *g, const float *qd, const float *kd, const float *vd,
+                              const float *mask, float *out, float *W) {
+    int bh, i, j, TT = g->Tq * g->Tk;
+    float *Pd = (float *)av__arena_alloc(&c->arena, ((size_t)TT + 1) * sizeof(float));
+    for (bh = 0; bh < g->B * g->H; bh++) {
+        float *p = W + (size_t)bh * TT;
+        const float *mb = mask ? mask + (bh / g->H) * g->mb + (bh % g->H) * g->mh : NULL;
+        av_sgemm(0, 1, g->Tq, g->Tk, g->D, g->scale, av__head(qd, &g->q, bh, g->H), g->q.ld, av__head(kd, &g->k, bh, g->H),
+                 g->k.ld, 0.0f, p, g->Tk);
         for (i = 0; i < g->Tq; i++) {
             float *s = p + (size_t)i * g->Tk, mx = -INFINITY;
             double sum = 0;
@@ -3388,19 +3429,77 @@ static av_tensor *av__sdpa_naive(av_ctx *c, av_tensor *q, av_tensor *k, av_tenso
                 Pd[(size_t)i * g->Tk + j] = s[j] * av__sdpa_drop_scale(g, bh, i, j);
             }
         }
-        av_sgemm(0, 0, g->Tq, g->Dv, g->Tk, 1.0f, Pd, g->Tk, v->data + (size_t)bh * g->Tk * g->Dv, g->Dv, 0.0f,
-                 out[0]->data + (size_t)bh * g->Tq * g->Dv, g->Dv);
+        av_sgemm(0, 0, g->Tq, g->Dv, g->Tk, 1.0f, Pd, g->Tk, av__head(vd, &g->v, bh, g->H), g->v.ld, 0.0f,
+                 av__head_w(out, &g->o, bh, g->H), g->o.ld);
     }
+}
+
+/* The attention op on views of q, k and v (which may be one tensor) into
+   out, already shaped by the caller: tiled, or naive with the weights
+   [B, H, Tq, Tk] as a second output. */
+static av_tensor *av__attend(av_ctx *c, const char *op, const av__sdpa_geom *g, av_tensor *q, av_tensor *k, av_tensor *v,
+                             av_tensor *mask, av_tensor *out, av_tensor **weights) {
+    av__sdpa_args a;
+    av_tensor *outs[2], *in[4];
+    av__node *n;
+    a.g = *g;
     in[0] = q; in[1] = k; in[2] = v; in[3] = mask;
-    n = av__record_n(c, "av_sdpa_weights", av__sdpa_naive_backward, out, 2, in, 4);
+    outs[0] = out;
+    if (weights) {
+        int shape[4];
+        shape[0] = g->B; shape[1] = g->H; shape[2] = g->Tq; shape[3] = g->Tk;
+        outs[1] = *weights = av__tensor_empty(c, 4, shape, op);
+        av__naive_forward(c, g, q->data, k->data, v->data, mask ? mask->data : NULL, out->data, outs[1]->data);
+        n = av__record_n(c, op, av__naive_backward_op, outs, 2, in, 4);
+    } else {
+        av__flash f = av__flash_plan(g);
+        float *lse = (float *)av__arena_alloc(&c->arena, ((size_t)g->B * g->H * g->Tq + 1) * sizeof(float));
+        av__flash_forward(c, &f, q->data, k->data, v->data, mask ? mask->data : NULL, out->data, lse);
+        n = av__record_n(c, op, av__flash_backward_op, outs, 1, in, 4);
+        if (n) n->saved = lse;
+    }
     if (n) n->args = AV__KEEP(c, a);
-    if (weights) *weights = W;
-    return out[0];
+    return out;
+}
+
+/* The output of av_sdpa: q's shape with Dv last. */
+static av_tensor *av__sdpa_output(av_ctx *c, const av_tensor *q, int Dv, const char *op) {
+    int shape[AV_MAX_DIMS], i;
+    for (i = 0; i < q->ndim; i++) shape[i] = q->shape[i];
+    shape[q->ndim - 1] = Dv;
+    return av__tensor_empty(c, q->ndim, shape, op);
+}
+
+/* tiled, or naive with the weights (and then dropout too, for the layers and the tests) */
+static av_tensor *av__sdpa_any(av_ctx *c, const char *op, av_tensor *q, av_tensor *k, av_tensor *v, av_tensor *mask,
+                               int is_causal, float dropout_p, float scale, av_tensor **weights) {
+    av__sdpa_geom g;
+    av_tensor *w = NULL, *out;
+    av__live(c, op, q, k, v);
+    av__check_live(c, mask, op, 3);
+    g = av__sdpa_plan(c, op, q, k, v, mask, is_causal, dropout_p, scale);
+    out = av__attend(c, op, &g, q, k, v, mask, av__sdpa_output(c, q, g.Dv, op), weights ? &w : NULL);
+    if (weights) /* the weights in q's rank: [B,H,Tq,Tk], [H,Tq,Tk] or [Tq,Tk] */
+        *weights = q->ndim == 4 ? w : av_reshape_shape(c, w, q->ndim, w->shape + (4 - q->ndim));
+    return out;
+}
+
+static av_tensor *av__sdpa_naive(av_ctx *c, av_tensor *q, av_tensor *k, av_tensor *v, av_tensor *mask, int is_causal,
+                                 float dropout_p, float scale, av_tensor **weights) {
+    return av__sdpa_any(c, "av_sdpa_weights", q, k, v, mask, is_causal, dropout_p, scale, weights);
+}
+
+AVDEF av_tensor *av_sdpa(av_ctx *c, av_tensor *q, av_tensor *k, av_tensor *v, av_tensor *mask, int is_causal,
+                         float dropout_p, float scale) {
+    return av__sdpa_any(c, "av_sdpa", q, k, v, mask, is_causal, dropout_p, scale, NULL);
 }
 
 AVDEF av_tensor *av_sdpa_weights(av_ctx *c, av_tensor *q, av_tensor *k, av_tensor *v, av_tensor *mask, int is_causal,
                                  float scale, av_tensor **weights) {
-    return av__sdpa_naive(c, q, k, v, mask, is_causal, 0.0f, scale, weights);
+    av_tensor *w;
+    av_tensor *out = av__sdpa_naive(c, q, k, v, mask, is_causal, 0.0f, scale, &w);
+    if (weights) *weights = w;
+    return out;
 }
 
 /* ---- masks ---- */
@@ -3791,6 +3890,261 @@ AVDEF av_tensor *av_mlp_forward(av_ctx *c, const av_mlp *net, av_tensor *x) {
     return x;
 }
 
+
+/* ---- multi-head attention ---- */
+AVDEF av_mha av_mha_new(av_model *m, const char *name, int embed_dim, int num_heads, int kdim, int vdim, int bias,
+                        float dropout) {
+    av_mha a;
+    char buf[AV__NAME_MAX];
+    int E = embed_dim;
+    memset(&a, 0, sizeof a);
+    if (E <= 0 || num_heads <= 0 || E % num_heads)
+        av__fail("av_mha_new: embed_dim %d must be a positive multiple of num_heads %d", E, num_heads);
+    if (kdim < 0 || vdim < 0) av__fail("av_mha_new: kdim %d and vdim %d must be >= 0 (0: embed_dim)", kdim, vdim);
+    if (!(dropout >= 0.0f && dropout < 1.0f)) av__fail("av_mha_new: dropout %g must be in [0, 1)", (double)dropout);
+    a.embed_dim = E;
+    a.num_heads = num_heads;
+    a.kdim = kdim ? kdim : E;
+    a.vdim = vdim ? vdim : E;
+    a.dropout = dropout;
+    /* PyTorch: xavier_uniform_ on the projections, zero biases */
+    if (a.kdim == E && a.vdim == E) {
+        a.in_proj_weight = av_param(m, av__subname(buf, name, "in_proj_weight"), AV_INIT_XAVIER_UNIFORM, 0, 2, 3 * E, E);
+    } else {
+        a.q_proj_weight = av_param(m, av__subname(buf, name, "q_proj_weight"), AV_INIT_XAVIER_UNIFORM, 0, 2, E, E);
+        a.k_proj_weight = av_param(m, av__subname(buf, name, "k_proj_weight"), AV_INIT_XAVIER_UNIFORM, 0, 2, E, a.kdim);
+        a.v_proj_weight = av_param(m, av__subname(buf, name, "v_proj_weight"), AV_INIT_XAVIER_UNIFORM, 0, 2, E, a.vdim);
+    }
+    if (bias) a.in_proj_bias = av_param(m, av__subname(buf, name, "in_proj_bias"), AV_INIT_ZEROS, 0, 1, 3 * E);
+    a.out_proj = av_linear_layer_new(m, av__subname(buf, name, "out_proj"), E, E, bias);
+    if (a.out_proj.bias) memset(a.out_proj.bias->data, 0, (size_t)E * sizeof(float));
+    return a;
+}
+
+/* The projection of x by parts [part, part + n) of (q, k, v): one product
+   for several parts when the weight is packed. */
+static av_tensor *av__mha_project(av_ctx *c, const av_mha *a, av_tensor *x, int part, int n) {
+    int E = a->embed_dim;
+    av_tensor *w, *b = NULL;
+    if (a->in_proj_weight) w = av_slice(c, a->in_proj_weight, 0, part * E, (part + n) * E);
+    else w = part == 0 ? a->q_proj_weight : part == 1 ? a->k_proj_weight : a->v_proj_weight;
+    if (a->in_proj_bias) b = av_slice(c, a->in_proj_bias, 0, part * E, (part + n) * E);
+    return av_linear(c, x, w, b);
+}
+
+/* B and T of x [B, T, width] or [T, width] (then B = 1). */
+static void av__mha_dims(const av_tensor *x, int width, int *B, int *T, const char *op, const char *what) {
+    if ((x->ndim != 3 && x->ndim != 2) || x->shape[x->ndim - 1] != width) {
+        char s[64];
+        av__fail("%s: %s %s must be [B, T, %d] or [T, %d]", op, what, av__shape_str(x, s, sizeof s), width, width);
+    }
+    *B = x->ndim == 3 ? x->shape[0] : 1;
+    *T = x->shape[x->ndim - 2];
+}
+
+/* The heads' output [B, Tq, E] (in query's rank), head h in columns h*Dh.. */
+static av_tensor *av__mha_out(av_ctx *c, const av_mha *a, const av_tensor *query, av__sdpa_geom *g) {
+    int shape[3], E = a->embed_dim;
+    shape[0] = g->B; shape[1] = g->Tq; shape[2] = E;
+    g->o = av__heads_of(0, (size_t)g->Tq * E, (size_t)g->D, E);
+    return query->ndim == 3 ? av__tensor_empty(c, 3, shape, "av_mha") : av__tensor_empty(c, 2, shape + 1, "av_mha");
+}
+
+/* key_padding_mask [B, Tk] and attn_mask as one additive mask. */
+static av_tensor *av__mha_mask(av_ctx *c, av_tensor *kpm, av_tensor *attn_mask, int B, int Tk) {
+    if (!kpm) return attn_mask;
+    if (kpm->ndim != 2 || kpm->shape[0] != B || kpm->shape[1] != Tk) {
+        char s[64];
+        av__fail("av_mha_forward: key_padding_mask %s must be [B, Tk] = [%d,%d]", av__shape_str(kpm, s, sizeof s), B, Tk);
+    }
+    kpm = av_reshape(c, kpm, 4, B, 1, 1, Tk);
+    return attn_mask ? av_add(c, kpm, attn_mask) : kpm;
+}
+
+static void av__mha_geom(av__sdpa_geom *g, const av_mha *a, int B, int Tq, int Tk) {
+    memset(g, 0, sizeof *g);
+    g->B = B;
+    g->H = a->num_heads;
+    g->Tq = Tq;
+    g->Tk = Tk;
+    g->D = g->Dv = a->embed_dim / a->num_heads;
+}
+
+AVDEF av_tensor *av_mha_forward(av_ctx *c, const av_mha *a, av_tensor *query, av_tensor *key, av_tensor *value,
+                                av_tensor *key_padding_mask, av_tensor *attn_mask, int is_causal, av_tensor **weights) {
+    static const char *op = "av_mha_forward";
+    int E = a->embed_dim, B, Tq, Bk, Tk, Bv, Tv, Dh = E / a->num_heads;
+    av_tensor *qp, *kp, *vp, *mask, *out, *w = NULL;
+    av__sdpa_geom g;
+    av__live(c, op, query, key, value);
+    av__live(c, op, key_padding_mask, attn_mask, NULL);
+    av__mha_dims(query, E, &B, &Tq, op, "query");
+    av__mha_dims(key, a->kdim, &Bk, &Tk, op, "key");
+    av__mha_dims(value, a->vdim, &Bv, &Tv, op, "value");
+    if (Bk != B || Bv != B || Tv != Tk || key->ndim != query->ndim || value->ndim != query->ndim)
+        av__fail_shapes(op, "query, key and value need one batch size, and key and value one length", query,
+                        Tv != Tk ? value : key);
+    av__mha_geom(&g, a, B, Tq, Tk);
+    if (query == key && key == value && a->in_proj_weight) { /* self-attention: one product */
+        qp = kp = vp = av__mha_project(c, a, query, 0, 3);
+        g.q = av__heads_of(0, (size_t)Tq * 3 * E, (size_t)Dh, 3 * E);
+        g.k = av__heads_of((size_t)E, (size_t)Tk * 3 * E, (size_t)Dh, 3 * E);
+        g.v = av__heads_of((size_t)2 * E, (size_t)Tk * 3 * E, (size_t)Dh, 3 * E);
+    } else {
+        qp = av__mha_project(c, a, query, 0, 1);
+        g.q = av__heads_of(0, (size_t)Tq * E, (size_t)Dh, E);
+        if (key == value && a->in_proj_weight) { /* keys and values from one memory: one product */
+            kp = vp = av__mha_project(c, a, key, 1, 2);
+            g.k = av__heads_of(0, (size_t)Tk * 2 * E, (size_t)Dh, 2 * E);
+            g.v = av__heads_of((size_t)E, (size_t)Tk * 2 * E, (size_t)Dh, 2 * E);
+        } else {
+            kp = av__mha_project(c, a, key, 1, 1);
+            vp = av__mha_project(c, a, value, 2, 1);
+            g.k = g.v = av__heads_of(0, (size_t)Tk * E, (size_t)Dh, E);
+        }
+    }
+    out = av__mha_out(c, a, query, &g);
+    mask = av__mha_mask(c, key_padding_mask, attn_mask, B, Tk);
+    av__sdpa_setup(c, &g, op, mask, is_causal, a->dropout, 0.0f);
+    av__attend(c, op, &g, qp, kp, vp, mask, out, weights ? &w : NULL);
+    if (weights) *weights = w;
+    return av_linear_forward(c, &a->out_proj, out);
+}
+
+/* ---- the KV cache ---- */
+AVDEF int av_kv_cache_init(av_kv_cache *kv, const av_mha *a, int batch, int capacity) {
+    size_t n = (size_t)batch * a->num_heads * (size_t)(capacity > 0 ? capacity : 1) * (size_t)(a->embed_dim / a->num_heads);
+    memset(kv, 0, sizeof *kv);
+    if (batch < 1 || capacity < 0) return av__set_error(AV_ERR_ARG, "av_kv_cache_init: batch %d, capacity %d", batch, capacity);
+    kv->batch = batch;
+    kv->heads = a->num_heads;
+    kv->head_dim = a->embed_dim / a->num_heads;
+    kv->capacity = capacity > 0 ? capacity : 1;
+    kv->k = (float *)AV_MALLOC(n * sizeof(float));
+    kv->v = (float *)AV_MALLOC(n * sizeof(float));
+    if (!kv->k || !kv->v) {
+        av_kv_cache_free(kv);
+        return av__set_error(AV_ERR_NOMEM, "av_kv_cache_init: out of memory for %lu values", (unsigned long)(2 * n));
+    }
+    return AV_OK;
+}
+
+AVDEF void av_kv_cache_free(av_kv_cache *kv) {
+    AV_FREE(kv->k);
+    AV_FREE(kv->v);
+    memset(kv, 0, sizeof *kv);
+}
+
+AVDEF void av_kv_cache_clear(av_kv_cache *kv) { kv->length = 0; }
+
+/* Room for `need` positions: the buffers grow by doubling, each head's rows moved. */
+static void av__kv_reserve(av_kv_cache *kv, int need) {
+    int cap = kv->capacity, bh, which;
+    size_t dh = (size_t)kv->head_dim;
+    if (need <= cap) return;
+    while (cap < need) cap *= 2;
+    for (which = 0; which < 2; which++) {
+        float **buf = which ? &kv->v : &kv->k;
+        float *grown = (float *)AV_MALLOC((size_t)kv->batch * kv->heads * (size_t)cap * dh * sizeof(float));
+        if (!grown) av__fail("av_mha_step: out of memory growing the KV cache to %d positions", cap);
+        for (bh = 0; bh < kv->batch * kv->heads; bh++)
+            memcpy(grown + (size_t)bh * cap * dh, *buf + (size_t)bh * kv->capacity * dh, (size_t)kv->length * dh * sizeof(float));
+        AV_FREE(*buf);
+        *buf = grown;
+    }
+    kv->capacity = cap;
+}
+
+/* Copies T rows of keys and values (row r of batch b at src + (b*T + r)*ld,
+   head h at column h*Dh) to the cache's positions length.. */
+static void av__kv_append(av_kv_cache *kv, const float *k, const float *v, int T, int ld) {
+    int b, h, r;
+    size_t dh = (size_t)kv->head_dim;
+    for (b = 0; b < kv->batch; b++)
+        for (h = 0; h < kv->heads; h++)
+            for (r = 0; r < T; r++) {
+                size_t at = (((size_t)b * kv->heads + h) * kv->capacity + kv->length + r) * dh;
+                size_t from = ((size_t)b * T + r) * ld + h * dh;
+                memcpy(kv->k + at, k + from, dh * sizeof(float));
+                memcpy(kv->v + at, v + from, dh * sizeof(float));
+            }
+    kv->length += T;
+}
+
+static void av__kv_check(const av_kv_cache *kv, const av_mha *a, int B, const char *op) {
+    if (!kv->k || kv->batch != B || kv->heads != a->num_heads || kv->head_dim != a->embed_dim / a->num_heads)
+        av__fail("%s: the cache (batch %d, %d heads of %d) does not fit this layer and input (batch %d, %d heads of %d)",
+                 op, kv->batch, kv->heads, kv->head_dim, B, a->num_heads, a->embed_dim / a->num_heads);
+}
+
+/* Attention of the rows of qp (views in g) to the cache's keys and values. */
+static av_tensor *av__mha_attend_kv(av_ctx *c, const av_mha *a, const char *op, av__sdpa_geom *g, av_tensor *qp,
+                                    av_tensor *query, const av_kv_cache *kv, av_tensor *mask, int causal,
+                                    av_tensor **weights) {
+    int n = kv->batch * kv->heads * kv->capacity * kv->head_dim;
+    size_t sh = (size_t)kv->capacity * kv->head_dim;
+    av_tensor *kt = av_wrap(c, kv->k, 1, n), *vt = av_wrap(c, kv->v, 1, n), *out, *w = NULL;
+    g->Tk = kv->length;
+    g->k = g->v = av__heads_of(0, sh * kv->heads, sh, kv->head_dim);
+    out = av__mha_out(c, a, query, g);
+    av__sdpa_setup(c, g, op, mask, causal, a->dropout, 0.0f);
+    av__attend(c, op, g, qp, kt, vt, mask, out, weights ? &w : NULL);
+    if (weights) *weights = w;
+    return av_linear_forward(c, &a->out_proj, out);
+}
+
+AVDEF av_tensor *av_mha_step(av_ctx *c, const av_mha *a, av_tensor *x, av_kv_cache *kv, av_tensor **weights) {
+    static const char *op = "av_mha_step";
+    int E = a->embed_dim, B, T;
+    av_tensor *p;
+    av__sdpa_geom g;
+    av__live(c, op, x, NULL, NULL);
+    if (!a->in_proj_weight) av__fail("%s: self-attention needs kdim = vdim = embed_dim", op);
+    av__mha_dims(x, E, &B, &T, op, "x");
+    av__kv_check(kv, a, B, op);
+    p = av__mha_project(c, a, x, 0, 3);
+    av__kv_reserve(kv, kv->length + T);
+    av__kv_append(kv, p->data + E, p->data + 2 * E, T, 3 * E);
+    av__mha_geom(&g, a, B, T, kv->length);
+    g.q = av__heads_of(0, (size_t)T * 3 * E, (size_t)g.D, 3 * E);
+    return av__mha_attend_kv(c, a, op, &g, p, x, kv, NULL, 1, weights);
+}
+
+AVDEF int av_kv_cache_set_memory(av_ctx *c, const av_mha *a, av_tensor *memory, av_kv_cache *kv) {
+    static const char *op = "av_kv_cache_set_memory";
+    int B, T, prev = av_set_grad_enabled(c, 0);
+    av_tensor *k, *v;
+    av__live(c, op, memory, NULL, NULL);
+    if (a->kdim != a->vdim) av__fail("%s: one memory needs kdim = vdim", op);
+    av__mha_dims(memory, a->kdim, &B, &T, op, "memory");
+    av__kv_check(kv, a, B, op);
+    if (a->in_proj_weight) k = v = av__mha_project(c, a, memory, 1, 2);
+    else {
+        k = av__mha_project(c, a, memory, 1, 1);
+        v = av__mha_project(c, a, memory, 2, 1);
+    }
+    kv->length = 0;
+    av__kv_reserve(kv, T);
+    av__kv_append(kv, k->data, v->data + (k == v ? a->embed_dim : 0), T, k == v ? 2 * a->embed_dim : a->embed_dim);
+    av_set_grad_enabled(c, prev);
+    return AV_OK;
+}
+
+AVDEF av_tensor *av_mha_attend_cache(av_ctx *c, const av_mha *a, av_tensor *query, const av_kv_cache *kv,
+                                     av_tensor *key_padding_mask, av_tensor **weights) {
+    static const char *op = "av_mha_attend_cache";
+    int E = a->embed_dim, B, T;
+    av_tensor *qp;
+    av__sdpa_geom g;
+    av__live(c, op, query, key_padding_mask, NULL);
+    av__mha_dims(query, E, &B, &T, op, "query");
+    av__kv_check(kv, a, B, op);
+    qp = av__mha_project(c, a, query, 0, 1);
+    av__mha_geom(&g, a, B, T, kv->length);
+    g.q = av__heads_of(0, (size_t)T * E, (size_t)g.D, E);
+    return av__mha_attend_kv(c, a, op, &g, qp, query, kv, av__mha_mask(c, key_padding_mask, NULL, B, kv->length), 0,
+                             weights);
+}
 
 AVDEF av_autoencoder av_autoencoder_new(av_model *m, const char *name, int n_layers, const int *sizes, int activation) {
     av_autoencoder ae;

@@ -405,6 +405,213 @@ static void shape_errors(void) {
     av_ctx_free(c);
 }
 
+
+/* ---- multi-head attention ---- */
+/* The layer with its weights taken from gradcheck inputs: in[3..6] are
+   in_proj_weight, in_proj_bias, out_proj.weight, out_proj.bias. */
+typedef struct mha_case { int E, H, self, kv_same, causal, with_kpm, with_weights; float dropout; } mha_case;
+
+static av_mha mha_from(av_tensor **in, const mha_case *m) {
+    av_mha a;
+    memset(&a, 0, sizeof a);
+    a.embed_dim = m->E; a.num_heads = m->H; a.kdim = a.vdim = m->E; a.dropout = m->dropout;
+    a.in_proj_weight = in[3]; a.in_proj_bias = in[4];
+    a.out_proj.weight = in[5]; a.out_proj.bias = in[6];
+    return a;
+}
+
+static av_tensor *fwd_mha(av_ctx *c, av_tensor **in, void *u) {
+    const mha_case *m = (const mha_case *)u;
+    av_mha a = mha_from(in, m);
+    static const int lengths[2] = {5, 3};
+    av_tensor *kpm = m->with_kpm ? av_reshape(c, av_key_padding_mask(c, lengths, 2, in[1]->shape[1]), 2, 2, in[1]->shape[1]) : NULL;
+    av_tensor *w = NULL, *y;
+    av_tensor *key = m->self ? in[0] : in[1], *value = m->self ? in[0] : m->kv_same ? in[1] : in[2];
+    y = av_mha_forward(c, &a, in[0], key, value, kpm, NULL, m->causal, m->with_weights ? &w : NULL);
+    if (w) y = av_add(c, y, av_sum_all(c, av_square(c, w))); /* the weights pass a gradient too */
+    return y;
+}
+
+/* The same layer composed from plain ops: linear, permute, av_sdpa_weights. */
+static av_tensor *heads(av_ctx *c, av_tensor *x, int H) {
+    static const int perm[4] = {0, 2, 1, 3};
+    return av_permute(c, av_reshape(c, x, 4, x->shape[0], x->shape[1], H, x->shape[2] / H), perm);
+}
+
+static av_tensor *fwd_mha_composed(av_ctx *c, av_tensor **in, void *u) {
+    const mha_case *m = (const mha_case *)u;
+    static const int perm[4] = {0, 2, 1, 3}, lengths[2] = {5, 3};
+    int E = m->E;
+    av_tensor *key = m->self ? in[0] : in[1], *value = m->self ? in[0] : m->kv_same ? in[1] : in[2], *w, *y, *kpm = NULL;
+    av_tensor *q = av_linear(c, in[0], av_slice(c, in[3], 0, 0, E), av_slice(c, in[4], 0, 0, E));
+    av_tensor *k = av_linear(c, key, av_slice(c, in[3], 0, E, 2 * E), av_slice(c, in[4], 0, E, 2 * E));
+    av_tensor *v = av_linear(c, value, av_slice(c, in[3], 0, 2 * E, 3 * E), av_slice(c, in[4], 0, 2 * E, 3 * E));
+    if (m->with_kpm) kpm = av_key_padding_mask(c, lengths, 2, in[1]->shape[1]);
+    y = av__sdpa_naive(c, heads(c, q, m->H), heads(c, k, m->H), heads(c, v, m->H), kpm, m->causal, m->dropout, 0.0f, &w);
+    y = av_reshape(c, av_permute(c, y, perm), 3, q->shape[0], q->shape[1], E);
+    y = av_linear(c, y, in[5], in[6]);
+    if (m->with_weights) y = av_add(c, y, av_sum_all(c, av_square(c, w)));
+    return y;
+}
+
+static void mha_inputs(gc_input *in, float **buf, const mha_case *m, int Tq, int Tk) {
+    int E = m->E, i, sizes[7];
+    sizes[0] = 2 * Tq * E; sizes[1] = 2 * Tk * E; sizes[2] = 2 * Tk * E;
+    sizes[3] = 3 * E * E; sizes[4] = 3 * E; sizes[5] = E * E; sizes[6] = E;
+    for (i = 0; i < 7; i++) {
+        buf[i] = (float *)malloc(sizeof(float) * (size_t)sizes[i]);
+        gc_fill(buf[i], sizes[i], -0.8, 0.8);
+    }
+    in[0] = gc_in(buf[0], 1, 3, 2, Tq, E);
+    in[1] = gc_in(buf[1], 1, 3, 2, Tk, E);
+    in[2] = gc_in(buf[2], 1, 3, 2, Tk, E);
+    in[3] = gc_in(buf[3], 1, 2, 3 * E, E);
+    in[4] = gc_in(buf[4], 1, 1, 3 * E);
+    in[5] = gc_in(buf[5], 1, 2, E, E);
+    in[6] = gc_in(buf[6], 1, 1, E);
+    if (m->self || m->kv_same) in[2].check = 0; /* unused */
+    if (m->self) in[1].check = 0;
+}
+
+static void mha_tests(void) {
+    static const mha_case cases[] = {
+        {8, 2, 1, 0, 0, 0, 0, 0.0f}, {8, 2, 1, 0, 1, 0, 0, 0.0f}, {8, 4, 0, 1, 0, 1, 0, 0.0f},
+        {8, 2, 0, 0, 0, 1, 1, 0.0f}, {6, 3, 1, 0, 1, 0, 1, 0.0f}, {8, 2, 1, 0, 1, 0, 0, 0.25f},
+        {8, 2, 0, 1, 0, 1, 1, 0.25f}};
+    int ci;
+    for (ci = 0; ci < (int)(sizeof cases / sizeof cases[0]); ci++) {
+        const mha_case *m = &cases[ci];
+        int Tq = 5, Tk = m->self ? 5 : 7, i, j;
+        float *buf[7];
+        gc_input in[7];
+        char what[160];
+        snprintf(what, sizeof what, "mha E %d H %d %s%s%s%s%s", m->E, m->H, m->self ? "self" : m->kv_same ? "cross (k = v)" : "cross",
+                 m->causal ? " causal" : "", m->with_kpm ? " key padding" : "", m->with_weights ? " weights" : "",
+                 m->dropout > 0 ? " dropout" : "");
+        mha_inputs(in, buf, m, Tq, Tk);
+        gc_check(what, fwd_mha, (void *)m, 7, in);
+        /* against the layer composed from plain ops, forward and every gradient */
+        {
+            av_ctx *c = av_ctx_new();
+            av_tensor *x1[7], *x2[7], *y1, *y2, *r;
+            for (j = 0; j < 7; j++) {
+                x1[j] = gc_make(c, in[j].ndim, in[j].shape, buf[j]);
+                x2[j] = gc_make(c, in[j].ndim, in[j].shape, buf[j]);
+                av_requires_grad(c, x1[j]);
+                av_requires_grad(c, x2[j]);
+            }
+            av_ctx_seed(c, 3);
+            y1 = fwd_mha(c, x1, (void *)m);
+            av_ctx_seed(c, 3);
+            y2 = fwd_mha_composed(c, x2, (void *)m);
+            check_close(what, "layer vs composed ops", y1->data, y2->data, y1->size, 1e-5);
+            r = av_zeros_shape(c, y1->ndim, y1->shape);
+            gc_fill(r->data, r->size, -1, 1);
+            av_backward(c, av_sum_all(c, av_mul(c, y1, r)));
+            av_backward(c, av_sum_all(c, av_mul(c, y2, r)));
+            for (j = 0; j < 7; j++) {
+                static const char *const names[7] = {"d query", "d key", "d value", "d in_proj_weight", "d in_proj_bias",
+                                                     "d out_proj.weight", "d out_proj.bias"};
+                if (x1[j]->grad && x2[j]->grad) check_close(what, names[j], x1[j]->grad, x2[j]->grad, x1[j]->size, 1e-4);
+            }
+            av_ctx_free(c);
+        }
+        for (i = 0; i < 7; i++) free(buf[i]);
+    }
+}
+
+/* Parameter names and shapes are PyTorch's. */
+static void mha_names(void) {
+    av_model *m = av_model_new(1);
+    av_mha a = av_mha_new(m, "attn", 16, 4, 0, 0, 1, 0.0f), b = av_mha_new(m, "cross", 16, 2, 12, 10, 0, 0.0f);
+    av_tensor *t;
+    int zero = 1, i;
+    (void)a;
+    (void)b;
+    t = av_model_find(m, "attn.in_proj_weight");
+    CHECK(t && t->ndim == 2 && t->shape[0] == 48 && t->shape[1] == 16, "attn.in_proj_weight [48,16]");
+    t = av_model_find(m, "attn.in_proj_bias");
+    CHECK(t && t->ndim == 1 && t->shape[0] == 48, "attn.in_proj_bias [48]");
+    for (i = 0; t && i < t->size; i++) zero &= t->data[i] == 0.0f;
+    CHECK(zero, "in_proj_bias starts at zero, as PyTorch's");
+    CHECK(av_model_find(m, "attn.out_proj.weight") && av_model_find(m, "attn.out_proj.bias"), "attn.out_proj.*");
+    t = av_model_find(m, "cross.k_proj_weight");
+    CHECK(t && t->shape[0] == 16 && t->shape[1] == 12, "cross.k_proj_weight [16,12]");
+    t = av_model_find(m, "cross.v_proj_weight");
+    CHECK(t && t->shape[0] == 16 && t->shape[1] == 10, "cross.v_proj_weight [16,10]");
+    CHECK(av_model_find(m, "cross.q_proj_weight") && !av_model_find(m, "cross.in_proj_weight") && !av_model_find(m, "cross.in_proj_bias"),
+          "separate projections, no bias");
+    t = av_model_find(m, "attn.in_proj_weight");
+    {   /* xavier_uniform over [3E, E]: bound sqrt(6 / (E + 3E)) */
+        double bound = sqrt(6.0 / 64.0), mx = 0;
+        for (i = 0; i < t->size; i++) mx = fabs(t->data[i]) > mx ? fabs(t->data[i]) : mx;
+        CHECK(mx <= bound && mx > 0.9 * bound, "in_proj_weight init: max %g, bound %g", mx, bound);
+    }
+    av_model_free(m);
+}
+
+/* Decoding with the KV cache equals recomputing the whole sequence. */
+static void kv_cache(void) {
+    av_model *m = av_model_new(5);
+    av_mha a = av_mha_new(m, "attn", 16, 4, 0, 0, 1, 0.0f);
+    av_ctx *c = av_ctx_new();
+    av_kv_cache kv;
+    int B = 2, T = 37, t, E = 16;
+    float *x = (float *)malloc(sizeof(float) * (size_t)(B * T * E)), *full, *stepped;
+    av_tensor *xt, *y;
+    gc_fill(x, B * T * E, -1, 1);
+    av_set_grad_enabled(c, 0);
+    xt = av_from(c, x, 3, B, T, E);
+    y = av_mha_forward(c, &a, xt, xt, xt, NULL, NULL, 1, NULL);
+    full = (float *)malloc(sizeof(float) * (size_t)y->size);
+    memcpy(full, y->data, sizeof(float) * (size_t)y->size);
+    stepped = (float *)malloc(sizeof(float) * (size_t)y->size);
+    CHECK(av_kv_cache_init(&kv, &a, B, 1) == 0, "cache init");  /* capacity 1: it must grow */
+    for (t = 0; t < T; t++) {
+        float step[2 * 16];
+        int b;
+        av_tensor *xs, *ys;
+        av_ctx_reset(c);
+        for (b = 0; b < B; b++) memcpy(step + b * E, x + ((size_t)b * T + t) * E, sizeof(float) * (size_t)E);
+        xs = av_from(c, step, 3, B, 1, E);
+        ys = av_mha_step(c, &a, xs, &kv, NULL);
+        for (b = 0; b < B; b++) memcpy(stepped + ((size_t)b * T + t) * E, ys->data + b * E, sizeof(float) * (size_t)E);
+    }
+    CHECK(kv.length == T && kv.capacity >= T, "cache length %d capacity %d", kv.length, kv.capacity);
+    check_close("kv cache", "token by token vs full causal", stepped, full, B * T * E, 1e-5);
+    /* a 20-token prompt in one step, then the rest one by one */
+    av_kv_cache_clear(&kv);
+    memset(stepped, 0, sizeof(float) * (size_t)(B * T * E));
+    for (t = 0; t < T; t = t ? t + 1 : 20) {
+        int len = t ? 1 : 20, b;
+        av_tensor *xs, *ys;
+        av_ctx_reset(c);
+        xs = av_slice(c, av_from(c, x, 3, B, T, E), 1, t, t + len);
+        ys = av_mha_step(c, &a, xs, &kv, NULL);
+        for (b = 0; b < B; b++)
+            memcpy(stepped + ((size_t)b * T + t) * E, ys->data + (size_t)b * len * E, sizeof(float) * (size_t)(len * E));
+    }
+    CHECK(kv.length == T, "cache length after a prompt and steps: %d", kv.length);
+    check_close("kv cache", "a prompt in one step, then token by token", stepped, full, B * T * E, 1e-5);
+    /* cross-attention from a cached memory equals the layer on (query, memory, memory) */
+    {
+        static const int lengths[2] = {9, 4};
+        av_tensor *mem, *q, *want, *got, *kpm;
+        av_ctx_reset(c);
+        mem = av_rand(c, -1, 1, 3, B, 9, E);
+        q = av_rand(c, -1, 1, 3, B, 3, E);
+        kpm = av_reshape(c, av_key_padding_mask(c, lengths, 2, 9), 2, 2, 9);
+        want = av_mha_forward(c, &a, q, mem, mem, kpm, NULL, 0, NULL);
+        CHECK(av_kv_cache_set_memory(c, &a, mem, &kv) == 0 && kv.length == 9, "set memory");
+        got = av_mha_attend_cache(c, &a, q, &kv, kpm, NULL);
+        check_close("kv cache", "cross-attention to a cached memory", got->data, want->data, got->size, 1e-5);
+    }
+    av_kv_cache_free(&kv);
+    free(x); free(full); free(stepped);
+    av_ctx_free(c);
+    av_model_free(m);
+}
+
 /* ---- threads: 1 and 2 give the same bits ---- */
 static void threads_agree(void) {
 #ifdef _OPENMP
@@ -457,6 +664,9 @@ int main(void) {
     }
     av_set_isa(AV_ISA_AUTO);
     gradchecks();
+    mha_tests();
+    mha_names();
+    kv_cache();
     dropout_paths();
     shape_errors();
     threads_agree();
