@@ -1994,9 +1994,10 @@ static void av__panels_by_cols(float *dst, int P, const float *X, int R, int col
    below -80 (e^-80 is below float precision next to the row's largest term).
      online:  m' = max(m, max_j St), alpha = e^(m - m'), St = e^(St - m'),
               l = l alpha + sum_j St, m = m'      (forward, block by block)
-     probs:   St = e^(St - lse)                   (backward's recomputation)
-     dscores: dSt = Pt (dSt - delta)              (softmax's backward)
      scale:   rows of Ot (D x n) times alpha      (the output's rescaling)
+   and on a block S in the plain layout (rows of queries, n keys):
+     probs:   S = e^(S - lse)                     (backward's recomputation)
+     dscores: dS = P (dS - delta)                 (softmax's backward)
    A column with no visible key keeps m = -inf and gets zeros, never NaN. */
 static float av__expz(float x) { return x < -80.0f ? 0.0f : expf(x); }
 
@@ -2017,19 +2018,18 @@ static void av__attn_online_scalar(float *St, int ld, int bk, int n, float *m, f
     }
 }
 
-static void av__attn_probs_scalar(float *St, int ld, int bk, int n, const float *lse) {
+static void av__attn_probs_rows_scalar(float *S, int ld, int rows, int n, const float *lse) {
     int i, j;
-    for (j = 0; j < bk; j++)
-        for (i = 0; i < n; i++) {
-            float L = lse[i] == -INFINITY ? INFINITY : lse[i];
-            St[(size_t)j * ld + i] = av__expz(St[(size_t)j * ld + i] - L);
-        }
+    for (i = 0; i < rows; i++) {
+        float L = lse[i] == -INFINITY ? INFINITY : lse[i];
+        for (j = 0; j < n; j++) S[(size_t)i * ld + j] = av__expz(S[(size_t)i * ld + j] - L);
+    }
 }
 
-static void av__attn_dscores_scalar(float *dSt, const float *Pt, int ld, int bk, int n, const float *delta) {
+static void av__attn_dscores_rows_scalar(float *dS, const float *P, int ld, int rows, int n, const float *delta) {
     int i, j;
-    for (j = 0; j < bk; j++)
-        for (i = 0; i < n; i++) dSt[(size_t)j * ld + i] = Pt[(size_t)j * ld + i] * (dSt[(size_t)j * ld + i] - delta[i]);
+    for (i = 0; i < rows; i++)
+        for (j = 0; j < n; j++) dS[(size_t)i * ld + j] = P[(size_t)i * ld + j] * (dS[(size_t)i * ld + j] - delta[i]);
 }
 
 static void av__attn_scale_scalar(float *Ot, int ld, int rows, int n, const float *alpha) {
@@ -2040,8 +2040,8 @@ static void av__attn_scale_scalar(float *Ot, int ld, int rows, int n, const floa
 
 #ifdef AV__X86
 /* AV__ATTN_VEC defines, for vector width W (8: AVX2, 16: AVX-512):
-   av__attn_expz_W av__attn_online_W av__attn_probs_W av__attn_dscores_W
-   av__attn_scale_W. MAX is the ISA's max; GE80(x) is a lane mask of x >= -80, KEEP(v, mask) keeps
+   av__attn_expz_W av__attn_online_W av__attn_scale_W av__attn_probs_rows_W
+   av__attn_dscores_rows_W. MAX is the ISA's max; GE80(x) is a lane mask of x >= -80, KEEP(v, mask) keeps
    the masked lanes and zeroes the others, NOT_NEG_INF(x) is x with -inf
    lanes set to 0, NEG_INF_TO_INF(x) is x with -inf lanes set to +inf. */
 #define AV__ATTN_VEC(TARGET, V, P, W, MAX, MASK_T, GE80, KEEP, NOT_NEG_INF, NEG_INF_TO_INF)                      \
@@ -2068,24 +2068,23 @@ static void av__attn_scale_scalar(float *Ot, int ld, int rows, int n, const floa
             P##_storeu_ps(m + i, mx);                                                              \
         }                                                                                          \
     }                                                                                              \
-    TARGET static void av__attn_probs_##W(float *St, int ld, int bk, int n, const float *lse) {     \
+    TARGET static void av__attn_probs_rows_##W(float *S, int ld, int rows, int n, const float *lse) { \
         int i, j;                                                                                  \
-        for (i = 0; i < n; i += W) {                                                               \
-            V L = NEG_INF_TO_INF(P##_loadu_ps(lse + i));                                           \
-            for (j = 0; j < bk; j++) {                                                             \
-                float *row = St + (size_t)j * ld + i;                                              \
-                P##_storeu_ps(row, av__attn_expz_##W(P##_sub_ps(P##_loadu_ps(row), L)));           \
-            }                                                                                      \
+        for (i = 0; i < rows; i++) {                                                               \
+            V L = NEG_INF_TO_INF(P##_set1_ps(lse[i]));                                             \
+            float *row = S + (size_t)i * ld;                                                       \
+            for (j = 0; j < n; j += W)                                                             \
+                P##_storeu_ps(row + j, av__attn_expz_##W(P##_sub_ps(P##_loadu_ps(row + j), L)));   \
         }                                                                                          \
     }                                                                                              \
-    TARGET static void av__attn_dscores_##W(float *dSt, const float *Pt, int ld, int bk, int n,    \
-                                            const float *delta) {                                  \
+    TARGET static void av__attn_dscores_rows_##W(float *dS, const float *Pr, int ld, int rows, int n, \
+                                                 const float *delta) {                             \
         int i, j;                                                                                  \
-        for (i = 0; i < n; i += W) {                                                               \
-            V d = P##_loadu_ps(delta + i);                                                         \
-            for (j = 0; j < bk; j++) {                                                             \
-                size_t at = (size_t)j * ld + i;                                                    \
-                P##_storeu_ps(dSt + at, P##_mul_ps(P##_loadu_ps(Pt + at), P##_sub_ps(P##_loadu_ps(dSt + at), d))); \
+        for (i = 0; i < rows; i++) {                                                               \
+            V d = P##_set1_ps(delta[i]);                                                           \
+            for (j = 0; j < n; j += W) {                                                           \
+                size_t at = (size_t)i * ld + j;                                                    \
+                P##_storeu_ps(dS + at, P##_mul_ps(P##_loadu_ps(Pr + at), P##_sub_ps(P##_loadu_ps(dS + at), d))); \
             }                                                                                      \
         }                                                                                          \
     }                                                                                              \
@@ -3168,53 +3167,69 @@ static void av__flash_forward(av_ctx *c, const av__flash *f, const float *q, con
     }
 }
 
+/* The backward works on blocks in the plain layout, S[i][j] (queries by
+   keys): its per-row statistics lse and delta are scalars per row, and of
+   the score-sized operands only dS needs transposing (for dQ = dS K).
+   Blocks are whole micro-panels both ways (a multiple of MR and of NR). */
+static int av__flash_bwd_block(const av__flash *f) {
+    int a = f->im->mr, b = f->im->nr, l = a;
+    while (l % b) l += a; /* lcm(MR, NR) */
+    return (64 + l - 1) / l * l;
+}
+
 /* Everything one head's backward packs, and its block buffers. */
 typedef struct av__flash_bwd {
-    float *Kp, *Vp, *Ktp;   /* A panels: K (k over D), V (k over Dv), K^T (k over j) */
-    float *Qb, *dOb;        /* B panels of Q^T and dO^T (k over D, Dv), whole query range */
-    float *Qr, *dOr;        /* B panels of Q and dO (k over queries) */
-    float *St, *dSt;        /* one block's P^T and dP^T then dS^T, BK x BQ */
-    float *Pd, *Ap;         /* P^T after dropout; A panels of one block */
-    float *dQt;             /* dQ^T, D x Tq (padded) */
-    float *lse, *delta;     /* one query block's, padded with 0 */
+    float *Qa, *dOa;        /* A panels of Q and dO (rows: queries; k over D, Dv) */
+    float *Kb, *Vb;         /* B panels of K^T and V^T (columns: keys; k over D, Dv) */
+    float *Kc, *Qc, *dOc;   /* B panels of K, Q and dO (k over keys or queries) */
+    float *S, *dS, *Pd, *Ap; /* one block's P, dP then dS, dropped P; A panels of one block */
     float *dmask;           /* this head's mask gradient, or NULL */
 } av__flash_bwd;
 
-/* dQ^T's row stride: the queries padded to a block, plus 32 floats so that
-   rows do not fall on one cache set (a power-of-two stride would) */
-static int av__flash_dq_ld(const av__flash *f) { return av__round_up(f->g->Tq, f->BQ) + 32; }
-
 static size_t av__flash_bwd_floats(const av__flash *f, size_t mask_floats) {
     const av__sdpa_geom *g = f->g;
-    int MR = f->im->mr, NR = f->im->nr;
-    size_t tk = (size_t)av__round_up(g->Tk, MR), tq = (size_t)av__round_up(g->Tq, f->BQ), ldq = (size_t)av__flash_dq_ld(f);
-    return tk * g->D + tk * g->Dv + (size_t)av__round_up(g->D, MR) * g->Tk      /* Kp Vp Ktp */
-           + tq * g->D + tq * g->Dv                                             /* Qb dOb */
-           + (size_t)av__round_up(g->D, NR) * g->Tq + (size_t)av__round_up(g->Dv, NR) * g->Tq /* Qr dOr */
-           + 4 * (size_t)f->BK * f->BQ + (size_t)g->D * ldq + 2 * (size_t)f->BQ + mask_floats;
+    int MR = f->im->mr, NR = f->im->nr, BB = av__flash_bwd_block(f);
+    size_t tq = (size_t)av__round_up(g->Tq, MR), tk = (size_t)av__round_up(g->Tk, NR);
+    return tq * g->D + tq * g->Dv + tk * g->D + tk * g->Dv                       /* Qa dOa Kb Vb */
+           + (size_t)av__round_up(g->D, NR) * (g->Tk + g->Tq) + (size_t)av__round_up(g->Dv, NR) * g->Tq /* Kc Qc dOc */
+           + 4 * (size_t)BB * BB + mask_floats;
 }
 
-static av__flash_bwd av__flash_bwd_layout(const av__flash *f, float *p, size_t mask_floats) {
+static av__flash_bwd av__flash_bwd_layout(const av__flash *f, float *p) {
     const av__sdpa_geom *g = f->g;
-    int MR = f->im->mr, NR = f->im->nr;
-    size_t tk = (size_t)av__round_up(g->Tk, MR), tq = (size_t)av__round_up(g->Tq, f->BQ);
+    int MR = f->im->mr, NR = f->im->nr, BB = av__flash_bwd_block(f);
+    size_t tq = (size_t)av__round_up(g->Tq, MR), tk = (size_t)av__round_up(g->Tk, NR);
     av__flash_bwd w;
-    w.Kp = p; p += tk * g->D;
-    w.Vp = p; p += tk * g->Dv;
-    w.Ktp = p; p += (size_t)av__round_up(g->D, MR) * g->Tk;
-    w.Qb = p; p += tq * g->D;
-    w.dOb = p; p += tq * g->Dv;
-    w.Qr = p; p += (size_t)av__round_up(g->D, NR) * g->Tq;
-    w.dOr = p; p += (size_t)av__round_up(g->Dv, NR) * g->Tq;
-    w.St = p; p += (size_t)f->BK * f->BQ;
-    w.dSt = p; p += (size_t)f->BK * f->BQ;
-    w.Pd = p; p += (size_t)f->BK * f->BQ;
-    w.Ap = p; p += (size_t)f->BK * f->BQ;
-    w.dQt = p; p += (size_t)g->D * av__flash_dq_ld(f);
-    w.lse = p; p += f->BQ;
-    w.delta = p; p += f->BQ;
-    w.dmask = mask_floats ? p : NULL;
+    w.Qa = p; p += tq * g->D;
+    w.dOa = p; p += tq * g->Dv;
+    w.Kb = p; p += tk * g->D;
+    w.Vb = p; p += tk * g->Dv;
+    w.Kc = p; p += (size_t)av__round_up(g->D, NR) * g->Tk;
+    w.Qc = p; p += (size_t)av__round_up(g->D, NR) * g->Tq;
+    w.dOc = p; p += (size_t)av__round_up(g->Dv, NR) * g->Tq;
+    w.S = p; p += (size_t)BB * BB;
+    w.dS = p; p += (size_t)BB * BB;
+    w.Pd = p; p += (size_t)BB * BB;
+    w.Ap = p; p += (size_t)BB * BB;
+    w.dmask = p;
     return w;
+}
+
+/* Scores of queries [i0, i0+nq) for keys [j0, j0+bk) in S (rows i, ld BB):
+   the mask added, and hidden or padding keys (up to n) set to -inf. */
+static void av__flash_mask_rows(const av__sdpa_geom *g, float *S, int ld, int nq, int n, int i0, int j0, int bk,
+                                const float *mb) {
+    int i, j;
+    for (i = 0; i < nq; i++) {
+        float *row = S + (size_t)i * ld;
+        int see = g->causal ? i0 + i + g->offset - j0 + 1 : bk; /* keys j0 + j with j < see are visible */
+        if (mb) {
+            const float *mrow = mb + (i0 + i) * g->mi + j0 * g->mj;
+            for (j = 0; j < bk; j++) row[j] += mrow[j * g->mj];
+        }
+        for (j = see < 0 ? 0 : see; j < n; j++) row[j] = -INFINITY;
+        for (j = bk; j < n; j++) row[j] = -INFINITY;
+    }
 }
 
 /* One head: key blocks outer (dK_j, dV_j accumulate over query blocks in
@@ -3224,67 +3239,60 @@ static void av__flash_backward_head(const av__flash *f, int bh, const float *q, 
                                     float *dq, float *dk, float *dv, av__flash_bwd *w) {
     const av__sdpa_geom *g = f->g;
     const av__gemm_impl *im = f->im;
-    int MR = im->mr, NR = im->nr, BQ = f->BQ, BK = f->BK, ldq = av__flash_dq_ld(f), j0, i0, i, j;
+    int MR = im->mr, NR = im->nr, BB = av__flash_bwd_block(f), j0, i0, i, j;
     int mask_cols = g->mj ? g->Tk : 1;
     float keep = g->dropout > 0.0f ? 1.0f / (1.0f - g->dropout) : 1.0f;
-    av__panels_by_rows(w->Kp, MR, k, g->Tk, g->D, (size_t)g->k.ld);
-    av__panels_by_rows(w->Vp, MR, v, g->Tk, g->Dv, (size_t)g->v.ld);
-    av__panels_by_cols(w->Ktp, MR, k, g->Tk, g->D, (size_t)g->k.ld);
-    for (i0 = 0; i0 < g->Tq; i0 += BQ) {
-        int nq = AV__MIN(BQ, g->Tq - i0);
-        av__panels_by_rows(w->Qb + (size_t)i0 * g->D, NR, q + (size_t)i0 * g->q.ld, nq, g->D, (size_t)g->q.ld);
-        av__panels_by_rows(w->dOb + (size_t)i0 * g->Dv, NR, dO + (size_t)i0 * g->o.ld, nq, g->Dv, (size_t)g->o.ld);
-    }
-    av__panels_by_cols(w->Qr, NR, q, g->Tq, g->D, (size_t)g->q.ld);
-    av__panels_by_cols(w->dOr, NR, dO, g->Tq, g->Dv, (size_t)g->o.ld);
-    memset(w->dQt, 0, (size_t)g->D * ldq * sizeof(float));
-    for (j0 = 0; j0 < g->Tk; j0 += BK) {
-        int bk = AV__MIN(BK, g->Tk - j0);
-        for (i0 = 0; i0 < g->Tq; i0 += BQ) {
-            int nq = AV__MIN(BQ, g->Tq - i0), n = av__round_up(nq, NR);
+    av__panels_by_rows(w->Qa, MR, q, g->Tq, g->D, (size_t)g->q.ld);
+    av__panels_by_rows(w->dOa, MR, dO, g->Tq, g->Dv, (size_t)g->o.ld);
+    av__panels_by_rows(w->Kb, NR, k, g->Tk, g->D, (size_t)g->k.ld);
+    av__panels_by_rows(w->Vb, NR, v, g->Tk, g->Dv, (size_t)g->v.ld);
+    av__panels_by_cols(w->Kc, NR, k, g->Tk, g->D, (size_t)g->k.ld);
+    av__panels_by_cols(w->Qc, NR, q, g->Tq, g->D, (size_t)g->q.ld);
+    av__panels_by_cols(w->dOc, NR, dO, g->Tq, g->Dv, (size_t)g->o.ld);
+    for (j0 = 0; j0 < g->Tk; j0 += BB) {
+        int bk = AV__MIN(BB, g->Tk - j0), n = av__round_up(bk, NR);
+        for (i0 = 0; i0 < g->Tq; i0 += BB) {
+            int nq = AV__MIN(BB, g->Tq - i0);
+            const float *P = w->S;
             if (av__flash_key_end(f, i0, nq) <= j0) continue; /* hidden by causality */
-            for (i = 0; i < n; i++) {
-                w->lse[i] = i < nq ? lse[i0 + i] : 0.0f;
-                w->delta[i] = i < nq ? delta[i0 + i] : 0.0f;
-            }
-            /* P^T = exp(scale K_j Q_i^T + mask - lse) */
-            av__gemm_panels(im, bk, n, g->D, w->Kp + (size_t)j0 * g->D, (size_t)MR * g->D, w->Qb + (size_t)i0 * g->D,
-                            (size_t)NR * g->D, NR, w->St, BQ, g->scale, 0.0f);
-            av__flash_mask(f, w->St, bk, n, j0, i0, nq, mb);
-            AV__VDISPATCH(f->isa, attn_probs, w->St, BQ, bk, n, w->lse);
-            /* dP^T = V_j dO_i^T; with dropout, dP and the P that reached V carry the mask */
-            av__gemm_panels(im, bk, n, g->Dv, w->Vp + (size_t)j0 * g->Dv, (size_t)MR * g->Dv,
-                            w->dOb + (size_t)i0 * g->Dv, (size_t)NR * g->Dv, NR, w->dSt, BQ, 1.0f, 0.0f);
-            if (g->dropout > 0.0f)
-                for (j = 0; j < bk; j++)
-                    for (i = 0; i < nq; i++) {
+            /* P = exp(scale Q_i K_j^T + mask - lse) */
+            av__gemm_panels(im, nq, n, g->D, w->Qa + (size_t)i0 * g->D, (size_t)MR * g->D, w->Kb + (size_t)j0 * g->D,
+                            (size_t)NR * g->D, NR, w->S, BB, g->scale, 0.0f);
+            av__flash_mask_rows(g, w->S, BB, nq, n, i0, j0, bk, mb);
+            AV__VDISPATCH(f->isa, attn_probs_rows, w->S, BB, nq, n, lse + i0);
+            /* dP = dO_i V_j^T; with dropout, dP and the P that reached V carry the mask */
+            av__gemm_panels(im, nq, n, g->Dv, w->dOa + (size_t)i0 * g->Dv, (size_t)MR * g->Dv, w->Vb + (size_t)j0 * g->Dv,
+                            (size_t)NR * g->Dv, NR, w->dS, BB, 1.0f, 0.0f);
+            if (g->dropout > 0.0f) {
+                for (i = 0; i < nq; i++)
+                    for (j = 0; j < bk; j++) {
                         float s = av__sdpa_kept(g, bh, i0 + i, j0 + j) ? keep : 0.0f;
-                        w->dSt[(size_t)j * BQ + i] *= s;
-                        w->Pd[(size_t)j * BQ + i] = w->St[(size_t)j * BQ + i] * s;
+                        w->dS[(size_t)i * BB + j] *= s;
+                        w->Pd[(size_t)i * BB + j] = w->S[(size_t)i * BB + j] * s;
                     }
-            /* dV_j += P_j^T dO_i: A = panels of P^T's rows, k over the block's queries */
-            av__panels_by_rows(w->Ap, MR, g->dropout > 0.0f ? w->Pd : w->St, bk, nq, (size_t)BQ);
-            av__gemm_panels(im, bk, g->Dv, nq, w->Ap, (size_t)MR * nq, w->dOr + (size_t)i0 * NR, (size_t)NR * g->Tq, NR,
+                P = w->Pd;
+            }
+            /* dV_j += P^T dO_i: A = P's columns as panels, k over the block's queries */
+            av__panels_by_cols(w->Ap, MR, P, nq, bk, (size_t)BB);
+            av__gemm_panels(im, bk, g->Dv, nq, w->Ap, (size_t)MR * nq, w->dOc + (size_t)i0 * NR, (size_t)NR * g->Tq, NR,
                             dv + (size_t)j0 * g->v.ld, g->v.ld, 1.0f, 1.0f);
-            /* dS^T = P^T (dP^T - delta) */
-            AV__VDISPATCH(f->isa, attn_dscores, w->dSt, w->St, BQ, bk, n, w->delta);
+            /* dS = P (dP - delta) */
+            AV__VDISPATCH(f->isa, attn_dscores_rows, w->dS, w->S, BB, nq, n, delta + i0);
             if (w->dmask)
-                for (j = 0; j < bk; j++)
-                    for (i = 0; i < nq; i++)
+                for (i = 0; i < nq; i++)
+                    for (j = 0; j < bk; j++)
                         w->dmask[(g->mi ? (size_t)(i0 + i) * mask_cols : 0) + (g->mj ? (size_t)(j0 + j) : 0)] +=
-                            w->dSt[(size_t)j * BQ + i];
-            /* dQ_i^T += scale K_j^T dS_j^T (dS^T read in place) */
-            av__gemm_panels(im, g->D, n, bk, w->Ktp + (size_t)j0 * MR, (size_t)MR * g->Tk, w->dSt, (size_t)NR, BQ,
-                            w->dQt + i0, ldq, g->scale, 1.0f);
-            /* dK_j += scale dS_j^T Q_i */
-            av__panels_by_rows(w->Ap, MR, w->dSt, bk, nq, (size_t)BQ);
-            av__gemm_panels(im, bk, g->D, nq, w->Ap, (size_t)MR * nq, w->Qr + (size_t)i0 * NR, (size_t)NR * g->Tq, NR,
+                            w->dS[(size_t)i * BB + j];
+            /* dK_j += scale dS^T Q_i */
+            av__panels_by_cols(w->Ap, MR, w->dS, nq, bk, (size_t)BB);
+            av__gemm_panels(im, bk, g->D, nq, w->Ap, (size_t)MR * nq, w->Qc + (size_t)i0 * NR, (size_t)NR * g->Tq, NR,
                             dk + (size_t)j0 * g->k.ld, g->k.ld, g->scale, 1.0f);
+            /* dQ_i += scale dS K_j: the one transposed pack */
+            av__panels_by_rows(w->Ap, MR, w->dS, nq, bk, (size_t)BB);
+            av__gemm_panels(im, nq, g->D, bk, w->Ap, (size_t)MR * bk, w->Kc + (size_t)j0 * NR, (size_t)NR * g->Tk, NR,
+                            dq + (size_t)i0 * g->q.ld, g->q.ld, g->scale, 1.0f);
         }
     }
-    for (i0 = 0; i0 < g->Tq; i0 += 16) /* dq += dQt^T, 16 queries at a time so both sides stay in cache */
-        for (j = 0; j < g->D; j++)
-            for (i = i0; i < AV__MIN(i0 + 16, g->Tq); i++) dq[(size_t)i * g->q.ld + j] += w->dQt[(size_t)j * ldq + i];
 }
 
 static void av__flash_backward(av_ctx *c, const av__flash *f, const float *q, const float *k, const float *v,
@@ -3319,7 +3327,7 @@ static void av__flash_backward(av_ctx *c, const av__flash *f, const float *q, co
 #ifdef _OPENMP
         me = omp_get_thread_num();
 #endif
-        w = av__flash_bwd_layout(f, scratch + (size_t)me * per_head, 0);
+        w = av__flash_bwd_layout(f, scratch + (size_t)me * per_head);
         w.dmask = dmasks ? dmasks + (size_t)t * mask_floats : NULL;
         av__flash_backward_head(f, t, av__head(q, &g->q, t, g->H), av__head(k, &g->k, t, g->H),
                                 av__head(v, &g->v, t, g->H), av__head(dO, &g->o, t, g->H), lse + (size_t)t * g->Tq,
