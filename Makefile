@@ -104,9 +104,13 @@ test-arm64: deps-arm64
 		"qemu-aarch64 build/arm64/test_gemm --quick | grep '^isa neon:'"
 
 # ---- benchmarks -------------------------------------------------------
-bench: deps-bench data $(BUILD)/bench_gemm $(BUILD)/vae_fashion
+bench: deps-bench data $(BUILD)/bench_gemm $(BUILD)/vae_fashion $(BUILD)/bench_attention
 	$(BUILD)/bench_gemm
 	tests/bench_vae.sh $(BUILD)/vae_fashion $(DATA)
+	tests/bench_attention.sh $(BUILD)/bench_attention
+
+$(BUILD)/bench_attention: tests/bench_attention.c $(HEADER) | $(BUILD)
+	$(C99) $(OPENMP) -o $@ $< -lm
 
 $(BUILD)/bench_gemm: tests/bench_gemm.c $(HEADER) | $(BUILD)
 	$(CC) -std=c99 -O2 $(OPENMP) -o $@ $< -lopenblas -lm
