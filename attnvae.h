@@ -74,7 +74,10 @@
      [4 autodiff]   av_backward av_requires_grad av_detach
      [5 model]      av_model, av_param (named, initialised), find, zero_grad
      [6 layers]     av_linear_layer av_mlp av_activate; av_mha (multi-head
-                    attention with a KV cache); av_autoencoder
+                    attention with a KV cache); layer norm, embedding,
+                    positional encodings; Transformer encoder and decoder
+                    layers and stacks, nn.Transformer, cached decoding;
+                    av_autoencoder
      [7 toolkits]   VAE: gaussian head, reparameterize, KL, likelihoods, ELBO,
                     IWAE, av_vae around any encoder and decoder
      [8 optim]      av_sgd av_adam av_adamw av_optim_step, clipping, schedules
@@ -425,6 +428,113 @@ AVAPI av_tensor *av_mha_step(av_ctx *c, const av_mha *a, av_tensor *x, av_kv_cac
 AVAPI int av_kv_cache_set_memory(av_ctx *c, const av_mha *a, av_tensor *memory, av_kv_cache *kv);
 AVAPI av_tensor *av_mha_attend_cache(av_ctx *c, const av_mha *a, av_tensor *query, const av_kv_cache *kv,
                                      av_tensor *key_padding_mask, av_tensor **weights);
+
+/* nn.LayerNorm over the last axis: "<name>.weight" (ones), "<name>.bias" (zeros). */
+typedef struct av_layer_norm_layer { av_tensor *weight, *bias; float eps; } av_layer_norm_layer;
+AVAPI av_layer_norm_layer av_layer_norm_new(av_model *m, const char *name, int dim, float eps);
+AVAPI av_tensor *av_layer_norm_forward(av_ctx *c, const av_layer_norm_layer *l, av_tensor *x);
+
+/* nn.Embedding: "<name>.weight" [num, dim], N(0, 1) as PyTorch's. ids are
+   B x T row-major; the result is [B, T, dim] ([T, dim] when B is 0). */
+typedef struct av_embedding_layer { av_tensor *weight; } av_embedding_layer;
+AVAPI av_embedding_layer av_embedding_new(av_model *m, const char *name, int num, int dim);
+AVAPI av_tensor *av_embedding_forward(av_ctx *c, const av_embedding_layer *e, const int *ids, int B, int T);
+
+/* Positional encodings. Sinusoidal (Vaswani et al.): row p holds
+   sin(p / 10000^(2i/d)) at column 2i and cos(...) at 2i + 1, for positions
+   start .. start + T - 1: [T, d], a constant. Learned: an av_embedding_layer
+   of positions, av_embedding_forward of the ids start.. */
+AVAPI av_tensor *av_sinusoidal_positions(av_ctx *c, int T, int d, int start);
+
+/* Transformer layers, as PyTorch's nn.TransformerEncoderLayer,
+   nn.TransformerDecoderLayer, nn.TransformerEncoder/Decoder and
+   nn.Transformer, batch first: x [B, T, d_model]. Parameter names:
+     encoder layer "<name>.self_attn.*" (av_mha), "<name>.linear1.*" [ff, d],
+       "<name>.linear2.*" [d, ff], "<name>.norm1.*", "<name>.norm2.*";
+     decoder layer adds "<name>.multihead_attn.*" and "<name>.norm3.*";
+     stacks "<name>.layers.<i>.*" and "<name>.norm.*" (the final norm);
+     nn.Transformer "<name>.encoder.*" and "<name>.decoder.*", each with a
+       final norm.
+   A state_dict that PyTorch saved as safetensors loads by name.
+   norm_first 0 is post-LN (x = norm(x + f(x))), 1 pre-LN (x = x + f(norm(x))).
+   Dropout (in training) follows PyTorch: on the attention weights, after
+   the feed-forward's activation, and on each branch before its residual. */
+typedef struct av_transformer_config {
+    int d_model, nhead, dim_feedforward;
+    float dropout;        /* PyTorch's default: 0.1 */
+    int activation;       /* AV_ACT_RELU (default) or AV_ACT_GELU */
+    float layer_norm_eps; /* 1e-5 */
+    int norm_first;       /* 0: post-LN (default), 1: pre-LN */
+} av_transformer_config;
+/* PyTorch's defaults: dim_feedforward 2048, dropout 0.1, relu, eps 1e-5, post-LN */
+AVAPI av_transformer_config av_transformer_defaults(int d_model, int nhead);
+
+typedef struct av_encoder_layer {
+    av_transformer_config cfg;
+    av_mha self_attn;
+    av_linear_layer linear1, linear2;
+    av_layer_norm_layer norm1, norm2;
+} av_encoder_layer;
+typedef struct av_decoder_layer {
+    av_transformer_config cfg;
+    av_mha self_attn, multihead_attn;
+    av_linear_layer linear1, linear2;
+    av_layer_norm_layer norm1, norm2, norm3;
+} av_decoder_layer;
+AVAPI av_encoder_layer av_encoder_layer_new(av_model *m, const char *name, const av_transformer_config *cfg);
+AVAPI av_decoder_layer av_decoder_layer_new(av_model *m, const char *name, const av_transformer_config *cfg);
+/* Masks are additive (NULL for none): mask broadcastable to [B, H, T, T],
+   key_padding_mask [B, T] (av_key_padding_mask reshaped), is_causal as
+   av_sdpa's. The decoder layer takes the target's and the memory's. */
+AVAPI av_tensor *av_encoder_layer_forward(av_ctx *c, const av_encoder_layer *l, av_tensor *x, av_tensor *mask,
+                                          av_tensor *key_padding_mask, int is_causal);
+AVAPI av_tensor *av_decoder_layer_forward(av_ctx *c, const av_decoder_layer *l, av_tensor *x, av_tensor *memory,
+                                          av_tensor *tgt_mask, av_tensor *tgt_key_padding_mask, int tgt_is_causal,
+                                          av_tensor *memory_mask, av_tensor *memory_key_padding_mask);
+
+#define AV_MAX_TRANSFORMER_LAYERS 24
+typedef struct av_transformer_encoder {
+    int num_layers;
+    av_encoder_layer layers[AV_MAX_TRANSFORMER_LAYERS];
+    av_layer_norm_layer norm; /* weight NULL: no final norm */
+} av_transformer_encoder;
+typedef struct av_transformer_decoder {
+    int num_layers;
+    av_decoder_layer layers[AV_MAX_TRANSFORMER_LAYERS];
+    av_layer_norm_layer norm;
+} av_transformer_decoder;
+AVAPI av_transformer_encoder av_transformer_encoder_new(av_model *m, const char *name, const av_transformer_config *cfg,
+                                                        int num_layers, int final_norm);
+AVAPI av_transformer_decoder av_transformer_decoder_new(av_model *m, const char *name, const av_transformer_config *cfg,
+                                                        int num_layers, int final_norm);
+AVAPI av_tensor *av_transformer_encoder_forward(av_ctx *c, const av_transformer_encoder *e, av_tensor *x, av_tensor *mask,
+                                                av_tensor *key_padding_mask, int is_causal);
+AVAPI av_tensor *av_transformer_decoder_forward(av_ctx *c, const av_transformer_decoder *d, av_tensor *x, av_tensor *memory,
+                                                av_tensor *tgt_mask, av_tensor *tgt_key_padding_mask, int tgt_is_causal,
+                                                av_tensor *memory_mask, av_tensor *memory_key_padding_mask);
+
+/* nn.Transformer: an encoder and a decoder stack, each with a final norm. */
+typedef struct av_transformer { av_transformer_encoder encoder; av_transformer_decoder decoder; } av_transformer;
+AVAPI av_transformer av_transformer_new(av_model *m, const char *name, const av_transformer_config *cfg,
+                                        int num_encoder_layers, int num_decoder_layers);
+/* src [B, S, d], tgt [B, T, d] -> [B, T, d]; the target attends causally to itself */
+AVAPI av_tensor *av_transformer_forward(av_ctx *c, const av_transformer *t, av_tensor *src, av_tensor *tgt,
+                                        av_tensor *src_key_padding_mask, av_tensor *tgt_key_padding_mask);
+
+/* Decoding a step at a time with KV caches, for the decoder stack: one self-
+   attention cache and one memory cache per layer (inference). Step by step,
+   av_transformer_decoder_step equals av_transformer_decoder_forward with a
+   causal target on the whole sequence. */
+typedef struct av_decoder_cache {
+    int num_layers;
+    av_kv_cache self_kv[AV_MAX_TRANSFORMER_LAYERS], memory_kv[AV_MAX_TRANSFORMER_LAYERS];
+} av_decoder_cache;
+AVAPI int av_decoder_cache_init(av_decoder_cache *dc, const av_transformer_decoder *d, int batch, int capacity);
+AVAPI void av_decoder_cache_free(av_decoder_cache *dc);
+AVAPI int av_decoder_cache_set_memory(av_ctx *c, av_decoder_cache *dc, const av_transformer_decoder *d, av_tensor *memory);
+/* x [B, T_new, d] -> [B, T_new, d] */
+AVAPI av_tensor *av_transformer_decoder_step(av_ctx *c, const av_transformer_decoder *d, av_tensor *x, av_decoder_cache *dc,
+                                             av_tensor *memory_key_padding_mask);
 
 /* A plain autoencoder: encoder MLP sizes[0] -> ... -> sizes[n] (the code),
    decoder the mirror image back to sizes[0]; parameters "<name>.enc.*" and
@@ -4152,6 +4262,270 @@ AVDEF av_tensor *av_mha_attend_cache(av_ctx *c, const av_mha *a, av_tensor *quer
     g.q = av__heads_of(0, (size_t)T * E, (size_t)g.D, E);
     return av__mha_attend_kv(c, a, op, &g, qp, query, kv, av__mha_mask(c, key_padding_mask, NULL, B, kv->length), 0,
                              weights);
+}
+
+/* ---- layer norm, embedding, positions ---- */
+AVDEF av_layer_norm_layer av_layer_norm_new(av_model *m, const char *name, int dim, float eps) {
+    av_layer_norm_layer l;
+    char buf[AV__NAME_MAX];
+    l.weight = av_param(m, av__subname(buf, name, "weight"), AV_INIT_ONES, 0, 1, dim);
+    l.bias = av_param(m, av__subname(buf, name, "bias"), AV_INIT_ZEROS, 0, 1, dim);
+    l.eps = eps;
+    return l;
+}
+
+AVDEF av_tensor *av_layer_norm_forward(av_ctx *c, const av_layer_norm_layer *l, av_tensor *x) {
+    return av_layer_norm(c, x, l->weight, l->bias, l->eps);
+}
+
+AVDEF av_embedding_layer av_embedding_new(av_model *m, const char *name, int num, int dim) {
+    av_embedding_layer e;
+    char buf[AV__NAME_MAX];
+    e.weight = av_param(m, av__subname(buf, name, "weight"), AV_INIT_NORMAL, 1.0f, 2, num, dim);
+    return e;
+}
+
+AVDEF av_tensor *av_embedding_forward(av_ctx *c, const av_embedding_layer *e, const int *ids, int B, int T) {
+    av_tensor *x = av_embedding(c, e->weight, ids, (B ? B : 1) * T);
+    return B ? av_reshape(c, x, 3, B, T, e->weight->shape[1]) : x;
+}
+
+AVDEF av_tensor *av_sinusoidal_positions(av_ctx *c, int T, int d, int start) {
+    int shape[2], p, i;
+    av_tensor *pe;
+    shape[0] = T;
+    shape[1] = d;
+    pe = av__tensor_empty(c, 2, shape, "av_sinusoidal_positions");
+    for (p = 0; p < T; p++)
+        for (i = 0; i < d; i++) {
+            double angle = (double)(start + p) / pow(10000.0, (double)(i - i % 2) / (double)d);
+            pe->data[(size_t)p * d + i] = (float)(i % 2 ? cos(angle) : sin(angle));
+        }
+    return pe;
+}
+
+/* ---- Transformer layers ---- */
+AVDEF av_transformer_config av_transformer_defaults(int d_model, int nhead) {
+    av_transformer_config cfg;
+    cfg.d_model = d_model;
+    cfg.nhead = nhead;
+    cfg.dim_feedforward = 2048;
+    cfg.dropout = 0.1f;
+    cfg.activation = AV_ACT_RELU;
+    cfg.layer_norm_eps = 1e-5f;
+    cfg.norm_first = 0;
+    return cfg;
+}
+
+static void av__transformer_check(const av_transformer_config *cfg, const char *op) {
+    if (cfg->d_model <= 0 || cfg->nhead <= 0 || cfg->d_model % cfg->nhead || cfg->dim_feedforward <= 0)
+        av__fail("%s: d_model %d must be a positive multiple of nhead %d, dim_feedforward %d positive", op, cfg->d_model,
+                 cfg->nhead, cfg->dim_feedforward);
+    if (cfg->activation != AV_ACT_RELU && cfg->activation != AV_ACT_GELU)
+        av__fail("%s: activation %d must be AV_ACT_RELU or AV_ACT_GELU", op, cfg->activation);
+}
+
+/* the feed-forward block and the norms shared by both layers; `first` names norm1.. */
+static void av__ffn_new(av_model *m, const char *name, const av_transformer_config *cfg, av_linear_layer *linear1,
+                        av_linear_layer *linear2) {
+    char buf[AV__NAME_MAX];
+    *linear1 = av_linear_layer_new(m, av__subname(buf, name, "linear1"), cfg->d_model, cfg->dim_feedforward, 1);
+    *linear2 = av_linear_layer_new(m, av__subname(buf, name, "linear2"), cfg->dim_feedforward, cfg->d_model, 1);
+}
+
+AVDEF av_encoder_layer av_encoder_layer_new(av_model *m, const char *name, const av_transformer_config *cfg) {
+    av_encoder_layer l;
+    char buf[AV__NAME_MAX];
+    av__transformer_check(cfg, "av_encoder_layer_new");
+    l.cfg = *cfg;
+    l.self_attn = av_mha_new(m, av__subname(buf, name, "self_attn"), cfg->d_model, cfg->nhead, 0, 0, 1, cfg->dropout);
+    av__ffn_new(m, name, cfg, &l.linear1, &l.linear2);
+    l.norm1 = av_layer_norm_new(m, av__subname(buf, name, "norm1"), cfg->d_model, cfg->layer_norm_eps);
+    l.norm2 = av_layer_norm_new(m, av__subname(buf, name, "norm2"), cfg->d_model, cfg->layer_norm_eps);
+    return l;
+}
+
+AVDEF av_decoder_layer av_decoder_layer_new(av_model *m, const char *name, const av_transformer_config *cfg) {
+    av_decoder_layer l;
+    char buf[AV__NAME_MAX];
+    av__transformer_check(cfg, "av_decoder_layer_new");
+    l.cfg = *cfg;
+    l.self_attn = av_mha_new(m, av__subname(buf, name, "self_attn"), cfg->d_model, cfg->nhead, 0, 0, 1, cfg->dropout);
+    l.multihead_attn = av_mha_new(m, av__subname(buf, name, "multihead_attn"), cfg->d_model, cfg->nhead, 0, 0, 1, cfg->dropout);
+    av__ffn_new(m, name, cfg, &l.linear1, &l.linear2);
+    l.norm1 = av_layer_norm_new(m, av__subname(buf, name, "norm1"), cfg->d_model, cfg->layer_norm_eps);
+    l.norm2 = av_layer_norm_new(m, av__subname(buf, name, "norm2"), cfg->d_model, cfg->layer_norm_eps);
+    l.norm3 = av_layer_norm_new(m, av__subname(buf, name, "norm3"), cfg->d_model, cfg->layer_norm_eps);
+    return l;
+}
+
+/* linear2(dropout(activation(linear1(x)))) */
+static av_tensor *av__ffn(av_ctx *c, const av_transformer_config *cfg, const av_linear_layer *linear1,
+                          const av_linear_layer *linear2, av_tensor *x) {
+    av_tensor *h = av_activate(c, av_linear_forward(c, linear1, x), cfg->activation);
+    return av_linear_forward(c, linear2, av_dropout(c, h, cfg->dropout));
+}
+
+/* One sublayer with its residual: x + dropout(f(norm(x))) before, norm(x + dropout(f(x))) after. */
+static av_tensor *av__residual(av_ctx *c, const av_transformer_config *cfg, const av_layer_norm_layer *norm, av_tensor *x,
+                               av_tensor *f_out) {
+    av_tensor *y = av_add(c, x, av_dropout(c, f_out, cfg->dropout));
+    return cfg->norm_first ? y : av_layer_norm_forward(c, norm, y);
+}
+#define AV__SUBLAYER_IN(cfg, norm, x) ((cfg)->norm_first ? av_layer_norm_forward(c, norm, x) : (x))
+
+AVDEF av_tensor *av_encoder_layer_forward(av_ctx *c, const av_encoder_layer *l, av_tensor *x, av_tensor *mask,
+                                          av_tensor *key_padding_mask, int is_causal) {
+    const av_transformer_config *cfg = &l->cfg;
+    av_tensor *h = AV__SUBLAYER_IN(cfg, &l->norm1, x);
+    x = av__residual(c, cfg, &l->norm1, x, av_mha_forward(c, &l->self_attn, h, h, h, key_padding_mask, mask, is_causal, NULL));
+    h = AV__SUBLAYER_IN(cfg, &l->norm2, x);
+    return av__residual(c, cfg, &l->norm2, x, av__ffn(c, cfg, &l->linear1, &l->linear2, h));
+}
+
+/* The decoder layer; with a cache (dc_self, dc_memory) its attentions read
+   and extend it instead of taking all of x and the memory. */
+static av_tensor *av__decoder_layer(av_ctx *c, const av_decoder_layer *l, av_tensor *x, av_tensor *memory, av_tensor *tgt_mask,
+                                    av_tensor *tgt_kpm, int tgt_is_causal, av_tensor *memory_mask, av_tensor *memory_kpm,
+                                    av_kv_cache *self_kv, const av_kv_cache *memory_kv) {
+    const av_transformer_config *cfg = &l->cfg;
+    av_tensor *h = AV__SUBLAYER_IN(cfg, &l->norm1, x), *a;
+    a = self_kv ? av_mha_step(c, &l->self_attn, h, self_kv, NULL)
+                : av_mha_forward(c, &l->self_attn, h, h, h, tgt_kpm, tgt_mask, tgt_is_causal, NULL);
+    x = av__residual(c, cfg, &l->norm1, x, a);
+    h = AV__SUBLAYER_IN(cfg, &l->norm2, x);
+    a = memory_kv ? av_mha_attend_cache(c, &l->multihead_attn, h, memory_kv, memory_kpm, NULL)
+                  : av_mha_forward(c, &l->multihead_attn, h, memory, memory, memory_kpm, memory_mask, 0, NULL);
+    x = av__residual(c, cfg, &l->norm2, x, a);
+    h = AV__SUBLAYER_IN(cfg, &l->norm3, x);
+    return av__residual(c, cfg, &l->norm3, x, av__ffn(c, cfg, &l->linear1, &l->linear2, h));
+}
+
+AVDEF av_tensor *av_decoder_layer_forward(av_ctx *c, const av_decoder_layer *l, av_tensor *x, av_tensor *memory,
+                                          av_tensor *tgt_mask, av_tensor *tgt_key_padding_mask, int tgt_is_causal,
+                                          av_tensor *memory_mask, av_tensor *memory_key_padding_mask) {
+    return av__decoder_layer(c, l, x, memory, tgt_mask, tgt_key_padding_mask, tgt_is_causal, memory_mask,
+                             memory_key_padding_mask, NULL, NULL);
+}
+
+static void av__stack_check(int num_layers, const char *op) {
+    if (num_layers < 1 || num_layers > AV_MAX_TRANSFORMER_LAYERS)
+        av__fail("%s: %d layers (1 to %d)", op, num_layers, AV_MAX_TRANSFORMER_LAYERS);
+}
+
+/* "<name>.layers.<i>" */
+static const char *av__layer_name(char *buf, const char *name, int i) {
+    char index[32], layers[AV__NAME_MAX];
+    snprintf(index, sizeof index, "%d", i);
+    return av__subname(buf, av__subname(layers, name, "layers"), index);
+}
+
+AVDEF av_transformer_encoder av_transformer_encoder_new(av_model *m, const char *name, const av_transformer_config *cfg,
+                                                        int num_layers, int final_norm) {
+    av_transformer_encoder e;
+    char buf[AV__NAME_MAX];
+    int i;
+    av__stack_check(num_layers, "av_transformer_encoder_new");
+    memset(&e, 0, sizeof e);
+    e.num_layers = num_layers;
+    for (i = 0; i < num_layers; i++) e.layers[i] = av_encoder_layer_new(m, av__layer_name(buf, name, i), cfg);
+    if (final_norm) e.norm = av_layer_norm_new(m, av__subname(buf, name, "norm"), cfg->d_model, cfg->layer_norm_eps);
+    return e;
+}
+
+AVDEF av_transformer_decoder av_transformer_decoder_new(av_model *m, const char *name, const av_transformer_config *cfg,
+                                                        int num_layers, int final_norm) {
+    av_transformer_decoder d;
+    char buf[AV__NAME_MAX];
+    int i;
+    av__stack_check(num_layers, "av_transformer_decoder_new");
+    memset(&d, 0, sizeof d);
+    d.num_layers = num_layers;
+    for (i = 0; i < num_layers; i++) d.layers[i] = av_decoder_layer_new(m, av__layer_name(buf, name, i), cfg);
+    if (final_norm) d.norm = av_layer_norm_new(m, av__subname(buf, name, "norm"), cfg->d_model, cfg->layer_norm_eps);
+    return d;
+}
+
+static av_tensor *av__final_norm(av_ctx *c, const av_layer_norm_layer *norm, av_tensor *x) {
+    return norm->weight ? av_layer_norm_forward(c, norm, x) : x;
+}
+
+AVDEF av_tensor *av_transformer_encoder_forward(av_ctx *c, const av_transformer_encoder *e, av_tensor *x, av_tensor *mask,
+                                                av_tensor *key_padding_mask, int is_causal) {
+    int i;
+    for (i = 0; i < e->num_layers; i++) x = av_encoder_layer_forward(c, &e->layers[i], x, mask, key_padding_mask, is_causal);
+    return av__final_norm(c, &e->norm, x);
+}
+
+AVDEF av_tensor *av_transformer_decoder_forward(av_ctx *c, const av_transformer_decoder *d, av_tensor *x, av_tensor *memory,
+                                                av_tensor *tgt_mask, av_tensor *tgt_key_padding_mask, int tgt_is_causal,
+                                                av_tensor *memory_mask, av_tensor *memory_key_padding_mask) {
+    int i;
+    for (i = 0; i < d->num_layers; i++)
+        x = av__decoder_layer(c, &d->layers[i], x, memory, tgt_mask, tgt_key_padding_mask, tgt_is_causal, memory_mask,
+                              memory_key_padding_mask, NULL, NULL);
+    return av__final_norm(c, &d->norm, x);
+}
+
+AVDEF av_transformer av_transformer_new(av_model *m, const char *name, const av_transformer_config *cfg,
+                                        int num_encoder_layers, int num_decoder_layers) {
+    av_transformer t;
+    char buf[AV__NAME_MAX];
+    t.encoder = av_transformer_encoder_new(m, av__subname(buf, name, "encoder"), cfg, num_encoder_layers, 1);
+    t.decoder = av_transformer_decoder_new(m, av__subname(buf, name, "decoder"), cfg, num_decoder_layers, 1);
+    return t;
+}
+
+AVDEF av_tensor *av_transformer_forward(av_ctx *c, const av_transformer *t, av_tensor *src, av_tensor *tgt,
+                                        av_tensor *src_key_padding_mask, av_tensor *tgt_key_padding_mask) {
+    av_tensor *memory = av_transformer_encoder_forward(c, &t->encoder, src, NULL, src_key_padding_mask, 0);
+    return av_transformer_decoder_forward(c, &t->decoder, tgt, memory, NULL, tgt_key_padding_mask, 1, NULL,
+                                          src_key_padding_mask);
+}
+
+/* ---- decoding with caches ---- */
+AVDEF int av_decoder_cache_init(av_decoder_cache *dc, const av_transformer_decoder *d, int batch, int capacity) {
+    int i, rc = AV_OK;
+    memset(dc, 0, sizeof *dc);
+    for (i = 0; i < d->num_layers && !rc; i++) {
+        rc = av_kv_cache_init(&dc->self_kv[i], &d->layers[i].self_attn, batch, capacity);
+        if (!rc) rc = av_kv_cache_init(&dc->memory_kv[i], &d->layers[i].multihead_attn, batch, capacity);
+        dc->num_layers = i + 1;
+    }
+    if (rc) av_decoder_cache_free(dc);
+    return rc;
+}
+
+AVDEF void av_decoder_cache_free(av_decoder_cache *dc) {
+    int i;
+    for (i = 0; i < dc->num_layers; i++) {
+        av_kv_cache_free(&dc->self_kv[i]);
+        av_kv_cache_free(&dc->memory_kv[i]);
+    }
+    dc->num_layers = 0;
+}
+
+AVDEF int av_decoder_cache_set_memory(av_ctx *c, av_decoder_cache *dc, const av_transformer_decoder *d, av_tensor *memory) {
+    int i, rc = AV_OK;
+    if (dc->num_layers != d->num_layers)
+        return av__set_error(AV_ERR_ARG, "av_decoder_cache_set_memory: the cache has %d layers, the decoder %d",
+                             dc->num_layers, d->num_layers);
+    for (i = 0; i < d->num_layers && !rc; i++) {
+        rc = av_kv_cache_set_memory(c, &d->layers[i].multihead_attn, memory, &dc->memory_kv[i]);
+        av_kv_cache_clear(&dc->self_kv[i]);
+    }
+    return rc;
+}
+
+AVDEF av_tensor *av_transformer_decoder_step(av_ctx *c, const av_transformer_decoder *d, av_tensor *x, av_decoder_cache *dc,
+                                             av_tensor *memory_key_padding_mask) {
+    int i;
+    if (dc->num_layers != d->num_layers)
+        av__fail("av_transformer_decoder_step: the cache has %d layers, the decoder %d", dc->num_layers, d->num_layers);
+    for (i = 0; i < d->num_layers; i++)
+        x = av__decoder_layer(c, &d->layers[i], x, NULL, NULL, NULL, 1, NULL, memory_key_padding_mask, &dc->self_kv[i],
+                              &dc->memory_kv[i]);
+    return av__final_norm(c, &d->norm, x);
 }
 
 AVDEF av_autoencoder av_autoencoder_new(av_model *m, const char *name, int n_layers, const int *sizes, int activation) {

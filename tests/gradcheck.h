@@ -54,7 +54,7 @@
 #define GC_MAYBE_UNUSED
 #endif
 
-#define GC_MAX_IN 8
+#define GC_MAX_IN 24
 #define GC_ULPS 16.0
 #define GC_H 1e-2
 #define GC_ATOL 1e-4
