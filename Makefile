@@ -21,7 +21,7 @@ OUT     := out
 HEADER  := attnvae.h
 C99      = $(CC) -std=c99 $(WARN) $(CFLAGS)
 
-TESTS    := test_core test_ops test_attention test_transformer test_optim test_gemm test_io test_vae test_torch_ref
+TESTS    := test_core test_ops test_attention test_transformer test_decoding test_optim test_gemm test_io test_vae test_torch_ref
 OMP_TESTS := test_gemm test_attention
 EXAMPLES := mlp_fashion vae_fashion ae_fashion
 
@@ -58,6 +58,7 @@ suite = \
 	"$(1) $(2)/test_ops" \
 	"$(1) $(2)/test_attention" \
 	"$(1) $(2)/test_transformer" \
+	"$(1) $(2)/test_decoding" \
 	"$(1) $(2)/test_optim" \
 	"$(1) $(2)/test_gemm" \
 	"rm -rf $(2)/io_tmp && mkdir -p $(2)/io_tmp && $(PYTHON) tests/make_safetensors.py write $(2)/io_tmp/py.safetensors && $(1) $(2)/test_io $(2)/io_tmp/py.safetensors $(2)/io_tmp && $(PYTHON) tests/make_safetensors.py check $(2)/io_tmp/c_written.safetensors" \
@@ -96,7 +97,7 @@ valgrind: deps-test
 # AArch64: cross-compiled, static, run under qemu-user; the NEON GEMM path
 # must be among those tested.
 ARM_CC := aarch64-linux-gnu-gcc
-ARM_TESTS := test_core test_ops test_attention test_transformer test_optim test_gemm test_io test_vae test_torch_ref
+ARM_TESTS := test_core test_ops test_attention test_transformer test_decoding test_optim test_gemm test_io test_vae test_torch_ref
 test-arm64: deps-arm64
 	@mkdir -p build/arm64
 	for t in $(ARM_TESTS); do \

@@ -614,6 +614,43 @@ AVAPI av_tensor *av_vae_interpolate(av_ctx *c, const av_vae *v, av_tensor *x, in
 /* IWAE estimate of log p(x) per example with k samples: writes log_px[B] */
 AVAPI void av_vae_iwae(av_ctx *c, const av_vae *v, av_tensor *x, int k, double *log_px);
 
+/* ---- [7 toolkits] decoding: greedy, beam search, sampling ---- */
+/* A model to decode from. step() takes one new token per row and returns
+   the logits of the next token [rows, vocab], advancing the model's own
+   state (its KV caches: av_decoder_cache, av_kv_cache); reorder() makes row
+   r of the state a copy of row rows[r] (beam search reorders its beams'
+   histories; av_kv_cache_reorder does it for a cache). Decoding runs
+   without a tape and frees each step's tensors. */
+typedef struct av_decoder {
+    av_tensor *(*step)(av_ctx *c, const int *tokens, int rows, void *state);
+    void (*reorder)(void *state, const int *rows, int n);
+    void *state;
+} av_decoder;
+/* Row r of the cache takes the contents of row rows[r] (any order, repeats allowed). */
+AVAPI void av_kv_cache_reorder(av_kv_cache *kv, const int *rows, int n);
+AVAPI void av_decoder_cache_reorder(av_decoder_cache *dc, const int *rows, int n);
+/* Greedy: B rows start from bos and take the most likely token each step
+   until eos (kept) or max_len tokens. out [B, max_len], -1 after the end;
+   lengths[B] counts the tokens, eos included. */
+AVAPI void av_decode_greedy(av_ctx *c, const av_decoder *d, int B, int bos, int eos, int max_len, int *out, int *lengths);
+/* Beam search of width `beam` for one sequence; the model's state must hold
+   `beam` rows (e.g. its memory repeated). A hypothesis ends at eos or at
+   max_len; its score is its log-probability divided by length^length_penalty
+   (length in tokens, eos included; 0 for none). Width 1 is greedy. Writes the
+   best hypothesis to out[max_len] (-1 after its end) and returns its length;
+   *score gets its score. */
+AVAPI int av_decode_beam(av_ctx *c, const av_decoder *d, int beam, int bos, int eos, int max_len, float length_penalty,
+                         int *out, float *score);
+/* One token from logits [V]: temperature 0 takes the argmax; otherwise the
+   softmax of logits / temperature, cut to the top_k most likely (0: no cut)
+   and to the smallest set whose probability reaches top_p (1: no cut),
+   renormalised, sampled with the generator. */
+AVAPI int av_sample_logits(const float *logits, int V, float temperature, int top_k, float top_p, av_rng *rng);
+/* Like greedy, with each token sampled by av_sample_logits from the context's generator. */
+AVAPI void av_decode_sample(av_ctx *c, const av_decoder *d, int B, int bos, int eos, int max_len, float temperature,
+                            int top_k, float top_p, int *out, int *lengths);
+
+
 /* ======================================================================= */
 /* [8 optim] optimizers, schedules, clipping                                */
 /* ======================================================================= */
@@ -4826,6 +4863,246 @@ AVDEF void av_vae_iwae(av_ctx *c, const av_vae *v, av_tensor *x, int k, double *
     av_iwae_log_px(c, x, mu, logvar, k, av__vae_nll_cb, (void *)v, log_px);
     av_set_grad_enabled(c, prev);
 }
+
+/* ---- decoding ---- */
+AVDEF void av_kv_cache_reorder(av_kv_cache *kv, const int *rows, int n) {
+    size_t per = (size_t)kv->heads * kv->capacity * kv->head_dim, used = (size_t)kv->length * kv->head_dim;
+    float *k, *v;
+    int r, h;
+    if (n != kv->batch) av__fail("av_kv_cache_reorder: %d rows for a cache of batch %d", n, kv->batch);
+    for (r = 0; r < n; r++)
+        if (rows[r] < 0 || rows[r] >= n) av__fail("av_kv_cache_reorder: row %d is %d, outside [0, %d)", r, rows[r], n);
+    k = (float *)AV_MALLOC(per * (size_t)n * sizeof(float));
+    v = (float *)AV_MALLOC(per * (size_t)n * sizeof(float));
+    if (!k || !v) av__fail("av_kv_cache_reorder: out of memory for %lu values", (unsigned long)(2 * per * (size_t)n));
+    for (r = 0; r < n; r++) /* only the filled part of each head is copied */
+        for (h = 0; h < kv->heads; h++) {
+            size_t to = (size_t)r * per + (size_t)h * kv->capacity * kv->head_dim;
+            size_t from = (size_t)rows[r] * per + (size_t)h * kv->capacity * kv->head_dim;
+            memcpy(k + to, kv->k + from, used * sizeof(float));
+            memcpy(v + to, kv->v + from, used * sizeof(float));
+        }
+    AV_FREE(kv->k);
+    AV_FREE(kv->v);
+    kv->k = k;
+    kv->v = v;
+}
+
+AVDEF void av_decoder_cache_reorder(av_decoder_cache *dc, const int *rows, int n) {
+    int i;
+    for (i = 0; i < dc->num_layers; i++) {
+        av_kv_cache_reorder(&dc->self_kv[i], rows, n);
+        av_kv_cache_reorder(&dc->memory_kv[i], rows, n);
+    }
+}
+
+/* One step of the model: logits [rows, V], copied out so the step's tensors can go. */
+static const float *av__decode_step(av_ctx *c, const av_decoder *d, const int *tokens, int rows, int *V) {
+    av_tensor *logits = d->step(c, tokens, rows, d->state);
+    if (logits->ndim < 1 || logits->size != rows * logits->shape[logits->ndim - 1])
+        av__fail_shapes("av_decode: step", "must return logits [rows, vocab]", logits, NULL);
+    *V = logits->shape[logits->ndim - 1];
+    return logits->data;
+}
+
+static int av__argmax(const float *x, int n) {
+    int i, best = 0;
+    for (i = 1; i < n; i++)
+        if (x[i] > x[best]) best = i;
+    return best;
+}
+
+/* Greedy or sampled decoding of B rows; a row that ended keeps feeding eos
+   (the batch steps together) and its outputs are ignored. */
+static void av__decode_rows(av_ctx *c, const av_decoder *d, int B, int bos, int eos, int max_len, float temperature,
+                            int top_k, float top_p, int sample, int *out, int *lengths) {
+    int prev_grad = av_set_grad_enabled(c, 0), prev_train = av_set_training(c, 0), t, b, V, live = B;
+    int *tokens = (int *)av__xcalloc((size_t)B * 2, sizeof(int), "decoding"), *done = tokens + B;
+    av_mark mark = av_ctx_mark(c);
+    for (b = 0; b < B; b++) { tokens[b] = bos; lengths[b] = 0; }
+    for (b = 0; b < B * max_len; b++) out[b] = -1;
+    for (t = 0; t < max_len && live; t++) {
+        const float *logits = av__decode_step(c, d, tokens, B, &V);
+        for (b = 0; b < B; b++) {
+            int tok;
+            if (done[b]) { tokens[b] = eos; continue; }
+            tok = sample ? av_sample_logits(logits + (size_t)b * V, V, temperature, top_k, top_p, av_ctx_rng(c))
+                         : av__argmax(logits + (size_t)b * V, V);
+            out[(size_t)b * max_len + t] = tokens[b] = tok;
+            lengths[b] = t + 1;
+            if (tok == eos) { done[b] = 1; live--; }
+        }
+        av_ctx_rewind(c, mark);
+    }
+    AV_FREE(tokens);
+    av_set_grad_enabled(c, prev_grad);
+    av_set_training(c, prev_train);
+}
+
+
+/* log-softmax of one row, in double */
+static void av__log_softmax_row(const float *x, int V, double *out) {
+    double mx = x[0], sum = 0;
+    int v;
+    for (v = 1; v < V; v++) mx = x[v] > mx ? x[v] : mx;
+    for (v = 0; v < V; v++) sum += exp((double)x[v] - mx);
+    for (v = 0; v < V; v++) out[v] = (double)x[v] - mx - log(sum);
+}
+
+static double av__beam_norm(double logp, int len, float length_penalty) {
+    return length_penalty == 0.0f ? logp : logp / pow((double)len, (double)length_penalty);
+}
+
+/* Beam search. Each step ranks every live beam's continuations by
+   log-probability; going down the ranking, a continuation that is eos (or
+   reaches max_len) finishes if it ranks among the first `beam`, and the
+   others fill the `beam` live beams. The search stops when `beam`
+   hypotheses are finished and the best live beam, scored at its current
+   length, cannot beat the worst of them (Hugging Face's rule); so width 1
+   is exactly greedy. */
+static void av__beam_offer(double s, int b, int v, int n, double *cs, int *cb, int *cv) {
+    int k = n - 1;
+    if (!(s > cs[k])) return;
+    while (k > 0 && s > cs[k - 1]) {
+        cs[k] = cs[k - 1]; cb[k] = cb[k - 1]; cv[k] = cv[k - 1];
+        k--;
+    }
+    cs[k] = s; cb[k] = b; cv[k] = v;
+}
+
+AVDEF int av_decode_beam(av_ctx *c, const av_decoder *d, int beam, int bos, int eos, int max_len, float length_penalty,
+                         int *out, float *score) {
+    int prev_grad = av_set_grad_enabled(c, 0), prev_train = av_set_training(c, 0), t, b, V = 0, i, n_done = 0, best = 0;
+    int *tokens, *parents, *hist, *new_hist, *done_hist, *done_len, *cb, *cv;
+    double *logp, *new_logp, *done_score, *row = NULL, *cs;
+    av_mark mark = av_ctx_mark(c);
+    if (beam < 1 || max_len < 1) av__fail("av_decode_beam: beam %d and max_len %d must be >= 1", beam, max_len);
+    tokens = (int *)av__xcalloc((size_t)beam * (7 + 3 * (size_t)max_len), sizeof(int), "beam search");
+    parents = tokens + beam;
+    done_len = parents + beam;
+    cb = done_len + beam;                  /* 2 beam candidates: at most beam of them are eos */
+    cv = cb + 2 * beam;
+    hist = cv + 2 * beam;                  /* [beam, max_len] */
+    new_hist = hist + (size_t)beam * max_len;
+    done_hist = new_hist + (size_t)beam * max_len;
+    logp = (double *)av__xcalloc((size_t)beam * 5, sizeof(double), "beam search");
+    new_logp = logp + beam;
+    done_score = new_logp + beam;
+    cs = done_score + beam;
+    for (b = 0; b < beam; b++) { tokens[b] = bos; logp[b] = b ? -INFINITY : 0.0; } /* one live beam at first */
+    for (t = 0; t < max_len; t++) {
+        const float *logits = av__decode_step(c, d, tokens, beam, &V);
+        int n_live = 0, rank;
+        if (!row) row = (double *)av__xcalloc((size_t)V, sizeof(double), "beam search");
+        for (i = 0; i < 2 * beam; i++) cs[i] = -INFINITY;
+        for (b = 0; b < beam; b++) {
+            int v;
+            if (logp[b] == -INFINITY) continue;
+            av__log_softmax_row(logits + (size_t)b * V, V, row);
+            for (v = 0; v < V; v++) av__beam_offer(logp[b] + row[v], b, v, 2 * beam, cs, cb, cv);
+        }
+        for (rank = 0; rank < 2 * beam && n_live < beam && cs[rank] > -INFINITY; rank++) {
+            int from = cb[rank], v = cv[rank], slot;
+            if (v == eos || t == max_len - 1) {
+                double norm = av__beam_norm(cs[rank], t + 1, length_penalty);
+                if (rank >= beam) continue; /* eos below the first `beam` continuations */
+                slot = n_done < beam ? n_done++ : -1;
+                if (slot < 0) { /* replace the worst finished one if this is better */
+                    int k;
+                    for (k = 1, slot = 0; k < beam; k++)
+                        if (done_score[k] < done_score[slot]) slot = k;
+                    if (norm <= done_score[slot]) continue;
+                }
+                done_score[slot] = norm;
+                done_len[slot] = t + 1;
+                memcpy(done_hist + (size_t)slot * max_len, hist + (size_t)from * max_len, (size_t)t * sizeof(int));
+                done_hist[(size_t)slot * max_len + t] = v;
+                continue;
+            }
+            parents[n_live] = from;
+            new_logp[n_live] = cs[rank];
+            tokens[n_live] = v;
+            memcpy(new_hist + (size_t)n_live * max_len, hist + (size_t)from * max_len, (size_t)t * sizeof(int));
+            new_hist[(size_t)n_live * max_len + t] = v;
+            n_live++;
+        }
+        for (i = n_live; i < beam; i++) { /* fewer live continuations than beams: empty beams */
+            parents[i] = 0;
+            new_logp[i] = -INFINITY;
+            tokens[i] = eos;
+        }
+        memcpy(hist, new_hist, (size_t)beam * max_len * sizeof(int));
+        memcpy(logp, new_logp, (size_t)beam * sizeof(double));
+        av_ctx_rewind(c, mark);
+        if (!n_live) break;
+        if (n_done == beam) {
+            double worst = done_score[0];
+            for (i = 1; i < beam; i++) worst = done_score[i] < worst ? done_score[i] : worst;
+            if (av__beam_norm(logp[0], t + 1, length_penalty) <= worst) break; /* logp[0] is the best live */
+        }
+        d->reorder(d->state, parents, beam);
+    }
+    for (i = 1; i < n_done; i++)
+        if (done_score[i] > done_score[best]) best = i;
+    for (i = 0; i < max_len; i++) out[i] = i < done_len[best] ? done_hist[(size_t)best * max_len + i] : -1;
+    if (score) *score = (float)done_score[best];
+    i = done_len[best];
+    AV_FREE(tokens);
+    AV_FREE(logp);
+    AV_FREE(row);
+    av_set_grad_enabled(c, prev_grad);
+    av_set_training(c, prev_train);
+    return i;
+}
+
+AVDEF int av_sample_logits(const float *logits, int V, float temperature, int top_k, float top_p, av_rng *rng) {
+    double *p, total = 0, u, mx;
+    int *order, i, keep, pick;
+    if (V < 1) av__fail("av_sample_logits: %d logits", V);
+    if (!(temperature >= 0.0f) || top_k < 0 || !(top_p > 0.0f && top_p <= 1.0f))
+        av__fail("av_sample_logits: temperature %g >= 0, top_k %d >= 0 and top_p %g in (0, 1] are needed",
+                 (double)temperature, top_k, (double)top_p);
+    if (temperature == 0.0f) return av__argmax(logits, V);
+    p = (double *)av__xcalloc((size_t)V, sizeof(double), "sampling");
+    order = (int *)av__xcalloc((size_t)V, sizeof(int), "sampling");
+    mx = logits[av__argmax(logits, V)];
+    for (i = 0; i < V; i++) {
+        p[i] = exp(((double)logits[i] - mx) / temperature);
+        order[i] = i;
+        total += p[i];
+    }
+    /* most likely first (insertion sort: vocabularies here are small; stable for ties) */
+    for (i = 1; i < V; i++) {
+        int k = i, o = order[i];
+        while (k > 0 && p[order[k - 1]] < p[o]) { order[k] = order[k - 1]; k--; }
+        order[k] = o;
+    }
+    keep = top_k > 0 && top_k < V ? top_k : V;
+    if (top_p < 1.0f) { /* the smallest prefix whose probability reaches top_p */
+        double cum = 0;
+        for (i = 0; i < keep; i++) {
+            cum += p[order[i]] / total;
+            if (cum >= top_p) { keep = i + 1; break; }
+        }
+    }
+    for (i = 0, total = 0; i < keep; i++) total += p[order[i]];
+    u = (double)av_rng_uniform(rng) * total;
+    for (pick = 0; pick < keep - 1 && u >= p[order[pick]]; pick++) u -= p[order[pick]];
+    i = order[pick];
+    AV_FREE(p);
+    AV_FREE(order);
+    return i;
+}
+
+AVDEF void av_decode_greedy(av_ctx *c, const av_decoder *d, int B, int bos, int eos, int max_len, int *out, int *lengths) {
+    av__decode_rows(c, d, B, bos, eos, max_len, 0.0f, 0, 1.0f, 0, out, lengths);
+}
+
+AVDEF void av_decode_sample(av_ctx *c, const av_decoder *d, int B, int bos, int eos, int max_len, float temperature,
+                            int top_k, float top_p, int *out, int *lengths) {
+    av__decode_rows(c, d, B, bos, eos, max_len, temperature, top_k, top_p, 1, out, lengths);
+}
+
 
 /* ======================================================================= */
 /* [8 optim] optimizers, schedules, clipping                            */
