@@ -2130,10 +2130,20 @@ static void av__panels_by_rows(float *dst, int P, const float *X, int R, int col
         av__pack(dst + (size_t)p * P * cols, P, X + (size_t)p * P * ld, ld, 0, AV__MIN(P, R - p * P), cols);
 }
 
+/* (A plain copy of P floats per k: memcpy of a constant 32 bytes is inlined,
+   where a call per short run would cost more than the copy.) */
 static void av__panels_by_cols(float *dst, int P, const float *X, int R, int cols, size_t ld) {
-    int p;
-    for (p = 0; p * P < cols; p++)
-        av__pack(dst + (size_t)p * P * R, P, X + (size_t)p * P, ld, 1, AV__MIN(P, cols - p * P), R);
+    int p, k, j;
+    for (p = 0; p * P < cols; p++) {
+        int n = AV__MIN(P, cols - p * P);
+        for (k = 0; k < R; k++) {
+            const float *s = X + (size_t)k * ld + (size_t)p * P;
+            float *d = dst + ((size_t)p * R + k) * P;
+            for (j = 0; j + 8 <= n; j += 8) memcpy(d + j, s + j, 8 * sizeof(float));
+            for (; j < n; j++) d[j] = s[j];
+            for (; j < P; j++) d[j] = 0.0f;
+        }
+    }
 }
 
 /* The softmax steps on a block St (bk rows of keys j, n columns of queries i,
