@@ -21,8 +21,8 @@ OUT     := out
 HEADER  := attnvae.h
 C99      = $(CC) -std=c99 $(WARN) $(CFLAGS)
 
-TESTS    := test_core test_ops test_attention test_transformer test_decoding test_optim test_gemm test_io test_vae test_torch_ref
-OMP_TESTS := test_gemm test_attention
+TESTS    := test_core test_ops test_attention test_transformer test_decoding test_optim test_gemm test_io test_vae test_torch_ref test_alloc
+OMP_TESTS := test_gemm test_attention test_optim
 EXAMPLES := mlp_fashion vae_fashion ae_fashion
 
 .PHONY: all examples tests test bench sanitize valgrind test-arm64 demo deps deps-test deps-bench deps-arm64 data clean
@@ -63,13 +63,15 @@ suite = \
 	"$(1) $(2)/test_gemm" \
 	"rm -rf $(2)/io_tmp && mkdir -p $(2)/io_tmp && $(PYTHON) tests/make_safetensors.py write $(2)/io_tmp/py.safetensors && $(1) $(2)/test_io $(2)/io_tmp/py.safetensors $(2)/io_tmp && $(PYTHON) tests/make_safetensors.py check $(2)/io_tmp/c_written.safetensors" \
 	"rm -rf $(2)/vae_tmp && mkdir -p $(2)/vae_tmp && $(1) $(2)/test_vae $(2)/vae_tmp" \
-	"ATTNVAE_PYTHON=$(PYTHON) $(1) $(2)/test_torch_ref tests/torch_ref.py $(2)"
+	"ATTNVAE_PYTHON=$(PYTHON) $(1) $(2)/test_torch_ref tests/torch_ref.py $(2)" \
+	"$(1) $(2)/test_alloc $(2)"
 
 # The examples run in --quick mode; the GEMM and the vector math run on every
 # path this CPU has (ATTNVAE_ISA forces one), threaded too.
 TEST_CMDS = $(call suite,,$(BUILD)) $(call suite,,$(BUILD)/cxx) \
 	"OMP_NUM_THREADS=2 $(BUILD)/test_gemm_omp" \
 	"OMP_NUM_THREADS=2 $(BUILD)/test_attention_omp" \
+	"OMP_NUM_THREADS=2 $(BUILD)/test_optim_omp" \
 	"ATTNVAE_ISA=scalar $(BUILD)/test_gemm --quick" \
 	"ATTNVAE_ISA=avx2 $(BUILD)/test_ops" "ATTNVAE_ISA=scalar $(BUILD)/test_ops" \
 	"ATTNVAE_ISA=avx2 $(BUILD)/test_optim" "ATTNVAE_ISA=scalar $(BUILD)/test_optim" \
@@ -97,7 +99,7 @@ valgrind: deps-test
 # AArch64: cross-compiled, static, run under qemu-user; the NEON GEMM path
 # must be among those tested.
 ARM_CC := aarch64-linux-gnu-gcc
-ARM_TESTS := test_core test_ops test_attention test_transformer test_decoding test_optim test_gemm test_io test_vae test_torch_ref
+ARM_TESTS := test_core test_ops test_attention test_transformer test_decoding test_optim test_gemm test_io test_vae test_torch_ref test_alloc
 test-arm64: deps-arm64
 	@mkdir -p build/arm64
 	for t in $(ARM_TESTS); do \

@@ -342,9 +342,24 @@ AVAPI void av_requires_grad(av_ctx *c, av_tensor *t);  /* make t a leaf with a g
 AVAPI av_tensor *av_detach(av_ctx *c, av_tensor *x);   /* same data, no gradient */
 
 /* ======================================================================= */
-/* [5 model] named parameters with gradients and optimizer state            */
+/* [5 model] parameters, buffers, parameter groups                          */
 /* ======================================================================= */
-
+/* An av_model owns named tensors of two kinds, in one name space:
+   - parameters (av_param) are trained: each has a gradient (requires_grad
+     1), optimizer state beside it, and a parameter group;
+   - buffers (av_buffer) are state that is not trained, such as BatchNorm's
+     running statistics: requires_grad 0 and grad NULL. Optimizers,
+     zero_grad, clipping and the gradient norm skip them; nothing decays
+     them. Code that uses them updates their data itself.
+   Both are saved, loaded (and checkpointed) by name and found by
+   av_model_find. Every tensor, and its data, keeps its address for the
+   model's life: loads copy into it.
+   A name is non-empty, unique among parameters and buffers, not
+   "__metadata__" (safetensors keeps it) and does not start with "optim.m."
+   or "optim.v." (checkpoints keep those); anything else is a programming
+   error. Out of memory is not: av_param and av_buffer then return NULL
+   with av_error() set, and the model keeps the error (av_model_error), so
+   that av_optim_step, the saves and the loads refuse such a model. */
 enum {
     AV_INIT_ZEROS, AV_INIT_ONES, AV_INIT_NORMAL,      /* NORMAL: std = init_arg */
     AV_INIT_UNIFORM,                                  /* U(-init_arg, init_arg) */
@@ -354,17 +369,41 @@ enum {
     AV_INIT_TORCH_LINEAR                              /* U(±1/sqrt(fan_in)), PyTorch's default */
 };
 typedef struct av_model av_model;
-AVAPI av_model *av_model_new(uint64_t seed);
+AVAPI av_model *av_model_new(uint64_t seed);  /* NULL if out of memory */
 AVAPI void av_model_free(av_model *m);
 /* Fan-in is the product of all sizes but the first (PyTorch's [out, in, ...]). */
 AVAPI av_tensor *av_param(av_model *m, const char *name, int init, float init_arg, int ndim, ...);
 AVAPI av_tensor *av_param_shape(av_model *m, const char *name, int init, float init_arg, int ndim, const int *shape);
-AVAPI int av_model_count(const av_model *m);
+/* Buffers start from the same inits (zeros, ones, normal...). */
+AVAPI av_tensor *av_buffer(av_model *m, const char *name, int init, float init_arg, int ndim, ...);
+AVAPI av_tensor *av_buffer_shape(av_model *m, const char *name, int init, float init_arg, int ndim, const int *shape);
+/* 0, or the first error (AV_ERR_NOMEM) that made av_param or av_buffer fail */
+AVAPI int av_model_error(const av_model *m);
+AVAPI int av_model_count(const av_model *m);              /* parameters, in order of creation */
 AVAPI av_tensor *av_model_param(const av_model *m, int i);
-AVAPI av_tensor *av_model_find(const av_model *m, const char *name);
-AVAPI long av_model_num_values(const av_model *m);
+AVAPI int av_model_buffer_count(const av_model *m);       /* buffers, in order of creation */
+AVAPI av_tensor *av_model_buffer(const av_model *m, int i);
+AVAPI av_tensor *av_model_find(const av_model *m, const char *name); /* a parameter or a buffer */
+AVAPI long av_model_num_values(const av_model *m);        /* values of the parameters */
 AVAPI void av_model_zero_grad(av_model *m);
 AVAPI long av_model_step(const av_model *m);  /* optimizer steps taken */
+
+/* Parameter groups, as PyTorch's param_groups: a group multiplies the
+   optimizer's learning rate and weight decay for its parameters. Every
+   parameter starts in group 0, whose scales are 1 and 1. The usual
+   Transformer rule, no weight decay on biases and norm weights:
+       int nd = av_model_add_group(m, 1.0, 0.0);
+       for (i = 0; i < av_model_count(m); i++)
+           if (av_model_param(m, i)->ndim < 2) av_param_set_group(m, av_model_param(m, i), nd);
+   or by name, av_model_set_group(m, "*.bias", nd). Groups belong to the
+   code that builds the model: files do not store them. */
+/* a new group's id (1, 2, ...), or AV_ERR_ARG (a scale not finite and >= 0) or AV_ERR_NOMEM */
+AVAPI int av_model_add_group(av_model *m, double lr_scale, double decay_scale);
+/* moves parameter p (0) or every parameter whose name matches pattern, where
+   '*' matches any run of characters and '?' one (the number moved); AV_ERR_ARG
+   for an unknown group or a tensor that is not a parameter of m */
+AVAPI int av_param_set_group(av_model *m, const av_tensor *p, int group);
+AVAPI int av_model_set_group(av_model *m, const char *pattern, int group);
 
 /* ======================================================================= */
 /* [6 layers] modules named and laid out as PyTorch's                       */
@@ -655,23 +694,48 @@ AVAPI void av_decode_sample(av_ctx *c, const av_decoder *d, int B, int bos, int 
 /* [8 optim] optimizers, schedules, clipping                                */
 /* ======================================================================= */
 
+/* The hyperparameters are doubles, as PyTorch's Python floats are: 1 - beta
+   and lr / (1 - beta^t) are computed in double, then applied in float. */
 enum { AV_OPT_SGD, AV_OPT_ADAM, AV_OPT_ADAMW };
 typedef struct av_optim {
     int kind;
-    float lr, momentum, beta1, beta2, eps, weight_decay;
+    double lr, momentum, beta1, beta2, eps, weight_decay;
 } av_optim;
-AVAPI av_optim av_sgd(float lr, float momentum, float weight_decay);
-AVAPI av_optim av_adam(float lr);                      /* betas 0.9/0.999, eps 1e-8 */
-AVAPI av_optim av_adamw(float lr, float weight_decay);
-/* One update of every parameter from its gradient; does not zero grads.
-   If any gradient is NaN or infinite nothing changes and AV_ERR_NAN is
-   returned (with a message naming the parameter): a bad batch loses nothing. */
+AVAPI av_optim av_sgd(double lr, double momentum, double weight_decay);
+AVAPI av_optim av_adam(double lr);                     /* betas 0.9/0.999, eps 1e-8 */
+AVAPI av_optim av_adamw(double lr, double weight_decay);
+/* One update of every parameter from its gradient (buffers are skipped),
+   with its group's scales; does not zero grads. Refused, with nothing
+   changed, when: a gradient is NaN or infinite (AV_ERR_NAN, the message
+   names the parameter: a bad batch loses nothing); a hyperparameter is out
+   of range (AV_ERR_ARG): lr, weight_decay and eps must be finite and >= 0,
+   momentum in [0, 1], betas in [0, 1); the model lost a tensor to out of
+   memory (its av_model_error) or the state cannot be allocated
+   (AV_ERR_NOMEM); the step count is at AV_MAX_STEP (AV_ERR_ARG).
+   Updates are deterministic: the same on any number of threads. */
+#define AV_MAX_STEP 1000000000L
 AVAPI int av_optim_step(av_model *m, const av_optim *opt);
-AVAPI float av_clip_grad_norm(av_model *m, float max_norm);  /* returns norm before clipping */
+/* Returns the norm before clipping; grads are scaled by max_norm / (norm +
+   1e-6) when the norm is above max_norm (PyTorch's rule). max_norm must be
+   >= 0 (a programming error otherwise). The sum runs in double, in a fixed
+   order. */
+AVAPI float av_clip_grad_norm(av_model *m, float max_norm);
 AVAPI float av_grad_norm(const av_model *m);
 /* step < warmup: lr_max (step+1)/warmup; then lr_min + (lr_max-lr_min)(1+cos(pi p))/2
    with p = (step-warmup)/(total-warmup) clamped to [0, 1]. */
-AVAPI float av_lr_warmup_cosine(long step, long warmup, long total, float lr_max, float lr_min);
+AVAPI double av_lr_warmup_cosine(long step, long warmup, long total, double lr_max, double lr_min);
+
+/* Optimizer state by parameter name, e.g. to move it from or to PyTorch:
+   AV_STATE_M is Adam's exp_avg and SGD's momentum_buffer, AV_STATE_V Adam's
+   exp_avg_sq. n must be the parameter's size. State that no step has made
+   yet reads as zeros (what the first step starts from). Errors: AV_ERR_ARG
+   (no parameter of that name, a buffer, a bad which or n), AV_ERR_NOMEM. */
+enum { AV_STATE_M = 0, AV_STATE_V = 1 };
+AVAPI int av_optim_state_get(const av_model *m, const char *name, int which, float *dst, int n);
+AVAPI int av_optim_state_set(av_model *m, const char *name, int which, const float *src, int n);
+/* Sets the step count (0..AV_MAX_STEP, else AV_ERR_ARG): Adam's bias
+   correction uses it, so state set by name comes with its step. */
+AVAPI int av_model_set_step(av_model *m, long step);
 
 /* ======================================================================= */
 /* [9 io] safetensors, IDX, model and checkpoint files                      */
@@ -731,11 +795,17 @@ AVAPI int av_idx_load(const char *path, av_idx *out);
 AVAPI void av_idx_free(av_idx *x);
 
 /* ---- model files ---- */
-/* Parameters as safetensors. Load checks every name and shape and leaves
-   the model untouched on any error. */
+/* Parameters and buffers as safetensors, by name. A load checks every name
+   and shape first (the message names the file's shape and the model's) and
+   leaves the model untouched on any error; then it copies into the
+   tensors' own data, so pointers taken before stay valid. A model that
+   lost a tensor to out of memory (av_model_error) is not saved or loaded. */
 AVAPI int av_model_save(const av_model *m, const char *path);
 AVAPI int av_model_load(av_model *m, const char *path);
-/* Checkpoint: parameters, optimizer state and step, so training resumes exactly. */
+/* Checkpoint: also the optimizer state ("optim.m.<name>", "optim.v.<name>")
+   and the step (metadata "step": decimal digits only, at most AV_MAX_STEP),
+   so training resumes exactly. State missing from the file restarts from
+   zero. */
 AVAPI int av_checkpoint_save(const av_model *m, const char *path);
 AVAPI int av_checkpoint_load(av_model *m, const char *path);
 
@@ -1855,17 +1925,19 @@ static float av__sigmoidf(float v) {
     { float e = expf(v); return e / (1.0f + e); }
 }
 
-/* Adam's update of n values; decay = lr * wd for AdamW (else 0), l2 = wd for Adam. */
-typedef struct av__adam_args { float b1, b2, step_size, inv_sqrt_bc2, eps, l2, decay; } av__adam_args;
+/* Adam's update of n values. The caller computes in double and rounds once:
+   c1 = 1 - b1, c2 = 1 - b2, step_size = lr / bc1, sqrt_bc2 = sqrt(bc2);
+   l2 = wd for Adam (else 0), keep = 1 - lr wd for AdamW (else 1). */
+typedef struct av__adam_args { float b1, c1, b2, c2, step_size, sqrt_bc2, eps, l2, keep; } av__adam_args;
 
 static void av__adam_scalar(float *p, const float *g, float *m, float *v, int n, const av__adam_args *a) {
     int j;
     for (j = 0; j < n; j++) {
         float gj = g[j] + a->l2 * p[j];
-        p[j] -= a->decay * p[j];
-        m[j] = a->b1 * m[j] + (1.0f - a->b1) * gj;
-        v[j] = a->b2 * v[j] + (1.0f - a->b2) * gj * gj;
-        p[j] -= a->step_size * m[j] / (sqrtf(v[j]) * a->inv_sqrt_bc2 + a->eps);
+        p[j] *= a->keep;
+        m[j] = a->b1 * m[j] + a->c1 * gj;
+        v[j] = a->b2 * v[j] + a->c2 * gj * gj;
+        p[j] -= a->step_size * m[j] / (sqrtf(v[j]) / a->sqrt_bc2 + a->eps);
     }
 }
 
@@ -1970,11 +2042,11 @@ static int av__nonfinite_scalar(const float *x, int n) {
     TARGET static void av__adam_block_##W(float *p, const float *g, float *m, float *v,     \
                                          const av__adam_args *a) {                           \
         V pj = P##_loadu_ps(p), gj = P##_fmadd_ps(P##_set1_ps(a->l2), pj, P##_loadu_ps(g));   \
-        V mj = P##_fmadd_ps(P##_set1_ps(a->b1), P##_loadu_ps(m), P##_mul_ps(P##_set1_ps(1.0f - a->b1), gj)); \
+        V mj = P##_fmadd_ps(P##_set1_ps(a->b1), P##_loadu_ps(m), P##_mul_ps(P##_set1_ps(a->c1), gj)); \
         V vj = P##_fmadd_ps(P##_set1_ps(a->b2), P##_loadu_ps(v),                             \
-                            P##_mul_ps(P##_mul_ps(P##_set1_ps(1.0f - a->b2), gj), gj));      \
-        V den = P##_fmadd_ps(SQRT(vj), P##_set1_ps(a->inv_sqrt_bc2), P##_set1_ps(a->eps));   \
-        pj = P##_mul_ps(pj, P##_set1_ps(1.0f - a->decay));                                   \
+                            P##_mul_ps(P##_mul_ps(P##_set1_ps(a->c2), gj), gj));             \
+        V den = P##_add_ps(P##_div_ps(SQRT(vj), P##_set1_ps(a->sqrt_bc2)), P##_set1_ps(a->eps)); \
+        pj = P##_mul_ps(pj, P##_set1_ps(a->keep));                                           \
         P##_storeu_ps(p, P##_sub_ps(pj, P##_div_ps(P##_mul_ps(P##_set1_ps(a->step_size), mj), den))); \
         P##_storeu_ps(m, mj);                                                                \
         P##_storeu_ps(v, vj);                                                                \
@@ -3873,48 +3945,85 @@ AVDEF av_tensor *av_detach(av_ctx *c, av_tensor *x) {
 }
 
 /* ======================================================================= */
-/* [5 model] parameters                                                 */
+/* [5 model] parameters, buffers, parameter groups                      */
 /* ======================================================================= */
-/* Each parameter is a malloc'd tensor (stable address) with its gradient;
-   the optimizer's moment buffers sit beside it, made on first use. */
+/* Each tensor is malloc'd (a stable address) with its data; a parameter
+   also has its gradient, its optimizer state (made on first use) and its
+   group. Parameters and buffers sit in two lists; an index k over both,
+   parameters first, serves the code that treats them alike. */
+typedef struct av__entry {
+    av_tensor *t;
+    char *name;      /* t->name, owned here */
+    float *state[2]; /* AV_STATE_M, AV_STATE_V: NULL until needed */
+    int group;
+} av__entry;
+typedef struct av__list { av__entry *e; int n, cap; } av__list;
+typedef struct av__group { double lr_scale, decay_scale; } av__group;
+
 struct av_model {
-    av_tensor **params;
-    float **m, **v;   /* optimizer state per parameter (NULL until needed) */
-    int n, cap;
+    av__list params, buffers;
+    av__group *groups; /* groups 1..n_groups; group 0 has scales 1 and 1 */
+    int n_groups;
     av_rng rng;
     long step;
+    int error;         /* the first failure of av_param or av_buffer, kept */
+    char error_msg[sizeof av__errbuf];
 };
+
+/* Names that checkpoints give to optimizer state: "optim.m.<name>", "optim.v.<name>". */
+static const char *const av__state_prefix[2] = {"optim.m.", "optim.v."};
+#define AV__STATE_PREFIX_LEN 8
+
+static int av__n_entries(const av_model *m) { return m->params.n + m->buffers.n; }
+static av__entry *av__entry_at(const av_model *m, int k) {
+    return k < m->params.n ? &m->params.e[k] : &m->buffers.e[k - m->params.n];
+}
+
+/* index k of the tensor named name, or -1 */
+static int av__find(const av_model *m, const char *name) {
+    int k;
+    for (k = 0; name && k < av__n_entries(m); k++)
+        if (strcmp(av__entry_at(m, k)->t->name, name) == 0) return k;
+    return -1;
+}
 
 AVDEF av_model *av_model_new(uint64_t seed) {
     av_model *m = (av_model *)AV_MALLOC(sizeof(av_model));
-    if (!m) av__fail("out of memory allocating a model");
+    if (!m) {
+        av__set_error(AV_ERR_NOMEM, "av_model_new: out of memory");
+        return NULL;
+    }
     memset(m, 0, sizeof *m);
     av_rng_seed(&m->rng, seed);
     return m;
 }
 
+/* Frees a tensor of the model with its data. A buffer's grad, if
+   av_requires_grad gave it one, lives in a step arena and is not ours. */
+static void av__tensor_free(av_tensor *t, int is_param) {
+    if (!t) return;
+    AV_FREE(t->data);
+    if (is_param) AV_FREE(t->grad);
+    AV_FREE(t);
+}
+
 AVDEF void av_model_free(av_model *m) {
-    int i;
+    int k;
     if (!m) return;
-    for (i = 0; i < m->n; i++) {
-        AV_FREE((void *)m->params[i]->name);
-        AV_FREE(m->params[i]->data);
-        AV_FREE(m->params[i]->grad);
-        AV_FREE(m->params[i]);
-        AV_FREE(m->m[i]);
-        AV_FREE(m->v[i]);
+    for (k = 0; k < av__n_entries(m); k++) {
+        av__entry *e = av__entry_at(m, k);
+        av__tensor_free(e->t, k < m->params.n);
+        AV_FREE(e->name);
+        AV_FREE(e->state[0]);
+        AV_FREE(e->state[1]);
     }
-    AV_FREE(m->params); AV_FREE(m->m); AV_FREE(m->v);
+    AV_FREE(m->params.e);
+    AV_FREE(m->buffers.e);
+    AV_FREE(m->groups);
     AV_FREE(m);
 }
 
-static void *av__xcalloc(size_t count, size_t size, const char *what) {
-    size_t bytes = count * size;
-    void *p = AV_MALLOC(bytes ? bytes : 1);
-    if (!p) av__fail("out of memory allocating %s", what);
-    memset(p, 0, bytes);
-    return p;
-}
+AVDEF int av_model_error(const av_model *m) { return m->error; }
 
 static void av__init_values(av_rng *rng, av_tensor *t, int init, float arg) {
     int fan_in = 1, fan_out = t->ndim ? t->shape[0] : 1, i;
@@ -3922,7 +4031,7 @@ static void av__init_values(av_rng *rng, av_tensor *t, int init, float arg) {
     for (i = 1; i < t->ndim; i++) { fan_in *= t->shape[i]; if (i >= 2) fan_out *= t->shape[i]; }
     if (t->ndim < 2) fan_in = fan_out;
     switch (init) {
-    case AV_INIT_ZEROS: break;
+    case AV_INIT_ZEROS: return;
     case AV_INIT_ONES: for (i = 0; i < t->size; i++) t->data[i] = 1.0f; return;
     case AV_INIT_NORMAL: std = arg; break;
     case AV_INIT_UNIFORM: bound = arg; break;
@@ -3931,35 +4040,92 @@ static void av__init_values(av_rng *rng, av_tensor *t, int init, float arg) {
     case AV_INIT_KAIMING_UNIFORM: bound = sqrtf(6.0f / (float)fan_in); break;
     case AV_INIT_KAIMING_NORMAL: std = sqrtf(2.0f / (float)fan_in); break;
     case AV_INIT_TORCH_LINEAR: bound = 1.0f / sqrtf((float)fan_in); break;
-    default: av__fail("av_param: unknown init %d for '%s'", init, t->name);
     }
     for (i = 0; i < t->size; i++)
         t->data[i] = std > 0 ? std * av_rng_normal(rng) : bound * (2.0f * av_rng_uniform(rng) - 1.0f);
 }
 
-AVDEF av_tensor *av_param_shape(av_model *m, const char *name, int init, float arg, int ndim, const int *shape) {
-    av_tensor *t;
-    size_t len = strlen(name);
-    if (av_model_find(m, name)) av__fail("av_param: a parameter named '%s' exists already", name);
-    if (m->n == m->cap) {
-        int cap = m->cap ? 2 * m->cap : 16;
-        m->params = (av_tensor **)AV_REALLOC(m->params, (size_t)cap * sizeof(av_tensor *));
-        m->m = (float **)AV_REALLOC(m->m, (size_t)cap * sizeof(float *));
-        m->v = (float **)AV_REALLOC(m->v, (size_t)cap * sizeof(float *));
-        if (!m->params || !m->m || !m->v) av__fail("out of memory growing the parameter list");
-        m->cap = cap;
+/* Programming errors in a new tensor's name (who is "av_param" or "av_buffer"). */
+static void av__check_name(const av_model *m, const char *name, const char *who) {
+    int k;
+    if (!m) av__fail("%s: the model is NULL", who);
+    if (!name || !*name) av__fail("%s: a tensor needs a name, got %s", who, name ? "\"\"" : "NULL");
+    if (strcmp(name, "__metadata__") == 0) av__fail("%s: the name \"__metadata__\" is reserved by safetensors", who);
+    for (k = 0; k < 2; k++)
+        if (strncmp(name, av__state_prefix[k], AV__STATE_PREFIX_LEN) == 0)
+            av__fail("%s: '%s': names starting with \"%s\" are reserved for optimizer state in checkpoints", who, name,
+                     av__state_prefix[k]);
+    if (av__find(m, name) >= 0) av__fail("%s: a tensor named '%s' exists already", who, name);
+}
+
+/* zeroed bytes; out of memory aborts (av__fail) */
+static void *av__xcalloc(size_t count, size_t size, const char *what) {
+    size_t bytes = count * size;
+    void *p = AV_MALLOC(bytes ? bytes : 1);
+    if (!p) av__fail("out of memory allocating %s", what);
+    memset(p, 0, bytes);
+    return p;
+}
+
+/* count * size zeroed bytes, or NULL */
+static void *av__alloc_zeros(size_t count, size_t size) {
+    size_t bytes = count * size;
+    void *p = size && count > SIZE_MAX / size ? NULL : AV_MALLOC(bytes ? bytes : 1);
+    if (p) memset(p, 0, bytes);
+    return p;
+}
+
+/* A new parameter (is_param) or buffer. Out of memory returns NULL, sets
+   av_error() and keeps the first such error in the model. */
+static av_tensor *av__model_tensor(av_model *m, const char *name, int init, float arg, int ndim, const int *shape,
+                                   int is_param) {
+    const char *who = is_param ? "av_param" : "av_buffer";
+    av__list *l;
+    av_tensor *t, head;
+    char label[300], *copy;
+    av__check_name(m, name, who);
+    snprintf(label, sizeof label, "%s '%s'", who, name);
+    if (init < AV_INIT_ZEROS || init > AV_INIT_TORCH_LINEAR) av__fail("%s: unknown init %d", label, init);
+    av__set_shape(&head, ndim, shape, label);
+    l = is_param ? &m->params : &m->buffers;
+    if (l->n == l->cap) {
+        int cap = l->cap ? 2 * l->cap : 16;
+        av__entry *e = (av__entry *)AV_REALLOC(l->e, (size_t)cap * sizeof *e);
+        if (e) { l->e = e; l->cap = cap; }
     }
-    t = (av_tensor *)av__xcalloc(1, sizeof(av_tensor), "a parameter");
-    av__set_shape(t, ndim, shape, name);
-    t->name = (const char *)memcpy(av__xcalloc(len + 1, 1, "a parameter name"), name, len + 1);
-    t->data = (float *)av__xcalloc((size_t)t->size, sizeof(float), "parameter values");
-    t->grad = (float *)av__xcalloc((size_t)t->size, sizeof(float), "parameter gradients");
-    t->requires_grad = 1;
+    copy = (char *)AV_MALLOC(strlen(name) + 1);
+    t = (av_tensor *)AV_MALLOC(sizeof *t);
+    if (t) {
+        *t = head;
+        t->data = (float *)av__alloc_zeros((size_t)t->size, sizeof(float));
+        t->grad = is_param ? (float *)av__alloc_zeros((size_t)t->size, sizeof(float)) : NULL;
+    }
+    if (l->n == l->cap || !copy || !t || !t->data || (is_param && !t->grad)) {
+        AV_FREE(copy);
+        av__tensor_free(t, 1);
+        av__set_error(AV_ERR_NOMEM, "%s: out of memory for %d values", label, head.size);
+        if (!m->error) {
+            m->error = AV_ERR_NOMEM;
+            memcpy(m->error_msg, av__errbuf, sizeof m->error_msg);
+        }
+        return NULL;
+    }
+    memcpy(copy, name, strlen(name) + 1);
+    t->name = copy;
+    t->requires_grad = is_param;
     av__init_values(&m->rng, t, init, arg);
-    m->params[m->n] = t;
-    m->m[m->n] = m->v[m->n] = NULL;
-    m->n++;
+    memset(&l->e[l->n], 0, sizeof l->e[l->n]);
+    l->e[l->n].t = t;
+    l->e[l->n++].name = copy;
     return t;
+}
+
+AVDEF av_tensor *av_param_shape(av_model *m, const char *name, int init, float arg, int ndim, const int *shape) {
+    return av__model_tensor(m, name, init, arg, ndim, shape, 1);
+}
+
+AVDEF av_tensor *av_buffer_shape(av_model *m, const char *name, int init, float arg, int ndim, const int *shape) {
+    return av__model_tensor(m, name, init, arg, ndim, shape, 0);
 }
 
 AVDEF av_tensor *av_param(av_model *m, const char *name, int init, float init_arg, int ndim, ...) {
@@ -3968,27 +4134,90 @@ AVDEF av_tensor *av_param(av_model *m, const char *name, int init, float init_ar
     return av_param_shape(m, name, init, init_arg, ndim, shape);
 }
 
-AVDEF int av_model_count(const av_model *m) { return m->n; }
-AVDEF av_tensor *av_model_param(const av_model *m, int i) { return i >= 0 && i < m->n ? m->params[i] : NULL; }
+AVDEF av_tensor *av_buffer(av_model *m, const char *name, int init, float init_arg, int ndim, ...) {
+    int shape[AV_MAX_DIMS];
+    AV__VA_SHAPE(shape, ndim, ndim, "av_buffer");
+    return av_buffer_shape(m, name, init, init_arg, ndim, shape);
+}
+
+AVDEF int av_model_count(const av_model *m) { return m->params.n; }
+AVDEF av_tensor *av_model_param(const av_model *m, int i) { return i >= 0 && i < m->params.n ? m->params.e[i].t : NULL; }
+AVDEF int av_model_buffer_count(const av_model *m) { return m->buffers.n; }
+AVDEF av_tensor *av_model_buffer(const av_model *m, int i) { return i >= 0 && i < m->buffers.n ? m->buffers.e[i].t : NULL; }
 AVDEF long av_model_step(const av_model *m) { return m->step; }
 
 AVDEF av_tensor *av_model_find(const av_model *m, const char *name) {
-    int i;
-    for (i = 0; i < m->n; i++)
-        if (strcmp(m->params[i]->name, name) == 0) return m->params[i];
-    return NULL;
+    int k = av__find(m, name);
+    return k < 0 ? NULL : av__entry_at(m, k)->t;
 }
 
 AVDEF long av_model_num_values(const av_model *m) {
     long total = 0;
     int i;
-    for (i = 0; i < m->n; i++) total += m->params[i]->size;
+    for (i = 0; i < m->params.n; i++) total += m->params.e[i].t->size;
     return total;
 }
 
 AVDEF void av_model_zero_grad(av_model *m) {
     int i;
-    for (i = 0; i < m->n; i++) memset(m->params[i]->grad, 0, (size_t)m->params[i]->size * sizeof(float));
+    for (i = 0; i < m->params.n; i++) memset(m->params.e[i].t->grad, 0, (size_t)m->params.e[i].t->size * sizeof(float));
+}
+
+/* ---- parameter groups ---- */
+AVDEF int av_model_add_group(av_model *m, double lr_scale, double decay_scale) {
+    av__group *g;
+    if (!(isfinite(lr_scale) && lr_scale >= 0 && isfinite(decay_scale) && decay_scale >= 0))
+        return av__set_error(AV_ERR_ARG, "av_model_add_group: scales must be finite and >= 0 (lr_scale %g, decay_scale %g)",
+                             lr_scale, decay_scale);
+    g = (av__group *)AV_REALLOC(m->groups, (size_t)(m->n_groups + 1) * sizeof *g);
+    if (!g) return av__set_error(AV_ERR_NOMEM, "av_model_add_group: out of memory");
+    m->groups = g;
+    g[m->n_groups].lr_scale = lr_scale;
+    g[m->n_groups].decay_scale = decay_scale;
+    return ++m->n_groups;
+}
+
+static int av__check_group(const av_model *m, int group, const char *who) {
+    if (group >= 0 && group <= m->n_groups) return AV_OK;
+    return av__set_error(AV_ERR_ARG, "%s: no group %d (this model has groups 0 to %d)", who, group, m->n_groups);
+}
+
+AVDEF int av_param_set_group(av_model *m, const av_tensor *p, int group) {
+    int i, rc = av__check_group(m, group, "av_param_set_group");
+    if (rc) return rc;
+    for (i = 0; i < m->params.n; i++)
+        if (m->params.e[i].t == p) {
+            m->params.e[i].group = group;
+            return AV_OK;
+        }
+    return av__set_error(AV_ERR_ARG, "av_param_set_group: '%s' is not a parameter of this model",
+                         p && p->name ? p->name : "the tensor");
+}
+
+/* 1 if s matches pattern: '*' any run of characters, '?' any one. On a
+   mismatch the last '*' takes one more character and matching resumes. */
+static int av__glob(const char *pattern, const char *s) {
+    const char *star = NULL, *resume = NULL;
+    while (*s) {
+        if (*pattern == '*') { star = pattern++; resume = s; }
+        else if (*pattern == '?' || *pattern == *s) { pattern++; s++; }
+        else if (star) { pattern = star + 1; s = ++resume; }
+        else return 0;
+    }
+    while (*pattern == '*') pattern++;
+    return *pattern == 0;
+}
+
+AVDEF int av_model_set_group(av_model *m, const char *pattern, int group) {
+    int i, moved = 0, rc = av__check_group(m, group, "av_model_set_group");
+    if (rc) return rc;
+    if (!pattern) return av__set_error(AV_ERR_ARG, "av_model_set_group: the pattern is NULL");
+    for (i = 0; i < m->params.n; i++)
+        if (av__glob(pattern, m->params.e[i].t->name)) {
+            m->params.e[i].group = group;
+            moved++;
+        }
+    return moved;
 }
 
 /* ======================================================================= */
@@ -5117,68 +5346,122 @@ AVDEF void av_decode_sample(av_ctx *c, const av_decoder *d, int B, int bos, int 
 /* ======================================================================= */
 /* [8 optim] optimizers, schedules, clipping                            */
 /* ======================================================================= */
-AVDEF av_optim av_sgd(float lr, float momentum, float weight_decay) {
+#include <float.h>
+
+AVDEF av_optim av_sgd(double lr, double momentum, double weight_decay) {
     av_optim o;
     memset(&o, 0, sizeof o);
     o.kind = AV_OPT_SGD; o.lr = lr; o.momentum = momentum; o.weight_decay = weight_decay;
     return o;
 }
 
-AVDEF av_optim av_adam(float lr) {
+AVDEF av_optim av_adam(double lr) {
     av_optim o;
     memset(&o, 0, sizeof o);
-    o.kind = AV_OPT_ADAM; o.lr = lr; o.beta1 = 0.9f; o.beta2 = 0.999f; o.eps = 1e-8f;
+    o.kind = AV_OPT_ADAM; o.lr = lr; o.beta1 = 0.9; o.beta2 = 0.999; o.eps = 1e-8;
     return o;
 }
 
-AVDEF av_optim av_adamw(float lr, float weight_decay) {
+AVDEF av_optim av_adamw(double lr, double weight_decay) {
     av_optim o = av_adam(lr);
     o.kind = AV_OPT_ADAMW;
     o.weight_decay = weight_decay;
     return o;
 }
 
-/* PyTorch's update rules, so runs can be compared step for step:
-   SGD:   g += wd p; v = mu v + g; p -= lr v          (v = g when mu = 0)
-   Adam:  g += wd p; m, v moments; p -= lr mhat / (sqrt(vhat) + eps)
-   AdamW: p -= lr wd p, then Adam without the L2 term. */
-AVDEF int av_optim_step(av_model *m, const av_optim *o) {
-    int i, j;
-    double bc1, bc2;
-    for (i = 0; i < m->n; i++) {
-        int bad = av__nonfinite(m->params[i]->grad, m->params[i]->size);
-        for (j = 0; bad && j < m->params[i]->size; j++)
-            if (!isfinite(m->params[i]->grad[j]))
+/* The state buffer `which` of a parameter, zeroed when made; NULL if out of memory. */
+static float *av__state(av__entry *e, int which) {
+    if (!e->state[which]) e->state[which] = (float *)av__alloc_zeros((size_t)e->t->size, sizeof(float));
+    return e->state[which];
+}
+
+/* AV_OK if 0 <= x <= hi (x < hi when open), else AV_ERR_ARG; NaN fails. */
+static int av__check_hyper(const char *what, double x, double hi, int open, const char *range) {
+    if (x >= 0 && (open ? x < hi : x <= hi)) return AV_OK;
+    return av__set_error(AV_ERR_ARG, "av_optim_step: %s is %g, must be %s; step refused", what, x, range);
+}
+
+/* Everything that can refuse a step, checked before anything changes. */
+static int av__optim_check(const av_model *m, const av_optim *o) {
+    int i, j, rc;
+    if (m->error) return av__set_error(m->error, "av_optim_step: the model is incomplete (%s); step refused", m->error_msg);
+    if (o->kind != AV_OPT_SGD && o->kind != AV_OPT_ADAM && o->kind != AV_OPT_ADAMW)
+        return av__set_error(AV_ERR_ARG, "av_optim_step: unknown optimizer kind %d", o->kind);
+    if ((rc = av__check_hyper("lr", o->lr, FLT_MAX, 0, "finite and >= 0")) ||
+        (rc = av__check_hyper("weight_decay", o->weight_decay, FLT_MAX, 0, "finite and >= 0")))
+        return rc;
+    if (o->kind == AV_OPT_SGD) rc = av__check_hyper("momentum", o->momentum, 1, 0, "in [0, 1]");
+    else if (!(rc = av__check_hyper("beta1", o->beta1, 1, 1, "in [0, 1)")) &&
+             !(rc = av__check_hyper("beta2", o->beta2, 1, 1, "in [0, 1)")))
+        rc = av__check_hyper("eps", o->eps, FLT_MAX, 0, "finite and >= 0");
+    if (rc) return rc;
+    for (i = 0; i < m->n_groups; i++)
+        if (o->lr * m->groups[i].lr_scale > FLT_MAX || o->weight_decay * m->groups[i].decay_scale > FLT_MAX)
+            return av__set_error(AV_ERR_ARG, "av_optim_step: group %d's scales (%g, %g) make lr %g or weight_decay %g too large",
+                                 i + 1, m->groups[i].lr_scale, m->groups[i].decay_scale, o->lr, o->weight_decay);
+    if (m->step >= AV_MAX_STEP)
+        return av__set_error(AV_ERR_ARG, "av_optim_step: the step count is at its limit (%ld)", AV_MAX_STEP);
+    for (i = 0; i < m->params.n; i++) {
+        const av_tensor *t = m->params.e[i].t;
+        int bad = av__nonfinite(t->grad, t->size);
+        for (j = 0; bad && j < t->size; j++)
+            if (!isfinite(t->grad[j]))
                 return av__set_error(AV_ERR_NAN, "av_optim_step: gradient of '%s' is not finite (%g at %d); step skipped",
-                                     m->params[i]->name, (double)m->params[i]->grad[j], j);
+                                     t->name, (double)t->grad[j], j);
     }
+    return AV_OK;
+}
+
+/* SGD as PyTorch: d = g + wd p; with momentum v = mu v + d, d = v; p -= lr d. */
+static void av__sgd_update(float *p, const float *g, float *vel, int n, float lr, float wd, float mu) {
+    int j;
+    AV__PAR(n)
+    for (j = 0; j < n; j++) {
+        float d = g[j] + wd * p[j];
+        if (vel) d = vel[j] = mu * vel[j] + d;
+        p[j] -= lr * d;
+    }
+}
+
+/* PyTorch's update rules, so runs can be compared step for step; lr and wd
+   are the group's (the optimizer's times the group's scales):
+   SGD:   see av__sgd_update (no state without momentum)
+   Adam:  g += wd p; m = b1 m + (1-b1) g; v = b2 v + (1-b2) g^2;
+          p -= lr/bc1 m / (sqrt(v)/sqrt(bc2) + eps), bc = 1 - b^step
+   AdamW: p *= 1 - lr wd, then Adam without the L2 term. */
+AVDEF int av_optim_step(av_model *m, const av_optim *o) {
+    int i, k, rc = av__optim_check(m, o), n_state = o->kind != AV_OPT_SGD ? 2 : o->momentum != 0;
+    double bc1, bc2;
+    if (rc) return rc;
+    for (i = 0; i < m->params.n; i++)
+        for (k = 0; k < n_state; k++)
+            if (!av__state(&m->params.e[i], k))
+                return av__set_error(AV_ERR_NOMEM, "av_optim_step: out of memory for the optimizer state of '%s' (%d values); step refused",
+                                     m->params.e[i].t->name, m->params.e[i].t->size);
     m->step++;
     bc1 = 1.0 - pow(o->beta1, (double)m->step);
     bc2 = 1.0 - pow(o->beta2, (double)m->step);
-    for (i = 0; i < m->n; i++) {
-        av_tensor *t = m->params[i];
-        float *p = t->data, *g = t->grad, wd = o->weight_decay, lr = o->lr;
-        if (!m->m[i]) m->m[i] = (float *)av__xcalloc((size_t)t->size, sizeof(float), "optimizer state");
-        if (o->kind == AV_OPT_SGD) {
-            float *vel = m->m[i], mu = o->momentum;
-            AV__PAR(t->size)
-            for (j = 0; j < t->size; j++) {
-                float gj = g[j] + wd * p[j];
-                vel[j] = mu * vel[j] + gj;
-                p[j] -= lr * (mu != 0.0f ? vel[j] : gj);
-            }
-            continue;
+    for (i = 0; i < m->params.n; i++) {
+        av__entry *e = &m->params.e[i];
+        av_tensor *t = e->t;
+        double lr = o->lr, wd = o->weight_decay;
+        if (e->group > 0) {
+            lr *= m->groups[e->group - 1].lr_scale;
+            wd *= m->groups[e->group - 1].decay_scale;
         }
-        if (!m->v[i]) m->v[i] = (float *)av__xcalloc((size_t)t->size, sizeof(float), "optimizer state");
-        {
+        if (o->kind == AV_OPT_SGD) {
+            av__sgd_update(t->data, t->grad, e->state[0], t->size, (float)lr, (float)wd, (float)o->momentum);
+        } else {
             av__adam_args a;
             int decoupled = o->kind == AV_OPT_ADAMW;
-            a.b1 = o->beta1; a.b2 = o->beta2; a.eps = o->eps;
+            a.b1 = (float)o->beta1; a.c1 = (float)(1.0 - o->beta1);
+            a.b2 = (float)o->beta2; a.c2 = (float)(1.0 - o->beta2);
+            a.eps = (float)o->eps;
             a.step_size = (float)(lr / bc1);
-            a.inv_sqrt_bc2 = (float)(1.0 / sqrt(bc2));
-            a.l2 = decoupled ? 0.0f : wd;
-            a.decay = decoupled ? lr * wd : 0.0f;
-            av__adam_array(p, g, m->m[i], m->v[i], t->size, &a);
+            a.sqrt_bc2 = (float)sqrt(bc2);
+            a.l2 = decoupled ? 0.0f : (float)wd;
+            a.keep = decoupled ? (float)(1.0 - lr * wd) : 1.0f;
+            av__adam_array(t->data, t->grad, e->state[0], e->state[1], t->size, &a);
         }
     }
     return AV_OK;
@@ -5187,28 +5470,74 @@ AVDEF int av_optim_step(av_model *m, const av_optim *o) {
 AVDEF float av_grad_norm(const av_model *m) {
     double ss = 0;
     int i, j;
-    for (i = 0; i < m->n; i++)
-        for (j = 0; j < m->params[i]->size; j++) ss += (double)m->params[i]->grad[j] * m->params[i]->grad[j];
+    for (i = 0; i < m->params.n; i++) {
+        const av_tensor *t = m->params.e[i].t;
+        for (j = 0; j < t->size; j++) ss += (double)t->grad[j] * t->grad[j];
+    }
     return (float)sqrt(ss);
 }
 
 AVDEF float av_clip_grad_norm(av_model *m, float max_norm) {
-    float norm = av_grad_norm(m);
+    float norm;
     int i, j;
+    if (!(max_norm >= 0)) av__fail("av_clip_grad_norm: max_norm is %g, must be >= 0", (double)max_norm);
+    norm = av_grad_norm(m);
     if (norm > max_norm) {
         float s = max_norm / (norm + 1e-6f); /* PyTorch's epsilon */
-        for (i = 0; i < m->n; i++)
-            for (j = 0; j < m->params[i]->size; j++) m->params[i]->grad[j] *= s;
+        for (i = 0; i < m->params.n; i++) {
+            av_tensor *t = m->params.e[i].t;
+            AV__PAR(t->size)
+            for (j = 0; j < t->size; j++) t->grad[j] *= s;
+        }
     }
     return norm;
 }
 
-AVDEF float av_lr_warmup_cosine(long step, long warmup, long total, float lr_max, float lr_min) {
+AVDEF double av_lr_warmup_cosine(long step, long warmup, long total, double lr_max, double lr_min) {
     double progress;
-    if (step < warmup) return lr_max * (float)(step + 1) / (float)warmup;
+    if (step < warmup) return lr_max * (double)(step + 1) / (double)warmup;
     progress = total > warmup ? (double)(step - warmup) / (double)(total - warmup) : 1.0;
     if (progress > 1.0) progress = 1.0;
-    return lr_min + (lr_max - lr_min) * (float)(0.5 * (1.0 + cos(3.14159265358979323846 * progress)));
+    return lr_min + (lr_max - lr_min) * 0.5 * (1.0 + cos(3.14159265358979323846 * progress));
+}
+
+/* ---- optimizer state by name ---- */
+/* The parameter entry for state access, or NULL with AV_ERR_ARG set. */
+static av__entry *av__state_entry(const av_model *m, const char *name, int which, const void *buf, int n, const char *who) {
+    int k = av__find(m, name);
+    if (k < 0) av__set_error(AV_ERR_ARG, "%s: no parameter named '%s'", who, name ? name : "(NULL)");
+    else if (k >= m->params.n) av__set_error(AV_ERR_ARG, "%s: '%s' is a buffer; buffers have no optimizer state", who, name);
+    else if (which != AV_STATE_M && which != AV_STATE_V)
+        av__set_error(AV_ERR_ARG, "%s: which is %d (AV_STATE_M or AV_STATE_V)", who, which);
+    else if (n != m->params.e[k].t->size || !buf)
+        av__set_error(AV_ERR_ARG, "%s: '%s' has %d values; got n = %d%s", who, name, m->params.e[k].t->size, n,
+                      buf ? "" : " and a NULL buffer");
+    else return &m->params.e[k];
+    return NULL;
+}
+
+AVDEF int av_optim_state_get(const av_model *m, const char *name, int which, float *dst, int n) {
+    const av__entry *e = av__state_entry(m, name, which, dst, n, "av_optim_state_get");
+    if (!e) return AV_ERR_ARG;
+    if (e->state[which]) memcpy(dst, e->state[which], (size_t)n * sizeof(float));
+    else memset(dst, 0, (size_t)n * sizeof(float));
+    return AV_OK;
+}
+
+AVDEF int av_optim_state_set(av_model *m, const char *name, int which, const float *src, int n) {
+    av__entry *e = av__state_entry(m, name, which, src, n, "av_optim_state_set");
+    if (!e) return AV_ERR_ARG;
+    if (!av__state(e, which))
+        return av__set_error(AV_ERR_NOMEM, "av_optim_state_set: out of memory for the state of '%s' (%d values)", name, n);
+    memcpy(e->state[which], src, (size_t)n * sizeof(float));
+    return AV_OK;
+}
+
+AVDEF int av_model_set_step(av_model *m, long step) {
+    if (step < 0 || step > AV_MAX_STEP)
+        return av__set_error(AV_ERR_ARG, "av_model_set_step: step %ld is outside 0..%ld", step, AV_MAX_STEP);
+    m->step = step;
+    return AV_OK;
 }
 
 /* ======================================================================= */
@@ -6078,28 +6407,50 @@ AVDEF void av_idx_free(av_idx *x) {
 }
 
 /* ---- model files ---- */
-/* Parameters are stored under their names; a checkpoint adds the optimizer
-   moments as "optim.m.<name>" / "optim.v.<name>" and the step as metadata. */
-static const char *const av__state_prefix[2] = {"optim.m.", "optim.v."};
+/* Parameters and buffers are stored under their names; a checkpoint adds
+   each parameter's optimizer state under av__state_prefix + its name, and
+   the step as metadata. */
+
+/* A model that lost a tensor to out of memory is neither saved nor loaded. */
+static int av__model_usable(const av_model *m, const char *who, const char *path) {
+    if (!path) return av__set_error(AV_ERR_ARG, "%s: the path is NULL", who);
+    if (!m->error) return AV_OK;
+    return av__set_error(m->error, "%s: %s: refused: the model is incomplete (%s)", who, path, m->error_msg);
+}
 
 static int av__model_write(const av_model *m, const char *path, int with_state) {
-    int n = 0, i, k, rc;
-    char step[32], **names = NULL;
+    const char *who = with_state ? "av_checkpoint_save" : "av_model_save";
     const char *keys[3] = {"format", "version", "step"}, *values[3];
-    av_st_item *items = (av_st_item *)av__xcalloc((size_t)m->n * 3 + 1, sizeof(av_st_item), "a save list");
-    if (with_state) names = (char **)av__xcalloc((size_t)m->n * 2 + 1, sizeof(char *), "a save list");
-    for (i = 0; i < m->n; i++) {
-        const av_tensor *t = m->params[i];
-        items[n].name = t->name; items[n].ndim = t->ndim; items[n].shape = t->shape; items[n].data = t->data;
-        n++;
-        for (k = 0; with_state && k < 2; k++) {
-            const float *state = k ? m->v[i] : m->m[i];
-            size_t len = strlen(av__state_prefix[k]) + strlen(t->name) + 1;
-            if (!state) continue;
-            names[2 * i + k] = (char *)av__xcalloc(len, 1, "a state name");
-            snprintf(names[2 * i + k], len, "%s%s", av__state_prefix[k], t->name);
-            items[n].name = names[2 * i + k]; items[n].ndim = t->ndim; items[n].shape = t->shape;
-            items[n].data = state;
+    int n_all = av__n_entries(m), n = 0, k, s, rc;
+    size_t names_len = 1, used = 0;
+    char step[32], *names;
+    av_st_item *items;
+    if ((rc = av__model_usable(m, who, path))) return rc;
+    for (k = 0; with_state && k < m->params.n; k++) names_len += 2 * (AV__STATE_PREFIX_LEN + strlen(m->params.e[k].t->name) + 1);
+    items = (av_st_item *)AV_MALLOC(((size_t)n_all + 2 * (size_t)m->params.n + 1) * sizeof *items);
+    names = (char *)AV_MALLOC(names_len); /* every state name, one after the other */
+    if (!items || !names) {
+        AV_FREE(items);
+        AV_FREE(names);
+        return av__set_error(AV_ERR_NOMEM, "%s: %s: out of memory", who, path);
+    }
+    for (k = 0; k < n_all; k++) {
+        const av__entry *e = av__entry_at(m, k);
+        const av_tensor *t = e->t;
+        for (s = 0; s < 3; s++) {
+            const float *data = s == 0 ? t->data : with_state ? e->state[s - 1] : NULL;
+            size_t len = strlen(t->name) + 1;
+            if (!data) continue;
+            items[n].name = t->name;
+            if (s > 0) {
+                memcpy(names + used, av__state_prefix[s - 1], AV__STATE_PREFIX_LEN);
+                memcpy(names + used + AV__STATE_PREFIX_LEN, t->name, len);
+                items[n].name = names + used;
+                used += AV__STATE_PREFIX_LEN + len;
+            }
+            items[n].ndim = t->ndim;
+            items[n].shape = t->shape;
+            items[n].data = data;
             n++;
         }
     }
@@ -6108,7 +6459,6 @@ static int av__model_write(const av_model *m, const char *path, int with_state) 
     values[1] = ATTNVAE_VERSION;
     values[2] = step;
     rc = av_st_save(path, items, n, keys, values, with_state ? 3 : 2);
-    for (i = 0; with_state && i < 2 * m->n; i++) AV_FREE(names[i]);
     AV_FREE(names);
     AV_FREE(items);
     return rc;
@@ -6117,67 +6467,104 @@ static int av__model_write(const av_model *m, const char *path, int with_state) 
 AVDEF int av_model_save(const av_model *m, const char *path) { return av__model_write(m, path, 0); }
 AVDEF int av_checkpoint_save(const av_model *m, const char *path) { return av__model_write(m, path, 1); }
 
-/* Which model tensor (and which slot: 0 value, 1 m, 2 v) a file entry fills, or -1. */
-static int av__model_slot(const av_model *m, const char *name, int with_state, int *slot) {
-    int i, k;
-    for (i = 0; i < m->n; i++)
-        if (strcmp(name, m->params[i]->name) == 0) { *slot = 0; return i; }
-    for (k = 0; with_state && k < 2; k++) {
-        size_t len = strlen(av__state_prefix[k]);
-        if (strncmp(name, av__state_prefix[k], len) != 0) continue;
-        for (i = 0; i < m->n; i++)
-            if (strcmp(name + len, m->params[i]->name) == 0) { *slot = k + 1; return i; }
+/* A checkpoint's "step": decimal digits only (no sign, no spaces), at most
+   AV_MAX_STEP, so that step + 1 never overflows; -1 otherwise. */
+static long av__parse_step(const char *s) {
+    long v = 0;
+    if (!s || !*s) return -1;
+    for (; *s; s++) {
+        if (*s < '0' || *s > '9' || v > (AV_MAX_STEP - (*s - '0')) / 10) return -1;
+        v = v * 10 + (*s - '0');
     }
-    return -1;
+    return v;
 }
 
-/* Reads everything into fresh buffers first; the model changes only if the
-   whole file fits it. */
-static int av__model_read(av_model *m, const char *path, int with_state) {
-    av_st_file *f = NULL;
-    float **fresh;
-    int rc = av_st_open(path, &f), i, k, slot, count;
-    long step = 0;
-    if (rc) return rc;
-    count = av_st_count(f);
-    fresh = (float **)av__xcalloc((size_t)m->n * 3 + 1, sizeof(float *), "a load list");
-    for (i = 0; i < count && !rc; i++) {
+/* AV_OK if file tensor i has t's shape, else a message with both shapes. */
+static int av__check_file_shape(const av_st_file *f, int i, const av_tensor *t, const char *path) {
+    const int64_t *dims = av_st_shape(f, i);
+    int nd = av_st_ndim(f, i), d, len;
+    char fs[24 * AV_ST_MAX_DIMS + 4], ms[64];
+    for (d = 0; nd == t->ndim && d < nd && dims[d] == t->shape[d]; d++) {}
+    if (nd == t->ndim && d == nd) return AV_OK;
+    len = snprintf(fs, sizeof fs, "[");
+    for (d = 0; d < nd; d++) len += snprintf(fs + len, sizeof fs - (size_t)len, d ? ",%lld" : "%lld", (long long)dims[d]);
+    snprintf(fs + len, sizeof fs - (size_t)len, "]");
+    return av__set_error(AV_ERR_MISMATCH, "%s: tensor '%s' has shape %s in the file but %s in the model", path,
+                         av_st_name(f, i), fs, av__shape_str(t, ms, sizeof ms));
+}
+
+/* The error for the first file tensor the model has no place for. */
+static int av__unexpected_tensor(const av_model *m, const av_st_file *f, const char *path, int with_state) {
+    int i, s;
+    for (i = 0; i < av_st_count(f); i++) {
         const char *name = av_st_name(f, i);
-        int p = av__model_slot(m, name, with_state, &slot), d;
-        const av_tensor *t;
-        if (p < 0) { rc = av__set_error(AV_ERR_MISMATCH, "%s: unexpected tensor '%s' (not in the model)", path, name); break; }
-        t = m->params[p];
-        if (av_st_ndim(f, i) != t->ndim) rc = 1;
-        for (d = 0; !rc && d < t->ndim; d++) rc = av_st_shape(f, i)[d] != t->shape[d];
-        if (rc) {
-            char s[64];
-            rc = av__set_error(AV_ERR_MISMATCH, "%s: tensor '%s' has a different shape from the model's %s", path, name,
-                               av__shape_str(t, s, sizeof s));
-            break;
+        int known = av__find(m, name) >= 0;
+        for (s = 0; with_state && !known && s < 2; s++) {
+            int k = strncmp(name, av__state_prefix[s], AV__STATE_PREFIX_LEN) == 0 ? av__find(m, name + AV__STATE_PREFIX_LEN) : -1;
+            known = k >= 0 && k < m->params.n; /* state of a parameter */
         }
-        fresh[3 * p + slot] = (float *)av__xcalloc((size_t)t->size, sizeof(float), "loaded values");
-        rc = av_st_read(f, i, fresh[3 * p + slot], t->size);
+        if (!known) return av__set_error(AV_ERR_MISMATCH, "%s: unexpected tensor '%s' (not in the model)", path, name);
     }
-    for (i = 0; i < m->n && !rc; i++)
-        if (!fresh[3 * i]) rc = av__set_error(AV_ERR_MISMATCH, "%s: missing tensor '%s'", path, m->params[i]->name);
-    if (!rc && with_state) {
-        const char *s = av_st_meta(f, "step");
-        char *end = NULL;
-        step = s ? strtol(s, &end, 10) : -1;
-        if (!s || end == s || *end || step < 0)
-            rc = av__set_error(AV_ERR_FORMAT, "%s: checkpoint has no valid \"step\" in its metadata", path);
-    }
-    av_st_close(f);
-    for (i = 0; i < m->n; i++)
-        for (k = 0; k < 3; k++) {
-            float **dst = k == 0 ? &m->params[i]->data : k == 1 ? &m->m[i] : &m->v[i];
-            float *src = fresh[3 * i + k];
-            if (rc || (!src && (k == 0 || !with_state))) { AV_FREE(src); continue; }
-            AV_FREE(*dst); /* state missing from the checkpoint restarts from zero */
-            *dst = src;
+    return AV_OK;
+}
+
+/* Checks the whole file against the model (names, shapes, the step) and
+   makes the state buffers it fills before changing anything; then copies
+   into the tensors' own buffers, which cannot fail. */
+static int av__model_read(av_model *m, const char *path, int with_state) {
+    const char *who = with_state ? "av_checkpoint_load" : "av_model_load";
+    av_st_file *f = NULL;
+    int n_all = av__n_entries(m), found = 0, k, s, i, rc;
+    int *where = NULL;  /* per entry: file index of its value, m and v, or -1 */
+    char *name = NULL;  /* room for a prefixed name */
+    size_t longest = 0;
+    long step = 0;
+    if ((rc = av__model_usable(m, who, path)) || (rc = av_st_open(path, &f))) return rc;
+    for (k = 0; k < n_all; k++)
+        if (strlen(av__entry_at(m, k)->t->name) > longest) longest = strlen(av__entry_at(m, k)->t->name);
+    where = (int *)AV_MALLOC((3 * (size_t)n_all + 1) * sizeof(int));
+    name = (char *)AV_MALLOC(AV__STATE_PREFIX_LEN + longest + 1);
+    if (!where || !name) rc = av__set_error(AV_ERR_NOMEM, "%s: %s: out of memory", who, path);
+    for (k = 0; !rc && k < n_all; k++) {
+        const av_tensor *t = av__entry_at(m, k)->t;
+        for (s = 0; !rc && s < 3; s++) {
+            where[3 * k + s] = -1;
+            if (s > 0 && (!with_state || k >= m->params.n)) continue;
+            if (s == 0) strcpy(name, t->name);
+            else {
+                memcpy(name, av__state_prefix[s - 1], AV__STATE_PREFIX_LEN);
+                strcpy(name + AV__STATE_PREFIX_LEN, t->name);
+            }
+            if ((i = av_st_find(f, name)) < 0) {
+                if (s == 0) rc = av__set_error(AV_ERR_MISMATCH, "%s: missing tensor '%s'", path, name);
+                continue;
+            }
+            if (!(rc = av__check_file_shape(f, i, t, path))) {
+                where[3 * k + s] = i;
+                found++;
+            }
         }
+    }
+    if (!rc && found < av_st_count(f)) rc = av__unexpected_tensor(m, f, path, with_state);
+    if (!rc && with_state && (step = av__parse_step(av_st_meta(f, "step"))) < 0)
+        rc = av__set_error(AV_ERR_FORMAT, "%s: checkpoint has no valid \"step\" in its metadata (decimal digits, at most %ld)",
+                           path, AV_MAX_STEP);
+    for (k = 0; !rc && k < m->params.n; k++)
+        for (s = 1; !rc && s < 3; s++)
+            if (where[3 * k + s] >= 0 && !av__state(&m->params.e[k], s - 1))
+                rc = av__set_error(AV_ERR_NOMEM, "%s: %s: out of memory for optimizer state", who, path);
+    for (k = 0; !rc && k < n_all; k++) {
+        av__entry *e = av__entry_at(m, k);
+        for (s = 0; s < 3; s++) {
+            float *dst = s == 0 ? e->t->data : e->state[s - 1];
+            if (where[3 * k + s] >= 0) av_st_read(f, where[3 * k + s], dst, e->t->size);
+            else if (with_state && s > 0 && dst) memset(dst, 0, (size_t)e->t->size * sizeof(float)); /* not in the file */
+        }
+    }
     if (!rc && with_state) m->step = step;
-    AV_FREE(fresh);
+    av_st_close(f);
+    AV_FREE(where);
+    AV_FREE(name);
     return rc;
 }
 

@@ -1,7 +1,8 @@
 /* test_torch_ref.c - forward values and gradients of attnvae against
    PyTorch (float64) through tests/torch_ref.py: an MLP with softmax
    cross-entropy, layer norm, gelu, softmax/log_softmax, bce_with_logits,
-   mse, attention, and three steps of SGD/Adam/AdamW.
+   mse, attention, three steps of SGD/Adam/AdamW, and five steps of each
+   with two parameter groups (values and optimizer state).
 
    usage: test_torch_ref [script [workdir]]   (defaults tests/torch_ref.py, build)
    The interpreter is $ATTNVAE_PYTHON, else python3. Without python3 or
@@ -197,6 +198,42 @@ static void compute_all(void) {
                 av_optim_step(m, &o);
             }
             keep(k == 0 ? "opt_sgd.p" : k == 1 ? "opt_adam.p" : "opt_adamw.p", p->data, 6, 1e-6, 1e-6);
+            av_model_free(m);
+        }
+    }
+
+    {   /* two parameter groups over 5 steps, the bias with half the lr and no
+           weight decay; the values and the state, read by name. The state
+           holds to 1e-6 relative (v only if 1 - beta2 is computed in double). */
+        static const char *const kinds[3] = {"sgd", "adam", "adamw"};
+        float w0[6], b0[3], gw[30], gb[15], st[6];
+        int k, s, t;
+        fill(w0, 6, -1, 1); fill(b0, 3, -1, 1); fill(gw, 30, -2, 2); fill(gb, 15, -1, 1);
+        for (s = 0; s < 5; s++) gw[6 * s + 4] *= 1e-6f; /* where eps matters */
+        put("grp.w0", w0, 2, 2, 3, 0); put("grp.b0", b0, 1, 3, 0, 0);
+        put("grp.gw", gw, 2, 5, 6, 0); put("grp.gb", gb, 2, 5, 3, 0);
+        for (k = 0; k < 3; k++) {
+            av_model *m = av_model_new(1);
+            av_tensor *w = av_param(m, "w", AV_INIT_ZEROS, 0, 2, 2, 3), *b = av_param(m, "b", AV_INIT_ZEROS, 0, 1, 3);
+            av_optim o = k == 0 ? av_sgd(0.05, 0.9, 0.01) : k == 1 ? av_adam(0.01) : av_adamw(0.01, 0.1);
+            char nm[40];
+            if (k == 1) o.weight_decay = 0.01; /* Adam's L2 */
+            memcpy(w->data, w0, sizeof w0);
+            memcpy(b->data, b0, sizeof b0);
+            av_param_set_group(m, b, av_model_add_group(m, 0.5, 0.0));
+            for (s = 0; s < 5; s++) {
+                memcpy(w->grad, gw + 6 * s, sizeof w0);
+                memcpy(b->grad, gb + 3 * s, sizeof b0);
+                av_optim_step(m, &o);
+            }
+            sprintf(nm, "grp_%s.w", kinds[k]); keep(nm, w->data, 6, 1e-6, 1e-6);
+            sprintf(nm, "grp_%s.b", kinds[k]); keep(nm, b->data, 3, 1e-6, 1e-6);
+            for (t = 0; t < (k ? 2 : 1); t++) {
+                av_optim_state_get(m, "w", t, st, 6);
+                sprintf(nm, "grp_%s.%sw", kinds[k], t ? "v" : "m"); keep(nm, st, 6, t ? 0 : 1e-7, 1e-6);
+                av_optim_state_get(m, "b", t, st, 3);
+                sprintf(nm, "grp_%s.%sb", kinds[k], t ? "v" : "m"); keep(nm, st, 3, t ? 0 : 1e-7, 1e-6);
+            }
             av_model_free(m);
         }
     }

@@ -106,6 +106,28 @@ def main():
             opt.step()
         out["opt_%s.p" % name] = p.detach()
 
+    # two parameter groups: the bias with half the lr and no weight decay;
+    # the values after five steps and the optimizer state
+    gw, gb = a["grp.gw"], a["grp.gb"]
+    for name, make in (
+        ("sgd", lambda groups: torch.optim.SGD(groups, lr=0.05, momentum=0.9, weight_decay=0.01)),
+        ("adam", lambda groups: torch.optim.Adam(groups, lr=0.01, weight_decay=0.01)),
+        ("adamw", lambda groups: torch.optim.AdamW(groups, lr=0.01, weight_decay=0.1)),
+    ):
+        w = a["grp.w0"].clone().requires_grad_(True)
+        b = a["grp.b0"].clone().requires_grad_(True)
+        opt = make([{"params": [w]}, {"params": [b], "weight_decay": 0.0}])
+        opt.param_groups[1]["lr"] *= 0.5
+        for s in range(gw.shape[0]):
+            w.grad = gw[s].reshape(2, 3).clone()
+            b.grad = gb[s].clone()
+            opt.step()
+        p = "grp_%s." % name
+        out[p + "w"], out[p + "b"] = w.detach(), b.detach()
+        for key, state in (("m", "momentum_buffer" if name == "sgd" else "exp_avg"), ("v", "exp_avg_sq")):
+            if state in opt.state[w]:
+                out[p + key + "w"], out[p + key + "b"] = opt.state[w][state], opt.state[b][state]
+
     with open(sys.argv[2], "w") as f:
         for name, t in out.items():
             t = t.detach().to(D).reshape(-1) if t.dim() else t.detach().to(D).reshape(1)
