@@ -80,7 +80,15 @@ TEST_CMDS = $(call suite,,$(BUILD)) $(call suite,,$(BUILD)/cxx) \
 	"$(BUILD)/vae_fashion --quick --data $(DATA) --out $(BUILD)/vae_quick --load $(BUILD)/vae_quick/vae.safetensors" \
 	"$(BUILD)/vae_fashion --quick --latent 2 --data $(DATA) --out $(BUILD)/vae_quick2" \
 	"$(BUILD)/ae_fashion --quick --data $(DATA) --out $(BUILD)/ae_quick" \
-	"tests/check_config.sh '$(CC)' $(BUILD)/test_core"
+	"tests/check_config.sh '$(CC)' $(BUILD)/test_core" \
+	"$(BAD_DATA_CHECK)"
+
+# Images and labels that do not match: the example's error says why.
+BAD_DATA_CHECK = rm -rf $(BUILD)/bad_data && mkdir -p $(BUILD)/bad_data && \
+	ln -s $(abspath $(DATA))/train-images-idx3-ubyte $(BUILD)/bad_data/ && \
+	ln -s $(abspath $(DATA))/t10k-labels-idx1-ubyte $(BUILD)/bad_data/train-labels-idx1-ubyte && \
+	! $(BUILD)/mlp_fashion --quick --data $(BUILD)/bad_data 2> $(BUILD)/bad_data/err && cat $(BUILD)/bad_data/err && \
+	grep -qF 'train-images-idx3-ubyte (3 dimensions, 60000 items) and train-labels-idx1-ubyte (1 dimensions, 10000 items) do not match' $(BUILD)/bad_data/err
 
 test: deps-test data all
 	@tests/run $(TEST_CMDS)

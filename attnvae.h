@@ -33,14 +33,25 @@
      the context's tape (define-by-run: C loops over time steps or decoding just
      work); av_backward() walks the tape in reverse. av_set_grad_enabled(c, 0)
      runs inference without a tape. Parameters live in an av_model, outside the
-     arena, with their gradients and optimizer state, under unique names.
+     arena, with their gradients and optimizer state, under unique names;
+     buffers (av_buffer: state that is not trained, such as running
+     statistics) live beside them, saved and loaded but never optimized.
+     Parameter groups scale the learning rate and weight decay per parameter.
+     Matrix products (av_sgemm) pack into one buffer per calling thread,
+     which only grows (OpenMP workers use slices of it), so steady state
+     makes no allocations. av_gemm_release() frees the calling thread's
+     buffer: call it before a thread of yours that ran ops exits, or to give
+     the memory back after a very large product.
 
    ERRORS
      Outside data (files, data sets, a non-finite gradient) never crashes: the
      function returns a negative AV_ERR_* code and av_error() says what is
-     wrong. Programming errors (shapes that do not fit, an id out of range)
-     print the op and the shapes, call the handler set with
-     av_set_abort_handler() if any, then AV_ASSERT and abort().
+     wrong. Out of memory for a size that a caller or a file chooses is such
+     an error too (AV_ERR_NOMEM): av_param and av_buffer return NULL and the
+     model keeps the error (av_model_error), so it refuses to train or be
+     saved. Programming errors (shapes that do not fit, an id out of range,
+     a tensor without a name) print the op and the shapes, call the handler
+     set with av_set_abort_handler() if any, then AV_ASSERT and abort().
 
    OPTIONS (define before including the implementation)
      ATTNVAE_STATIC         every function static, for a private copy
@@ -72,7 +83,8 @@
                     3.6 attention: sdpa (tiled) sdpa_weights (naive) masks
                     3.9 losses: mse_loss cross_entropy bce_with_logits
      [4 autodiff]   av_backward av_requires_grad av_detach
-     [5 model]      av_model, av_param (named, initialised), find, zero_grad
+     [5 model]      av_model, av_param and av_buffer (named, initialised),
+                    find, zero_grad, parameter groups (av_model_add_group)
      [6 layers]     av_linear_layer av_mlp av_activate; av_mha (multi-head
                     attention with a KV cache); layer norm, embedding,
                     positional encodings; Transformer encoder and decoder
@@ -80,7 +92,8 @@
                     av_autoencoder
      [7 toolkits]   VAE: gaussian head, reparameterize, KL, likelihoods, ELBO,
                     IWAE, av_vae around any encoder and decoder
-     [8 optim]      av_sgd av_adam av_adamw av_optim_step, clipping, schedules
+     [8 optim]      av_sgd av_adam av_adamw av_optim_step, clipping, schedules,
+                    optimizer state by name (av_optim_state_get/_set)
      [9 io]         JSON, safetensors (av_st_*), IDX, model and checkpoint files
 
    ADDING AN OP (see av_slice in [3.1 shape] for a small complete one)
@@ -397,11 +410,13 @@ AVAPI long av_model_step(const av_model *m);  /* optimizer steps taken */
            if (av_model_param(m, i)->ndim < 2) av_param_set_group(m, av_model_param(m, i), nd);
    or by name, av_model_set_group(m, "*.bias", nd). Groups belong to the
    code that builds the model: files do not store them. */
-/* a new group's id (1, 2, ...), or AV_ERR_ARG (a scale not finite and >= 0) or AV_ERR_NOMEM */
+/* a new group's id (1, 2, ...); AV_ERR_ARG unless both scales are finite
+   and >= 0; AV_ERR_NOMEM */
 AVAPI int av_model_add_group(av_model *m, double lr_scale, double decay_scale);
-/* moves parameter p (0) or every parameter whose name matches pattern, where
-   '*' matches any run of characters and '?' one (the number moved); AV_ERR_ARG
-   for an unknown group or a tensor that is not a parameter of m */
+/* av_param_set_group moves parameter p (returns 0); av_model_set_group
+   moves every parameter whose name matches pattern, where '*' matches any
+   run of characters and '?' any one (returns how many). AV_ERR_ARG for an
+   unknown group, or a p that is not a parameter of m. */
 AVAPI int av_param_set_group(av_model *m, const av_tensor *p, int group);
 AVAPI int av_model_set_group(av_model *m, const char *pattern, int group);
 
@@ -708,12 +723,13 @@ AVAPI av_optim av_adamw(double lr, double weight_decay);
    with its group's scales; does not zero grads. Refused, with nothing
    changed, when: a gradient is NaN or infinite (AV_ERR_NAN, the message
    names the parameter: a bad batch loses nothing); a hyperparameter is out
-   of range (AV_ERR_ARG): lr, weight_decay and eps must be finite and >= 0,
-   momentum in [0, 1], betas in [0, 1); the model lost a tensor to out of
-   memory (its av_model_error) or the state cannot be allocated
-   (AV_ERR_NOMEM); the step count is at AV_MAX_STEP (AV_ERR_ARG).
+   of range (AV_ERR_ARG): lr, weight_decay and eps must be finite and >= 0
+   (also times a group's scales), momentum in [0, 1], betas in [0, 1); the
+   model lost a tensor to out of memory (its av_model_error) or the state
+   cannot be allocated (AV_ERR_NOMEM); the step count is at AV_MAX_STEP
+   (AV_ERR_ARG).
    Updates are deterministic: the same on any number of threads. */
-#define AV_MAX_STEP 1000000000L
+#define AV_MAX_STEP 1000000000L /* a billion: step + 1 fits even a 32-bit long */
 AVAPI int av_optim_step(av_model *m, const av_optim *opt);
 /* Returns the norm before clipping; grads are scaled by max_norm / (norm +
    1e-6) when the norm is above max_norm (PyTorch's rule). max_norm must be
@@ -727,8 +743,9 @@ AVAPI double av_lr_warmup_cosine(long step, long warmup, long total, double lr_m
 
 /* Optimizer state by parameter name, e.g. to move it from or to PyTorch:
    AV_STATE_M is Adam's exp_avg and SGD's momentum_buffer, AV_STATE_V Adam's
-   exp_avg_sq. n must be the parameter's size. State that no step has made
-   yet reads as zeros (what the first step starts from). Errors: AV_ERR_ARG
+   exp_avg_sq (SGD without momentum keeps none). n must be the parameter's
+   size. State that no step has made yet reads as zeros (what the first
+   step starts from). Errors: AV_ERR_ARG
    (no parameter of that name, a buffer, a bad which or n), AV_ERR_NOMEM. */
 enum { AV_STATE_M = 0, AV_STATE_V = 1 };
 AVAPI int av_optim_state_get(const av_model *m, const char *name, int which, float *dst, int n);

@@ -76,16 +76,19 @@ typedef struct ex_dataset { int n, dim; float *x; int *y; } ex_dataset;
 
 static inline void ex_dataset_free(ex_dataset *d) { free(d->x); free(d->y); }
 
-static inline int ex_load_split(const char *dir, const char *images, const char *labels, ex_dataset *out) {
+/* 0, or -1 with the reason in why[cap]. */
+static inline int ex_load_split(const char *dir, const char *images, const char *labels, ex_dataset *out, char *why,
+                                size_t cap) {
     char path[1024];
     av_idx xi, yi;
     int i;
     snprintf(path, sizeof path, "%s/%s", dir, images);
-    if (av_idx_load(path, &xi)) return -1;
+    if (av_idx_load(path, &xi)) { snprintf(why, cap, "%s", av_error()); return -1; }
     snprintf(path, sizeof path, "%s/%s", dir, labels);
-    if (av_idx_load(path, &yi)) { av_idx_free(&xi); return -1; }
+    if (av_idx_load(path, &yi)) { snprintf(why, cap, "%s", av_error()); av_idx_free(&xi); return -1; }
     if (xi.ndim != 3 || yi.ndim != 1 || xi.dims[0] != yi.dims[0]) {
-        fprintf(stderr, "error: %s: images and labels do not match\n", dir);
+        snprintf(why, cap, "%s (%d dimensions, %d items) and %s (%d dimensions, %d items) do not match: "
+                 "images are [n, rows, cols], labels [n]", images, xi.ndim, xi.dims[0], labels, yi.ndim, yi.dims[0]);
         av_idx_free(&xi); av_idx_free(&yi);
         return -1;
     }
@@ -101,8 +104,9 @@ static inline int ex_load_split(const char *dir, const char *images, const char 
 
 /* Loads the four uncompressed IDX files from dir, or explains how to get them. */
 static inline int ex_load_fashion(const char *dir, ex_dataset *train, ex_dataset *test) {
-    if (ex_load_split(dir, "train-images-idx3-ubyte", "train-labels-idx1-ubyte", train) == 0) {
-        if (ex_load_split(dir, "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte", test) == 0) return 0;
+    char why[600];
+    if (ex_load_split(dir, "train-images-idx3-ubyte", "train-labels-idx1-ubyte", train, why, sizeof why) == 0) {
+        if (ex_load_split(dir, "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte", test, why, sizeof why) == 0) return 0;
         ex_dataset_free(train);
     }
     fprintf(stderr,
@@ -110,7 +114,7 @@ static inline int ex_load_fashion(const char *dir, ex_dataset *train, ex_dataset
             "  Get it with:  make data   (installs Debian's dataset-fashion-mnist if needed\n"
             "                and unpacks it into data/fashion), or pass --data DIR with the\n"
             "                four uncompressed IDX files.\n",
-            dir, av_error());
+            dir, why);
     return -1;
 }
 
