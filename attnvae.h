@@ -11,7 +11,7 @@
      av_model *m = av_model_new(42);                 // named parameters
      av_linear_layer fc1 = av_linear_layer_new(m, "fc1", 784, 256, 1);
      av_linear_layer fc2 = av_linear_layer_new(m, "fc2", 256, 10, 1);
-     av_optim adam = av_adam(1e-3f);
+     av_optim adam = av_adam(1e-3);
      av_ctx *c = av_ctx_new();                       // one training step's memory
      for (step = 0; step < steps; step++) {
          av_ctx_reset(c);                            // frees the last step at once
