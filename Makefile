@@ -21,7 +21,7 @@ OUT     := out
 HEADER  := attnvae.h
 C99      = $(CC) -std=c99 $(WARN) $(CFLAGS)
 
-TESTS    := test_core test_ops test_attention test_transformer test_decoding test_optim test_gemm test_io test_vae test_torch_ref
+TESTS    := test_core test_ops test_attention test_transformer test_decoding test_optim test_gemm test_io test_vae test_torch_ref test_attn_ref
 OMP_TESTS := test_gemm test_attention
 EXAMPLES := mlp_fashion vae_fashion ae_fashion
 
@@ -63,16 +63,20 @@ suite = \
 	"$(1) $(2)/test_gemm" \
 	"rm -rf $(2)/io_tmp && mkdir -p $(2)/io_tmp && $(PYTHON) tests/make_safetensors.py write $(2)/io_tmp/py.safetensors && $(1) $(2)/test_io $(2)/io_tmp/py.safetensors $(2)/io_tmp && $(PYTHON) tests/make_safetensors.py check $(2)/io_tmp/c_written.safetensors" \
 	"rm -rf $(2)/vae_tmp && mkdir -p $(2)/vae_tmp && $(1) $(2)/test_vae $(2)/vae_tmp" \
-	"ATTNVAE_PYTHON=$(PYTHON) $(1) $(2)/test_torch_ref tests/torch_ref.py $(2)"
+	"ATTNVAE_PYTHON=$(PYTHON) $(1) $(2)/test_torch_ref tests/torch_ref.py $(2)" \
+	"ATTNVAE_PYTHON=$(PYTHON) $(1) $(2)/test_attn_ref tests/attn_ref.py $(2)"
 
-# The examples run in --quick mode; the GEMM and the vector math run on every
-# path this CPU has (ATTNVAE_ISA forces one), threaded too.
+# The examples run in --quick mode; the GEMM, the vector math and attention
+# against PyTorch run on every path this CPU has (ATTNVAE_ISA forces one), the
+# GEMM and attention threaded too.
 TEST_CMDS = $(call suite,,$(BUILD)) $(call suite,,$(BUILD)/cxx) \
 	"OMP_NUM_THREADS=2 $(BUILD)/test_gemm_omp" \
 	"OMP_NUM_THREADS=2 $(BUILD)/test_attention_omp" \
 	"ATTNVAE_ISA=scalar $(BUILD)/test_gemm --quick" \
 	"ATTNVAE_ISA=avx2 $(BUILD)/test_ops" "ATTNVAE_ISA=scalar $(BUILD)/test_ops" \
 	"ATTNVAE_ISA=avx2 $(BUILD)/test_optim" "ATTNVAE_ISA=scalar $(BUILD)/test_optim" \
+	"ATTNVAE_ISA=avx2 ATTNVAE_PYTHON=$(PYTHON) $(BUILD)/test_attn_ref tests/attn_ref.py $(BUILD)" \
+	"ATTNVAE_ISA=scalar ATTNVAE_PYTHON=$(PYTHON) $(BUILD)/test_attn_ref tests/attn_ref.py $(BUILD)" \
 	"$(BUILD)/mlp_fashion --quick --data $(DATA) --out $(BUILD)/mlp_quick.safetensors" \
 	"$(BUILD)/vae_fashion --quick --data $(DATA) --out $(BUILD)/vae_quick" \
 	"$(BUILD)/vae_fashion --quick --data $(DATA) --out $(BUILD)/vae_quick --load $(BUILD)/vae_quick/vae.safetensors" \
@@ -97,7 +101,7 @@ valgrind: deps-test
 # AArch64: cross-compiled, static, run under qemu-user; the NEON GEMM path
 # must be among those tested.
 ARM_CC := aarch64-linux-gnu-gcc
-ARM_TESTS := test_core test_ops test_attention test_transformer test_decoding test_optim test_gemm test_io test_vae test_torch_ref
+ARM_TESTS := test_core test_ops test_attention test_transformer test_decoding test_optim test_gemm test_io test_vae test_torch_ref test_attn_ref
 test-arm64: deps-arm64
 	@mkdir -p build/arm64
 	for t in $(ARM_TESTS); do \
