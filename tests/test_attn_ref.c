@@ -91,13 +91,17 @@ static const named *lookup(const table *t, const char *cs, const char *field) {
     return NULL;
 }
 
-/* An input "<case>:<field>" of float values uniform in [lo, hi). */
-static named *draw(const char *cs, const char *field, double lo, double hi, int ndim, const int *shape) {
+/* An input "<case>:<field>", zeros. */
+static named *add_input(const char *cs, const char *field, int ndim, const int *shape) {
     char name[128];
-    named *x;
-    int i;
     snprintf(name, sizeof name, "%s:%s", cs, field);
-    x = add(&inputs, name, ndim, shape);
+    return add(&inputs, name, ndim, shape);
+}
+
+/* An input of float values uniform in [lo, hi). */
+static named *draw(const char *cs, const char *field, double lo, double hi, int ndim, const int *shape) {
+    named *x = add_input(cs, field, ndim, shape);
+    int i;
     for (i = 0; i < x->n; i++) x->v[i] = (float)unif(lo, hi);
     return x;
 }
@@ -253,7 +257,7 @@ static void draw_sdpa(int idx) {
     named *cfg;
     sprintf(cs, "sdpa%d", idx);
     shape[0] = 2;
-    cfg = draw(cs, "cfg", 0, 0, 1, shape);
+    cfg = add_input(cs, "cfg", 1, shape);
     cfg->v[0] = k->causal;
     cfg->v[1] = k->scale;
     sdpa_shape(k, k->Tq, k->D, shape);
@@ -343,7 +347,7 @@ static void draw_mha(const mha_case *k) {
     int shape[4], nd, i;
     named *cfg;
     shape[0] = 6;
-    cfg = draw(k->name, "cfg", 0, 0, 1, shape);
+    cfg = add_input(k->name, "cfg", 1, shape);
     cfg->v[0] = k->E; cfg->v[1] = k->H; cfg->v[2] = k->kdim; cfg->v[3] = k->vdim; cfg->v[4] = k->bias; cfg->v[5] = k->causal;
     nd = seq_shape(k, k->Tq, k->E, shape);
     draw(k->name, "query", -1.5, 1.5, nd, shape);
@@ -356,7 +360,7 @@ static void draw_mha(const mha_case *k) {
     if (k->lengths[0]) {
         named *len;
         shape[0] = k->B;
-        len = draw(k->name, "lengths", 0, 0, 1, shape);
+        len = add_input(k->name, "lengths", 1, shape);
         for (i = 0; i < k->B; i++) len->v[i] = k->lengths[i];
     }
     shape[0] = k->B * k->H; shape[1] = k->Tq; shape[2] = k->Tk;
@@ -551,6 +555,7 @@ int main(int argc, char **argv) {
         check_kv_self(c, &mha_cases[N_MHA - 2]);
         check_kv_cross(c, &mha_cases[N_MHA - 1]);
         av_ctx_free(c);
+        printf("info: GEMM and attention tiles on the %s path\n", av_isa_name(av_get_isa()));
         for (g = 0; g < N_GROUPS; g++)
             printf("info: %-4s worst error against PyTorch, relative to the largest reference value: forward %.2e (%s)"
                    ", gradients %.2e (%s)\n", group_name[g], worst[g][FWD], worst_at[g][FWD], worst[g][GRAD],
