@@ -211,6 +211,13 @@ static int compare(int group, int kind, const char *cs, const char *field, const
     return compare_values(group, kind, what, got, want->v, n, row);
 }
 
+/* t's gradient against "<case>:<path>.d.<name>" */
+static void compare_grad(int group, const char *cs, const char *path, const char *name, const av_tensor *t) {
+    char field[200];
+    snprintf(field, sizeof field, "%s.d.%s", path, name);
+    compare(group, GRAD, cs, field, NULL, t->grad, t->size, 0);
+}
+
 /* ======================================================================= */
 /* sdpa                                                                     */
 /* ======================================================================= */
@@ -290,7 +297,6 @@ static void check_sdpa(av_ctx *c, int idx) {
         av_tensor *q = input(c, cs, "q", 1), *kk = input(c, cs, "k", 1), *v = input(c, cs, "v", 1);
         av_tensor *mask = input(c, cs, "mask", 1), *w = NULL, *y, *loss;
         const char *path = naive ? "naive" : "tiled";
-        char field[32];
         int dead;
         if (naive) y = av_sdpa_weights(c, q, kk, v, mask, k->causal, k->scale, &w);
         else y = av_sdpa(c, q, kk, v, mask, k->causal, 0.0f, k->scale);
@@ -301,10 +307,10 @@ static void check_sdpa(av_ctx *c, int idx) {
         CHECK((dead > 0) == expect_dead, "%s %s: %d queries without a visible key, %s expected", cs, path, dead,
               expect_dead ? "some" : "none");
         if (naive) compare(G_SDPA, FWD, cs, "w", NULL, w->data, w->size, k->Tk);
-        sprintf(field, "%s.d.q", path); compare(G_SDPA, GRAD, cs, field, NULL, q->grad, q->size, 0);
-        sprintf(field, "%s.d.k", path); compare(G_SDPA, GRAD, cs, field, NULL, kk->grad, kk->size, 0);
-        sprintf(field, "%s.d.v", path); compare(G_SDPA, GRAD, cs, field, NULL, v->grad, v->size, 0);
-        if (mask) { sprintf(field, "%s.d.mask", path); compare(G_SDPA, GRAD, cs, field, NULL, mask->grad, mask->size, 0); }
+        compare_grad(G_SDPA, cs, path, "q", q);
+        compare_grad(G_SDPA, cs, path, "k", kk);
+        compare_grad(G_SDPA, cs, path, "v", v);
+        if (mask) compare_grad(G_SDPA, cs, path, "mask", mask);
         av_ctx_reset(c);
     }
 }
@@ -348,12 +354,13 @@ static void draw_mha(const mha_case *k) {
     named *cfg;
     shape[0] = 6;
     cfg = add_input(k->name, "cfg", 1, shape);
-    cfg->v[0] = k->E; cfg->v[1] = k->H; cfg->v[2] = k->kdim; cfg->v[3] = k->vdim; cfg->v[4] = k->bias; cfg->v[5] = k->causal;
+    cfg->v[0] = k->E; cfg->v[1] = k->H; cfg->v[2] = k->kdim; cfg->v[3] = k->vdim;
+    cfg->v[4] = k->bias; cfg->v[5] = k->causal;
     nd = seq_shape(k, k->Tq, k->E, shape);
     draw(k->name, "query", -1.5, 1.5, nd, shape);
     draw(k->name, "r", -1, 1, nd, shape);
-    if (k->inputs != SELF) { nd = seq_shape(k, k->Tk, k->kdim, shape); draw(k->name, "key", -1.5, 1.5, nd, shape); }
-    if (k->inputs == SEPARATE) { nd = seq_shape(k, k->Tk, k->vdim, shape); draw(k->name, "value", -1.5, 1.5, nd, shape); }
+    if (k->inputs != SELF) draw(k->name, "key", -1.5, 1.5, seq_shape(k, k->Tk, k->kdim, shape), shape);
+    if (k->inputs == SEPARATE) draw(k->name, "value", -1.5, 1.5, seq_shape(k, k->Tk, k->vdim, shape), shape);
     shape[0] = k->B * k->H; shape[1] = k->Tq; shape[2] = k->Tk; /* PyTorch's weights: [B, H, Tq, Tk] or [H, Tq, Tk] */
     if (k->batched) { shape[0] = k->B; shape[1] = k->H; shape[2] = k->Tq; shape[3] = k->Tk; }
     draw(k->name, "rw", -1, 1, k->batched ? 4 : 3, shape);
@@ -396,7 +403,6 @@ static void check_mha(av_ctx *c, const mha_case *k) {
     for (naive = 0; naive < 2; naive++) {
         av_tensor *query = input(c, k->name, "query", 1), *key = query, *value, *mask, *w = NULL, *y, *loss;
         const char *path = naive ? "naive" : "tiled";
-        char field[200];
         if (k->inputs != SELF) key = input(c, k->name, "key", 1);
         value = k->inputs == SEPARATE ? input(c, k->name, "value", 1) : key;
         mask = input(c, k->name, "attn_mask", 0);
@@ -412,13 +418,12 @@ static void check_mha(av_ctx *c, const mha_case *k) {
             compare(G_MHA, FWD, k->name, "w", NULL, w->data, w->size, k->Tk);
             compare(G_MHA, FWD, k->name, "w_avg", "(av_mean over heads)", avg->data, avg->size, k->Tk);
         }
-        sprintf(field, "%s.d.query", path); compare(G_MHA, GRAD, k->name, field, NULL, query->grad, query->size, 0);
-        if (key != query) { sprintf(field, "%s.d.key", path); compare(G_MHA, GRAD, k->name, field, NULL, key->grad, key->size, 0); }
-        if (value != key) { sprintf(field, "%s.d.value", path); compare(G_MHA, GRAD, k->name, field, NULL, value->grad, value->size, 0); }
+        compare_grad(G_MHA, k->name, path, "query", query);
+        if (key != query) compare_grad(G_MHA, k->name, path, "key", key);
+        if (value != key) compare_grad(G_MHA, k->name, path, "value", value);
         for (p = 0; p < av_model_count(m); p++) {
-            av_tensor *t = av_model_param(m, p);
-            snprintf(field, sizeof field, "%s.d.%s", path, t->name);
-            compare(G_MHA, GRAD, k->name, field, NULL, t->grad, t->size, 0);
+            av_tensor *param = av_model_param(m, p);
+            compare_grad(G_MHA, k->name, path, param->name, param);
         }
         av_ctx_reset(c);
     }
@@ -428,14 +433,14 @@ static void check_mha(av_ctx *c, const mha_case *k) {
 /* Copies a step's rows into the whole sequence's: y [B, n, E] to rows t..
    of Y [B, T, E]; w [B, H, n, Tk] to rows t.. of W [B, H, T, Tk_all]. */
 static void place_rows(const av_tensor *y, float *Y, const av_tensor *w, float *W, int t, int T, int Tk_all) {
-    int B = y->shape[0], n = y->shape[1], E = y->shape[2], b, r, h;
-    for (b = 0; b < B; b++) memcpy(Y + ((size_t)b * T + t) * E, y->data + (size_t)b * n * E, (size_t)n * E * sizeof(float));
-    if (w)
-        for (b = 0; b < B; b++)
-            for (h = 0; h < w->shape[1]; h++)
-                for (r = 0; r < n; r++)
-                    memcpy(W + (((size_t)b * w->shape[1] + h) * T + t + r) * Tk_all,
-                           w->data + (((size_t)b * w->shape[1] + h) * n + r) * w->shape[3], (size_t)w->shape[3] * sizeof(float));
+    int B = y->shape[0], n = y->shape[1], E = y->shape[2], b, r, bh;
+    int H = w ? w->shape[1] : 0, Tk = w ? w->shape[3] : 0;
+    for (b = 0; b < B; b++)
+        memcpy(Y + ((size_t)b * T + t) * E, y->data + (size_t)b * n * E, (size_t)n * E * sizeof(float));
+    for (bh = 0; bh < B * H; bh++)
+        for (r = 0; r < n; r++)
+            memcpy(W + ((size_t)bh * T + t + r) * Tk_all, w->data + ((size_t)bh * n + r) * Tk,
+                   (size_t)Tk * sizeof(float));
 }
 
 /* Self-attention decoding through av_mha_step, a fresh step context each
@@ -450,18 +455,20 @@ static void check_kv_self(av_ctx *c, const mha_case *k) {
         for (with_w = 0; with_w < 2; with_w++) {
             av_kv_cache kv;
             int t, n;
-            char note[64];
+            char note[96];
             memset(W, 0, nw * sizeof(float)); /* what causality hides is 0 in PyTorch's weights too */
             CHECK(av_kv_cache_init(&kv, &a, k->B, 2) == 0, "av_kv_cache_init: %s", av_error()); /* it must grow */
             for (t = 0; t < k->Tq; t += n) {
-                av_tensor *w = NULL, *y;
+                av_tensor *w = NULL, *y, *x;
                 n = t ? 1 : prompt;
-                y = av_mha_step(c, &a, av_slice(c, input(c, k->name, "query", 0), 1, t, t + n), &kv, with_w ? &w : NULL);
+                x = av_slice(c, input(c, k->name, "query", 0), 1, t, t + n);
+                y = av_mha_step(c, &a, x, &kv, with_w ? &w : NULL);
                 place_rows(y, Y, w, W, t, k->Tq, k->Tk);
                 av_ctx_reset(c);
             }
             CHECK(kv.length == k->Tq, "%s: the cache holds %d positions, not %d", k->name, kv.length, k->Tq);
-            sprintf(note, "(av_mha_step: a %d-token prompt, then 1 at a time%s)", prompt, with_w ? ", weights" : "");
+            snprintf(note, sizeof note, "(av_mha_step: a %d-token prompt, then 1 at a time%s)", prompt,
+                     with_w ? ", weights" : "");
             compare(G_KV, FWD, k->name, "y", note, Y, (int)ny, k->E);
             if (with_w) compare(G_KV, FWD, k->name, "w", note, W, (int)nw, k->Tk);
             av_kv_cache_free(&kv);
@@ -485,7 +492,7 @@ static void check_kv_cross(av_ctx *c, const mha_case *k) {
               "av_kv_cache_set_memory: %s", av_error());
         av_ctx_reset(c);
         for (step = 0; step < 2; step++) {
-            char note[64];
+            char note[96];
             for (t = 0; t < k->Tq; t += n) {
                 av_tensor *w, *y;
                 n = step ? 1 : k->Tq;
@@ -494,7 +501,7 @@ static void check_kv_cross(av_ctx *c, const mha_case *k) {
                 place_rows(y, Y, w, W, t, k->Tq, k->Tk);
                 av_ctx_reset(c);
             }
-            sprintf(note, "(av_mha_attend_cache, %s)", step ? "one query at a time" : "all queries");
+            snprintf(note, sizeof note, "(av_mha_attend_cache, %s)", step ? "one query at a time" : "all queries");
             compare(G_KV, FWD, k->name, "y", note, Y, (int)ny, k->E);
             compare(G_KV, FWD, k->name, "w", note, W, (int)nw, k->Tk);
         }
