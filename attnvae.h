@@ -686,7 +686,7 @@ AVAPI void av_decoder_cache_reorder(av_decoder_cache *dc, const int *rows, int n
 /* Greedy: B rows start from bos and take the most likely token each step
    until eos (kept) or max_len tokens. out [B, max_len], -1 after the end;
    lengths[B] counts the tokens, eos included. */
-AVAPI void av_decode_greedy(av_ctx *c, const av_decoder *d, int B, int bos, int eos, int max_len, int *out, int *lengths);
+AVAPI int av_decode_greedy(av_ctx *c, const av_decoder *d, int B, int bos, int eos, int max_len, int *out, int *lengths);
 /* Beam search of width `beam` for one sequence; the model's state must hold
    `beam` rows (e.g. its memory repeated). A hypothesis ends at eos or at
    max_len; its score is its log-probability divided by length^length_penalty
@@ -698,11 +698,13 @@ AVAPI int av_decode_beam(av_ctx *c, const av_decoder *d, int beam, int bos, int 
 /* One token from logits [V]: temperature 0 takes the argmax; otherwise the
    softmax of logits / temperature, cut to the top_k most likely (0: no cut)
    and to the smallest set whose probability reaches top_p (1: no cut),
-   renormalised, sampled with the generator. */
+   renormalised, sampled with the generator. AV_ERR_NOMEM (negative) if the
+   V-sized scratch cannot be had. */
 AVAPI int av_sample_logits(const float *logits, int V, float temperature, int top_k, float top_p, av_rng *rng);
-/* Like greedy, with each token sampled by av_sample_logits from the context's generator. */
-AVAPI void av_decode_sample(av_ctx *c, const av_decoder *d, int B, int bos, int eos, int max_len, float temperature,
-                            int top_k, float top_p, int *out, int *lengths);
+/* Like greedy, with each token sampled by av_sample_logits from the
+   context's generator. Both return 0, or AV_ERR_NOMEM. */
+AVAPI int av_decode_sample(av_ctx *c, const av_decoder *d, int B, int bos, int eos, int max_len, float temperature,
+                           int top_k, float top_p, int *out, int *lengths);
 
 
 /* ======================================================================= */
@@ -4076,14 +4078,6 @@ static void av__check_name(const av_model *m, const char *name, const char *who)
 }
 
 /* zeroed bytes; out of memory aborts (av__fail) */
-static void *av__xcalloc(size_t count, size_t size, const char *what) {
-    size_t bytes = count * size;
-    void *p = AV_MALLOC(bytes ? bytes : 1);
-    if (!p) av__fail("out of memory allocating %s", what);
-    memset(p, 0, bytes);
-    return p;
-}
-
 /* count * size zeroed bytes, or NULL */
 static void *av__alloc_zeros(size_t count, size_t size) {
     size_t bytes = count * size;
@@ -5170,29 +5164,30 @@ static int av__argmax(const float *x, int n) {
 
 /* Greedy or sampled decoding of B rows; a row that ended keeps feeding eos
    (the batch steps together) and its outputs are ignored. */
-static void av__decode_rows(av_ctx *c, const av_decoder *d, int B, int bos, int eos, int max_len, float temperature,
-                            int top_k, float top_p, int sample, int *out, int *lengths) {
-    int prev_grad = av_set_grad_enabled(c, 0), prev_train = av_set_training(c, 0), t, b, V, live = B;
-    int *tokens = (int *)av__xcalloc((size_t)B * 2, sizeof(int), "decoding"), *done = tokens + B;
+static int av__decode_rows(av_ctx *c, const av_decoder *d, int B, int bos, int eos, int max_len, float temperature,
+                           int top_k, float top_p, int sample, int *out, int *lengths) {
+    int prev_grad = av_set_grad_enabled(c, 0), prev_train = av_set_training(c, 0), t, b, V, live = B, rc = AV_OK;
+    int *tokens = (int *)av_ctx_alloc(c, (size_t)B * 2 * sizeof(int)), *done = tokens + B;
     av_mark mark = av_ctx_mark(c);
-    for (b = 0; b < B; b++) { tokens[b] = bos; lengths[b] = 0; }
+    for (b = 0; b < B; b++) { tokens[b] = bos; done[b] = 0; lengths[b] = 0; }
     for (b = 0; b < B * max_len; b++) out[b] = -1;
-    for (t = 0; t < max_len && live; t++) {
+    for (t = 0; t < max_len && live && !rc; t++) {
         const float *logits = av__decode_step(c, d, tokens, B, &V);
-        for (b = 0; b < B; b++) {
+        for (b = 0; b < B && !rc; b++) {
             int tok;
             if (done[b]) { tokens[b] = eos; continue; }
             tok = sample ? av_sample_logits(logits + (size_t)b * V, V, temperature, top_k, top_p, av_ctx_rng(c))
                          : av__argmax(logits + (size_t)b * V, V);
+            if (tok < 0) { rc = tok; break; }
             out[(size_t)b * max_len + t] = tokens[b] = tok;
             lengths[b] = t + 1;
             if (tok == eos) { done[b] = 1; live--; }
         }
         av_ctx_rewind(c, mark);
     }
-    AV_FREE(tokens);
     av_set_grad_enabled(c, prev_grad);
     av_set_training(c, prev_train);
+    return rc;
 }
 
 
@@ -5231,9 +5226,10 @@ AVDEF int av_decode_beam(av_ctx *c, const av_decoder *d, int beam, int bos, int 
     int prev_grad = av_set_grad_enabled(c, 0), prev_train = av_set_training(c, 0), t, b, V = 0, i, n_done = 0, best = 0;
     int *tokens, *parents, *hist, *new_hist, *done_hist, *done_len, *cb, *cv;
     double *logp, *new_logp, *done_score, *row = NULL, *cs;
-    av_mark mark = av_ctx_mark(c);
+    av_mark mark;
     if (beam < 1 || max_len < 1) av__fail("av_decode_beam: beam %d and max_len %d must be >= 1", beam, max_len);
-    tokens = (int *)av__xcalloc((size_t)beam * (7 + 3 * (size_t)max_len), sizeof(int), "beam search");
+    /* the search's own arrays sit in the context, before the steps' mark */
+    tokens = (int *)av_ctx_alloc(c, (size_t)beam * (7 + 3 * (size_t)max_len) * sizeof(int));
     parents = tokens + beam;
     done_len = parents + beam;
     cb = done_len + beam;                  /* 2 beam candidates: at most beam of them are eos */
@@ -5241,15 +5237,16 @@ AVDEF int av_decode_beam(av_ctx *c, const av_decoder *d, int beam, int bos, int 
     hist = cv + 2 * beam;                  /* [beam, max_len] */
     new_hist = hist + (size_t)beam * max_len;
     done_hist = new_hist + (size_t)beam * max_len;
-    logp = (double *)av__xcalloc((size_t)beam * 5, sizeof(double), "beam search");
+    logp = (double *)av_ctx_alloc(c, (size_t)beam * 5 * sizeof(double));
     new_logp = logp + beam;
     done_score = new_logp + beam;
     cs = done_score + beam;
     for (b = 0; b < beam; b++) { tokens[b] = bos; logp[b] = b ? -INFINITY : 0.0; } /* one live beam at first */
+    mark = av_ctx_mark(c);
     for (t = 0; t < max_len; t++) {
         const float *logits = av__decode_step(c, d, tokens, beam, &V);
         int n_live = 0, rank;
-        if (!row) row = (double *)av__xcalloc((size_t)V, sizeof(double), "beam search");
+        row = (double *)av_ctx_alloc(c, (size_t)V * sizeof(double));
         for (i = 0; i < 2 * beam; i++) cs[i] = -INFINITY;
         for (b = 0; b < beam; b++) {
             int v;
@@ -5303,9 +5300,6 @@ AVDEF int av_decode_beam(av_ctx *c, const av_decoder *d, int beam, int bos, int 
     for (i = 0; i < max_len; i++) out[i] = i < done_len[best] ? done_hist[(size_t)best * max_len + i] : -1;
     if (score) *score = (float)done_score[best];
     i = done_len[best];
-    AV_FREE(tokens);
-    AV_FREE(logp);
-    AV_FREE(row);
     av_set_grad_enabled(c, prev_grad);
     av_set_training(c, prev_train);
     return i;
@@ -5319,8 +5313,13 @@ AVDEF int av_sample_logits(const float *logits, int V, float temperature, int to
         av__fail("av_sample_logits: temperature %g >= 0, top_k %d >= 0 and top_p %g in (0, 1] are needed",
                  (double)temperature, top_k, (double)top_p);
     if (temperature == 0.0f) return av__argmax(logits, V);
-    p = (double *)av__xcalloc((size_t)V, sizeof(double), "sampling");
-    order = (int *)av__xcalloc((size_t)V, sizeof(int), "sampling");
+    p = (double *)AV_MALLOC((size_t)V * sizeof(double));
+    order = (int *)AV_MALLOC((size_t)V * sizeof(int));
+    if (!p || !order) {
+        AV_FREE(p);
+        AV_FREE(order);
+        return av__set_error(AV_ERR_NOMEM, "av_sample_logits: out of memory for %d logits", V);
+    }
     mx = logits[av__argmax(logits, V)];
     for (i = 0; i < V; i++) {
         p[i] = exp(((double)logits[i] - mx) / temperature);
@@ -5350,13 +5349,13 @@ AVDEF int av_sample_logits(const float *logits, int V, float temperature, int to
     return i;
 }
 
-AVDEF void av_decode_greedy(av_ctx *c, const av_decoder *d, int B, int bos, int eos, int max_len, int *out, int *lengths) {
-    av__decode_rows(c, d, B, bos, eos, max_len, 0.0f, 0, 1.0f, 0, out, lengths);
+AVDEF int av_decode_greedy(av_ctx *c, const av_decoder *d, int B, int bos, int eos, int max_len, int *out, int *lengths) {
+    return av__decode_rows(c, d, B, bos, eos, max_len, 0.0f, 0, 1.0f, 0, out, lengths);
 }
 
-AVDEF void av_decode_sample(av_ctx *c, const av_decoder *d, int B, int bos, int eos, int max_len, float temperature,
-                            int top_k, float top_p, int *out, int *lengths) {
-    av__decode_rows(c, d, B, bos, eos, max_len, temperature, top_k, top_p, 1, out, lengths);
+AVDEF int av_decode_sample(av_ctx *c, const av_decoder *d, int B, int bos, int eos, int max_len, float temperature,
+                           int top_k, float top_p, int *out, int *lengths) {
+    return av__decode_rows(c, d, B, bos, eos, max_len, temperature, top_k, top_p, 1, out, lengths);
 }
 
 
