@@ -4077,7 +4077,6 @@ static void av__check_name(const av_model *m, const char *name, const char *who)
     if (av__find(m, name) >= 0) av__fail("%s: a tensor named '%s' exists already", who, name);
 }
 
-/* zeroed bytes; out of memory aborts (av__fail) */
 /* count * size zeroed bytes, or NULL */
 static void *av__alloc_zeros(size_t count, size_t size) {
     size_t bytes = count * size;
