@@ -21,7 +21,7 @@ OUT     := out
 HEADER  := attnvae.h
 C99      = $(CC) -std=c99 $(WARN) $(CFLAGS)
 
-TESTS    := test_core test_ops test_attention test_transformer test_decoding test_optim test_gemm test_io test_vae test_torch_ref test_attn_ref test_alloc
+TESTS    := test_core test_ops test_attention test_transformer test_decoding test_optim test_gemm test_io test_vae test_torch_ref test_attn_ref test_transformer_ref test_alloc
 OMP_TESTS := test_gemm test_attention test_optim
 EXAMPLES := mlp_fashion vae_fashion ae_fashion
 
@@ -65,11 +65,12 @@ suite = \
 	"rm -rf $(2)/vae_tmp && mkdir -p $(2)/vae_tmp && $(1) $(2)/test_vae $(2)/vae_tmp" \
 	"ATTNVAE_PYTHON=$(PYTHON) $(1) $(2)/test_torch_ref tests/torch_ref.py $(2)" \
 	"ATTNVAE_PYTHON=$(PYTHON) $(1) $(2)/test_attn_ref tests/attn_ref.py $(2)" \
+	"ATTNVAE_PYTHON=$(PYTHON) $(1) $(2)/test_transformer_ref tests/transformer_ref.py $(2)" \
 	"$(1) $(2)/test_alloc $(2)"
 
-# The examples run in --quick mode; the GEMM, the vector math and attention
-# against PyTorch run on every path this CPU has (ATTNVAE_ISA forces one), the
-# GEMM and attention threaded too.
+# The examples run in --quick mode; the GEMM, the vector math, and attention
+# and the Transformer against PyTorch run on every path this CPU has
+# (ATTNVAE_ISA forces one), the GEMM and attention threaded too.
 TEST_CMDS = $(call suite,,$(BUILD)) $(call suite,,$(BUILD)/cxx) \
 	"OMP_NUM_THREADS=2 $(BUILD)/test_gemm_omp" \
 	"OMP_NUM_THREADS=2 $(BUILD)/test_attention_omp" \
@@ -79,6 +80,8 @@ TEST_CMDS = $(call suite,,$(BUILD)) $(call suite,,$(BUILD)/cxx) \
 	"ATTNVAE_ISA=avx2 $(BUILD)/test_optim" "ATTNVAE_ISA=scalar $(BUILD)/test_optim" \
 	"ATTNVAE_ISA=avx2 ATTNVAE_PYTHON=$(PYTHON) $(BUILD)/test_attn_ref tests/attn_ref.py $(BUILD)" \
 	"ATTNVAE_ISA=scalar ATTNVAE_PYTHON=$(PYTHON) $(BUILD)/test_attn_ref tests/attn_ref.py $(BUILD)" \
+	"ATTNVAE_ISA=avx2 ATTNVAE_PYTHON=$(PYTHON) $(BUILD)/test_transformer_ref tests/transformer_ref.py $(BUILD)" \
+	"ATTNVAE_ISA=scalar ATTNVAE_PYTHON=$(PYTHON) $(BUILD)/test_transformer_ref tests/transformer_ref.py $(BUILD)" \
 	"$(BUILD)/mlp_fashion --quick --data $(DATA) --out $(BUILD)/mlp_quick.safetensors" \
 	"$(BUILD)/vae_fashion --quick --data $(DATA) --out $(BUILD)/vae_quick" \
 	"$(BUILD)/vae_fashion --quick --data $(DATA) --out $(BUILD)/vae_quick --load $(BUILD)/vae_quick/vae.safetensors" \
@@ -111,7 +114,7 @@ valgrind: deps-test
 # AArch64: cross-compiled, static, run under qemu-user; the NEON GEMM path
 # must be among those tested.
 ARM_CC := aarch64-linux-gnu-gcc
-ARM_TESTS := test_core test_ops test_attention test_transformer test_decoding test_optim test_gemm test_io test_vae test_torch_ref test_attn_ref test_alloc
+ARM_TESTS := test_core test_ops test_attention test_transformer test_decoding test_optim test_gemm test_io test_vae test_torch_ref test_attn_ref test_transformer_ref test_alloc
 test-arm64: deps-arm64
 	@mkdir -p build/arm64
 	for t in $(ARM_TESTS); do \

@@ -191,10 +191,10 @@ static int compare(int group, int kind, const char *cs, const char *field, const
     return compare_values(group, kind, what, got, want->v, n, row);
 }
 
-/* t's gradient against "<case>:<path>.d.<name>" */
+/* t's gradient against "<case>:<path>.d.<name>", or "<case>:d.<name>" when path is NULL */
 static void compare_grad(int group, const char *cs, const char *path, const char *name, const av_tensor *t) {
     char field[200];
-    snprintf(field, sizeof field, "%s.d.%s", path, name);
+    snprintf(field, sizeof field, "%s%sd.%s", path ? path : "", path ? "." : "", name);
     compare(group, GRAD, cs, field, NULL, t->grad, t->size, 0);
 }
 
