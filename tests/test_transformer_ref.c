@@ -53,7 +53,7 @@ typedef struct tf_case {
     int kind, d, H, ff, norm_first, activation;
     float eps;
     int B, T, S;            /* T: the encoder's input or the target; S: the memory or the source */
-    int causal;             /* the encoder's is_causal, the decoder's tgt_is_causal */
+    int causal;             /* the encoder's is_causal, the decoder's tgt_is_causal (nn.Transformer: always) */
     int mask, memory_mask;  /* the float src or tgt mask, the float memory mask */
     int lengths[2];         /* key padding of the encoder's input or the target; 0: none */
     int mem_lengths[2];     /* key padding of the memory (decoder) or the source; 0: none */
@@ -103,18 +103,15 @@ static void put_ints(const char *cs, const char *field, const int *v, int n) {
 
 static void draw_case(const tf_case *k) {
     int shape[3], n = 8, i;
-    named *cfg = add_input(k->name, "cfg", 1, &n);
-    double v[8];
+    double *v = add_input(k->name, "cfg", 1, &n)->v;
     v[0] = k->kind; v[1] = k->d; v[2] = k->H; v[3] = k->ff;
     v[4] = k->norm_first; v[5] = k->activation == GELU; v[6] = k->eps; v[7] = k->causal;
-    memcpy(cfg->v, v, sizeof v);
     if (k->mem_lengths[0]) put_ints(k->name, "mem_lengths", k->mem_lengths, k->B);
     if (k->kind == SEQ2SEQ) {
         named *src;
-        double decode[4];
         n = 4;
-        decode[0] = VOCAB; decode[1] = k->T; decode[2] = BOS; decode[3] = LENGTH_PENALTY;
-        memcpy(add_input(k->name, "decode", 1, &n)->v, decode, sizeof decode);
+        v = add_input(k->name, "decode", 1, &n)->v;
+        v[0] = VOCAB; v[1] = k->T; v[2] = BOS; v[3] = LENGTH_PENALTY;
         shape[0] = k->B; shape[1] = k->S;
         src = add_input(k->name, "src_tokens", 2, shape);
         for (i = 0; i < src->n; i++) src->v[i] = (int)unif(0, VOCAB);
@@ -342,7 +339,7 @@ static void check_decode(av_ctx *c, const tf_case *k) {
         s.k = k; s.tm = &tm; s.logits = logits;
         d.step = s2s_step; d.reorder = s2s_reorder; d.state = &s;
         s2s_start(c, &s, k->B);
-        av_decode_greedy(c, &d, k->B, BOS, eos, k->T, out, lengths);
+        CHECK(av_decode_greedy(c, &d, k->B, BOS, eos, k->T, out, lengths) == 0, "av_decode_greedy: %s", av_error());
         av_decoder_cache_free(&s.cache);
         for (b = 0; b < k->B; b++) {
             int ref_len = (int)ref_lengths->v[b];
