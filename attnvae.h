@@ -571,7 +571,10 @@ AVAPI av_tensor *av_transformer_decoder_forward(av_ctx *c, const av_transformer_
 typedef struct av_transformer { av_transformer_encoder encoder; av_transformer_decoder decoder; } av_transformer;
 AVAPI av_transformer av_transformer_new(av_model *m, const char *name, const av_transformer_config *cfg,
                                         int num_encoder_layers, int num_decoder_layers);
-/* src [B, S, d], tgt [B, T, d] -> [B, T, d]; the target attends causally to itself */
+/* src [B, S, d], tgt [B, T, d] -> [B, T, d]. Unlike nn.Transformer's
+   defaults, the target attends causally to itself, and the source's padding
+   mask also hides the memory's padding from the decoder (what a translation
+   model wants; PyTorch takes tgt_mask and memory_key_padding_mask apart). */
 AVAPI av_tensor *av_transformer_forward(av_ctx *c, const av_transformer *t, av_tensor *src, av_tensor *tgt,
                                         av_tensor *src_key_padding_mask, av_tensor *tgt_key_padding_mask);
 
