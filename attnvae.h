@@ -94,7 +94,8 @@
                     IWAE, av_vae around any encoder and decoder
      [8 optim]      av_sgd av_adam av_adamw av_optim_step, clipping, schedules,
                     optimizer state by name (av_optim_state_get/_set)
-     [9 io]         JSON, safetensors (av_st_*), IDX, model and checkpoint files
+     [9 io]         JSON, safetensors (av_st_*: F32, F16, BF16, F64), IDX, model
+                    and checkpoint files
 
    ADDING AN OP (see av_slice in [3.1 shape] for a small complete one)
      1. Declare it in its section of the declarations, with its shapes.
@@ -770,14 +771,14 @@ AVAPI int av_model_set_step(av_model *m, long step);
    F64 rounded to nearest (beyond float range: +-inf). Other dtypes, a dim
    above INT_MAX and a tensor of more than INT_MAX elements are refused. */
 #define AV_ST_MAX_DIMS 8
-typedef enum av_dtype { AV_DTYPE_F32 = 0, AV_DTYPE_F16, AV_DTYPE_BF16, AV_DTYPE_F64 } av_dtype;
+enum { AV_DTYPE_F32 = 0, AV_DTYPE_F16, AV_DTYPE_BF16, AV_DTYPE_F64 }; /* how a tensor is stored */
 
 typedef struct av_st_item {
     const char *name;   /* UTF-8, unique, not "__metadata__" */
     int ndim;           /* 0 (a scalar) .. AV_ST_MAX_DIMS */
     const int *shape;   /* ndim entries >= 0, at most INT_MAX elements */
     const float *data;  /* numel floats; may be NULL when numel == 0 */
-    av_dtype dtype;     /* as stored; 0 (zero-initialised) is F32. F16 and BF16
+    int dtype;          /* AV_DTYPE_*; 0 (zero-initialised) is F32. F16 and BF16
                            round to nearest even (too large: +-inf), NaN stays
                            NaN with its sign */
 } av_st_item;
@@ -809,7 +810,7 @@ AVAPI int av_st_find(const av_st_file *f, const char *name); /* index or -1 */
 AVAPI int av_st_ndim(const av_st_file *f, int i);
 AVAPI const int *av_st_shape(const av_st_file *f, int i);
 AVAPI int64_t av_st_numel(const av_st_file *f, int i);
-AVAPI int av_st_dtype(const av_st_file *f, int i);  /* an av_dtype as stored, or -1 */
+AVAPI int av_st_dtype(const av_st_file *f, int i);  /* AV_DTYPE_* as stored, or -1 */
 /* Copies tensor i into dst as float; n must equal its numel (else AV_ERR_MISMATCH). */
 AVAPI int av_st_read(const av_st_file *f, int i, float *dst, int64_t n);
 /* Value of a __metadata__ key, or NULL. */
@@ -5618,7 +5619,7 @@ static int av__os_replace(const char *tmp, const char *path, const char *dir) {
     int fd;
     if (rename(tmp, path) != 0) return -1;
     if ((fd = open(dir, O_RDONLY)) >= 0) {
-        if (fsync(fd) != 0) { /* the file is in place all the same */ }
+        (void)fsync(fd); /* on failure the file is in place all the same */
         close(fd);
     }
     return 0;
@@ -5756,7 +5757,7 @@ static uint32_t av__f32_to_bf16(float f) {
     return (u + 0x7fff + (u >> 16 & 1)) >> 16;
 }
 
-/* The safetensors dtypes, in av_dtype order. */
+/* The safetensors dtypes, in AV_DTYPE_* order. */
 static const char *const av__dtype_name[4] = {"F32", "F16", "BF16", "F64"};
 static const int av__dtype_size[4] = {4, 2, 2, 8};
 
@@ -6262,12 +6263,13 @@ static int av__st_layout(av_st_file *f, const av__json *j, const char *path, int
 
 /* Reads a safetensors file from fp: the length, the header, and only when
    the header describes the file's size exactly, the data. */
-static int av__st_read_file(FILE *fp, const char *path, av_st_file *f) {
+static int av__st_read_file(FILE *fp, const char *path, av_st_file **out) {
     unsigned char len8[8];
     size_t got = fread(len8, 1, 8, fp);
     uint64_t hlen;
     int64_t size, data_len;
     av__json j;
+    av_st_file *f;
     int rc;
     if (got != 8) {
         if (ferror(fp)) return av__set_error(AV_ERR_IO, "%s: read error (%s)", path, strerror(errno));
@@ -6284,7 +6286,12 @@ static int av__st_read_file(FILE *fp, const char *path, av_st_file *f) {
         return av__set_error(AV_ERR_FORMAT, "%s: header length %llu is past the end of the file (%lld bytes)",
                              path, (unsigned long long)hlen, (long long)size);
     data_len = size - 8 - (int64_t)hlen;
-    if ((rc = av__read_fresh(fp, (size_t)hlen, &f->header, path, "the header"))) return rc;
+    if (!(f = (av_st_file *)AV_MALLOC(sizeof *f))) return av__set_error(AV_ERR_NOMEM, "%s: out of memory", path);
+    memset(f, 0, sizeof *f);
+    if ((rc = av__read_fresh(fp, (size_t)hlen, &f->header, path, "the header"))) {
+        av_st_close(f);
+        return rc;
+    }
     if (av__json_parse(&j, (char *)f->header, (size_t)hlen) < 0)
         rc = av__set_error(j.nomem ? AV_ERR_NOMEM : AV_ERR_FORMAT, "%s: bad JSON header at byte %ld: %s",
                            path, (long)(j.p - j.start), j.err);
@@ -6295,25 +6302,20 @@ static int av__st_read_file(FILE *fp, const char *path, av_st_file *f) {
         rc = av__set_error(AV_ERR_NOMEM, "%s: the data section (%lld bytes) does not fit in memory",
                            path, (long long)data_len);
     if (!rc) rc = av__read_fresh(fp, (size_t)data_len, &f->data, path, "the data section");
+    if (rc) av_st_close(f);
+    else *out = f;
     return rc;
 }
 
 AVDEF int av_st_open(const char *path, av_st_file **out) {
     FILE *fp;
-    av_st_file *f;
     int rc;
     if (!out) return av__set_error(AV_ERR_ARG, "av_st_open: out is NULL");
     *out = NULL;
     if (!path) return av__set_error(AV_ERR_ARG, "av_st_open: path is NULL");
-    if (!(f = (av_st_file *)AV_MALLOC(sizeof *f))) return av__set_error(AV_ERR_NOMEM, "%s: out of memory", path);
-    memset(f, 0, sizeof *f);
-    if (!(fp = fopen(path, "rb"))) rc = av__set_error(AV_ERR_IO, "%s: cannot open (%s)", path, strerror(errno));
-    else {
-        rc = av__st_read_file(fp, path, f);
-        fclose(fp);
-    }
-    if (rc) av_st_close(f);
-    else *out = f;
+    if (!(fp = fopen(path, "rb"))) return av__set_error(AV_ERR_IO, "%s: cannot open (%s)", path, strerror(errno));
+    rc = av__st_read_file(fp, path, out);
+    fclose(fp);
     return rc;
 }
 
@@ -6440,7 +6442,7 @@ static int av__st_check_items(const av_st_item *items, int n_items, int64_t *num
             return av__set_error(AV_ERR_ARG, "av_st_save: '%s': bad ndim %d or NULL shape",
                                  it->name, it->ndim);
         if ((unsigned)it->dtype > AV_DTYPE_F64)
-            return av__set_error(AV_ERR_ARG, "av_st_save: '%s': unknown dtype %d", it->name, (int)it->dtype);
+            return av__set_error(AV_ERR_ARG, "av_st_save: '%s': unknown dtype %d", it->name, it->dtype);
         for (d = 0; d < it->ndim; d++)
             if (it->shape[d] < 0)
                 return av__set_error(AV_ERR_ARG, "av_st_save: '%s': negative dim", it->name);

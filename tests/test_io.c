@@ -295,7 +295,7 @@ static void test_dtypes_python(void) {
         if (!want) continue;
         memset(&it, 0, sizeof it);
         shape[0] = (int)n;
-        it.name = "x"; it.ndim = 1; it.shape = shape; it.data = want; it.dtype = (av_dtype)dtypes[t];
+        it.name = "x"; it.ndim = 1; it.shape = shape; it.data = want; it.dtype = dtypes[t];
         CHECK(av_st_save(out, &it, 1, NULL, NULL, 0) == AV_OK, "save %s: %s", out, av_error());
         raw = read_bytes(out, &len);
         CHECK(raw && len == 8 + (size_t)(raw[0] | raw[1] << 8) + 2 * (size_t)n, "%s: size %lu", out,
@@ -375,7 +375,7 @@ static void test_dtypes_written(void) {
         items[t].ndim = 2;
         items[t].shape = shape;
         items[t].data = src;
-        items[t].dtype = (av_dtype)t; /* F32, F16, BF16, F64 */
+        items[t].dtype = t; /* F32, F16, BF16, F64 */
     }
     CHECK(av_st_save(path, items, 4, keys, vals, 1) == AV_OK, "save %s: %s", path, av_error());
     CHECK(av_st_open(path, &f) == AV_OK, "open %s: %s", path, av_error());
@@ -757,9 +757,12 @@ static void test_atomic(void) {
     CHECK(av_st_save(path, &it, 1, NULL, NULL, 1) == AV_ERR_ARG, "NULL metadata arrays accepted");
     CHECK(av_st_save(path, &it, 1, keys, vals, 2) == AV_ERR_ARG && has(av_error(), "duplicate metadata key 'k'"),
           "duplicate metadata keys: %s", av_error());
-    it.dtype = (av_dtype)4;
+    it.dtype = 4;
     CHECK(av_st_save(path, &it, 1, NULL, NULL, 0) == AV_ERR_ARG && has(av_error(), "unknown dtype 4"),
           "dtype 4: %s", av_error());
+    it.dtype = -1;
+    CHECK(av_st_save(path, &it, 1, NULL, NULL, 0) == AV_ERR_ARG && has(av_error(), "unknown dtype -1"),
+          "dtype -1: %s", av_error());
     it.dtype = AV_DTYPE_F32;
     it.shape = huge;
     CHECK(av_st_save(path, &it, 1, NULL, NULL, 0) == AV_ERR_ARG && has(av_error(), "too large for attnvae"),
