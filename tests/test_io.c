@@ -290,7 +290,7 @@ static void test_dtypes_python(void) {
         av_st_item it;
         unsigned char *raw;
         size_t len;
-        int shape[1];
+        int shape[1], sized;
         want = read_all(f, names[t], &n);
         if (!want) continue;
         memset(&it, 0, sizeof it);
@@ -298,9 +298,9 @@ static void test_dtypes_python(void) {
         it.name = "x"; it.ndim = 1; it.shape = shape; it.data = want; it.dtype = dtypes[t];
         CHECK(av_st_save(out, &it, 1, NULL, NULL, 0) == AV_OK, "save %s: %s", out, av_error());
         raw = read_bytes(out, &len);
-        CHECK(raw && len == 8 + (size_t)(raw[0] | raw[1] << 8) + 2 * (size_t)n, "%s: size %lu", out,
-              (unsigned long)len);
-        for (k = 0, bad = 0; raw && len == 8 + (size_t)(raw[0] | raw[1] << 8) + 2 * (size_t)n && k < n; k++) {
+        sized = raw && len == 8 + (size_t)(raw[0] | raw[1] << 8) + 2 * (size_t)n; /* header < 64 KB */
+        CHECK(sized, "%s: size %lu", out, (unsigned long)len);
+        for (k = 0, bad = 0; sized && k < n; k++) {
             const unsigned char *p = raw + len - 2 * n + 2 * k;
             uint32_t pat = (uint32_t)(p[0] | p[1] << 8), exp_mask = t ? 0x7f80 : 0x7c00;
             int ok = isnan(want[k]) ? (pat & exp_mask) == exp_mask && (pat & ~exp_mask & 0x7fff) &&
