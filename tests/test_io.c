@@ -36,13 +36,13 @@ static void t_free(void *p) {
 #define ATTNVAE_IMPLEMENTATION
 #include "../attnvae.h"
 #include "test.h"
+#include <time.h>
 #if defined(__unix__) || defined(__APPLE__)
 #include <dirent.h>
 #include <signal.h>
 #include <sys/resource.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
-#include <time.h>
 #include <unistd.h>
 #define T_POSIX 1
 #endif
@@ -590,6 +590,14 @@ static void test_corrupt(void) {
 }
 
 /* ---- input that must not be read to its end ------------------------------ */
+#ifdef T_POSIX
+static int st_open_close(const char *path) {
+    av_st_file *f = NULL;
+    int rc = av_st_open(path, &f);
+    av_st_close(f);
+    return rc;
+}
+#endif
 #if defined(__linux__)
 /* Opens, through /dev/fd, a pipe fed by a child with `head` then zeros
    without end; runs open_fn on it, then stops the child. */
@@ -613,12 +621,6 @@ static int open_endless_pipe(const void *head, size_t n, int (*open_fn)(const ch
     waitpid(pid, NULL, 0);
     return rc;
 }
-static int st_open_close(const char *path) {
-    av_st_file *f = NULL;
-    int rc = av_st_open(path, &f);
-    av_st_close(f);
-    return rc;
-}
 static int idx_open_free(const char *path) {
     av_idx x;
     int rc = av_idx_load(path, &x);
@@ -631,7 +633,6 @@ static void test_unbounded(void) {
     static const char good[] = "{\"a\":" T_ENTRY("[2]", "[0,8]") "}";
     const char *path;
     FILE *fp;
-    int rc;
     /* a header length under the cap in a small file: refused from the file's
        size, before the header is allocated */
     write_st(tpath("length_99mb"), 99999999, good, sizeof good - 1, 8);
@@ -651,16 +652,19 @@ static void test_unbounded(void) {
     CHECK(t_alloc_max < 65536, "trailing_256mb: asked for %lu bytes", (unsigned long)t_alloc_max);
     remove(path);
 #ifdef T_POSIX
-    /* devices and pipes have no size: refused, never read to the end */
-    t_alloc_max = 0;
-    rc = st_open_close("/dev/zero");
-    CHECK(rc == AV_ERR_IO && has(av_error(), "not a regular file") && t_alloc_max < 65536,
-          "/dev/zero: rc %d (%s), asked for %lu bytes", rc, av_error(), (unsigned long)t_alloc_max);
+    { /* devices and pipes have no size: refused, never read to the end */
+        int rc;
+        t_alloc_max = 0;
+        rc = st_open_close("/dev/zero");
+        CHECK(rc == AV_ERR_IO && has(av_error(), "not a regular file") && t_alloc_max < 65536,
+              "/dev/zero: rc %d (%s), asked for %lu bytes", rc, av_error(), (unsigned long)t_alloc_max);
+    }
 #endif
 #ifdef __linux__
     {
         unsigned char head[8 + sizeof good];
         size_t i;
+        int rc;
         for (i = 0; i < 8; i++) head[i] = (unsigned char)((sizeof good - 1) >> 8 * i);
         memcpy(head + 8, good, sizeof good - 1);
         t_alloc_max = 0;
