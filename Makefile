@@ -5,6 +5,7 @@
 #   make sanitize  the test suite under ASan + UBSan
 #   make valgrind  the test suite under valgrind
 #   make test-arm64  the test suite cross-compiled for AArch64 (NEON), run under qemu
+#   make fuzz      the file readers under libFuzzer (FUZZ_SECONDS each, default 60)
 # CC=clang works for every target.
 
 CC      ?= cc
@@ -25,7 +26,7 @@ TESTS    := test_core test_ops test_attention test_transformer test_decoding tes
 OMP_TESTS := test_gemm test_attention test_optim
 EXAMPLES := mlp_fashion vae_fashion ae_fashion
 
-.PHONY: all examples tests test bench sanitize valgrind test-arm64 demo deps deps-test deps-bench deps-arm64 data clean
+.PHONY: all examples tests test bench sanitize valgrind test-arm64 fuzz demo deps deps-test deps-bench deps-arm64 deps-fuzz data clean
 
 all: examples tests
 
@@ -61,7 +62,7 @@ suite = \
 	"$(1) $(2)/test_decoding" \
 	"$(1) $(2)/test_optim" \
 	"$(1) $(2)/test_gemm" \
-	"rm -rf $(2)/io_tmp && mkdir -p $(2)/io_tmp && $(PYTHON) tests/make_safetensors.py write $(2)/io_tmp/py.safetensors && $(1) $(2)/test_io $(2)/io_tmp/py.safetensors $(2)/io_tmp && $(PYTHON) tests/make_safetensors.py check $(2)/io_tmp/c_written.safetensors" \
+	"rm -rf $(2)/io_tmp && mkdir -p $(2)/io_tmp && $(PYTHON) tests/make_safetensors.py write $(2)/io_tmp && $(1) $(2)/test_io $(2)/io_tmp && $(PYTHON) tests/make_safetensors.py check $(2)/io_tmp" \
 	"rm -rf $(2)/vae_tmp && mkdir -p $(2)/vae_tmp && $(1) $(2)/test_vae $(2)/vae_tmp" \
 	"ATTNVAE_PYTHON=$(PYTHON) $(1) $(2)/test_torch_ref tests/torch_ref.py $(2)" \
 	"ATTNVAE_PYTHON=$(PYTHON) $(1) $(2)/test_attn_ref tests/attn_ref.py $(2)" \
@@ -122,6 +123,31 @@ test-arm64: deps-arm64
 	@tests/run $(call suite,qemu-aarch64,build/arm64) \
 		"qemu-aarch64 build/arm64/test_gemm --quick | grep '^isa neon:'"
 
+# ---- fuzzing ----------------------------------------------------------
+# One libFuzzer target per reader (safetensors, IDX, the JSON header), with
+# ASan and UBSan, each run for FUZZ_SECONDS from seed files that the
+# library's own writer makes. A crash, a hang (-timeout) or a single
+# allocation over 64 MB fails the target; its input is kept as
+# build/fuzz/<target>-crash-* (add it to tests/test_io.c as a test).
+FUZZ_SECONDS ?= 60
+FUZZ_TARGETS := fuzz_safetensors fuzz_idx fuzz_json
+FUZZ_CC      ?= clang
+FUZZ_CFLAGS   = -std=c99 $(WARN) -g -O1 -fno-omit-frame-pointer \
+                -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=all
+FUZZ_RUN      = -max_total_time=$(FUZZ_SECONDS) -timeout=10 -malloc_limit_mb=64 -print_final_stats=1
+fuzz: deps-fuzz $(FUZZ_TARGETS:%=build/fuzz/%) build/fuzz/make_fuzz_seeds
+	build/fuzz/make_fuzz_seeds build/fuzz
+	$(foreach t,$(FUZZ_TARGETS),build/fuzz/$(t) $(FUZZ_RUN) -artifact_prefix=build/fuzz/$(t)- \
+	    $(if $(filter fuzz_idx,$(t)),,-dict=tests/fuzz_json.dict) build/fuzz/corpus_$(t) &&) true
+
+build/fuzz/fuzz_%: tests/fuzz_%.c $(HEADER)
+	@mkdir -p build/fuzz
+	$(FUZZ_CC) $(FUZZ_CFLAGS) -o $@ $< -lm
+
+build/fuzz/make_fuzz_seeds: tests/make_fuzz_seeds.c $(HEADER)
+	@mkdir -p build/fuzz
+	$(CC) -std=c99 $(WARN) -O1 -o $@ $< -lm
+
 # ---- benchmarks -------------------------------------------------------
 bench: deps-bench data $(BUILD)/bench_gemm $(BUILD)/vae_fashion $(BUILD)/bench_attention
 	$(BUILD)/bench_gemm
@@ -149,7 +175,8 @@ $(DATA)/%: | deps
 
 # Installs Debian packages that are missing (as root, or through sudo):
 # deps for the examples and the demo, deps-test adds PyTorch (the tests'
-# numeric reference), deps-bench OpenBLAS, deps-arm64 the cross toolchain.
+# numeric reference), deps-bench OpenBLAS, deps-arm64 the cross toolchain,
+# deps-fuzz clang's libFuzzer (libclang_rt.fuzzer ships in libclang-rt-14-dev).
 APT_INSTALL = tests/apt-install
 deps:
 	@$(APT_INSTALL) libstb-dev dataset-fashion-mnist libomp-dev
@@ -159,6 +186,8 @@ deps-bench: deps-test
 	@$(APT_INSTALL) libopenblas-dev
 deps-arm64: deps-test
 	@$(APT_INSTALL) gcc-aarch64-linux-gnu libc6-dev-arm64-cross qemu-user
+deps-fuzz:
+	@$(APT_INSTALL) clang libclang-rt-14-dev
 
 clean:
 	rm -rf build

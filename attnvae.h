@@ -94,7 +94,8 @@
                     IWAE, av_vae around any encoder and decoder
      [8 optim]      av_sgd av_adam av_adamw av_optim_step, clipping, schedules,
                     optimizer state by name (av_optim_state_get/_set)
-     [9 io]         JSON, safetensors (av_st_*), IDX, model and checkpoint files
+     [9 io]         JSON, safetensors (av_st_*: F32, F16, BF16, F64), IDX, model
+                    and checkpoint files
 
    ADDING AN OP (see av_slice in [3.1 shape] for a small complete one)
      1. Declare it in its section of the declarations, with its shapes.
@@ -766,29 +767,43 @@ AVAPI int av_model_set_step(av_model *m, long step);
 /* safetensors: u64 little-endian header length N, N bytes of JSON
    {"name": {"dtype": "F32", "shape": [..], "data_offsets": [begin, end]},
     "__metadata__": {"key": "value", ..}}, then the data section, raw
-   little-endian floats. Offsets are relative to the data section, and the
+   little-endian values. Offsets are relative to the data section, and the
    tensors must cover it exactly: no gaps, no overlap, no trailing bytes.
-   Only F32 tensors are read and written; other dtypes are rejected. */
+   Dtypes F32, F16, BF16 and F64 are read, as float: F16 and BF16 exactly
+   (subnormals, infinities, NaN payloads; a signalling F16 NaN turns quiet),
+   F64 rounded to nearest (beyond float range: +-inf). Other dtypes, a dim
+   above INT_MAX and a tensor of more than INT_MAX elements are refused. */
 #define AV_ST_MAX_DIMS 8
+enum { AV_DTYPE_F32 = 0, AV_DTYPE_F16, AV_DTYPE_BF16, AV_DTYPE_F64 }; /* how a tensor is stored */
 
 typedef struct av_st_item {
     const char *name;   /* UTF-8, unique, not "__metadata__" */
     int ndim;           /* 0 (a scalar) .. AV_ST_MAX_DIMS */
-    const int *shape;   /* ndim entries >= 0 */
+    const int *shape;   /* ndim entries >= 0, at most INT_MAX elements */
     const float *data;  /* numel floats; may be NULL when numel == 0 */
+    int dtype;          /* AV_DTYPE_*; 0 (zero-initialised) is F32. F16 and BF16
+                           round to nearest even (too large: +-inf), NaN stays
+                           NaN with its sign */
 } av_st_item;
 
-/* Writes the tensors (data in item order) plus n_meta string pairs to
-   "<path>.tmp", then renames it over path. On failure the tmp file is
-   removed and an existing path is left untouched. */
+/* Writes the tensors (data in item order) plus n_meta string pairs (unique
+   keys) to a new file "<path>.tmp.<pid>.<n>", created exclusively so that
+   saves running at once never share one; flushes it to disk (fsync), renames
+   it over path and flushes the directory. After a crash path holds the old
+   file or the new one, whole. On failure the tmp file is removed and path
+   is left untouched; only a process killed mid-save leaves its tmp file
+   (remove stale "<path>.tmp.*" files when no save runs). */
 AVAPI int av_st_save(const char *path, const av_st_item *items, int n_items,
                      const char *const *meta_keys,
                      const char *const *meta_values, int n_meta);
 
-/* av_st_open reads the whole file into memory and validates header and
-   layout; on failure *out is NULL and av_error() names the file and the
-   problem. Tensors are indexed in header order. Getters return NULL / -1
-   for a bad index. */
+/* av_st_open reads the header length, the header (at most 100 MB), checks
+   that the file's size is exactly what the header describes, and only then
+   reads the data section into memory: nothing is read or allocated beyond
+   the file's real size. A file without a size (pipe, device) is refused. On
+   failure *out is NULL and av_error() names the file and the problem.
+   Tensors are indexed in header order. Getters return NULL / -1 for a bad
+   index. */
 typedef struct av_st_file av_st_file;
 AVAPI int av_st_open(const char *path, av_st_file **out);
 AVAPI void av_st_close(av_st_file *f);
@@ -796,17 +811,21 @@ AVAPI int av_st_count(const av_st_file *f);
 AVAPI const char *av_st_name(const av_st_file *f, int i);
 AVAPI int av_st_find(const av_st_file *f, const char *name); /* index or -1 */
 AVAPI int av_st_ndim(const av_st_file *f, int i);
-AVAPI const int64_t *av_st_shape(const av_st_file *f, int i);
+AVAPI const int *av_st_shape(const av_st_file *f, int i);
 AVAPI int64_t av_st_numel(const av_st_file *f, int i);
-/* Copies tensor i into dst; n must equal its numel (else AV_ERR_MISMATCH). */
+AVAPI int av_st_dtype(const av_st_file *f, int i);  /* AV_DTYPE_* as stored, or -1 */
+/* Copies tensor i into dst as float; n must equal its numel (else AV_ERR_MISMATCH). */
 AVAPI int av_st_read(const av_st_file *f, int i, float *dst, int64_t n);
 /* Value of a __metadata__ key, or NULL. */
 AVAPI const char *av_st_meta(const av_st_file *f, const char *key);
 
 /* IDX (MNIST-style, uncompressed): bytes 0,0,type,ndim; ndim big-endian u32
    dims; big-endian data. Types 0x08 u8, 0x09 i8, 0x0B i16, 0x0C i32,
-   0x0D f32, 0x0E f64; values are converted to float (f64 out of float range
-   becomes +-inf). dims[ndim..3] are 0. */
+   0x0D f32, 0x0E f64; values are converted to float (f64 rounds to nearest,
+   out of float range becomes +-inf). The file's size must be exactly what
+   the header says ("truncated" or "trailing bytes" otherwise); it is checked
+   before anything is allocated, so a file without a size (pipe, device) is
+   refused. dims[ndim..3] are 0. */
 typedef struct av_idx {
     int ndim;
     int dims[4];
@@ -5569,17 +5588,227 @@ AVDEF int av_model_set_step(av_model *m, long step) {
 #define AV__ST_MAX_HEADER 100000000ull /* same cap as the reference reader */
 #define AV__JSON_MAX_DEPTH 64          /* safetensors needs 3; stops bombs */
 
-/* Byte order: values are assembled from bytes, which is correct on any host
-   (so big-endian hosts need no special case) and never reads unaligned. */
-static uint32_t av__st_le32(const unsigned char *p) {
-    return (uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 |
-           (uint32_t)p[3] << 24;
+/* ---- the system's side of durable saves --------------------------------
+   A save creates its temporary file exclusively (no other writer can have
+   it), writes it, flushes it to disk, renames it over the target and
+   flushes the directory. The same few calls on POSIX and Windows; plain C
+   can neither create exclusively nor flush, and does what it can. */
+#if defined(__unix__) || defined(__APPLE__)
+#include <fcntl.h>
+#include <unistd.h>
+typedef int av__wfile;
+static int av__os_create(const char *p, av__wfile *w) {
+    return (*w = open(p, O_WRONLY | O_CREAT | O_EXCL, 0666)) < 0 ? -1 : 0;
 }
-static float av__st_f32(const unsigned char *p) {
-    uint32_t u = av__st_le32(p);
-    float v;
-    memcpy(&v, &u, 4);
+static int av__os_write(av__wfile w, const void *b, size_t n) {
+    const char *p = (const char *)b;
+    while (n) {
+        long k = (long)write(w, p, n);
+        if (k < 0 && errno == EINTR) continue;
+        if (k <= 0) return -1;
+        p += k;
+        n -= (size_t)k;
+    }
+    return 0;
+}
+static int av__os_close(av__wfile w, int sync) {
+    int ok = !sync || fsync(w) == 0;
+    return close(w) == 0 && ok ? 0 : -1;
+}
+static long av__os_pid(void) { return (long)getpid(); }
+/* The renamed entry reaches the disk with its directory; best effort, as
+   some file systems cannot flush a directory. */
+static int av__os_replace(const char *tmp, const char *path, const char *dir) {
+    int fd;
+    if (rename(tmp, path) != 0) return -1;
+    if ((fd = open(dir, O_RDONLY)) >= 0) {
+        (void)fsync(fd); /* on failure the file is in place all the same */
+        close(fd);
+    }
+    return 0;
+}
+#elif defined(_WIN32)
+#include <fcntl.h>
+#include <io.h>
+#include <process.h>
+#include <sys/stat.h>
+#include <windows.h>
+typedef int av__wfile;
+static int av__os_create(const char *p, av__wfile *w) {
+    return (*w = _open(p, _O_WRONLY | _O_CREAT | _O_EXCL | _O_BINARY, _S_IREAD | _S_IWRITE)) < 0 ? -1 : 0;
+}
+static int av__os_write(av__wfile w, const void *b, size_t n) {
+    return _write(w, b, (unsigned)n) == (int)n ? 0 : -1;
+}
+static int av__os_close(av__wfile w, int sync) {
+    int ok = !sync || _commit(w) == 0; /* FlushFileBuffers */
+    return _close(w) == 0 && ok ? 0 : -1;
+}
+static long av__os_pid(void) { return (long)_getpid(); }
+static int av__os_replace(const char *tmp, const char *path, const char *dir) {
+    (void)dir; /* write-through moves flush the directory */
+    if (MoveFileExA(tmp, path, MOVEFILE_REPLACE_EXISTING | MOVEFILE_WRITE_THROUGH)) return 0;
+    errno = EACCES;
+    return -1;
+}
+#else
+typedef FILE *av__wfile;
+static int av__os_create(const char *p, av__wfile *w) { return (*w = fopen(p, "wb")) ? 0 : -1; }
+static int av__os_write(av__wfile w, const void *b, size_t n) { return fwrite(b, 1, n, w) == n ? 0 : -1; }
+static int av__os_close(av__wfile w, int sync) {
+    int ok = !sync || fflush(w) == 0;
+    return fclose(w) == 0 && ok ? 0 : -1;
+}
+static long av__os_pid(void) { return 0; }
+static int av__os_replace(const char *tmp, const char *path, const char *dir) {
+    (void)dir;
+    return rename(tmp, path);
+}
+#endif
+
+/* The size of an open file, or -1 when it has none (a pipe, a device). */
+static int64_t av__file_size(FILE *fp) {
+#ifdef _WIN32
+    int64_t here = _ftelli64(fp), end;
+    if (here < 0 || _fseeki64(fp, 0, SEEK_END) != 0) return -1;
+    end = _ftelli64(fp);
+    return _fseeki64(fp, here, SEEK_SET) != 0 || end < here ? -1 : end;
+#else
+    long here = ftell(fp), end;
+    if (here < 0 || fseek(fp, 0, SEEK_END) != 0) return -1;
+    end = ftell(fp);
+    return fseek(fp, here, SEEK_SET) != 0 || end < here ? -1 : (int64_t)end;
+#endif
+}
+
+/* Reads n bytes at the file's position into fresh memory (*out). A short
+   read is an I/O error or a file that shrank ("truncated"). */
+static int av__read_fresh(FILE *fp, size_t n, unsigned char **out, const char *path, const char *what) {
+    unsigned char *b = (unsigned char *)AV_MALLOC(n ? n : 1);
+    *out = NULL;
+    if (!b)
+        return av__set_error(AV_ERR_NOMEM, "%s: out of memory for %s (%lu bytes)", path, what,
+                             (unsigned long)n);
+    if (fread(b, 1, n, fp) != n) {
+        int bad = ferror(fp), err = errno;
+        AV_FREE(b);
+        return bad ? av__set_error(AV_ERR_IO, "%s: read error in %s (%s)", path, what, strerror(err))
+                   : av__set_error(AV_ERR_FORMAT, "%s: truncated file (in %s)", path, what);
+    }
+    *out = b;
+    return AV_OK;
+}
+
+/* ---- number formats ------------------------------------------------------
+   Values are assembled from bytes, which is correct on any host (big-endian
+   needs no special case) and never reads unaligned. */
+static uint64_t av__le(const unsigned char *p, int bytes) {
+    uint64_t v = 0;
+    while (bytes--) v = v << 8 | p[bytes];
     return v;
+}
+static void av__put_le(unsigned char *p, uint64_t v, int bytes) {
+    int i;
+    for (i = 0; i < bytes; i++) p[i] = (unsigned char)(v >> 8 * i);
+}
+static float av__f32_bits(uint32_t u) { float f; memcpy(&f, &u, 4); return f; }
+static uint32_t av__bits_f32(float f) { uint32_t u; memcpy(&u, &f, 4); return u; }
+
+/* double -> float, rounded to nearest: at or past FLT_MAX + half an ulp the
+   result is +-inf (a plain cast of such a value is undefined in C). */
+static float av__f64_to_f32(double d) {
+    const double inf_from = (double)FLT_MAX + 10141204801825835211973625643008.0; /* + 2^103 */
+    if (d > FLT_MAX || d < -FLT_MAX) {
+        float big = fabs(d) < inf_from ? FLT_MAX : HUGE_VALF;
+        return d < 0 ? -big : big;
+    }
+    return (float)d;
+}
+/* IEEE half -> float: exact. A NaN keeps its payload and turns quiet. */
+static float av__f16_to_f32(uint32_t h) {
+    uint32_t sign = (h & 0x8000) << 16, e = h >> 10 & 0x1f, m = h & 0x3ff;
+    if (e == 0) { /* zero or subnormal: m * 2^-24 */
+        float f = (float)m * 5.9604644775390625e-8f;
+        return sign ? -f : f;
+    }
+    if (e == 31) return av__f32_bits(sign | 0x7f800000 | m << 13 | (m ? 0x400000 : 0));
+    return av__f32_bits(sign | (e + 112) << 23 | m << 13);
+}
+/* float -> IEEE half, rounded to nearest even; at or past 65520: +-inf;
+   NaN: the quiet NaN with the same sign. */
+static uint32_t av__f32_to_f16(float f) {
+    uint32_t u = av__bits_f32(f), sign = u >> 16 & 0x8000, a = u & 0x7fffffff, m, r, shift, rest, half;
+    if (a > 0x7f800000) return sign | 0x7e00;
+    if (a >= 0x477ff000) return sign | 0x7c00;
+    if (a >= 0x38800000) /* a normal half: drop 13 bits, rebias the exponent by 112 */
+        return sign | (a + 0xfff + (a >> 13 & 1) - 0x38000000) >> 13;
+    if (a <= 0x33000000) return sign; /* at most 2^-25: rounds to zero */
+    /* a subnormal half: the value in units of 2^-24, rounded */
+    m = (a & 0x7fffff) | 0x800000;
+    shift = 126 - (a >> 23);
+    r = m >> shift;
+    rest = m & ((1u << shift) - 1);
+    half = 1u << (shift - 1);
+    return sign | (r + (rest > half || (rest == half && (r & 1))));
+}
+/* bfloat16 is the top half of a float: widening is exact, narrowing
+   rounds to nearest even; NaN: the quiet NaN with the same sign. */
+static float av__bf16_to_f32(uint32_t h) { return av__f32_bits(h << 16); }
+static uint32_t av__f32_to_bf16(float f) {
+    uint32_t u = av__bits_f32(f);
+    if ((u & 0x7fffffff) > 0x7f800000) return (u >> 16 & 0x8000) | 0x7fc0;
+    return (u + 0x7fff + (u >> 16 & 1)) >> 16;
+}
+
+/* The safetensors dtypes, in AV_DTYPE_* order. */
+static const char *const av__dtype_name[4] = {"F32", "F16", "BF16", "F64"};
+static const int av__dtype_size[4] = {4, 2, 2, 8};
+
+/* Element p of a little-endian array of the dtype, as a float. */
+static float av__st_load(const unsigned char *p, int dtype) {
+    uint64_t w;
+    double d;
+    switch (dtype) {
+    case AV_DTYPE_F16: return av__f16_to_f32((uint32_t)av__le(p, 2));
+    case AV_DTYPE_BF16: return av__bf16_to_f32((uint32_t)av__le(p, 2));
+    case AV_DTYPE_F64: w = av__le(p, 8); memcpy(&d, &w, 8); return av__f64_to_f32(d);
+    default: return av__f32_bits((uint32_t)av__le(p, 4));
+    }
+}
+/* Stores v at p in the dtype, little-endian. */
+static void av__st_store(unsigned char *p, int dtype, float v) {
+    uint64_t w;
+    double d = v;
+    switch (dtype) {
+    case AV_DTYPE_F16: av__put_le(p, av__f32_to_f16(v), 2); break;
+    case AV_DTYPE_BF16: av__put_le(p, av__f32_to_bf16(v), 2); break;
+    case AV_DTYPE_F64: memcpy(&w, &d, 8); av__put_le(p, w, 8); break;
+    default: av__put_le(p, av__bits_f32(v), 4);
+    }
+}
+
+/* Element count of a shape, or -1 above INT_MAX (what attnvae can index).
+   Any zero dim makes it 0, however large the others. */
+static int64_t av__st_numel(int ndim, const int *shape) {
+    int64_t n = 1;
+    int d, zero = 0;
+    for (d = 0; d < ndim; d++) {
+        if (shape[d] == 0) zero = 1;
+        else if (n <= INT_MAX) n *= shape[d]; /* < 2^62: no overflow */
+    }
+    return zero ? 0 : n > INT_MAX ? -1 : n;
+}
+
+/* Sorts names and returns one that appears twice, or NULL. */
+static int av__cmp_str(const void *a, const void *b) {
+    return strcmp(*(const char *const *)a, *(const char *const *)b);
+}
+static const char *av__duplicate(const char **names, int n) {
+    int i;
+    qsort(names, (size_t)n, sizeof *names, av__cmp_str);
+    for (i = 1; i < n; i++)
+        if (strcmp(names[i - 1], names[i]) == 0) return names[i];
+    return NULL;
 }
 
 /* ---- a strict JSON parser ----------------------------------------------
@@ -5845,54 +6074,20 @@ static int64_t av__json_uint(const av__json_tok *t) {
 /* ---- safetensors reading --------------------------------------------- */
 typedef struct av__st_tensor {
     const char *name;
-    int ndim;
-    int64_t shape[AV_ST_MAX_DIMS];
-    int64_t numel, begin, end;
-    const unsigned char *data;
+    int ndim, dtype;
+    int shape[AV_ST_MAX_DIMS];
+    int64_t numel, begin, end; /* offsets in the data section */
 } av__st_tensor;
+typedef struct av__st_pair { const char *key, *value; } av__st_pair;
 
 struct av_st_file {
-    unsigned char *buf;         /* the whole file; names point into it */
+    unsigned char *header;      /* the JSON; names and metadata point into it */
+    unsigned char *data;        /* the data section */
     int n, n_meta;
     av__st_tensor *t;           /* header order */
     av__st_tensor **by_name;    /* sorted, for av_st_find */
-    const char **meta;          /* n_meta (key, value) pairs */
+    av__st_pair *meta;          /* sorted by key, for av_st_meta */
 };
-
-/* Reads a whole file into memory (fine for our model sizes). */
-static int av__st_slurp(const char *path, unsigned char **out, size_t *len) {
-    FILE *fp = fopen(path, "rb");
-    unsigned char *b = NULL, *nb;
-    size_t n = 0, cap = 0, want, got;
-    int bad, err;
-    if (!fp) return av__set_error(AV_ERR_IO, "%s: cannot open (%s)", path, strerror(errno));
-    errno = 0;
-    do {
-        if (n == cap) {
-            cap = cap ? cap * 2 : 65536;
-            nb = cap > n ? (unsigned char *)AV_REALLOC(b, cap) : NULL;
-            if (!nb) {
-                AV_FREE(b);
-                fclose(fp);
-                return av__set_error(AV_ERR_NOMEM, "%s: out of memory reading the file", path);
-            }
-            b = nb;
-        }
-        want = cap - n;
-        got = fread(b + n, 1, want, fp);
-        n += got;
-    } while (got == want); /* a short read means end of file or error */
-    bad = ferror(fp);
-    err = errno;
-    fclose(fp);
-    if (bad) {
-        AV_FREE(b);
-        return av__set_error(AV_ERR_IO, "%s: read error (%s)", path, err ? strerror(err) : "unknown");
-    }
-    *out = b;
-    *len = n;
-    return AV_OK;
-}
 
 static int av__st_cmp_name(const void *a, const void *b) {
     return strcmp((*(av__st_tensor *const *)a)->name, (*(av__st_tensor *const *)b)->name);
@@ -5904,6 +6099,9 @@ static int av__st_cmp_offset(const void *a, const void *b) {
     const av__st_tensor *x = *(av__st_tensor *const *)a, *y = *(av__st_tensor *const *)b;
     if (x->begin != y->begin) return x->begin < y->begin ? -1 : 1;
     return x->end < y->end ? -1 : x->end > y->end;
+}
+static int av__st_cmp_pair(const void *a, const void *b) {
+    return strcmp(((const av__st_pair *)a)->key, ((const av__st_pair *)b)->key);
 }
 
 /* AV_ERR_FORMAT with a message that starts "path: tensor 'name': " */
@@ -5942,7 +6140,7 @@ static int av__st_tensor_parse(const av__json *j, int v, const char *path,
                                int64_t data_len, av__st_tensor *t) {
     static const char *const fields[3] = {"dtype", "shape", "data_offsets"};
     int seen = 0, m, k, f, rc;
-    int64_t off[2] = {0, 0};
+    int64_t off[2] = {0, 0}, shape[AV_ST_MAX_DIMS];
     if (j->tok[v].type != AV__J_OBJ)
         return av__st_bad(path, t->name, "entry is not an object");
     for (m = 0, k = v + 1; m < j->tok[v].n; m++, k = j->tok[k + 1].next) {
@@ -5953,13 +6151,21 @@ static int av__st_tensor_parse(const av__json *j, int v, const char *path,
         if (seen & 1 << f)
             return av__st_bad(path, t->name, "duplicate field '%s'", fields[f]);
         seen |= 1 << f;
-        if (f == 0 && val->type != AV__J_STR)
-            return av__st_bad(path, t->name, "dtype is not a string");
-        if (f == 0 && strcmp(val->s, "F32") != 0)
-            return av__st_bad(path, t->name, "dtype \"%.20s\" is not supported (only F32)", val->s);
+        if (f == 0) {
+            if (val->type != AV__J_STR) return av__st_bad(path, t->name, "dtype is not a string");
+            for (t->dtype = 0; t->dtype < 4 && strcmp(val->s, av__dtype_name[t->dtype]) != 0; t->dtype++) {}
+            if (t->dtype == 4)
+                return av__st_bad(path, t->name, "dtype \"%.20s\" is not supported (F32, F16, BF16 and F64 are)",
+                                  val->s);
+        }
         if (f == 1) {
-            if ((rc = av__st_ints(j, k + 1, t->shape, AV_ST_MAX_DIMS, path, t->name, "shape"))) return rc;
-            t->ndim = val->n;
+            if ((rc = av__st_ints(j, k + 1, shape, AV_ST_MAX_DIMS, path, t->name, "shape"))) return rc;
+            for (t->ndim = 0; t->ndim < val->n; t->ndim++) {
+                if (shape[t->ndim] > INT_MAX)
+                    return av__st_bad(path, t->name, "shape[%d] is %lld: too large for attnvae (at most %d)",
+                                      t->ndim, (long long)shape[t->ndim], INT_MAX);
+                t->shape[t->ndim] = (int)shape[t->ndim];
+            }
         }
         if (f == 2) {
             if ((rc = av__st_ints(j, k + 1, off, 2, path, t->name, "data_offsets"))) return rc;
@@ -5970,12 +6176,8 @@ static int av__st_tensor_parse(const av__json *j, int v, const char *path,
     for (f = 0; f < 3; f++)
         if (!(seen & 1 << f))
             return av__st_bad(path, t->name, "missing '%s'", fields[f]);
-    t->numel = 1; /* checked so that numel * 4 cannot overflow either */
-    for (f = 0; f < t->ndim; f++) {
-        if (t->shape[f] && t->numel > INT64_MAX / 4 / t->shape[f])
-            return av__st_bad(path, t->name, "shape is too large (overflow)");
-        t->numel *= t->shape[f];
-    }
+    if ((t->numel = av__st_numel(t->ndim, t->shape)) < 0)
+        return av__st_bad(path, t->name, "more than %d elements: too large for attnvae", INT_MAX);
     t->begin = off[0];
     t->end = off[1];
     if (t->begin > t->end)
@@ -5985,36 +6187,38 @@ static int av__st_tensor_parse(const av__json *j, int v, const char *path,
         return av__st_bad(path, t->name,
                           "data_offsets end %lld is past the data section (%lld bytes; truncated?)",
                           (long long)t->end, (long long)data_len);
-    if (t->numel * 4 != t->end - t->begin)
+    if (t->numel * av__dtype_size[t->dtype] != t->end - t->begin)
         return av__st_bad(path, t->name, "shape needs %lld bytes but data_offsets span %lld",
-                          (long long)(t->numel * 4), (long long)(t->end - t->begin));
+                          (long long)(t->numel * av__dtype_size[t->dtype]), (long long)(t->end - t->begin));
     return AV_OK;
 }
 
+/* Keeps the __metadata__ pairs sorted by key: duplicates meet, and
+   av_st_meta finds a key in log time. */
 static int av__st_meta_parse(av_st_file *f, const av__json *j, int v, const char *path) {
-    int m, k, q;
+    int m, k;
     if (j->tok[v].type != AV__J_OBJ)
         return av__set_error(AV_ERR_FORMAT, "%s: __metadata__ is not an object", path);
-    f->meta = (const char **)AV_MALLOC(sizeof(char *) * 2 * (size_t)(j->tok[v].n + 1));
-    if (!f->meta) return av__set_error(AV_ERR_NOMEM, "%s: out of memory", path);
+    f->meta = (av__st_pair *)AV_MALLOC(sizeof *f->meta * (size_t)(j->tok[v].n + 1));
+    if (!f->meta) return av__set_error(AV_ERR_NOMEM, "%s: out of memory for the metadata", path);
     for (m = 0, k = v + 1; m < j->tok[v].n; m++, k = j->tok[k + 1].next) {
         if (j->tok[k + 1].type != AV__J_STR)
             return av__set_error(AV_ERR_FORMAT, "%s: __metadata__ value of '%.40s' is not a string",
                                  path, j->tok[k].s);
-        for (q = 0; q < m; q++) /* metadata is small: quadratic is fine */
-            if (strcmp(f->meta[2 * q], j->tok[k].s) == 0)
-                return av__set_error(AV_ERR_FORMAT, "%s: duplicate __metadata__ key '%.40s'",
-                                     path, j->tok[k].s);
-        f->meta[2 * m] = j->tok[k].s;
-        f->meta[2 * m + 1] = j->tok[k + 1].s;
+        f->meta[m].key = j->tok[k].s;
+        f->meta[m].value = j->tok[k + 1].s;
     }
     f->n_meta = j->tok[v].n;
+    qsort(f->meta, (size_t)f->n_meta, sizeof *f->meta, av__st_cmp_pair);
+    for (m = 1; m < f->n_meta; m++)
+        if (strcmp(f->meta[m - 1].key, f->meta[m].key) == 0)
+            return av__set_error(AV_ERR_FORMAT, "%s: duplicate __metadata__ key '%.40s'", path, f->meta[m].key);
     return AV_OK;
 }
 
-/* Interprets the parsed header and checks the data layout. */
-static int av__st_layout(av_st_file *f, const av__json *j, const char *path,
-                         const unsigned char *data, int64_t data_len) {
+/* Interprets the parsed header and checks that the tensors tile the data
+   section, data_len bytes, exactly. */
+static int av__st_layout(av_st_file *f, const av__json *j, const char *path, int64_t data_len) {
     int m, k, i, rc, has_meta = 0;
     int64_t pos = 0;
     av__st_tensor **order;
@@ -6022,7 +6226,7 @@ static int av__st_layout(av_st_file *f, const av__json *j, const char *path,
         return av__set_error(AV_ERR_FORMAT, "%s: header is not a JSON object", path);
     f->t = (av__st_tensor *)AV_MALLOC(sizeof *f->t * (size_t)(j->tok[0].n + 1));
     f->by_name = (av__st_tensor **)AV_MALLOC(sizeof *f->by_name * (size_t)(j->tok[0].n + 1));
-    if (!f->t || !f->by_name) return av__set_error(AV_ERR_NOMEM, "%s: out of memory", path);
+    if (!f->t || !f->by_name) return av__set_error(AV_ERR_NOMEM, "%s: out of memory for the tensor list", path);
     for (m = 0, k = 1; m < j->tok[0].n; m++, k = j->tok[k + 1].next) {
         if (strcmp(j->tok[k].s, "__metadata__") == 0) {
             if (has_meta++) return av__set_error(AV_ERR_FORMAT, "%s: duplicate __metadata__", path);
@@ -6032,7 +6236,6 @@ static int av__st_layout(av_st_file *f, const av__json *j, const char *path,
         memset(&f->t[f->n], 0, sizeof *f->t);
         f->t[f->n].name = j->tok[k].s;
         if ((rc = av__st_tensor_parse(j, k + 1, path, data_len, &f->t[f->n]))) return rc;
-        f->t[f->n].data = data + f->t[f->n].begin;
         f->by_name[f->n] = &f->t[f->n];
         f->n++;
     }
@@ -6043,7 +6246,7 @@ static int av__st_layout(av_st_file *f, const av__json *j, const char *path,
                                  path, f->by_name[i]->name);
     /* The tensors, sorted by offset, must tile the data section exactly. */
     order = (av__st_tensor **)AV_MALLOC(sizeof *order * (size_t)(f->n + 1));
-    if (!order) return av__set_error(AV_ERR_NOMEM, "%s: out of memory", path);
+    if (!order) return av__set_error(AV_ERR_NOMEM, "%s: out of memory for the tensor list", path);
     memcpy(order, f->by_name, sizeof *order * (size_t)f->n);
     qsort(order, (size_t)f->n, sizeof *order, av__st_cmp_offset);
     for (i = 0; i < f->n && order[i]->begin == pos; i++) pos = order[i]->end;
@@ -6061,57 +6264,71 @@ static int av__st_layout(av_st_file *f, const av__json *j, const char *path,
     return rc;
 }
 
-AVDEF int av_st_open(const char *path, av_st_file **out) {
-    unsigned char *buf = NULL;
-    size_t len = 0;
+/* Reads a safetensors file from fp: the length, the header, and only when
+   the header describes the file's size exactly, the data. */
+static int av__st_read_file(FILE *fp, const char *path, av_st_file **out) {
+    unsigned char len8[8];
+    size_t got = fread(len8, 1, 8, fp);
     uint64_t hlen;
+    int64_t size, data_len;
     av__json j;
     av_st_file *f;
+    int rc;
+    if (got != 8) {
+        if (ferror(fp)) return av__set_error(AV_ERR_IO, "%s: read error (%s)", path, strerror(errno));
+        return av__set_error(AV_ERR_FORMAT, "%s: file too short (%lu bytes) to hold the header length",
+                             path, (unsigned long)got);
+    }
+    hlen = av__le(len8, 8);
+    if (hlen > AV__ST_MAX_HEADER)
+        return av__set_error(AV_ERR_FORMAT, "%s: header length %llu is over the 100 MB limit",
+                             path, (unsigned long long)hlen);
+    if ((size = av__file_size(fp)) < 8) /* we read 8 bytes, so that size is made up */
+        return av__set_error(AV_ERR_IO, "%s: cannot tell the file's size (not a regular file?)", path);
+    if (hlen > (uint64_t)(size - 8))
+        return av__set_error(AV_ERR_FORMAT, "%s: header length %llu is past the end of the file (%lld bytes)",
+                             path, (unsigned long long)hlen, (long long)size);
+    data_len = size - 8 - (int64_t)hlen;
+    if (!(f = (av_st_file *)AV_MALLOC(sizeof *f))) return av__set_error(AV_ERR_NOMEM, "%s: out of memory", path);
+    memset(f, 0, sizeof *f);
+    if ((rc = av__read_fresh(fp, (size_t)hlen, &f->header, path, "the header"))) {
+        av_st_close(f);
+        return rc;
+    }
+    if (av__json_parse(&j, (char *)f->header, (size_t)hlen) < 0)
+        rc = av__set_error(j.nomem ? AV_ERR_NOMEM : AV_ERR_FORMAT, "%s: bad JSON header at byte %ld: %s",
+                           path, (long)(j.p - j.start), j.err);
+    else
+        rc = av__st_layout(f, &j, path, data_len);
+    AV_FREE(j.tok);
+    if (!rc && (uint64_t)data_len > SIZE_MAX)
+        rc = av__set_error(AV_ERR_NOMEM, "%s: the data section (%lld bytes) does not fit in memory",
+                           path, (long long)data_len);
+    if (!rc) rc = av__read_fresh(fp, (size_t)data_len, &f->data, path, "the data section");
+    if (rc) av_st_close(f);
+    else *out = f;
+    return rc;
+}
+
+AVDEF int av_st_open(const char *path, av_st_file **out) {
+    FILE *fp;
     int rc;
     if (!out) return av__set_error(AV_ERR_ARG, "av_st_open: out is NULL");
     *out = NULL;
     if (!path) return av__set_error(AV_ERR_ARG, "av_st_open: path is NULL");
-    if ((rc = av__st_slurp(path, &buf, &len))) return rc;
-    if (len < 8) {
-        AV_FREE(buf);
-        return av__set_error(AV_ERR_FORMAT, "%s: file too short (%lu bytes) to hold the header length",
-                             path, (unsigned long)len);
-    }
-    hlen = (uint64_t)av__st_le32(buf) | (uint64_t)av__st_le32(buf + 4) << 32;
-    if (hlen > AV__ST_MAX_HEADER || hlen > len - 8) {
-        AV_FREE(buf);
-        return av__set_error(AV_ERR_FORMAT, "%s: header length %llu is %s (file has %lu bytes)", path,
-                             (unsigned long long)hlen,
-                             hlen > AV__ST_MAX_HEADER ? "over the 100 MB limit" : "past the end of the file",
-                             (unsigned long)len);
-    }
-    f = (av_st_file *)AV_MALLOC(sizeof *f);
-    if (!f) {
-        AV_FREE(buf);
-        return av__set_error(AV_ERR_NOMEM, "%s: out of memory", path);
-    }
-    memset(f, 0, sizeof *f);
-    f->buf = buf;
-    if (av__json_parse(&j, (char *)buf + 8, (size_t)hlen) < 0)
-        rc = av__set_error(j.nomem ? AV_ERR_NOMEM : AV_ERR_FORMAT, "%s: bad JSON header at byte %ld: %s",
-                           path, (long)(j.p - j.start), j.err);
-    else
-        rc = av__st_layout(f, &j, path, buf + 8 + hlen, (int64_t)(len - 8 - hlen));
-    AV_FREE(j.tok);
-    if (rc) {
-        av_st_close(f);
-        return rc;
-    }
-    *out = f;
-    return AV_OK;
+    if (!(fp = fopen(path, "rb"))) return av__set_error(AV_ERR_IO, "%s: cannot open (%s)", path, strerror(errno));
+    rc = av__st_read_file(fp, path, out);
+    fclose(fp);
+    return rc;
 }
 
 AVDEF void av_st_close(av_st_file *f) {
     if (!f) return;
-    AV_FREE(f->buf);
+    AV_FREE(f->header);
+    AV_FREE(f->data);
     AV_FREE(f->t);
     AV_FREE(f->by_name);
-    AV_FREE((void *)f->meta);
+    AV_FREE(f->meta);
     AV_FREE(f);
 }
 
@@ -6127,13 +6344,17 @@ AVDEF int av_st_ndim(const av_st_file *f, int i) {
     const av__st_tensor *t = av__st_get(f, i);
     return t ? t->ndim : -1;
 }
-AVDEF const int64_t *av_st_shape(const av_st_file *f, int i) {
+AVDEF const int *av_st_shape(const av_st_file *f, int i) {
     const av__st_tensor *t = av__st_get(f, i);
     return t ? t->shape : NULL;
 }
 AVDEF int64_t av_st_numel(const av_st_file *f, int i) {
     const av__st_tensor *t = av__st_get(f, i);
     return t ? t->numel : -1;
+}
+AVDEF int av_st_dtype(const av_st_file *f, int i) {
+    const av__st_tensor *t = av__st_get(f, i);
+    return t ? t->dtype : -1;
 }
 AVDEF int av_st_find(const av_st_file *f, const char *name) {
     av__st_tensor **hit;
@@ -6144,19 +6365,23 @@ AVDEF int av_st_find(const av_st_file *f, const char *name) {
 AVDEF int av_st_read(const av_st_file *f, int i, float *dst, int64_t n) {
     const av__st_tensor *t = av__st_get(f, i);
     int64_t k;
+    int size;
     if (!t || (!dst && n > 0)) return av__set_error(AV_ERR_ARG, "av_st_read: bad tensor index %d or NULL dst",
                                                     i);
     if (n != t->numel)
         return av__set_error(AV_ERR_MISMATCH, "tensor '%.60s' has %lld elements, caller expects %lld",
                              t->name, (long long)t->numel, (long long)n);
-    for (k = 0; k < n; k++) dst[k] = av__st_f32(t->data + 4 * k);
+    size = av__dtype_size[t->dtype];
+    for (k = 0; k < n; k++) dst[k] = av__st_load(f->data + t->begin + size * k, t->dtype);
     return AV_OK;
 }
 AVDEF const char *av_st_meta(const av_st_file *f, const char *key) {
-    int i;
-    for (i = 0; f && key && i < f->n_meta; i++)
-        if (strcmp(f->meta[2 * i], key) == 0) return f->meta[2 * i + 1];
-    return NULL;
+    av__st_pair want, *hit;
+    if (!f || !key || !f->n_meta) return NULL;
+    want.key = key;
+    want.value = NULL;
+    hit = (av__st_pair *)bsearch(&want, f->meta, (size_t)f->n_meta, sizeof *f->meta, av__st_cmp_pair);
+    return hit ? hit->value : NULL;
 }
 
 /* ---- safetensors writing --------------------------------------------- */
@@ -6206,6 +6431,7 @@ static int av__st_check_items(const av_st_item *items, int n_items, int64_t *num
                               const char *const *keys, const char *const *vals, int n_meta) {
     int i, d;
     int64_t total = 0;
+    const char **names, *dup;
     if (n_items < 0 || n_meta < 0 || (n_items && !items) || (n_meta && (!keys || !vals)))
         return av__set_error(AV_ERR_ARG, "av_st_save: bad item or metadata arrays");
     for (i = 0; i < n_meta; i++)
@@ -6218,54 +6444,102 @@ static int av__st_check_items(const av_st_item *items, int n_items, int64_t *num
         if (it->ndim < 0 || it->ndim > AV_ST_MAX_DIMS || (it->ndim && !it->shape))
             return av__set_error(AV_ERR_ARG, "av_st_save: '%s': bad ndim %d or NULL shape",
                                  it->name, it->ndim);
-        for (numel[i] = 1, d = 0; d < it->ndim; d++) {
+        if ((unsigned)it->dtype > AV_DTYPE_F64)
+            return av__set_error(AV_ERR_ARG, "av_st_save: '%s': unknown dtype %d", it->name, it->dtype);
+        for (d = 0; d < it->ndim; d++)
             if (it->shape[d] < 0)
                 return av__set_error(AV_ERR_ARG, "av_st_save: '%s': negative dim", it->name);
-            if (it->shape[d] && numel[i] > INT64_MAX / 4 / it->shape[d])
-                return av__set_error(AV_ERR_ARG, "av_st_save: '%s': shape overflows", it->name);
-            numel[i] *= it->shape[d];
-        }
+        if ((numel[i] = av__st_numel(it->ndim, it->shape)) < 0)
+            return av__set_error(AV_ERR_ARG, "av_st_save: '%s': more than %d elements: too large for attnvae",
+                                 it->name, INT_MAX);
         if (numel[i] && !it->data)
             return av__set_error(AV_ERR_ARG, "av_st_save: '%s': NULL data", it->name);
-        if (total > INT64_MAX - 4 * numel[i])
+        total += numel[i] * av__dtype_size[it->dtype];
+        if (total > INT64_MAX / 2)
             return av__set_error(AV_ERR_ARG, "av_st_save: total data size overflows");
-        total += 4 * numel[i];
-        for (d = 0; d < i; d++)
-            if (strcmp(items[d].name, it->name) == 0)
-                return av__set_error(AV_ERR_ARG, "av_st_save: duplicate name '%s'", it->name);
     }
-    return AV_OK;
+    /* names and keys must be unique: sorted copies show duplicates */
+    names = (const char **)AV_MALLOC(sizeof *names * (size_t)(n_items > n_meta ? n_items + 1 : n_meta + 1));
+    if (!names) return av__set_error(AV_ERR_NOMEM, "av_st_save: out of memory");
+    for (i = 0; i < n_items; i++) names[i] = items[i].name;
+    if ((dup = av__duplicate(names, n_items)) != NULL)
+        av__set_error(AV_ERR_ARG, "av_st_save: duplicate name '%s'", dup);
+    else if (n_meta) {
+        memcpy(names, keys, sizeof *names * (size_t)n_meta);
+        if ((dup = av__duplicate(names, n_meta)) != NULL)
+            av__set_error(AV_ERR_ARG, "av_st_save: duplicate metadata key '%s'", dup);
+    }
+    AV_FREE(names);
+    return dup ? AV_ERR_ARG : AV_OK;
 }
 
-/* Writes everything to fp; returns 0 on any failed write. */
-static int av__st_write(FILE *fp, const av__st_buf *h, const av_st_item *items, int n_items,
+/* Writes the length, the header and the data to w; returns 0 on success. */
+static int av__st_write(av__wfile w, const av__st_buf *h, const av_st_item *items, int n_items,
                         const int64_t *numel) {
-    unsigned char chunk[4096];
-    int i, b;
+    unsigned char chunk[16384];
+    int i, size;
     int64_t k, c, e;
-    uint32_t u;
-    uint64_t hlen = h->n;
-    for (b = 0; b < 8; b++) chunk[b] = (unsigned char)(hlen >> 8 * b);
-    if (fwrite(chunk, 1, 8, fp) != 8 || fwrite(h->p, 1, h->n, fp) != h->n) return 0;
-    for (i = 0; i < n_items; i++)
+    av__put_le(chunk, h->n, 8);
+    if (av__os_write(w, chunk, 8) || av__os_write(w, h->p, h->n)) return -1;
+    for (i = 0; i < n_items; i++) {
+        size = av__dtype_size[items[i].dtype];
         for (k = 0; k < numel[i]; k += c) {
-            c = numel[i] - k < 1024 ? numel[i] - k : 1024;
-            for (e = 0; e < c; e++) {
-                memcpy(&u, &items[i].data[k + e], 4);
-                for (b = 0; b < 4; b++) chunk[4 * e + b] = (unsigned char)(u >> 8 * b);
-            }
-            if (fwrite(chunk, 1, (size_t)(4 * c), fp) != (size_t)(4 * c)) return 0;
+            c = numel[i] - k < (int64_t)sizeof chunk / size ? numel[i] - k : (int64_t)sizeof chunk / size;
+            for (e = 0; e < c; e++) av__st_store(chunk + size * e, items[i].dtype, items[i].data[k + e]);
+            if (av__os_write(w, chunk, (size_t)(size * c))) return -1;
         }
-    return fflush(fp) == 0 && !ferror(fp);
+    }
+    return 0;
 }
+
+/* The JSON header: metadata first, then tensors in item order, contiguous,
+   padded with spaces so that the data section is 8-byte aligned. */
+static void av__st_header(av__st_buf *h, const av_st_item *items, int n_items, const int64_t *numel,
+                          const char *const *keys, const char *const *vals, int n_meta) {
+    int i, d;
+    int64_t off = 0;
+    av__st_puts(h, "{");
+    if (n_meta) {
+        av__st_puts(h, "\"__metadata__\":{");
+        for (i = 0; i < n_meta; i++) {
+            if (i) av__st_puts(h, ",");
+            av__st_put_str(h, keys[i]);
+            av__st_puts(h, ":");
+            av__st_put_str(h, vals[i]);
+        }
+        av__st_puts(h, n_items ? "}," : "}");
+    }
+    for (i = 0; i < n_items; i++) {
+        if (i) av__st_puts(h, ",");
+        av__st_put_str(h, items[i].name);
+        av__st_puts(h, ":{\"dtype\":\"");
+        av__st_puts(h, av__dtype_name[items[i].dtype]);
+        av__st_puts(h, "\",\"shape\":[");
+        for (d = 0; d < items[i].ndim; d++) {
+            if (d) av__st_puts(h, ",");
+            av__st_put_int(h, items[i].shape[d]);
+        }
+        av__st_puts(h, "],\"data_offsets\":[");
+        av__st_put_int(h, off);
+        av__st_puts(h, ",");
+        off += numel[i] * av__dtype_size[items[i].dtype];
+        av__st_put_int(h, off);
+        av__st_puts(h, "]}");
+    }
+    av__st_puts(h, "}");
+    av__st_put(h, "       ", (8 - h->n % 8) % 8); /* once: out of memory, n stops growing */
+}
+
+static AV__THREAD_LOCAL unsigned long av__tmp_serial; /* tmp names of this thread */
 
 AVDEF int av_st_save(const char *path, const av_st_item *items, int n_items,
                      const char *const *meta_keys, const char *const *meta_values, int n_meta) {
     av__st_buf h;
-    int64_t *numel, off = 0;
-    char *tmp = NULL;
-    FILE *fp;
-    int i, d, rc, ok;
+    int64_t *numel;
+    char *tmp = NULL, *dir = NULL;
+    const char *slash;
+    av__wfile w;
+    int rc, tries;
     if (!path) return av__set_error(AV_ERR_ARG, "av_st_save: path is NULL");
     numel = (int64_t *)AV_MALLOC(sizeof *numel * (size_t)(n_items > 0 ? n_items : 1));
     if (!numel) return av__set_error(AV_ERR_NOMEM, "%s: out of memory", path);
@@ -6273,53 +6547,41 @@ AVDEF int av_st_save(const char *path, const av_st_item *items, int n_items,
         AV_FREE(numel);
         return rc;
     }
-    /* Header: metadata first, then tensors in item order, contiguous. */
     memset(&h, 0, sizeof h);
-    av__st_puts(&h, "{");
-    if (n_meta) {
-        av__st_puts(&h, "\"__metadata__\":{");
-        for (i = 0; i < n_meta; i++) {
-            if (i) av__st_puts(&h, ",");
-            av__st_put_str(&h, meta_keys[i]);
-            av__st_puts(&h, ":");
-            av__st_put_str(&h, meta_values[i]);
-        }
-        av__st_puts(&h, n_items ? "}," : "}");
+    av__st_header(&h, items, n_items, numel, meta_keys, meta_values, n_meta);
+    if (!h.oom) {
+        tmp = (char *)AV_MALLOC(strlen(path) + 48);
+        dir = (char *)AV_MALLOC(strlen(path) + 2);
     }
-    for (i = 0; i < n_items; i++) {
-        if (i) av__st_puts(&h, ",");
-        av__st_put_str(&h, items[i].name);
-        av__st_puts(&h, ":{\"dtype\":\"F32\",\"shape\":[");
-        for (d = 0; d < items[i].ndim; d++) {
-            if (d) av__st_puts(&h, ",");
-            av__st_put_int(&h, items[i].shape[d]);
-        }
-        av__st_puts(&h, "],\"data_offsets\":[");
-        av__st_put_int(&h, off);
-        av__st_puts(&h, ",");
-        off += 4 * numel[i];
-        av__st_put_int(&h, off);
-        av__st_puts(&h, "]}");
-    }
-    av__st_puts(&h, "}");
-    while ((8 + h.n) % 8) av__st_puts(&h, " "); /* align the data section */
-    if (!h.oom) tmp = (char *)AV_MALLOC(strlen(path) + 5);
-    if (!tmp) rc = av__set_error(AV_ERR_NOMEM, "%s: out of memory", path);
+    if (!tmp || !dir) rc = av__set_error(AV_ERR_NOMEM, "%s: out of memory", path);
     else {
-        sprintf(tmp, "%s.tmp", path);
-        if (!(fp = fopen(tmp, "wb"))) {
-            rc = av__set_error(AV_ERR_IO, "%s: cannot create (%s)", tmp, strerror(errno));
-        } else {
-            ok = av__st_write(fp, &h, items, n_items, numel);
-            if (!ok) rc = av__set_error(AV_ERR_IO, "%s: write failed (%s)", tmp, strerror(errno));
-            if (fclose(fp) != 0 && ok)
-                rc = av__set_error(AV_ERR_IO, "%s: close failed (%s)", tmp, strerror(errno));
-            if (!rc && rename(tmp, path) != 0)
+        /* the directory whose entry the rename changes */
+        slash = strrchr(path, '/');
+        if (!slash) strcpy(dir, ".");
+        else {
+            memcpy(dir, path, (size_t)(slash - path) + (slash == path));
+            dir[(slash - path) + (slash == path)] = 0;
+        }
+        for (tries = 0;; tries++) { /* a name no file has: another writer's stays its own */
+            sprintf(tmp, "%s.tmp.%ld.%lu", path, av__os_pid(), ++av__tmp_serial);
+            if (av__os_create(tmp, &w) == 0) break;
+            if (errno != EEXIST || tries == 100) {
+                rc = av__set_error(AV_ERR_IO, "%s: cannot create (%s)", tmp, strerror(errno));
+                break;
+            }
+        }
+        if (!rc) {
+            if (av__st_write(w, &h, items, n_items, numel))
+                rc = av__set_error(AV_ERR_IO, "%s: write failed (%s)", tmp, strerror(errno));
+            if (av__os_close(w, !rc) && !rc)
+                rc = av__set_error(AV_ERR_IO, "%s: flush to disk failed (%s)", tmp, strerror(errno));
+            if (!rc && av__os_replace(tmp, path, dir) != 0)
                 rc = av__set_error(AV_ERR_IO, "%s: cannot rename %s over it (%s)",
                                    path, tmp, strerror(errno));
             if (rc) remove(tmp); /* only a file we created ourselves */
         }
     }
+    AV_FREE(dir);
     AV_FREE(tmp);
     AV_FREE(h.p);
     AV_FREE(numel);
@@ -6327,9 +6589,6 @@ AVDEF int av_st_save(const char *path, const av_st_item *items, int n_items,
 }
 
 /* ---- IDX ------------------------------------------------------------- */
-static uint32_t av__idx_be32(const unsigned char *p) {
-    return (uint32_t)p[0] << 24 | (uint32_t)p[1] << 16 | (uint32_t)p[2] << 8 | (uint32_t)p[3];
-}
 static int av__idx_size(int type) {
     switch (type) {
     case 0x08: case 0x09: return 1;
@@ -6339,21 +6598,26 @@ static int av__idx_size(int type) {
     default: return 0;
     }
 }
+static uint64_t av__be(const unsigned char *p, int bytes) {
+    uint64_t v = 0;
+    int i;
+    for (i = 0; i < bytes; i++) v = v << 8 | p[i];
+    return v;
+}
 static float av__idx_value(const unsigned char *p, int type) {
-    uint32_t u;
     uint64_t w;
-    float f;
     double d;
     switch (type) {
     case 0x08: return (float)p[0];
-    case 0x09: return (float)(p[0] < 128 ? p[0] : p[0] - 256);
-    case 0x0B: u = (uint32_t)p[0] << 8 | p[1]; return (float)(u < 32768 ? (long)u : (long)u - 65536);
-    case 0x0C: u = av__idx_be32(p); return (float)(u < 0x80000000u ? (double)u : (double)u - 4294967296.0);
-    case 0x0D: u = av__idx_be32(p); memcpy(&f, &u, 4); return f;
-    default: /* 0x0E; out-of-range doubles would be undefined as float */
-        w = (uint64_t)av__idx_be32(p) << 32 | av__idx_be32(p + 4);
+    /* signed: flip the sign bit, then subtract its weight */
+    case 0x09: return (float)(int)(p[0] ^ 0x80) - 128;
+    case 0x0B: return (float)((long)(av__be(p, 2) ^ 0x8000) - 0x8000);
+    case 0x0C: return (float)((double)(av__be(p, 4) ^ 0x80000000u) - 2147483648.0);
+    case 0x0D: return av__f32_bits((uint32_t)av__be(p, 4));
+    default: /* 0x0E */
+        w = av__be(p, 8);
         memcpy(&d, &w, 8);
-        return d > FLT_MAX ? HUGE_VALF : d < -FLT_MAX ? -HUGE_VALF : (float)d;
+        return av__f64_to_f32(d);
     }
 }
 /* A short read: an I/O error or a truncated file. */
@@ -6362,10 +6626,11 @@ static int av__idx_short(FILE *fp, const char *path, const char *what) {
     return av__set_error(AV_ERR_FORMAT, "%s: truncated file (in %s)", path, what);
 }
 
+/* Reads the header, checks the file's size against it, then reads the data. */
 static int av__idx_read(FILE *fp, const char *path, av_idx *x) {
     unsigned char hd[16], chunk[8192];
     int type, size, i;
-    int64_t k, c, per;
+    int64_t k, c, per, file_size, data_len, header;
     if (fread(hd, 1, 4, fp) != 4) return av__idx_short(fp, path, "the magic number");
     if (hd[0] || hd[1])
         return av__set_error(AV_ERR_FORMAT,
@@ -6380,28 +6645,36 @@ static int av__idx_read(FILE *fp, const char *path, av_idx *x) {
     if (fread(hd, 4, (size_t)x->ndim, fp) != (size_t)x->ndim) return av__idx_short(fp, path, "the dims");
     x->count = 1;
     for (i = 0; i < x->ndim; i++) {
-        uint32_t d = av__idx_be32(hd + 4 * i);
+        uint32_t d = (uint32_t)av__be(hd + 4 * i, 4);
         if (d == 0 || d > INT_MAX)
             return av__set_error(AV_ERR_FORMAT, "%s: IDX dim %d is %lu (must be 1..%d)",
                                  path, i, (unsigned long)d, INT_MAX);
-        if (x->count > INT64_MAX / 8 / (int64_t)d || (uint64_t)(x->count * d) > SIZE_MAX / sizeof(float))
+        if (x->count > INT64_MAX / 8 / (int64_t)d)
             return av__set_error(AV_ERR_FORMAT, "%s: IDX dims are too large", path);
         x->dims[i] = (int)d;
         x->count *= d;
     }
-    if (!(x->data = (float *)AV_MALLOC((size_t)x->count * sizeof(float))))
+    header = 4 + 4 * x->ndim;
+    data_len = x->count * size;
+    if ((file_size = av__file_size(fp)) < header)
+        return av__set_error(AV_ERR_IO, "%s: cannot tell the file's size (not a regular file?)", path);
+    if (file_size - header < data_len)
+        return av__set_error(AV_ERR_FORMAT, "%s: truncated file (%lld bytes of data, the dims need %lld)",
+                             path, (long long)(file_size - header), (long long)data_len);
+    if (file_size - header > data_len)
+        return av__set_error(AV_ERR_FORMAT, "%s: trailing bytes after %lld values (%lld bytes of data, "
+                             "the dims need %lld)", path, (long long)x->count,
+                             (long long)(file_size - header), (long long)data_len);
+    if ((uint64_t)x->count > SIZE_MAX / sizeof(float) ||
+        !(x->data = (float *)AV_MALLOC((size_t)x->count * sizeof(float))))
         return av__set_error(AV_ERR_NOMEM, "%s: out of memory for %lld values", path, (long long)x->count);
     per = (int64_t)sizeof chunk / size;
     for (k = 0; k < x->count; k += c) {
         c = x->count - k < per ? x->count - k : per;
         if (fread(chunk, (size_t)size, (size_t)c, fp) != (size_t)c)
-            return av__idx_short(fp, path, "the data");
+            return av__idx_short(fp, path, "the data"); /* it shrank since we looked */
         for (i = 0; i < c; i++) x->data[k + i] = av__idx_value(chunk + i * size, type);
     }
-    if (fgetc(fp) != EOF)
-        return av__set_error(AV_ERR_FORMAT, "%s: trailing bytes after %lld values",
-                             path, (long long)x->count);
-    if (ferror(fp)) return av__set_error(AV_ERR_IO, "%s: read error", path);
     return AV_OK;
 }
 
@@ -6469,6 +6742,7 @@ static int av__model_write(const av_model *m, const char *path, int with_state) 
             items[n].ndim = t->ndim;
             items[n].shape = t->shape;
             items[n].data = data;
+            items[n].dtype = AV_DTYPE_F32;
             n++;
         }
     }
@@ -6499,7 +6773,7 @@ static long av__parse_step(const char *s) {
 
 /* AV_OK if file tensor i has t's shape, else a message with both shapes. */
 static int av__check_file_shape(const av_st_file *f, int i, const av_tensor *t, const char *path) {
-    const int64_t *dims = av_st_shape(f, i);
+    const int *dims = av_st_shape(f, i);
     int nd = av_st_ndim(f, i), d, len;
     char fs[24 * AV_ST_MAX_DIMS + 4], ms[64];
     for (d = 0; nd == t->ndim && d < nd && dims[d] == t->shape[d]; d++) {}

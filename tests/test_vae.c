@@ -1383,6 +1383,7 @@ static void test_torch(av_ctx *c, const char *dir) {
     CHECK(av_model_save(m, path) == AV_OK, "av_model_save %s: %s", path, av_error());
     shape_x[0] = TV_B; shape_x[1] = TV_IN;
     shape_e[0] = TV_B; shape_e[1] = TV_Z;
+    memset(items, 0, sizeof items); /* dtype 0: F32 */
     items[0].name = "x"; items[0].ndim = 2; items[0].shape = shape_x; items[0].data = x;
     items[1].name = "eps"; items[1].ndim = 2; items[1].shape = shape_e; items[1].data = eps;
     snprintf(path, sizeof path, "%s/data.safetensors", dir);
