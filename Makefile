@@ -2,6 +2,7 @@
 #   make demo      install what it needs, train the Fashion-MNIST VAE, write PNGs
 #   make test      the whole test suite (ends with "N passed, M failed")
 #   make bench     GEMM vs OpenBLAS and the VAE vs PyTorch, side by side
+#   make install   the header and attnvae.pc under PREFIX (/usr/local), DESTDIR honoured; make uninstall
 #   make sanitize  the test suite under ASan + UBSan
 #   make valgrind  the test suite under valgrind
 #   make test-arm64  the test suite cross-compiled for AArch64 (NEON), run under qemu
@@ -26,7 +27,7 @@ TESTS    := test_core test_ops test_attention test_transformer test_decoding tes
 OMP_TESTS := test_gemm test_attention test_optim
 EXAMPLES := mlp_fashion vae_fashion ae_fashion
 
-.PHONY: all examples tests test bench sanitize valgrind test-arm64 fuzz demo deps deps-test deps-bench deps-arm64 deps-fuzz data clean
+.PHONY: install uninstall all examples tests test bench sanitize valgrind test-arm64 fuzz demo deps deps-test deps-bench deps-arm64 deps-fuzz data clean
 
 all: examples tests
 
@@ -89,6 +90,7 @@ TEST_CMDS = $(call suite,,$(BUILD)) $(call suite,,$(BUILD)/cxx) \
 	"$(BUILD)/vae_fashion --quick --latent 2 --data $(DATA) --out $(BUILD)/vae_quick2" \
 	"$(BUILD)/ae_fashion --quick --data $(DATA) --out $(BUILD)/ae_quick" \
 	"tests/check_config.sh '$(CC)' $(BUILD)/test_core" \
+	"tests/check_install.sh '$(CC)'" \
 	"$(BAD_DATA_CHECK)"
 
 # Images and labels that do not match: the example's error says why.
@@ -165,6 +167,21 @@ demo: deps data $(BUILD)/vae_fashion
 	$(BUILD)/vae_fashion --data $(DATA) --out $(OUT)/vae
 	@echo "demo pictures are in $(OUT)/vae/"
 
+# ---- install: the header and a pkg-config file -------------------------
+PREFIX  ?= /usr/local
+DESTDIR ?=
+VERSION := $(shell sed -n 's/^\#define ATTNVAE_VERSION "\(.*\)"/\1/p' $(HEADER))
+install:
+	install -d $(DESTDIR)$(PREFIX)/include $(DESTDIR)$(PREFIX)/lib/pkgconfig
+	install -m 644 $(HEADER) $(DESTDIR)$(PREFIX)/include/attnvae.h
+	printf '%s\n' 'prefix=$(PREFIX)' 'includedir=$${prefix}/include' '' \
+	    'Name: attnvae' 'Description: attention models and variational autoencoders in one C header' \
+	    'Version: $(VERSION)' 'URL: https://github.com/attnvae/attnvae' \
+	    '# define ATTNVAE_IMPLEMENTATION in one file; add -fopenmp to both flags for threads' \
+	    'Cflags: -I$${includedir}' 'Libs: -lm' > $(DESTDIR)$(PREFIX)/lib/pkgconfig/attnvae.pc
+uninstall:
+	rm -f $(DESTDIR)$(PREFIX)/include/attnvae.h $(DESTDIR)$(PREFIX)/lib/pkgconfig/attnvae.pc
+
 # ---- data and packages ------------------------------------------------
 FASHION_SRC := /usr/share/datasets/fashion-mnist
 FASHION     := train-images-idx3-ubyte train-labels-idx1-ubyte t10k-images-idx3-ubyte t10k-labels-idx1-ubyte
@@ -181,7 +198,7 @@ APT_INSTALL = tests/apt-install
 deps:
 	@$(APT_INSTALL) libstb-dev dataset-fashion-mnist libomp-dev
 deps-test: deps
-	@$(APT_INSTALL) python3 python3-numpy python3-torch
+	@$(APT_INSTALL) python3 python3-numpy python3-torch pkg-config
 deps-bench: deps-test
 	@$(APT_INSTALL) libopenblas-dev
 deps-arm64: deps-test
