@@ -519,8 +519,8 @@ static inline int ex_write_pairs(const char *path, const float *originals, const
 }
 
 /* A scatter plot of n 2-D points coloured by label (0..9) in a size x size
-   square, with a legend of the class names in their colours to its right
-   (names NULL: no legend). Points that are not finite are left out. */
+   square, with a legend of the ten class names in their colours to its
+   right (names NULL: no legend). Points that are not finite are left out. */
 static inline int ex_write_scatter(const char *path, const float *xy, const int *labels, int n, int size,
                                    const char *const *names) {
     static const unsigned char palette[10][3] = {{31, 119, 180}, {255, 127, 14}, {44, 160, 44}, {214, 39, 40},
@@ -528,15 +528,16 @@ static inline int ex_write_scatter(const char *path, const float *xy, const int 
                                                  {188, 189, 34}, {23, 190, 207}};
     const int scale = 2, line = 12 * scale;
     double lo[2] = {0, 0}, hi[2] = {0, 0};
-    int legend = 0, width, i, k, finite = 0, rc;
+    int legend = 0, width, height = size, i, k, finite = 0, rc;
     unsigned char *pix;
     for (i = 0; names && i < 10; i++) {
         int w = ex_text_width(names[i], scale) + 2 * line;
         legend = w > legend ? w : legend;
+        height = height > (i + 1) * line + line / 2 ? height : (i + 1) * line + line / 2;
     }
     width = size + legend;
-    if (!(pix = (unsigned char *)malloc((size_t)width * size * 3))) return ex__write_png(path, 0, 0, 3, NULL);
-    memset(pix, 255, (size_t)width * size * 3);
+    if (!(pix = (unsigned char *)malloc((size_t)width * height * 3))) return ex__write_png(path, 0, 0, 3, NULL);
+    memset(pix, 255, (size_t)width * height * 3);
     for (i = 0; i < n; i++) {
         if (!isfinite(xy[2 * i]) || !isfinite(xy[2 * i + 1])) continue;
         for (k = 0; k < 2; k++) {
@@ -550,15 +551,15 @@ static inline int ex_write_scatter(const char *path, const float *xy, const int 
         if (!isfinite(xy[2 * i]) || !isfinite(xy[2 * i + 1])) continue;
         fx = hi[0] > lo[0] ? (xy[2 * i] - lo[0]) / (hi[0] - lo[0]) : 0.5; /* in [0, 1] */
         fy = hi[1] > lo[1] ? (hi[1] - xy[2 * i + 1]) / (hi[1] - lo[1]) : 0.5;
-        ex_fill_rect(pix, width, size, (int)(fx * (size - 3)), (int)(fy * (size - 3)), 3, 3, palette[(unsigned)labels[i] % 10]);
+        ex_fill_rect(pix, width, height, (int)(fx * (size - 3)), (int)(fy * (size - 3)), 3, 3, palette[(unsigned)labels[i] % 10]);
     }
     for (i = 0; names && i < 10; i++) {
         int y = line / 2 + i * line;
-        ex_fill_rect(pix, width, size, size + line / 2, y, 7 * scale, 7 * scale, palette[i]);
-        ex_draw_text(pix, width, size, size + 3 * line / 2, y, names[i], palette[i], scale);
+        ex_fill_rect(pix, width, height, size + line / 2, y, 7 * scale, 7 * scale, palette[i]);
+        ex_draw_text(pix, width, height, size + 3 * line / 2, y, names[i], palette[i], scale);
     }
     if (finite < n) fprintf(stderr, "note: %s: %d of %d points are not finite and are left out\n", path, n - finite, n);
-    rc = ex__write_png(path, width, size, 3, pix);
+    rc = ex__write_png(path, width, height, 3, pix);
     free(pix);
     return rc;
 }
