@@ -71,11 +71,11 @@ for ex in vae_fashion mlp_fashion ae_fashion; do
     [ -e "$T/help_$ex" ] && bad "$ex --help created its output" || ok
     grep -q '^epoch' "$T/log" && bad "$ex --help trained" || ok
 done
-"$B/vae_fashion" --help > "$T/help.txt" 2>&1
+"$B/vae_fashion" --data "$S" --out "$T/h" --help > "$T/help.txt" 2>&1
 for flag in data out load epochs latent hidden batch lr beta kl-warmup iwae-k iwae-k-train seed quick; do
     grep -qE -- "^  --$flag( |$)" "$T/help.txt" && ok || bad "vae_fashion --help does not list --$flag"
 done
-"$B/ae_fashion" --help > "$T/help.txt" 2>&1
+"$B/ae_fashion" --data "$S" --out "$T/h" --help > "$T/help.txt" 2>&1
 for flag in data out load epochs code hidden batch lr seed quick; do
     grep -qE -- "^  --$flag( |$)" "$T/help.txt" && ok || bad "ae_fashion --help does not list --$flag"
 done
