@@ -12,7 +12,6 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <math.h>
-#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -91,7 +90,7 @@ static inline void ex__usage(const char *prog, const char *about, const ex_flag 
 /* Returns -1 to go on, else the status to exit with: 0 after --help, 2
    after a mistake (the message names the flag). */
 static inline int ex_parse(int argc, char **argv, const char *about, ex_flag *flags, int n) {
-    const char *prog = ex__program(argv[0]);
+    const char *prog = ex__program(argc > 0 ? argv[0] : "example");
     int i, k;
     for (k = 0; k < n; k++) {
         flags[k].given = 0;

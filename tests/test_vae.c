@@ -8,7 +8,11 @@
         interpolation) and the statistics of the reparameterization;
      3. a linear-Gaussian "VAE" whose log p(x), posterior and ELBO are exact:
         ELBO <= log p(x), IWAE estimates rising with k towards log p(x), and
-        IWAE with the exact posterior as q equal to log p(x) per sample;
+        IWAE with the exact posterior as q equal to log p(x) per sample; the
+        trainable IWAE bound (av_iwae_loss) likewise, and rebuilt from the
+        RNG stream; then av_logsumexp against double precision,
+        av_reparameterize_eps against its formula, and finite-difference
+        checks of both and of the IWAE loss through a model;
      4. a cross-check of loss and every gradient against PyTorch, with the
         weights, data and noise carried through safetensors files.
 
