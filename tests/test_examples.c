@@ -45,9 +45,11 @@ static ex_flag f_table[] = {
     EX_SWITCH_FLAG("on", &f_on, "a switch"),
 };
 
-/* parses "prog" followed by the words of line (split at spaces; "_" is an empty word) */
+/* parses "prog" followed by the words of line (split at spaces; "_" is an empty word);
+   the words stay until the next call, as string values point into them */
 static int parse_line(const char *line) {
-    char buf[256], *argv[32], *w;
+    static char buf[256];
+    char *argv[32], *w;
     int argc = 1, rc;
     argv[0] = (char *)"/some/dir/prog";
     snprintf(buf, sizeof buf, "%s", line);
