@@ -142,7 +142,7 @@ expect 0 '^loaded' "$B/vae_fashion" --quick --data "$S" --out "$T/m2" --hidden 1
 grep -qE '^epoch|^saved' "$T/log" && bad "vae_fashion --load without --epochs trained or saved" || ok
 expect 0 '^epoch  2' "$B/vae_fashion" --quick --data "$S" --out "$T/m3" --hidden 16 --load "$T/m/vae.safetensors" --epochs 2
 grep -q "^saved $T/m3/vae.safetensors" "$T/log" && ok || bad "vae_fashion --load --epochs 2 did not save"
-expect 1 "different shape" "$B/vae_fashion" --quick --data "$S" --out "$T/m4" --hidden 17 --load "$T/m/vae.safetensors"
+expect 1 "tensor 'enc.0.weight' has shape" "$B/vae_fashion" --quick --data "$S" --out "$T/m4" --hidden 17 --load "$T/m/vae.safetensors"
 expect 1 'cannot open' "$B/vae_fashion" --quick --data "$S" --out "$T/m4" --load "$T/none.safetensors"
 expect 1 'cannot open' "$B/mlp_fashion" --quick --data "$S" --load "$T/none.safetensors"
 expect 1 'cannot open' "$B/ae_fashion" --quick --data "$S" --out "$T/m4" --load "$T/none.safetensors"
