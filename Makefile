@@ -32,7 +32,7 @@ EXAMPLES := mlp_fashion vae_fashion ae_fashion
 all: examples tests
 
 examples: $(EXAMPLES:%=$(BUILD)/%)
-tests: $(TESTS:%=$(BUILD)/%) $(TESTS:%=$(BUILD)/cxx/%) $(OMP_TESTS:%=$(BUILD)/%_omp)
+tests: $(TESTS:%=$(BUILD)/%) $(TESTS:%=$(BUILD)/cxx/%) $(OMP_TESTS:%=$(BUILD)/%_omp) $(BUILD)/test_examples $(BUILD)/cxx/test_examples
 
 $(BUILD):
 	@mkdir -p $@
@@ -46,6 +46,13 @@ $(BUILD)/test_%: tests/test_%.c tests/test.h $(wildcard tests/*.h) $(HEADER) | $
 # Threaded builds: their tests compare 1 and 2 threads bit for bit.
 $(BUILD)/%_omp: tests/%.c tests/test.h $(wildcard tests/*.h) $(HEADER) | $(BUILD)
 	$(C99) $(OPENMP) -o $@ $< -lm -pthread
+
+# The examples' shared helpers (examples/common.h) write PNGs with libstb.
+$(BUILD)/test_examples: tests/test_examples.c tests/test.h examples/common.h $(HEADER) | $(BUILD)
+	$(C99) -o $@ $< -lstb -lm -pthread
+$(BUILD)/cxx/test_examples: tests/test_examples.c tests/test.h examples/common.h $(HEADER)
+	@mkdir -p $(BUILD)/cxx
+	$(CXX) -x c++ -std=c++11 $(WARN) $(CFLAGS) -o $@ $< -lstb -lm -pthread
 
 # The header must also work as C++: the test programs are built as C++ too.
 $(BUILD)/cxx/test_%: tests/test_%.c tests/test.h $(wildcard tests/*.h) $(HEADER)
@@ -70,10 +77,16 @@ suite = \
 	"ATTNVAE_PYTHON=$(PYTHON) $(1) $(2)/test_transformer_ref tests/transformer_ref.py $(2)" \
 	"$(1) $(2)/test_alloc $(2)"
 
+# The examples' helpers, and the examples on bad command lines and odd data.
+examples_suite = \
+	"$(1) $(2)/test_examples $(2)/examples_tmp" \
+	"tests/examples_bad_input.sh $(2)"
+
 # The examples run in --quick mode; the GEMM, the vector math, and attention
 # and the Transformer against PyTorch run on every path this CPU has
 # (ATTNVAE_ISA forces one), the GEMM and attention threaded too.
-TEST_CMDS = $(call suite,,$(BUILD)) $(call suite,,$(BUILD)/cxx) \
+TEST_CMDS = $(call suite,,$(BUILD)) $(call suite,,$(BUILD)/cxx) $(call examples_suite,,$(BUILD)) \
+	"$(BUILD)/cxx/test_examples $(BUILD)/cxx/examples_tmp" \
 	"OMP_NUM_THREADS=2 $(BUILD)/test_gemm_omp" \
 	"OMP_NUM_THREADS=2 $(BUILD)/test_attention_omp" \
 	"OMP_NUM_THREADS=2 $(BUILD)/test_optim_omp" \
@@ -105,14 +118,15 @@ test: deps-test data all
 
 SAN = -O1 -g -fno-omit-frame-pointer -fsanitize=address,undefined -fno-sanitize-recover=all
 sanitize: deps-test
-	$(MAKE) BUILD=build/san CFLAGS="$(SAN)" OPENMP= tests
-	@ASAN_OPTIONS=detect_leaks=1 tests/run $(call suite,,build/san) $(call suite,,build/san/cxx)
+	$(MAKE) BUILD=build/san CFLAGS="$(SAN)" OPENMP= tests examples
+	@ASAN_OPTIONS=detect_leaks=1 tests/run $(call suite,,build/san) $(call suite,,build/san/cxx) \
+		$(call examples_suite,,build/san)
 
 VALGRIND = AV_TEST_QUICK=1 valgrind -q --error-exitcode=9 --leak-check=full --errors-for-leak-kinds=definite
 valgrind: deps-test
 	@$(APT_INSTALL) valgrind
 	$(MAKE) BUILD=build/vg CFLAGS="-O1 -g" OPENMP= tests
-	@tests/run $(call suite,$(VALGRIND),build/vg)
+	@tests/run $(call suite,$(VALGRIND),build/vg) "$(VALGRIND) build/vg/test_examples build/vg/examples_tmp"
 
 # AArch64: cross-compiled, static, run under qemu-user; the NEON GEMM path
 # must be among those tested.

@@ -77,7 +77,7 @@
                     3.2 elementwise: add sub mul div scale add_scalar exp log
                         sqrt square tanh sigmoid relu leaky_relu gelu softplus
                         dropout
-                    3.3 reduce: sum mean max (an axis, or _all)
+                    3.3 reduce: sum mean max (an axis, or _all) logsumexp
                     3.4 matmul: matmul (batched, transposes) linear
                     3.5 norm: softmax log_softmax layer_norm
                     3.6 attention: sdpa (tiled) sdpa_weights (naive) masks
@@ -91,7 +91,8 @@
                     layers and stacks, nn.Transformer, cached decoding;
                     av_autoencoder
      [7 toolkits]   VAE: gaussian head, reparameterize, KL, likelihoods, ELBO,
-                    IWAE, av_vae around any encoder and decoder
+                    IWAE (an estimate, and a loss to train), av_vae around
+                    any encoder and decoder
      [8 optim]      av_sgd av_adam av_adamw av_optim_step, clipping, schedules,
                     optimizer state by name (av_optim_state_get/_set)
      [9 io]         JSON, safetensors (av_st_*: F32, F16, BF16, F64), IDX, model
@@ -300,6 +301,12 @@ AVAPI av_tensor *av_max(av_ctx *c, av_tensor *x, int axis, int keepdim);
 AVAPI av_tensor *av_sum_all(av_ctx *c, av_tensor *x);
 AVAPI av_tensor *av_mean_all(av_ctx *c, av_tensor *x);
 AVAPI av_tensor *av_max_all(av_ctx *c, av_tensor *x);
+/* log sum_i exp(x_i) over an axis, stable (the max is taken out first, the
+   sum kept in double). An empty axis or one that is all -inf gives -inf, a
+   +inf entry +inf, a NaN NaN. Gradient: softmax along the axis,
+   exp(x_i - out), so -inf entries get 0; a result of -inf passes no
+   gradient at all (0 rather than the NaN of -inf - -inf). */
+AVAPI av_tensor *av_logsumexp(av_ctx *c, av_tensor *x, int axis, int keepdim);
 /* ---- [3.4 matmul]  ------------------------------------------------------ */
 /* a [..., M, K] (or [..., K, M] with trans_a) times b [..., K, N]
    (or [..., N, K] with trans_b); b may be 2-D and shared by every batch. */
@@ -617,6 +624,11 @@ AVAPI void av_gaussian_head_forward(av_ctx *c, const av_gaussian_head *g, av_ten
                                     av_tensor **mu, av_tensor **logvar);
 /* z = mu + exp(logvar / 2) * eps, eps ~ N(0, I) drawn from the context's RNG */
 AVAPI av_tensor *av_reparameterize(av_ctx *c, av_tensor *mu, av_tensor *logvar);
+/* The same with the caller's eps (mu's shape), e.g. another framework's
+   draws; the gradient goes to mu and logvar only, and eps must stay as it
+   is until av_backward. av_reparameterize(c, mu, logvar) is exactly this
+   with eps = av_randn(c, 0, 1, mu's shape): draw eps that way to keep it. */
+AVAPI av_tensor *av_reparameterize_eps(av_ctx *c, av_tensor *mu, av_tensor *logvar, const av_tensor *eps);
 /* KL(N(mu, e^logvar) || N(0, I)) per example: [B] */
 AVAPI av_tensor *av_kl_std_normal(av_ctx *c, av_tensor *mu, av_tensor *logvar);
 /* -log Bernoulli(x | sigmoid(logits)) per example, x in [0, 1]: [B] */
@@ -637,6 +649,16 @@ typedef av_tensor *(*av_nll_fn)(av_ctx *c, av_tensor *z, av_tensor *x, void *use
 AVAPI void av_iwae_log_px(av_ctx *c, av_tensor *x, av_tensor *mu, av_tensor *logvar, int k,
                           av_nll_fn nll, void *user, double *log_px);
 AVAPI double av_log_mean_exp(const double *v, int n);   /* log((1/n) sum e^v), stable */
+/* The IWAE bound as a loss to train on (Burda et al. 2016): the batch mean
+   of -log (1/k) sum_j p(x, z_j) / q(z_j | x). The k samples z_j = mu +
+   sigma eps_j go through nll as one batch of k*B rows (row j*B + b is
+   sample j of example b, x repeated), so the decoder runs once. It is
+   differentiable in mu, logvar and all that nll uses; k = 1 is the ELBO
+   with a one-sample KL. bound, if not NULL, gets the per-example bound
+   log (1/k) sum_j w_j: [B]. The eps come from the context's RNG in the
+   order av_iwae_log_px draws them. */
+AVAPI av_tensor *av_iwae_loss(av_ctx *c, av_tensor *x, av_tensor *mu, av_tensor *logvar, int k, av_nll_fn nll,
+                              void *user, av_tensor **bound);
 /* rows z0 + t (z1 - z0) for t = 0, 1/(steps-1), ..., 1: [steps, D] */
 AVAPI av_tensor *av_interpolate(av_ctx *c, const float *z0, const float *z1, int dim, int steps);
 
@@ -671,6 +693,8 @@ AVAPI av_tensor *av_vae_sample(av_ctx *c, const av_vae *v, int n);
 AVAPI av_tensor *av_vae_interpolate(av_ctx *c, const av_vae *v, av_tensor *x, int steps);
 /* IWAE estimate of log p(x) per example with k samples: writes log_px[B] */
 AVAPI void av_vae_iwae(av_ctx *c, const av_vae *v, av_tensor *x, int k, double *log_px);
+/* av_iwae_loss of the VAE: the k-sample IWAE objective to train on */
+AVAPI av_tensor *av_vae_iwae_loss(av_ctx *c, const av_vae *v, av_tensor *x, int k, av_tensor **bound);
 
 /* ---- [7 toolkits] decoding: greedy, beam search, sampling ---- */
 /* A model to decode from. step() takes one new token per row and returns
@@ -2957,6 +2981,59 @@ AVDEF av_tensor *av_max(av_ctx *c, av_tensor *x, int axis, int keepdim) {
     return out;
 }
 
+/* logsumexp: out = m + log sum_k e^(x_k - m), m the row's max, in double; the
+   rows' results are saved in double. dx_k = g e^(x_k - out) (softmax); rows
+   with out = -inf pass nothing (their x_k - out would be NaN). */
+static void av__logsumexp_backward(av_ctx *c, av__node *n) {
+    const av__reduce_args *a = (const av__reduce_args *)n->args;
+    const double *lse = (const double *)n->saved;
+    int outer = a->outer, len = a->len, inner = a->inner, o, k, i;
+    (void)c;
+    for (o = 0; o < outer; o++)
+        for (i = 0; i < inner; i++) {
+            size_t j = (size_t)o * inner + i;
+            const float *xs = n->in[0]->data + (size_t)o * len * inner + i;
+            float *gx = n->in[0]->grad + (size_t)o * len * inner + i, g = n->out[0]->grad[j];
+            if (lse[j] == -INFINITY) continue;
+            for (k = 0; k < len; k++) gx[(size_t)k * inner] += (float)(g * exp((double)xs[(size_t)k * inner] - lse[j]));
+        }
+}
+
+AVDEF av_tensor *av_logsumexp(av_ctx *c, av_tensor *x, int axis, int keepdim) {
+    int outer, len, inner, o, k, i;
+    double *lse;
+    av_tensor *out;
+    av__node *n;
+    av__live(c, "av_logsumexp", x, NULL, NULL);
+    axis = av__axis(x, axis, "av_logsumexp");
+    av__split_axis(x, axis, &outer, &len, &inner);
+    out = av__reduced(c, x, axis, keepdim, "av_logsumexp");
+    lse = (double *)av__arena_alloc(&c->arena, (size_t)out->size * sizeof(double));
+    for (o = 0; o < outer; o++)
+        for (i = 0; i < inner; i++) {
+            const float *xs = x->data + (size_t)o * len * inner + i;
+            double m = -INFINITY, sum = 0;
+            for (k = 0; k < len; k++) { /* a NaN sticks in m */
+                double v = xs[(size_t)k * inner];
+                if (v > m || v != v) m = v;
+            }
+            if (isfinite(m)) {
+                for (k = 0; k < len; k++) sum += exp((double)xs[(size_t)k * inner] - m);
+                m += log(sum);
+            }
+            lse[(size_t)o * inner + i] = m; /* -inf (nothing but -inf), +inf or NaN as they are */
+            out->data[(size_t)o * inner + i] = (float)m;
+        }
+    n = av__record(c, "av_logsumexp", av__logsumexp_backward, out, 1, x);
+    if (n) {
+        av__reduce_args a;
+        a.outer = outer; a.len = len; a.inner = inner; a.scale = 1.0f;
+        n->args = AV__KEEP(c, a);
+        n->saved = lse;
+    }
+    return out;
+}
+
 static av_tensor *av__flat(av_ctx *c, av_tensor *x) { int n = x->size; return av_reshape_shape(c, x, 1, &n); }
 AVDEF av_tensor *av_sum_all(av_ctx *c, av_tensor *x) { return av_sum(c, av__flat(c, x), 0, 0); }
 AVDEF av_tensor *av_mean_all(av_ctx *c, av_tensor *x) { return av_mean(c, av__flat(c, x), 0, 0); }
@@ -4877,7 +4954,8 @@ static int av__examples(const av_tensor *x, int *width, const char *op) {
     return x->shape[0];
 }
 
-/* z = mu + sigma eps, sigma = exp(logvar/2): dmu = g, dlogvar = g eps sigma / 2 */
+/* z = mu + sigma eps, sigma = exp(logvar/2): dmu = g, dlogvar = g eps sigma / 2;
+   saved: eps (the caller's data, or a draw in the arena) */
 static void av__reparameterize_backward(av_ctx *c, av__node *n) {
     const float *eps = (const float *)n->saved, *lv = n->in[1]->data, *g = n->out[0]->grad;
     float *gmu = av__in_grad(n, 0), *glv = av__in_grad(n, 1);
@@ -4889,22 +4967,27 @@ static void av__reparameterize_backward(av_ctx *c, av__node *n) {
     }
 }
 
-AVDEF av_tensor *av_reparameterize(av_ctx *c, av_tensor *mu, av_tensor *logvar) {
+static av_tensor *av__reparameterize(av_ctx *c, av_tensor *mu, av_tensor *logvar, const av_tensor *eps, const char *op) {
     av_tensor *z;
-    float *eps;
     av__node *n;
     int i;
-    av__live(c, "av_reparameterize", mu, logvar, NULL);
-    if (!av_same_shape(mu, logvar)) av__fail_shapes("av_reparameterize", "mu and logvar differ", mu, logvar);
-    z = av__like(c, mu, "av_reparameterize");
-    eps = (float *)av__arena_alloc(&c->arena, (size_t)mu->size * sizeof(float));
-    for (i = 0; i < mu->size; i++) {
-        eps[i] = av_rng_normal(&c->rng);
-        z->data[i] = mu->data[i] + expf(0.5f * logvar->data[i]) * eps[i];
-    }
-    n = av__record(c, "av_reparameterize", av__reparameterize_backward, z, 2, mu, logvar);
-    if (n) n->saved = eps;
+    av__live(c, op, mu, logvar, eps);
+    if (!av_same_shape(mu, logvar)) av__fail_shapes(op, "mu and logvar differ", mu, logvar);
+    if (!av_same_shape(mu, eps)) av__fail_shapes(op, "mu and eps differ", mu, eps);
+    z = av__like(c, mu, op);
+    for (i = 0; i < mu->size; i++) z->data[i] = mu->data[i] + expf(0.5f * logvar->data[i]) * eps->data[i];
+    n = av__record(c, op, av__reparameterize_backward, z, 2, mu, logvar);
+    if (n) n->saved = eps->data;
     return z;
+}
+
+AVDEF av_tensor *av_reparameterize_eps(av_ctx *c, av_tensor *mu, av_tensor *logvar, const av_tensor *eps) {
+    return av__reparameterize(c, mu, logvar, eps, "av_reparameterize_eps");
+}
+
+AVDEF av_tensor *av_reparameterize(av_ctx *c, av_tensor *mu, av_tensor *logvar) {
+    av__live(c, "av_reparameterize", mu, logvar, NULL);
+    return av__reparameterize(c, mu, logvar, av_randn_shape(c, 0.0f, 1.0f, mu->ndim, mu->shape), "av_reparameterize");
 }
 
 /* KL = sum (mu^2 + e^lv - 1 - lv) / 2: dmu = g mu, dlv = g (e^lv - 1) / 2 */
@@ -5026,23 +5109,57 @@ AVDEF double av_log_mean_exp(const double *v, int n) {
     return mx + log(sum / n);
 }
 
+/* log w = log p(z) - log q(z | x) - nll(z, x) for z drawn from q = N(mu, e^logvar): [B] */
+static av_tensor *av__iwae_log_weights(av_ctx *c, av_tensor *x, av_tensor *mu, av_tensor *logvar, av_nll_fn nll,
+                                       void *user, const char *op) {
+    av_tensor *z = av_reparameterize(c, mu, logvar), *nll_x = nll(c, z, x, user);
+    av_tensor *log_ratio = av_sub(c, av_gaussian_log_prob(c, z, NULL, NULL), av_gaussian_log_prob(c, z, mu, logvar));
+    if (nll_x->size != mu->shape[0]) av__fail_shapes(op, "nll must return one value per example", nll_x, mu);
+    return av_sub(c, log_ratio, av_reshape_shape(c, nll_x, 1, &nll_x->size));
+}
+
 AVDEF void av_iwae_log_px(av_ctx *c, av_tensor *x, av_tensor *mu, av_tensor *logvar, int k, av_nll_fn nll, void *user,
                           double *log_px) {
-    int B = mu->shape[0], j, b, prev = av_set_grad_enabled(c, 0);
-    double *logw = (double *)av__arena_alloc(&c->arena, (size_t)k * B * sizeof(double)), *row;
+    int B = mu->shape[0], j, b, prev;
+    double *logw, *row;
     if (k < 1) av__fail("av_iwae_log_px: k = %d samples", k);
-    for (j = 0; j < k; j++) {
+    av__live(c, "av_iwae_log_px", x, mu, logvar);
+    prev = av_set_grad_enabled(c, 0);
+    logw = (double *)av__arena_alloc(&c->arena, (size_t)k * B * sizeof(double));
+    for (j = 0; j < k; j++) { /* one sample at a time: memory stays that of one batch */
         av_mark mark = av_ctx_mark(c);
-        av_tensor *z = av_reparameterize(c, mu, logvar);
-        av_tensor *log_pz = av_gaussian_log_prob(c, z, NULL, NULL), *log_qz = av_gaussian_log_prob(c, z, mu, logvar);
-        av_tensor *nll_x = nll(c, z, x, user);
-        if (nll_x->size != B) av__fail_shapes("av_iwae_log_px", "nll must return one value per example", nll_x, mu);
-        for (b = 0; b < B; b++)
-            logw[(size_t)b * k + j] = -(double)nll_x->data[b] + log_pz->data[b] - log_qz->data[b];
+        av_tensor *lw = av__iwae_log_weights(c, x, mu, logvar, nll, user, "av_iwae_log_px");
+        for (b = 0; b < B; b++) logw[(size_t)b * k + j] = lw->data[b];
         av_ctx_rewind(c, mark);
     }
     for (b = 0, row = logw; b < B; b++, row += k) log_px[b] = av_log_mean_exp(row, k);
     av_set_grad_enabled(c, prev);
+}
+
+/* x [B, ...] as k copies one after the other: [k B, ...]; the backward adds the copies up */
+static av_tensor *av__repeat_rows(av_ctx *c, av_tensor *x, int k, const char *op) {
+    int w, B = av__examples(x, &w, op), shape[AV_MAX_DIMS];
+    av_tensor *tiled;
+    if (k == 1) return x;
+    tiled = av_add(c, av_zeros(c, 3, k, B, w), av_reshape(c, x, 3, 1, B, w));
+    memcpy(shape, x->shape, sizeof shape);
+    shape[0] = k * B;
+    return av_reshape_shape(c, tiled, x->ndim, shape);
+}
+
+AVDEF av_tensor *av_iwae_loss(av_ctx *c, av_tensor *x, av_tensor *mu, av_tensor *logvar, int k, av_nll_fn nll,
+                              void *user, av_tensor **bound) {
+    int w, B;
+    av_tensor *logw, *b;
+    av__live(c, "av_iwae_loss", x, mu, logvar);
+    B = av__examples(mu, &w, "av_iwae_loss");
+    if (k < 1) av__fail("av_iwae_loss: k = %d samples (at least 1)", k);
+    if (x->ndim < 1 || x->shape[0] != B) av__fail_shapes("av_iwae_loss", "x and mu differ in batch size", x, mu);
+    logw = av__iwae_log_weights(c, av__repeat_rows(c, x, k, "av_iwae_loss"), av__repeat_rows(c, mu, k, "av_iwae_loss"),
+                                av__repeat_rows(c, logvar, k, "av_iwae_loss"), nll, user, "av_iwae_loss");
+    b = av_add_scalar(c, av_logsumexp(c, av_reshape(c, logw, 2, k, B), 0, 0), -(float)log((double)k));
+    if (bound) *bound = b;
+    return av_scale(c, av_mean_all(c, b), -1.0f);
 }
 
 AVDEF av_tensor *av_interpolate(av_ctx *c, const float *z0, const float *z1, int dim, int steps) {
@@ -5131,8 +5248,14 @@ AVDEF void av_vae_iwae(av_ctx *c, const av_vae *v, av_tensor *x, int k, double *
     av_tensor *mu, *logvar;
     int prev = av_set_grad_enabled(c, 0);
     av_vae_encode(c, v, x, &mu, &logvar);
-    av_iwae_log_px(c, x, mu, logvar, k, av__vae_nll_cb, (void *)v, log_px);
+    av_iwae_log_px(c, x, mu, logvar, k, av__vae_nll_cb, (void *)(uintptr_t)v, log_px);
     av_set_grad_enabled(c, prev);
+}
+
+AVDEF av_tensor *av_vae_iwae_loss(av_ctx *c, const av_vae *v, av_tensor *x, int k, av_tensor **bound) {
+    av_tensor *mu, *logvar;
+    av_vae_encode(c, v, x, &mu, &logvar);
+    return av_iwae_loss(c, x, mu, logvar, k, av__vae_nll_cb, (void *)(uintptr_t)v, bound);
 }
 
 /* ---- decoding ---- */

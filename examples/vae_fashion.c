@@ -1,17 +1,20 @@
 /* The canonical MLP VAE on Fashion-MNIST (as PyTorch's examples/vae):
    784-400-20-400-784, ReLU, Bernoulli decoder, Adam 1e-3, batch 128.
 
-     ./build/vae_fashion [--data data/fashion] [--epochs 10] [--latent 20] [--hidden 400]
-                         [--beta 1] [--kl-warmup STEPS] [--batch 128] [--lr 1e-3] [--seed 1]
-                         [--iwae-k 100] [--out out/vae] [--load MODEL] [--quick]
+     ./build/vae_fashion [flags]          (--help lists them, with defaults and ranges)
 
-   Prints train and test -ELBO (nats per image) each epoch, then the IWAE
-   estimate of the test NLL, and writes samples, reconstructions and
-   interpolations (plus the 2-D manifold and latent scatter with --latent 2). */
+   Trains on the ELBO, or with --iwae-k-train K on the K-sample IWAE bound;
+   prints train and test -ELBO (nats per image) each epoch, then the IWAE
+   estimate of the test NLL; saves OUT/vae.safetensors and writes samples,
+   reconstructions and interpolations (plus manifold_2d.png and
+   latent_scatter_2d.png with --latent 2). --load MODEL starts from saved
+   weights: alone it only evaluates and draws, with --epochs N it trains N
+   more epochs (Adam starts afresh) and saves the result to OUT. */
 #define _POSIX_C_SOURCE 200809L
 #define ATTNVAE_IMPLEMENTATION
-#include <sys/stat.h>
 #include "common.h"
+
+#define MAX_IWAE_ROWS 12800 /* k * batch rows through the decoder in one IWAE training step */
 
 /* The networks; the library's av_vae holds the Gaussian head and does the rest. */
 typedef struct nets { av_mlp enc, dec; } nets;
@@ -33,11 +36,20 @@ static av_vae vae_new(av_model *m, nets *n, int dim, int hidden, int latent) {
     return av_vae_new(m, "vae", hidden, latent, encoder, decoder, n, AV_BERNOULLI);
 }
 
-/* -ELBO of a batch (mean over examples); adds the summed terms to totals */
-static av_tensor *vae_loss(av_ctx *c, const av_vae *v, av_tensor *x, float beta, double *nll_sum, double *kl_sum) {
-    av_tensor *nll, *kl, *loss = av_vae_loss(c, v, x, beta, &nll, &kl);
+/* The batch's loss: the -ELBO (beta-weighted), or with k > 0 the -IWAE-k
+   bound; adds the per-example reconstruction and KL terms (for IWAE the
+   whole negative bound, and no KL) to the totals. */
+static av_tensor *batch_loss(av_ctx *c, const av_vae *v, av_tensor *x, int k, float beta, double *rec_sum,
+                             double *kl_sum) {
+    av_tensor *nll, *kl, *loss;
     int i;
-    for (i = 0; i < nll->size; i++) { *nll_sum += nll->data[i]; *kl_sum += kl->data[i]; }
+    if (k > 0) {
+        loss = av_vae_iwae_loss(c, v, x, k, &nll);
+        for (i = 0; i < nll->size; i++) *rec_sum -= nll->data[i];
+        return loss;
+    }
+    loss = av_vae_loss(c, v, x, beta, &nll, &kl);
+    for (i = 0; i < nll->size; i++) { *rec_sum += nll->data[i]; *kl_sum += kl->data[i]; }
     return loss;
 }
 
@@ -52,7 +64,7 @@ static void evaluate(av_ctx *c, const av_vae *v, const ex_dataset *test, int n, 
         av_ctx_reset(c);
         ex_gather(test, NULL, start, count, xb, NULL);
         x = av_wrap(c, xb, 2, count, test->dim);
-        vae_loss(c, v, x, 1.0f, &nll, &kl);
+        batch_loss(c, v, x, 0, 1.0f, &nll, &kl);
         if (k > 0) {
             av_vae_iwae(c, v, x, k, log_px);
             for (i = 0; i < count; i++) log_px_sum += log_px[i];
@@ -67,27 +79,32 @@ static void evaluate(av_ctx *c, const av_vae *v, const ex_dataset *test, int n, 
 
 static void copy_rows(float *dst, const av_tensor *t) { memcpy(dst, t->data, (size_t)t->size * sizeof(float)); }
 
+/* Pictures at the data's image size, from as many test images as there are (up to 32). */
 static int write_pictures(av_ctx *c, const av_vae *v, const ex_dataset *test, const char *dir, float *xb) {
-    char path[1024];
-    int dim = test->dim, i, j, rc = 0, prev = av_set_grad_enabled(c, 0);
+    char path[1100];
+    int dim = test->dim, h = test->h, w = test->w, shown = test->n < 32 ? test->n : 32, rows, i, j, rc = 0;
+    int prev = av_set_grad_enabled(c, 0);
     float *grid = (float *)malloc((size_t)400 * dim * sizeof(float));
     av_tensor *recon;
+    if (!grid) { fprintf(stderr, "error: out of memory for the pictures\n"); return -1; }
 
     av_ctx_reset(c);
     copy_rows(grid, av_vae_sample(c, v, 64));
     snprintf(path, sizeof path, "%s/samples.png", dir);
-    rc |= ex_write_grid(path, grid, 64, 8, 8, 28, 28);
+    rc |= ex_write_grid(path, grid, 64, 8, 8, h, w);
 
-    ex_gather(test, NULL, 0, 32, xb, NULL);
-    recon = av_vae_reconstruct(c, v, av_wrap(c, xb, 2, 32, dim));
+    ex_gather(test, NULL, 0, shown, xb, NULL);
+    recon = av_vae_reconstruct(c, v, av_wrap(c, xb, 2, shown, dim));
     snprintf(path, sizeof path, "%s/reconstructions.png", dir);
-    rc |= ex_write_pairs(path, xb, recon->data, dim);
+    rc |= ex_write_pairs(path, xb, recon->data, shown, h, w);
 
-    /* 8 rows, each from one test image to the next in 10 steps */
-    for (i = 0; i < 8; i++)
+    /* up to 8 rows, each from one test image to the next in 10 steps */
+    if (shown == 1) memcpy(xb + dim, xb, (size_t)dim * sizeof(float)); /* one image: from itself to itself */
+    rows = shown / 2 < 1 ? 1 : shown / 2 > 8 ? 8 : shown / 2;
+    for (i = 0; i < rows; i++)
         copy_rows(grid + (size_t)10 * i * dim, av_vae_interpolate(c, v, av_wrap(c, xb + (size_t)2 * i * dim, 2, 2, dim), 10));
     snprintf(path, sizeof path, "%s/interpolations.png", dir);
-    rc |= ex_write_grid(path, grid, 80, 8, 10, 28, 28);
+    rc |= ex_write_grid(path, grid, 10 * rows, rows, 10, h, w);
 
     if (v->latent == 2) { /* the decoded latent plane and the test set's means */
         int n = test->n, start;
@@ -101,17 +118,17 @@ static int write_pictures(av_ctx *c, const av_vae *v, const ex_dataset *test, co
                 plane->data[2 * (20 * i + j) + 1] = 3.0f - 6.0f * i / 19.0f;
             }
         copy_rows(grid, av_sigmoid(c, v->decoder(c, plane, v->user)));
-        snprintf(path, sizeof path, "%s/manifold.png", dir);
-        rc |= ex_write_grid(path, grid, 400, 20, 20, 28, 28);
-        for (start = 0; start < n; start += 500) {
+        snprintf(path, sizeof path, "%s/manifold_2d.png", dir);
+        rc |= ex_write_grid(path, grid, 400, 20, 20, h, w);
+        for (start = 0; zs && start < n; start += 500) {
             int count = n - start < 500 ? n - start : 500;
             av_ctx_reset(c);
             ex_gather(test, NULL, start, count, xb, NULL);
             av_vae_encode(c, v, av_wrap(c, xb, 2, count, dim), &mu, &logvar);
             memcpy(zs + (size_t)2 * start, mu->data, (size_t)2 * count * sizeof(float));
         }
-        snprintf(path, sizeof path, "%s/latent_scatter.png", dir);
-        rc |= ex_write_scatter(path, zs, test->y, n, 512);
+        snprintf(path, sizeof path, "%s/latent_scatter_2d.png", dir);
+        rc |= zs ? ex_write_scatter(path, zs, test->y, n, 512, ex_class_names) : -1;
         free(zs);
     }
     av_set_grad_enabled(c, prev);
@@ -120,46 +137,75 @@ static int write_pictures(av_ctx *c, const av_vae *v, const ex_dataset *test, co
 }
 
 int main(int argc, char **argv) {
-    const char *data = ex_arg(argc, argv, "--data", "data/fashion");
-    const char *out_dir = ex_arg(argc, argv, "--out", "out/vae");
-    const char *load = ex_arg(argc, argv, "--load", NULL);
-    int quick = ex_flag(argc, argv, "--quick");
-    int epochs = ex_arg_int(argc, argv, "--epochs", quick ? 1 : 10);
-    int latent = ex_arg_int(argc, argv, "--latent", 20), hidden = ex_arg_int(argc, argv, "--hidden", 400);
-    int batch = ex_arg_int(argc, argv, "--batch", 128), k = ex_arg_int(argc, argv, "--iwae-k", quick ? 10 : 100);
-    long warmup = ex_arg_int(argc, argv, "--kl-warmup", 0);
-    float beta = ex_arg_float(argc, argv, "--beta", 1.0f);
-    av_optim opt = av_adam(ex_arg_float(argc, argv, "--lr", 1e-3f));
+    const char *data, *out_dir, *load;
+    int epochs, latent, hidden, batch, k_eval, k_train, warmup, seed, quick;
+    float lr, beta;
+    ex_flag flags[] = {
+        EX_STRING_FLAG("data", &data, "data/fashion", "directory of the four Fashion-MNIST IDX files"),
+        EX_STRING_FLAG("out", &out_dir, "out/vae", "directory for vae.safetensors and the pictures"),
+        EX_STRING_FLAG("load", &load, NULL, "start from this model file; alone, only evaluate and draw"),
+        EX_INT_FLAG("epochs", &epochs, "10", 0, 1000, "training epochs; 1 with --quick, 0 with --load, unless given"),
+        EX_INT_FLAG("latent", &latent, "20", 1, 1024, "latent dimensions; 2 adds a manifold and a scatter plot"),
+        EX_INT_FLAG("hidden", &hidden, "400", 1, 8192, "hidden units in the encoder and the decoder"),
+        EX_INT_FLAG("batch", &batch, "128", 1, 8192, "images per training step"),
+        EX_FLOAT_FLAG("lr", &lr, "1e-3", 1e-7, 1, "Adam learning rate"),
+        EX_FLOAT_FLAG("beta", &beta, "1", 0, 1000, "weight of the KL term of the ELBO"),
+        EX_INT_FLAG("kl-warmup", &warmup, "0", 0, 100000000, "steps over which the KL weight rises from 0 to beta"),
+        EX_INT_FLAG("iwae-k", &k_eval, "100", 1, 10000, "importance samples for the final test NLL; 10 with --quick"),
+        EX_INT_FLAG("iwae-k-train", &k_train, "0", 0, 100, "train on the IWAE bound with this many samples; 0: on the ELBO"),
+        EX_INT_FLAG("seed", &seed, "1", 0, 2147483647, "seed of the initial weights and of the noise"),
+        EX_SWITCH_FLAG("quick", &quick, "a short run for tests: at most 6016 training and 1000 test images"),
+    };
     ex_dataset train, test;
-    av_model *model;
-    av_ctx *c;
+    av_model *model = NULL;
+    av_ctx *c = NULL;
+    av_optim opt;
     av_vae v;
     nets net;
-    int *order, epoch, n_train, n_test, rc = 0;
-    float *xb;
+    int *order = NULL, epoch, n_train, n_test, rc = 0;
+    float *xb = NULL;
     double neg_elbo = 0, iwae_nll = 0, img_per_s = 0, t_train = 0;
-    char path[1024];
+    char path[1100], objective[32] = "elbo";
+    int status;
 
+    status = ex_parse(argc, argv, "Trains a VAE on Fashion-MNIST and draws what it learned.", flags, EX_COUNT(flags));
+    if (status >= 0) return status;
+    if (!ex_given(flags, EX_COUNT(flags), "epochs")) epochs = load ? 0 : quick ? 1 : epochs;
+    if (quick && !ex_given(flags, EX_COUNT(flags), "iwae-k")) k_eval = 10;
+    if (k_train && (beta != 1.0f || warmup)) {
+        fprintf(stderr, "vae_fashion: --beta and --kl-warmup weight the ELBO's KL term, not the IWAE bound of --iwae-k-train\n");
+        return 2;
+    }
+    if ((long)k_train * batch > MAX_IWAE_ROWS) {
+        fprintf(stderr, "vae_fashion: --iwae-k-train %d times --batch %d is over %d decoder rows a step\n", k_train, batch,
+                MAX_IWAE_ROWS);
+        return 2;
+    }
+    if (k_train) snprintf(objective, sizeof objective, "iwae%d", k_train);
     if (ex_load_fashion(data, &train, &test)) return 1;
-    n_train = quick ? 6016 : train.n;
-    n_test = quick ? 1000 : test.n;
-    if (ex_mkdirs(out_dir)) return 1;
-    model = av_model_new((uint64_t)ex_arg_int(argc, argv, "--seed", 1));
+    if (ex_out_dir(out_dir)) {
+        ex_dataset_free(&train); ex_dataset_free(&test);
+        return 1;
+    }
+    n_train = quick && train.n > 6016 ? 6016 : train.n;
+    n_test = quick && test.n > 1000 ? 1000 : test.n;
+    model = av_model_new((uint64_t)seed);
     c = av_ctx_new();
-    av_ctx_seed(c, (uint64_t)ex_arg_int(argc, argv, "--seed", 1) + 1);
+    av_ctx_seed(c, (uint64_t)seed + 1);
+    opt = av_adam(lr);
     v = vae_new(model, &net, train.dim, hidden, latent);
     order = (int *)malloc((size_t)train.n * sizeof(int));
     xb = (float *)malloc((size_t)(batch > 500 ? batch : 500) * train.dim * sizeof(float));
-    printf("vae_fashion: %d-%d-%d-%d-%d, %ld parameters, beta %g, gemm path %s\n", train.dim, hidden, latent, hidden,
-           train.dim, av_model_num_values(model), (double)beta, av_isa_name(av_get_isa()));
-
-    if (load) {
+    if (!order || !xb) { fprintf(stderr, "error: out of memory\n"); rc = 1; }
+    printf("vae_fashion: %d-%d-%d-%d-%d, %ld parameters, %s, %d train / %d test images, gemm path %s\n", train.dim, hidden,
+           latent, hidden, train.dim, av_model_num_values(model), objective, n_train, n_test, av_isa_name(av_get_isa()));
+    if (!rc && load) {
         if ((rc = av_model_load(model, load)) != 0) fprintf(stderr, "error: %s\n", av_error());
         else printf("loaded %s\n", load);
-        epochs = 0;
     }
+
     for (epoch = 1; epoch <= epochs && !rc; epoch++) {
-        double nll = 0, kl = 0, t0 = ex_now(), test_elbo, unused;
+        double rec = 0, kl = 0, t0 = ex_now(), seconds, test_elbo, unused;
         int start, seen = 0;
         ex_shuffle(order, train.n, av_ctx_rng(c));
         for (start = 0; start < n_train && !rc; start += batch) {
@@ -168,39 +214,50 @@ int main(int argc, char **argv) {
             av_tensor *loss;
             av_ctx_reset(c);
             ex_gather(&train, order, start, count, xb, NULL);
-            loss = vae_loss(c, &v, av_wrap(c, xb, 2, count, train.dim), av_kl_warmup(av_model_step(model), warmup, beta),
-                            &nll, &kl);
+            loss = batch_loss(c, &v, av_wrap(c, xb, 2, count, train.dim), k_train,
+                              av_kl_warmup(av_model_step(model), warmup, beta), &rec, &kl);
             av_model_zero_grad(model);
             av_backward(c, loss);
             if ((rc = av_optim_step(model, &opt)) != 0) fprintf(stderr, "\nerror: %s\n", av_error());
             seen += count;
-            snprintf(info, sizeof info, "-elbo %.1f", (nll + kl) / seen);
+            snprintf(info, sizeof info, "-%s %.1f", objective, (rec + kl) / seen);
             if ((start / batch) % 25 == 0 || start + count >= n_train) ex_progress("train", seen, n_train, info);
         }
-        t_train += ex_now() - t0;
+        if (rc) break;
+        seconds = ex_now() - t0; /* training only, as in the summary and make bench */
+        t_train += seconds;
         img_per_s = (double)n_train * epoch / t_train;
         evaluate(c, &v, &test, n_test, 500, 0, xb, &test_elbo, &unused);
-        printf("epoch %2d  train -elbo %.2f (rec %.2f + kl %.2f)  test -elbo %.2f nats/image  %.0f img/s\n", epoch,
-               (nll + kl) / seen, nll / seen, kl / seen, test_elbo, (double)seen / (ex_now() - t0));
+        if (k_train) printf("epoch %2d  train -%s %.2f", epoch, objective, rec / seen);
+        else printf("epoch %2d  train -elbo %.2f (rec %.2f + kl %.2f)", epoch, (rec + kl) / seen, rec / seen, kl / seen);
+        printf("  test -elbo %.2f nats/image  %.0f img/s\n", test_elbo, seen / seconds);
         fflush(stdout);
     }
     if (!rc) {
-        evaluate(c, &v, &test, n_test, 100, k, xb, &neg_elbo, &iwae_nll);
-        printf("test -elbo %.2f nats/image, IWAE (k=%d) NLL %.2f nats/image on %d images\n", neg_elbo, k, iwae_nll, n_test);
-        if (!load) {
-            snprintf(path, sizeof path, "%s/vae.safetensors", out_dir);
-            if ((rc = av_model_save(model, path)) != 0) fprintf(stderr, "error: %s\n", av_error());
-            else printf("saved %s\n", path);
+        evaluate(c, &v, &test, n_test, 100, k_eval, xb, &neg_elbo, &iwae_nll);
+        printf("test -elbo %.2f nats/image, IWAE (k=%d) NLL %.2f nats/image on %d images\n", neg_elbo, k_eval, iwae_nll,
+               n_test);
+        if (!isfinite(neg_elbo) || !isfinite(iwae_nll)) {
+            fprintf(stderr, "error: the test loss is not finite: the model is broken\n");
+            rc = 1;
         }
-        if (!rc && (rc = write_pictures(c, &v, &test, out_dir, xb)) == 0)
-            printf("pictures: %s/samples.png %s/reconstructions.png %s/interpolations.png%s\n", out_dir, out_dir,
-                   out_dir, latent == 2 ? " manifold.png latent_scatter.png" : "");
     }
-    printf("summary: {\"test_neg_elbo\": %.3f, \"iwae_nll\": %.3f, \"iwae_k\": %d, \"img_per_s\": %.0f, \"epochs\": %d, "
-           "\"latent\": %d, \"beta\": %g}\n",
-           neg_elbo, iwae_nll, k, img_per_s, epochs, latent, (double)beta);
-    free(order); free(xb);
-    ex_dataset_free(&train); ex_dataset_free(&test);
+    if (!rc && epochs > 0) {
+        snprintf(path, sizeof path, "%s/vae.safetensors", out_dir);
+        if ((rc = av_model_save(model, path)) != 0) fprintf(stderr, "error: %s\n", av_error());
+        else printf("saved %s\n", path);
+    }
+    if (!rc && (rc = write_pictures(c, &v, &test, out_dir, xb)) == 0)
+        printf("pictures: %s/samples.png %s/reconstructions.png %s/interpolations.png%s\n", out_dir, out_dir, out_dir,
+               latent == 2 ? " manifold_2d.png latent_scatter_2d.png" : "");
+    if (!rc)
+        printf("summary: {\"test_neg_elbo\": %.3f, \"iwae_nll\": %.3f, \"iwae_k\": %d, \"img_per_s\": %.0f, \"epochs\": %d, "
+               "\"latent\": %d, \"beta\": %g, \"iwae_k_train\": %d}\n",
+               neg_elbo, iwae_nll, k_eval, img_per_s, epochs, latent, (double)beta, k_train);
+    free(order);
+    free(xb);
+    ex_dataset_free(&train);
+    ex_dataset_free(&test);
     av_ctx_free(c);
     av_model_free(model);
     return rc ? 1 : 0;

@@ -8,7 +8,11 @@
         interpolation) and the statistics of the reparameterization;
      3. a linear-Gaussian "VAE" whose log p(x), posterior and ELBO are exact:
         ELBO <= log p(x), IWAE estimates rising with k towards log p(x), and
-        IWAE with the exact posterior as q equal to log p(x) per sample;
+        IWAE with the exact posterior as q equal to log p(x) per sample; the
+        trainable IWAE bound (av_iwae_loss) likewise, and rebuilt from the
+        RNG stream; then av_logsumexp against double precision,
+        av_reparameterize_eps against its formula, and finite-difference
+        checks of both and of the IWAE loss through a model;
      4. a cross-check of loss and every gradient against PyTorch, with the
         weights, data and noise carried through safetensors files.
 
@@ -21,6 +25,7 @@
 
 #include <float.h>
 #include <math.h>
+#include <setjmp.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -674,8 +679,6 @@ static void test_gradients(void) {
     fd_run(&fc);
     fd_quiet = 0;
     CHECK(fd_bad == 15, "FD self-test: a gradient 3%% off was caught in %d of 15 elements", fd_bad);
-    printf("info: %d gradient elements checked by finite differences; worst |err|/tol %.3f (%s)\n", fd_elements,
-           fd_worst_ratio, fd_worst_what);
 }
 
 /* ======================================================================= */
@@ -1215,6 +1218,85 @@ static void test_linear_gaussian(av_ctx *c) {
         }
     }
 
+    /* (b2) the trainable IWAE bound, av_iwae_loss: k samples batched as k*B
+       rows. Its per-example bound, rebuilt in double from the ctx RNG's
+       normal stream (row j*B + b is sample j of example b), then on REP
+       copies of each x: E[bound] rises with k, stays below log p(x) and is
+       the closed-form ELBO at k = 1 (tolerances as in (b)). */
+    {
+        enum { K = 3 };
+        static const int kt[3] = {1, 5, 50};
+        int n = LG_NX * REP;
+        double mk[3][LG_NX], sk[3][LG_NX];
+        av_tensor *mu, *lv, *x, *bound, *loss;
+        av_rng copy;
+        av_ctx_reset(c);
+        mu = av_zeros(c, 2, LG_NX, 2); lv = av_zeros(c, 2, LG_NX, 2); x = av_zeros(c, 2, LG_NX, 3);
+        for (b = 0; b < LG_NX; b++) {
+            for (j = 0; j < 2; j++) { mu->data[b * 2 + j] = (float)mq[b][j]; lv->data[b * 2 + j] = (float)log(vq[b][j]); }
+            for (j = 0; j < 3; j++) x->data[b * 3 + j] = (float)X[b][j];
+        }
+        av_ctx_seed(c, 4343);
+        copy = *av_ctx_rng(c);
+        loss = av_iwae_loss(c, x, mu, lv, K, lg_nll, &gn, &bound);
+        CHECK(bound->ndim == 1 && bound->shape[0] == LG_NX && loss->ndim == 0, "av_iwae_loss: bound not [B] or loss not a scalar");
+        {
+            double eps[K][LG_NX][2], lw[K], mean = 0;
+            int k;
+            for (k = 0; k < K; k++)
+                for (b = 0; b < LG_NX; b++)
+                    for (j = 0; j < 2; j++) eps[k][b][j] = av_rng_normal(&copy);
+            for (b = 0; b < LG_NX; b++) {
+                for (k = 0; k < K; k++) {
+                    double z[2], s2 = exp((double)gn.lvx), w = 0;
+                    for (j = 0; j < 2; j++) {
+                        double var = exp((double)lv->data[b * 2 + j]);
+                        z[j] = mu->data[b * 2 + j] + sqrt(var) * eps[k][b][j];
+                        w += ref_lognormal(z[j], 0, 1) - ref_lognormal(z[j], mu->data[b * 2 + j], var);
+                    }
+                    for (i = 0; i < LG_D; i++)
+                        w += ref_lognormal(X[b][i], gn.b[i] + gn.W[i * 2] * z[0] + gn.W[i * 2 + 1] * z[1], s2);
+                    lw[k] = w;
+                }
+                CHECK_CLOSE(bound->data[b], ref_lme(lw, K), 1e-4, 1e-6, "av_iwae_loss k=3 bound vs log-weights rebuilt from the RNG stream");
+                mean += ref_lme(lw, K) / LG_NX;
+            }
+            CHECK_CLOSE(av_item(loss), -mean, 1e-4, 1e-6, "av_iwae_loss = -(batch mean of the bound)");
+        }
+        av_ctx_reset(c);
+        mu = av_zeros(c, 2, n, 2); lv = av_zeros(c, 2, n, 2); x = av_zeros(c, 2, n, 3);
+        for (r = 0; r < REP; r++)
+            for (b = 0; b < LG_NX; b++) {
+                int row = r * LG_NX + b;
+                for (j = 0; j < 2; j++) { mu->data[row * 2 + j] = (float)mq[b][j]; lv->data[row * 2 + j] = (float)log(vq[b][j]); }
+                for (j = 0; j < 3; j++) x->data[row * 3 + j] = (float)X[b][j];
+            }
+        for (ki = 0; ki < 3; ki++) {
+            av_mark mark = av_ctx_mark(c);
+            av_ctx_seed(c, 2000 + ki);
+            av_iwae_loss(c, x, mu, lv, kt[ki], lg_nll, &gn, &bound);
+            for (b = 0; b < LG_NX; b++) {
+                double s1 = 0, s2 = 0;
+                for (r = 0; r < REP; r++) { s1 += bound->data[r * LG_NX + b]; s2 += sq(bound->data[r * LG_NX + b]); }
+                mk[ki][b] = s1 / REP;
+                sk[ki][b] = sqrt((s2 / REP - sq(s1 / REP)) / (REP - 1));
+            }
+            av_ctx_rewind(c, mark);
+        }
+        for (b = 0; b < LG_NX; b++) {
+            printf("info: IWAE loss x%d: exact log p(x) %.4f, ELBO %.4f; bound k=1 %.4f±%.4f k=5 %.4f±%.4f k=50 %.4f±%.4f\n", b,
+                   logpx[b], elbo[b], mk[0][b], sk[0][b], mk[1][b], sk[1][b], mk[2][b], sk[2][b]);
+            CHECK_CLOSE(mk[0][b], elbo[b], 5 * sk[0][b] + 1e-4, 0, "av_iwae_loss k=1 averages to the closed-form ELBO");
+            for (ki = 0; ki < 3; ki++)
+                CHECK(mk[ki][b] <= logpx[b] + 4 * sk[ki][b] + 1e-4, "av_iwae_loss k=%d x%d: bound %.5f above log p(x) %.5f",
+                      kt[ki], b, mk[ki][b], logpx[b]);
+            for (ki = 1; ki < 3; ki++)
+                CHECK(mk[ki][b] > mk[ki - 1][b] + 2 * sqrt(sq(sk[ki][b]) + sq(sk[ki - 1][b])),
+                      "av_iwae_loss x%d: k=%d bound %.5f not clearly above k=%d bound %.5f", b, kt[ki], mk[ki][b],
+                      kt[ki - 1], mk[ki - 1][b]);
+        }
+    }
+
     /* (c) q = the exact posterior (diagonal, W has orthogonal columns): the
        weight p(x, z) / q(z | x) = p(x) for every z, so every IWAE estimate,
        even with k = 1, is log p(x) up to fp32 rounding of the log-weight terms
@@ -1257,6 +1339,249 @@ static void test_linear_gaussian(av_ctx *c) {
                worst, spread_bad);
     }
     free(lp);
+}
+
+/* ======================================================================= */
+/* 3b. logsumexp, a caller's eps, the trainable IWAE loss                  */
+/* ======================================================================= */
+static int lse_axis, lse_keepdim;
+static av_tensor *fwd_lse(av_ctx *c, fd_case *fc, int grad) {
+    return av_logsumexp(c, fd_leaf(c, fc, 0, grad), lse_axis, lse_keepdim);
+}
+
+/* log sum exp in double, the plain way after taking out the max (values are finite) */
+static double ref_lse(const float *x, int n, int stride) {
+    double m = x[0], s = 0;
+    int k;
+    for (k = 1; k < n; k++) m = x[(size_t)k * stride] > m ? x[(size_t)k * stride] : m;
+    for (k = 0; k < n; k++) s += exp(x[(size_t)k * stride] - m);
+    return m + log(s);
+}
+
+/* Programming errors are caught through the abort handler. */
+static jmp_buf t_jmp;
+static char t_msg[600];
+static void t_on_abort(const char *m) {
+    strncpy(t_msg, m, sizeof t_msg - 1);
+    t_msg[sizeof t_msg - 1] = 0;
+    longjmp(t_jmp, 1);
+}
+#define EXPECT_ABORT(what, stmt, s1, s2)                                                                     \
+    do {                                                                                                     \
+        t_msg[0] = 0;                                                                                        \
+        if (setjmp(t_jmp) == 0) {                                                                            \
+            stmt;                                                                                            \
+            CHECK(0, "%s: no error reported", what);                                                         \
+        } else {                                                                                             \
+            CHECK(strstr(t_msg, s1) && strstr(t_msg, s2), "%s: message \"%s\" lacks %s / %s", what, t_msg, s1, s2); \
+        }                                                                                                    \
+    } while (0)
+
+static void test_logsumexp(av_ctx *c) {
+    static const int shape[3] = {3, 4, 5};
+    float x[60], shifted[60], inf_rows[3 * 4];
+    av_tensor *t, *out, *w;
+    int axis, keepdim, o, i, k, fail, form;
+    fd_case fc;
+    tr_fill(x, 60, -5, 5);
+    /* every axis, both keepdims: values against double precision, with the
+       inputs as they are and shifted by +-1000 (where e^x overflows or
+       vanishes in fp32 and in double) */
+    for (form = 0; form < 3; form++) {
+        double shift = form == 0 ? 0 : form == 1 ? 1000 : -1000;
+        for (i = 0; i < 60; i++) shifted[i] = (float)(x[i] + shift);
+        for (axis = -1; axis < 3; axis++)
+            for (keepdim = 0; keepdim < 2; keepdim++) {
+                int a = axis < 0 ? 2 : axis, outer = 1, inner = 1, nd = keepdim ? 3 : 2;
+                for (i = 0; i < a; i++) outer *= shape[i];
+                for (i = a + 1; i < 3; i++) inner *= shape[i];
+                av_ctx_reset(c);
+                out = av_logsumexp(c, av_from_shape(c, shifted, 3, shape), axis, keepdim);
+                CHECK(out->ndim == nd && out->size == outer * inner && (!keepdim || out->shape[a] == 1),
+                      "logsumexp axis %d keepdim %d: output shape", axis, keepdim);
+                fail = 0;
+                for (o = 0; o < outer; o++)
+                    for (i = 0; i < inner; i++) {
+                        double want = ref_lse(shifted + (size_t)o * shape[a] * inner + i, shape[a], inner);
+                        /* the fp32 result of a double computation: half an ulp, and up to 1000 */
+                        fail += !(fabs(out->data[o * inner + i] - want) <= 1e-7 * fabs(want) + 1e-7);
+                    }
+                CHECK(!fail, "logsumexp axis %d keepdim %d shift %g: %d values off the double reference", axis,
+                      keepdim, shift, fail);
+            }
+    }
+    /* -inf entries count for nothing; a row of -inf gives -inf; an empty axis -inf; NaN and +inf propagate */
+    for (i = 0; i < 12; i++) inf_rows[i] = -INFINITY;
+    inf_rows[1] = 0.0f; inf_rows[3] = (float)log(2.0);   /* row 0: -inf 0 -inf log2: log 3 */
+    inf_rows[8] = NAN; inf_rows[9] = 1.0f;               /* row 2: NaN 1 -inf -inf: NaN */
+    av_ctx_reset(c);
+    t = av_from(c, inf_rows, 2, 3, 4);
+    av_requires_grad(c, t);
+    out = av_logsumexp(c, t, 1, 0);
+    CHECK_CLOSE(out->data[0], log(3.0), 0, 1e-7, "logsumexp(-inf, 0, -inf, log 2) = log 3");
+    CHECK(out->data[1] == -INFINITY, "logsumexp of a row of -inf = %g, want -inf", (double)out->data[1]);
+    CHECK(isnan(out->data[2]), "logsumexp with a NaN = %g, want NaN", (double)out->data[2]);
+    /* gradient: softmax for row 0 (0 at -inf), nothing (not NaN) for the -inf row */
+    w = av_zeros(c, 1, 2);
+    w->data[0] = 2.0f; w->data[1] = 3.0f;
+    av_backward(c, av_sum_all(c, av_mul(c, av_slice(c, out, 0, 0, 2), w)));
+    CHECK(t->grad[0] == 0 && t->grad[2] == 0, "logsumexp: -inf entries got gradient %g %g", (double)t->grad[0], (double)t->grad[2]);
+    CHECK_CLOSE(t->grad[1], 2.0 / 3.0, 0, 1e-6, "logsumexp gradient = softmax: 2 * 1/3");
+    CHECK_CLOSE(t->grad[3], 4.0 / 3.0, 0, 1e-6, "logsumexp gradient = softmax: 2 * 2/3");
+    for (i = 4, k = 0; i < 8; i++) k += t->grad[i] != 0;
+    CHECK(k == 0, "logsumexp: a row of -inf passed %d nonzero (or NaN) gradients", k);
+    av_ctx_reset(c);
+    inf_rows[0] = INFINITY; inf_rows[1] = 5.0f;
+    out = av_logsumexp(c, av_from(c, inf_rows, 2, 1, 2), 1, 0);
+    CHECK(out->data[0] == INFINITY, "logsumexp(+inf, 5) = %g, want +inf", (double)out->data[0]);
+    out = av_logsumexp(c, av_zeros(c, 2, 2, 0), 1, 1);
+    CHECK(out->ndim == 2 && out->shape[0] == 2 && out->shape[1] == 1 && out->data[0] == -INFINITY && out->data[1] == -INFINITY,
+          "logsumexp over an empty axis is not [2,1] of -inf");
+    /* finite differences over each axis */
+    for (axis = -1; axis < 3; axis++) {
+        static const char *names[4] = {"av_logsumexp axis -1 keepdim", "av_logsumexp axis 0", "av_logsumexp axis 1 keepdim", "av_logsumexp axis 2"};
+        lse_axis = axis;
+        lse_keepdim = !(axis & 1);
+        fd_init(&fc, names[axis + 1], fwd_lse, NULL);
+        fd_var(&fc, "x", x, 3, 3, 4, 5);
+        fd_run(&fc);
+    }
+    av_ctx_reset(c);
+    av_set_abort_handler(t_on_abort);
+    EXPECT_ABORT("logsumexp axis 2 of [2,3]", av_logsumexp(c, av_zeros(c, 2, 2, 3), 2, 0), "av_logsumexp", "[2,3]");
+    av_set_abort_handler(NULL);
+}
+
+/* vars mu, logvar; the eps is a constant of the case */
+static const float *re_eps;
+static av_tensor *fwd_reparam_eps(av_ctx *c, fd_case *fc, int grad) {
+    av_tensor *mu = fd_leaf(c, fc, 0, grad);
+    return av_reparameterize_eps(c, mu, fd_leaf(c, fc, 1, grad), av_from(c, re_eps, 2, mu->shape[0], mu->shape[1]));
+}
+
+static void test_reparameterize_eps(av_ctx *c) {
+    float mu[12], lv[12], eps[12];
+    av_tensor *mt, *lt, *et, *z, *z2, *z3;
+    int i, same = 1;
+    fd_case fc;
+    tr_fill(mu, 12, -1, 1);
+    tr_fill(lv, 12, -1.5, 1);
+    for (i = 0; i < 12; i++) eps[i] = (float)tr_normal();
+    av_ctx_reset(c);
+    mt = av_from(c, mu, 2, 3, 4); lt = av_from(c, lv, 2, 3, 4); et = av_from(c, eps, 2, 3, 4);
+    av_requires_grad(c, mt); av_requires_grad(c, lt); av_requires_grad(c, et);
+    z = av_reparameterize_eps(c, mt, lt, et);
+    for (i = 0; i < 12; i++)
+        CHECK_CLOSE(z->data[i], mu[i] + exp(0.5 * lv[i]) * eps[i], 1e-6, 1e-6, "av_reparameterize_eps: z = mu + exp(lv/2) eps");
+    av_backward(c, av_sum_all(c, z));
+    for (i = 0; i < 12; i++) {
+        CHECK_CLOSE(mt->grad[i], 1.0, 0, 0, "d sum z / d mu = 1");
+        CHECK_CLOSE(lt->grad[i], 0.5 * eps[i] * exp(0.5 * lv[i]), 1e-7, 1e-6, "d sum z / d logvar = eps sigma / 2");
+    }
+    CHECK(et->grad == NULL, "av_reparameterize_eps: a gradient reached eps");
+    /* av_reparameterize is av_reparameterize_eps with eps = av_randn, bit for bit */
+    av_ctx_seed(c, 606);
+    z2 = av_reparameterize(c, mt, lt);
+    av_ctx_seed(c, 606);
+    z3 = av_reparameterize_eps(c, mt, lt, av_randn(c, 0, 1, 2, 3, 4));
+    for (i = 0; i < 12; i++) same &= z2->data[i] == z3->data[i];
+    CHECK(same, "av_reparameterize differs from av_reparameterize_eps(av_randn) with the same seed");
+    re_eps = eps;
+    fd_init(&fc, "av_reparameterize_eps", fwd_reparam_eps, NULL);
+    fd_var(&fc, "mu", mu, 2, 3, 4);
+    fd_var(&fc, "logvar", lv, 2, 3, 4);
+    fd_run(&fc);
+    av_ctx_reset(c);
+    av_set_abort_handler(t_on_abort);
+    EXPECT_ABORT("reparameterize_eps shapes", av_reparameterize_eps(c, av_zeros(c, 2, 3, 4), av_zeros(c, 2, 3, 4), av_zeros(c, 2, 4, 3)),
+                 "av_reparameterize_eps", "[4,3]");
+    av_set_abort_handler(NULL);
+}
+
+/* a tiny av_vae and its IWAE-3 bound per example, for finite differences */
+static av_tensor *fwd_vae_iwae(av_ctx *c, fd_case *fc, int grad) {
+    av_vae *v = (av_vae *)fc->user;
+    static const float x[8] = {0.3f, 0.2f, 0.8f, 0.1f, 0.5f, 0.4f, 0.9f, 0.7f};
+    av_tensor *bound;
+    (void)grad;
+    av_vae_iwae_loss(c, v, av_from(c, x, 2, 2, 4), 3, &bound);
+    return bound;
+}
+/* vars mu, logvar of the linear-Gaussian model's q; IWAE-4 bound per example */
+static av_tensor *fwd_lg_iwae(av_ctx *c, fd_case *fc, int grad) {
+    static const float x[6] = {0.5f, -1.0f, 1.5f, 2.0f, 0.3f, -0.7f};
+    av_tensor *bound;
+    av_iwae_loss(c, av_from(c, x, 2, 2, 3), fd_leaf(c, fc, 0, grad), fd_leaf(c, fc, 1, grad), 4, lg_nll, fc->user, &bound);
+    return bound;
+}
+
+static void test_iwae_loss(av_ctx *c) {
+    int enc_sizes[2] = {4, 5}, dec_sizes[2] = {3, 4}, i, j, b;
+    float x[8], mu4[4], lv4[4];
+    vae_nets nets;
+    av_model *m = av_model_new(31);
+    av_vae v;
+    av_tensor *xt, *mu, *lv, *nll, *bound, *loss, *loss2;
+    av_rng copy;
+    fd_case fc;
+    lg_model g;
+    nets.enc = av_mlp_new(m, "enc", 1, enc_sizes, AV_ACT_TANH);
+    nets.dec = av_mlp_new(m, "dec", 1, dec_sizes, AV_ACT_TANH);
+    v = av_vae_new(m, "vae", 5, 3, tv_enc, tv_dec, &nets, AV_BERNOULLI);
+    tr_fill(x, 8, 0, 1);
+
+    /* k = 1 is the ELBO with the same eps, its KL taken from that one sample:
+       bound = -nll(z) + log N(z | 0, I) - log N(z | mu, sigma^2)
+             = -nll(z) + sum_j (eps_j^2 + logvar_j - z_j^2) / 2,
+       with nll(z) from av_vae_loss under the same seed (the same z) */
+    av_ctx_reset(c);
+    xt = av_from(c, x, 2, 2, 4);
+    av_ctx_seed(c, 12);
+    copy = *av_ctx_rng(c);
+    loss = av_vae_iwae_loss(c, &v, xt, 1, &bound);
+    av_ctx_seed(c, 12);
+    av_vae_loss(c, &v, xt, 1.0f, &nll, NULL);
+    av_vae_encode(c, &v, xt, &mu, &lv);
+    for (b = 0; b < 2; b++) {
+        double want = -(double)nll->data[b];
+        for (j = 0; j < 3; j++) {
+            double e = av_rng_normal(&copy), l = lv->data[b * 3 + j], z = mu->data[b * 3 + j] + exp(0.5 * l) * e;
+            want += 0.5 * (e * e + l - z * z);
+        }
+        CHECK_CLOSE(bound->data[b], want, 1e-5, 1e-6, "IWAE k=1 = -nll - (log q - log p) of the ELBO's own z");
+    }
+    CHECK_CLOSE(av_item(loss), -0.5 * ((double)bound->data[0] + bound->data[1]), 0, 1e-6, "IWAE loss = -mean bound");
+    /* av_vae_iwae_loss is av_iwae_loss on the VAE's pieces, bit for bit */
+    av_ctx_seed(c, 13);
+    loss = av_vae_iwae_loss(c, &v, xt, 7, NULL);
+    av_ctx_seed(c, 13);
+    av_vae_encode(c, &v, xt, &mu, &lv);
+    loss2 = av_iwae_loss(c, xt, mu, lv, 7, tv_bernoulli_nll, &nets, NULL);
+    CHECK(av_item(loss) == av_item(loss2), "av_vae_iwae_loss %.9g != av_iwae_loss %.9g", (double)av_item(loss), (double)av_item(loss2));
+
+    /* gradients through k = 3 samples, every parameter */
+    fd_init(&fc, "av_vae_iwae_loss k=3 (bound per example)", fwd_vae_iwae, &v);
+    for (i = 0; i < av_model_count(m); i++) fd_param(&fc, av_model_param(m, i));
+    fd_run(&fc);
+    /* and w.r.t. q's mu and logvar, with a Gaussian decoder */
+    for (i = 0; i < LG_D * LG_Z; i++) g.W[i] = (float)tr_in(-1, 1);
+    for (i = 0; i < LG_D; i++) g.b[i] = (float)tr_in(-0.5, 0.5);
+    g.lvx = -0.5f;
+    tr_fill(mu4, 4, -1, 1);
+    tr_fill(lv4, 4, -1.5, 0.5);
+    fd_init(&fc, "av_iwae_loss k=4 d/d(mu, logvar)", fwd_lg_iwae, &g);
+    fd_var(&fc, "mu", mu4, 2, 2, 2);
+    fd_var(&fc, "logvar", lv4, 2, 2, 2);
+    fd_run(&fc);
+
+    av_ctx_reset(c);
+    av_set_abort_handler(t_on_abort);
+    EXPECT_ABORT("iwae k=0", av_vae_iwae_loss(c, &v, av_from(c, x, 2, 2, 4), 0, NULL), "av_iwae_loss", "k = 0");
+    av_ctx_reset(c);
+    EXPECT_ABORT("iwae batch", av_iwae_loss(c, av_from(c, x, 2, 2, 4), av_zeros(c, 2, 1, 3), av_zeros(c, 2, 1, 3), 2,
+                                            tv_bernoulli_nll, &nets, NULL), "av_iwae_loss", "[2,4]");
+    av_set_abort_handler(NULL);
+    av_model_free(m);
 }
 
 /* ======================================================================= */
@@ -1322,17 +1647,19 @@ static tv_net tv_build(av_model *m) {
 typedef struct tv_out { av_tensor *mu, *lv, *z, *logits, *nll, *kl, *loss; double margin; } tv_out;
 
 /* 12-8-3-8-12 ReLU VAE, Bernoulli decoder, loss = mean(sum BCE + KL).
-   eps NULL: z from av_reparameterize (ctx seeded with TV_EPS_SEED);
-   else z = mu + exp(lv / 2) * eps composed from ops. */
-static tv_out tv_forward(av_ctx *c, const tv_net *n, const float *x, const float *eps) {
+   eps NULL: z from av_reparameterize (ctx seeded with TV_EPS_SEED); else
+   z = mu + exp(lv / 2) * eps, composed from ops (composed = 1) or by
+   av_reparameterize_eps (composed = 0). */
+static tv_out tv_forward(av_ctx *c, const tv_net *n, const float *x, const float *eps, int composed) {
     tv_out o;
     av_tensor *xt = av_from(c, x, 2, TV_B, TV_IN), *pre1, *pre2;
     int i;
     av_ctx_seed(c, TV_EPS_SEED);
     pre1 = av_mlp_forward(c, &n->enc, xt);
     av_gaussian_head_forward(c, &n->head, av_relu(c, pre1), &o.mu, &o.lv);
-    if (eps) o.z = av_add(c, o.mu, av_mul(c, av_exp(c, av_scale(c, o.lv, 0.5f)), av_from(c, eps, 2, TV_B, TV_Z)));
-    else o.z = av_reparameterize(c, o.mu, o.lv);
+    if (!eps) o.z = av_reparameterize(c, o.mu, o.lv);
+    else if (composed) o.z = av_add(c, o.mu, av_mul(c, av_exp(c, av_scale(c, o.lv, 0.5f)), av_from(c, eps, 2, TV_B, TV_Z)));
+    else o.z = av_reparameterize_eps(c, o.mu, o.lv, av_from(c, eps, 2, TV_B, TV_Z));
     o.logits = av_mlp_forward(c, &n->dec, o.z);
     o.nll = av_bernoulli_nll(c, o.logits, xt);
     o.kl = av_kl_std_normal(c, o.mu, o.lv);
@@ -1353,7 +1680,7 @@ static void test_torch(av_ctx *c, const char *dir) {
     tv_out o;
     float x[TV_B * TV_IN], eps[TV_B * TV_Z], **g1;
     av_st_item items[2];
-    int shape_x[2], shape_e[2], i, j, rc, np;
+    int shape_x[2], shape_e[2], i, j, rc, np, form;
     av_rng copy;
     av_st_file *f = NULL;
     double worst = 0;
@@ -1402,26 +1729,37 @@ static void test_torch(av_ctx *c, const char *dir) {
     /* the library's own path: av_reparameterize with the ctx seeded */
     av_ctx_reset(c);
     av_model_zero_grad(m);
-    o = tv_forward(c, &net, x, NULL);
-    av_backward(c, o.loss);
-    CHECK(o.margin > 1e-3, "test data: a ReLU input is %g from the kink (fp32 vs fp64 could differ)", o.margin);
-    tv_compare(f, "mu", o.mu->data, o.mu->size, &worst);
-    tv_compare(f, "logvar", o.lv->data, o.lv->size, &worst);
-    tv_compare(f, "z", o.z->data, o.z->size, &worst);
-    tv_compare(f, "logits", o.logits->data, o.logits->size, &worst);
-    tv_compare(f, "nll", o.nll->data, o.nll->size, &worst);
-    tv_compare(f, "kl", o.kl->data, o.kl->size, &worst);
-    tv_compare(f, "loss", o.loss->data, 1, &worst);
     g1 = (float **)malloc(sizeof(float *) * (size_t)np);
-    for (i = 0; i < np; i++) {
-        av_tensor *p = av_model_param(m, i);
-        char name[160];
-        snprintf(name, sizeof name, "grad.%s", p->name);
-        tv_compare(f, name, p->grad, p->size, &worst);
-        g1[i] = (float *)malloc(sizeof(float) * (size_t)p->size);
-        memcpy(g1[i], p->grad, sizeof(float) * (size_t)p->size);
+    for (i = 0; i < np; i++) g1[i] = (float *)malloc(sizeof(float) * (size_t)av_model_param(m, i)->size);
+    /* twice: z drawn by av_reparameterize, then the file's eps handed to
+       av_reparameterize_eps as a caller's eps (the way to match another
+       framework's draws) */
+    for (form = 0; form < 2; form++) {
+        av_ctx_reset(c);
+        av_model_zero_grad(m);
+        o = tv_forward(c, &net, x, form ? eps : NULL, 0);
+        av_backward(c, o.loss);
+        CHECK(o.margin > 1e-3, "test data: a ReLU input is %g from the kink (fp32 vs fp64 could differ)", o.margin);
+        tv_compare(f, "mu", o.mu->data, o.mu->size, &worst);
+        tv_compare(f, "logvar", o.lv->data, o.lv->size, &worst);
+        tv_compare(f, "z", o.z->data, o.z->size, &worst);
+        tv_compare(f, "logits", o.logits->data, o.logits->size, &worst);
+        tv_compare(f, "nll", o.nll->data, o.nll->size, &worst);
+        tv_compare(f, "kl", o.kl->data, o.kl->size, &worst);
+        tv_compare(f, "loss", o.loss->data, 1, &worst);
+        for (i = 0; i < np; i++) {
+            av_tensor *p = av_model_param(m, i);
+            char name[160];
+            snprintf(name, sizeof name, "grad.%s", p->name);
+            tv_compare(f, name, p->grad, p->size, &worst);
+            if (!form) memcpy(g1[i], p->grad, sizeof(float) * (size_t)p->size);
+        }
     }
     av_st_close(f);
+    /* the last pass used av_reparameterize_eps; the gradients below compare with av_reparameterize's */
+    av_ctx_reset(c);
+    av_model_zero_grad(m);
+    o = tv_forward(c, &net, x, NULL, 0);
     printf("info: torch cross-check: loss %.6f, %d parameter tensors (%ld values); worst |err|/tol %.3f\n",
            (double)av_item(o.loss), np, av_model_num_values(m), worst);
 
@@ -1434,7 +1772,7 @@ static void test_torch(av_ctx *c, const char *dir) {
         memcpy(zr, z_rep->data, sizeof zr);
         av_ctx_reset(c);
         av_model_zero_grad(m);
-        o2 = tv_forward(c, &net, x, eps);
+        o2 = tv_forward(c, &net, x, eps, 1);
         av_backward(c, o2.loss);
         for (i = 0; i < TV_B * TV_Z; i++)
             CHECK_CLOSE(o2.z->data[i], zr[i], 1e-6, 1e-6, "z from av_reparameterize vs mu + exp(lv/2) eps from ops");
@@ -1487,6 +1825,11 @@ int main(int argc, char **argv) {
     test_warmup_interpolate(c);
     test_reparam_stats(c);
     test_linear_gaussian(c);
+    test_logsumexp(c);
+    test_reparameterize_eps(c);
+    test_iwae_loss(c);
+    printf("info: %d gradient elements checked by finite differences; worst |err|/tol %.3f (%s)\n", fd_elements,
+           fd_worst_ratio, fd_worst_what);
     test_torch(c, dir);
 
     av_ctx_free(c);
