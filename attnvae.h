@@ -346,6 +346,92 @@ AVAPI av_tensor *av_sdpa_weights(av_ctx *c, av_tensor *q, av_tensor *k, av_tenso
    different lengths in one batch), and [Tq, Tk] hiding j > i + (Tk - Tq). */
 AVAPI av_tensor *av_key_padding_mask(av_ctx *c, const int *lengths, int B, int Tk);
 AVAPI av_tensor *av_causal_mask(av_ctx *c, int Tq, int Tk);
+/* ---- learned scores: additive (Bahdanau) and multiplicative (Luong) ---- */
+/* Attention of queries over keys with scores that are not q kᵀ/sqrt(D):
+   batch first, queries [B, Tq, .], keys and values [B, Tk, .]. The modules
+   av_attention and av_attn_pool in [6 layers] are built from these.
+   av_additive_scores: s[b,i,j] = sum_a v[a] tanh(q[b,i,a] + k[b,j,a]),
+   q [B, Tq, A] (W2 h_dec), k [B, Tk, A] (W1 h_enc, projected once), v [A]
+   or [1, A] (nn.Linear(A, 1)'s weight) -> [B, Tq, Tk]. One fused op for
+   every (query, key) pair: no loop over positions and no [B, Tq, Tk, A]
+   buffer (the backward recomputes the tanh a query row at a time); threads
+   split the batch and give the same bits on any number of threads. */
+AVAPI av_tensor *av_additive_scores(av_ctx *c, av_tensor *q, av_tensor *k, av_tensor *v);
+/* Softmax over the last axis of x [B, ..., T] that leaves out the entries
+   j >= lengths[b] (lengths NULL: none) and the entries equal to -INFINITY:
+   they get 0. A row with nothing left gets zeros and passes no gradient,
+   never NaN. */
+AVAPI av_tensor *av_masked_softmax(av_ctx *c, av_tensor *x, const int *lengths);
+/* Scores [B, Tq, Tk] to the context weights · values [B, Tq, Dv], values
+   [B, Tk, Dv]; the weights av_masked_softmax(scores + mask, lengths)
+   [B, Tq, Tk] go to *weights if it is not NULL. mask: NULL, additive per key
+   ([B, Tk], or av_key_padding_mask's [B, 1, 1, Tk] as it comes) or per query
+   and key [B, Tq, Tk]; lengths: NULL or B lengths in [0, Tk]. A query that
+   sees no key gets a zero context and zero weights. */
+AVAPI av_tensor *av_attend(av_ctx *c, av_tensor *scores, av_tensor *values, av_tensor *mask, const int *lengths,
+                           av_tensor **weights);
+/* av_attend of additive scores (Bahdanau; Luong concat with q and k the
+   two halves of W [h_dec; h_enc]), and of dot scores q kᵀ, q [B, Tq, D],
+   keys [B, Tk, D], unscaled (Luong dot; general with keys = W h_enc). */
+AVAPI av_tensor *av_additive_attention(av_ctx *c, av_tensor *q, av_tensor *k, av_tensor *v, av_tensor *values,
+                                       av_tensor *mask, const int *lengths, av_tensor **weights);
+AVAPI av_tensor *av_dot_attention(av_ctx *c, av_tensor *q, av_tensor *keys, av_tensor *values, av_tensor *mask,
+                                  const int *lengths, av_tensor **weights);
+/* ---- hard attention: one key per query -------------------------------- */
+/* Each op takes logits [..., K] (scores over K keys, -INFINITY where
+   masked), works row by row, and returns a one-hot selection [..., K]; if
+   index is not NULL it also writes the chosen key of each row there
+   (int[rows]). A row whose logits are all -INFINITY selects nothing: zeros
+   and index -1. The context is then av_matmul(selection, values) (or
+   av_attention_context). Random draws come from the context's counter-
+   based generator (av_ctx_seed): the same seed gives the same keys.
+   av_argmax_onehot: the largest logit (the first of ties), for inference.
+     The selection is a constant: no gradient reaches the logits (the
+     values still get theirs through the product).
+   av_categorical_sample: a key drawn from softmax(logits) (Gumbel-max: the
+     argmax of logits + Gumbel(0, 1) noise). A constant too: train the
+     logits with REINFORCE, below.
+   av_gumbel_softmax: the relaxed sample y = softmax((logits + g) / tau),
+     g Gumbel(0, 1), tau > 0. hard = 0 returns y, differentiable. hard = 1 is
+     straight-through: the forward returns the one-hot of the argmax of
+     (logits + g) / tau, a draw from softmax(logits) whatever tau, and the
+     backward passes the gradient that y would have had.
+   Two estimators of d/dθ E_{k ~ softmax(θ)}[f(k)], for a cost f:
+   - straight-through Gumbel-softmax: the gradient of f(y) at the relaxed
+     y, used as if f had been evaluated there. One backward pass and low
+     variance, but biased: it is not the gradient of E f, and nothing
+     averages the error away. A lower tau brings y nearer the one-hot
+     (less bias) but its gradient grows like 1/tau (more variance).
+   - REINFORCE (score function): (f(k) - b) d log p(k)/dθ. Unbiased for any
+     baseline b that does not depend on the sample k (E[d log p] = 0), but
+     its variance grows with (f - b)^2: a baseline near E f cuts it.
+   REINFORCE in a training step, for a cost per row to minimise (for a
+   reward to maximise pass -reward):
+     sel  = av_categorical_sample(c, logits, idx);            int idx[rows]
+     logp = av_categorical_log_prob(c, logits, idx);          [rows]
+     ... the task's loss from sel, and cost[r] its value per row ...
+     loss = av_add(c, task_loss, av_reinforce_loss(c, logp, cost, (float)bl.value));
+     av_backward(c, loss); av_baseline_update(&bl, cost, rows);
+   The task loss keeps its own (pathwise) gradient; the REINFORCE term adds
+   the gradient through the choice of keys. */
+AVAPI av_tensor *av_argmax_onehot(av_ctx *c, av_tensor *logits, int *index);
+AVAPI av_tensor *av_categorical_sample(av_ctx *c, av_tensor *logits, int *index);
+AVAPI av_tensor *av_gumbel_softmax(av_ctx *c, av_tensor *logits, float tau, int hard, int *index);
+/* log softmax(logits)[index] per row: [...] (logits' shape without the last
+   axis), differentiable: d/dlogits = e_k - p. index[r] = -1 (only for a row
+   with every logit -INFINITY) gives 0 and no gradient. */
+AVAPI av_tensor *av_categorical_log_prob(av_ctx *c, av_tensor *logits, const int *index);
+/* The REINFORCE surrogate (1/n) sum_r (cost[r] - baseline) log_prob[r], n =
+   log_prob's size: a scalar whose gradient is the score-function estimate
+   of the gradient of the mean expected cost. cost is data (n floats). */
+AVAPI av_tensor *av_reinforce_loss(av_ctx *c, av_tensor *log_prob, const float *cost, float baseline);
+/* A moving-average baseline: value = decay value + (1 - decay) mean(cost),
+   starting at the mean of the first batch (0 before it). Read value for a
+   batch before updating with that batch's costs, so that it stays
+   independent of the batch's samples and REINFORCE stays unbiased. */
+typedef struct av_baseline { double value, decay; long count; } av_baseline;
+AVAPI av_baseline av_baseline_new(double decay);   /* decay in [0, 1), e.g. 0.9 */
+AVAPI void av_baseline_update(av_baseline *b, const float *cost, int n);
 /* ---- [3.9 losses]  ------------------------------------------------------ */
 /* reduction AV_MEAN averages over elements (rows for cross-entropy), AV_SUM adds */
 enum { AV_MEAN = 0, AV_SUM = 1 };
@@ -609,6 +695,60 @@ AVAPI av_tensor *av_transformer_decoder_step(av_ctx *c, const av_transformer_dec
 typedef struct av_autoencoder { av_mlp encoder, decoder; int activation; } av_autoencoder;
 AVAPI av_autoencoder av_autoencoder_new(av_model *m, const char *name, int n_layers, const int *sizes, int activation);
 AVAPI av_tensor *av_autoencoder_forward(av_ctx *c, const av_autoencoder *ae, av_tensor *x, av_tensor **code);
+
+/* Attention of a decoder over an encoder's outputs with learned scores
+   (Bahdanau 2015; Luong 2015), a query at a time (a decoder stepping) or
+   for all steps at once (teacher forcing). score is one of
+     AV_SCORE_ADDITIVE  Bahdanau, vᵀ tanh(W1 h_enc + W2 h_dec): parameters
+                        "<name>.W1.weight" [A, key_dim], "<name>.W2.weight"
+                        [A, query_dim], "<name>.v.weight" [1, A]
+     AV_SCORE_DOT       Luong dot, h_decᵀ h_enc (query_dim = key_dim): none
+     AV_SCORE_GENERAL   Luong general, h_decᵀ W h_enc: "<name>.W.weight"
+                        [query_dim, key_dim]
+     AV_SCORE_CONCAT    Luong concat, vᵀ tanh(W [h_dec; h_enc]):
+                        "<name>.W.weight" [A, query_dim + key_dim] (h_dec's
+                        columns first), "<name>.v.weight" [1, A]
+   with A = attn_dim (0 for dot and general). Each W is an nn.Linear, in
+   PyTorch's layout and initialisation; with bias, W1, W2 and W also have
+   "<name>.<W>.bias" [out]. v has no bias: it would add one number to every
+   score, which the softmax cancels (drop a v.bias from a PyTorch state_dict). */
+enum { AV_SCORE_ADDITIVE, AV_SCORE_DOT, AV_SCORE_GENERAL, AV_SCORE_CONCAT };
+typedef struct av_attention {
+    int score, query_dim, key_dim, attn_dim;
+    av_linear_layer W1, W2, W, v;   /* the ones the score uses; the others NULL */
+} av_attention;
+AVAPI av_attention av_attention_new(av_model *m, const char *name, int score, int query_dim, int key_dim,
+                                    int attn_dim, int bias);
+/* The encoder's side, made once per batch: its outputs h_enc [B, Tk,
+   key_dim] (the values), their projection (W1 h_enc, W h_enc, or the key
+   half of the concat; the values for dot) and one additive mask [B, 1, Tk]
+   from mask and lengths (as av_attend's; either or both may be NULL). It
+   lives in the step arena, like the tensors it holds. */
+typedef struct av_attn_memory { av_tensor *values, *keys, *mask; } av_attn_memory;
+AVAPI av_attn_memory av_attention_memory(av_ctx *c, const av_attention *a, av_tensor *values, av_tensor *mask,
+                                         const int *lengths);
+/* query h_dec [B, query_dim] (one step) or [B, Tq, query_dim]: the context
+   [B, key_dim] or [B, Tq, key_dim], with the weights [B, Tk] or [B, Tq, Tk]
+   in *weights if it is not NULL. A query whose keys are all masked gets a
+   zero context. */
+AVAPI av_tensor *av_attention_forward(av_ctx *c, const av_attention *a, const av_attn_memory *mem, av_tensor *query,
+                                      av_tensor **weights);
+/* The pieces of av_attention_forward, for hard attention: the scores as
+   logits ([B, Tk] or [B, Tq, Tk], -INFINITY where masked) for
+   av_argmax_onehot, av_categorical_sample or av_gumbel_softmax, and the
+   context of any weights or selection of that shape. */
+AVAPI av_tensor *av_attention_scores(av_ctx *c, const av_attention *a, const av_attn_memory *mem, av_tensor *query);
+AVAPI av_tensor *av_attention_context(av_ctx *c, const av_attn_memory *mem, av_tensor *weights);
+
+/* Attention pooling, e.g. a classifier over an LSTM's outputs h [B, T,
+   dim]: scores vᵀ tanh(W h_t + b), weights α = softmax over t < lengths[b]
+   (lengths NULL: all T), pooled Σ_t α_t h_t [B, dim]; α [B, T] goes to
+   *weights if it is not NULL. Parameters "<name>.W.weight" [A, dim],
+   "<name>.W.bias" [A], "<name>.v.weight" [1, A], nn.Linear's. */
+typedef struct av_attn_pool { av_linear_layer W, v; } av_attn_pool;
+AVAPI av_attn_pool av_attn_pool_new(av_model *m, const char *name, int dim, int attn_dim);
+AVAPI av_tensor *av_attn_pool_forward(av_ctx *c, const av_attn_pool *p, av_tensor *h, const int *lengths,
+                                      av_tensor **weights);
 
 /* ======================================================================= */
 /* [7 toolkits] VAE                                                         */
@@ -3881,6 +4021,391 @@ AVDEF av_tensor *av_causal_mask(av_ctx *c, int Tq, int Tk) {
     return m;
 }
 
+/* ---- learned scores: additive (Bahdanau) and multiplicative (Luong) ---- */
+/* Threads for an op whose work items each cost about `work / items` FLOPs:
+   one unless OpenMP is on, we are not inside a parallel region already,
+   there are two items or more and the whole is worth a fork. */
+static int av__threads_for(double work, int items) {
+    int nt = 1;
+#ifdef _OPENMP
+    if (!omp_in_parallel() && items > 1 && work > 2e5) nt = AV__MIN(av_get_num_threads(), items);
+#endif
+    (void)work;
+    (void)items;
+    return nt;
+}
+
+static int av__thread_id(void) {
+#ifdef _OPENMP
+    return omp_get_thread_num();
+#else
+    return 0;
+#endif
+}
+
+/* additive scores: s[b,i,j] = sum_a v[a] t[a], t = tanh(q[b,i] + k[b,j]);
+   q [B,Tq,A], k [B,Tk,A], v [A] -> [B,Tq,Tk]. Nothing is saved: backward
+   recomputes t one query row at a time. With u = g[b,i,j] v (1 - t^2):
+   dq[b,i] += sum_j u, dk[b,j] += sum_i u, dv += sum_{b,i,j} g[b,i,j] t. */
+typedef struct av__additive_args { int B, Tq, Tk, A; } av__additive_args;
+
+/* t = tanh(q + k_j) for the Tk keys of one query, as 2 sigmoid(2x) - 1
+   through the vector sigmoid of [2.2]; pre and t hold Tk*A floats each
+   (the sigmoid reads its input again for lanes past |x| > 80: not in place). */
+static void av__additive_tanh(int isa, const float *q, const float *k, int Tk, int A, float *pre, float *t) {
+    int j, a, n = Tk * A;
+    for (j = 0; j < Tk; j++)
+        for (a = 0; a < A; a++) pre[j * A + a] = 2.0f * (q[a] + k[j * A + a]);
+    AV__VDISPATCH(isa, sigmoid, pre, t, n);
+    for (j = 0; j < n; j++) t[j] = 2.0f * t[j] - 1.0f;
+}
+
+/* The batch is split between threads: dk[b] and dv's partial sum dvb[b]
+   belong to one of them, and dvb adds up in batch order afterwards. */
+static void av__additive_backward(av_ctx *c, av__node *n) {
+    const av__additive_args *s = (const av__additive_args *)n->args;
+    int B = s->B, Tq = s->Tq, Tk = s->Tk, A = s->A, isa = av_get_isa(), b;
+    int nt = av__threads_for(4.0 * B * Tq * Tk * A, B);
+    const float *q = n->in[0]->data, *k = n->in[1]->data, *v = n->in[2]->data, *g = n->out[0]->grad;
+    float *dq = av__in_grad(n, 0), *dk = av__in_grad(n, 1), *dv = av__in_grad(n, 2);
+    size_t per_thread = 2 * (size_t)Tk * A + (size_t)A;
+    float *scratch = (float *)av__arena_alloc(&c->arena, ((size_t)nt * per_thread + 1) * sizeof(float));
+    float *dvb = dv ? (float *)av__arena_alloc(&c->arena, ((size_t)B * A + 1) * sizeof(float)) : NULL;
+    if (dvb) memset(dvb, 0, (size_t)B * A * sizeof(float));
+    AV_OMP(omp parallel for num_threads(nt) schedule(static) if (nt > 1))
+    for (b = 0; b < B; b++) {
+        float *pre = scratch + (size_t)av__thread_id() * per_thread, *t = pre + (size_t)Tk * A, *u = t + (size_t)Tk * A;
+        int i, j, a;
+        for (i = 0; i < Tq; i++) {
+            size_t row = (size_t)b * Tq + i;
+            av__additive_tanh(isa, q + row * A, k + (size_t)b * Tk * A, Tk, A, pre, t);
+            for (j = 0; j < Tk; j++) {
+                float gj = g[row * Tk + j];
+                const float *tj = t + (size_t)j * A;
+                if (gj == 0.0f) continue; /* masked keys, mostly */
+                for (a = 0; a < A; a++) u[a] = gj * v[a] * (1.0f - tj[a] * tj[a]);
+                if (dq) for (a = 0; a < A; a++) dq[row * A + a] += u[a];
+                if (dk) for (a = 0; a < A; a++) dk[((size_t)b * Tk + j) * A + a] += u[a];
+                if (dvb) for (a = 0; a < A; a++) dvb[(size_t)b * A + a] += gj * tj[a];
+            }
+        }
+    }
+    if (dvb)
+        for (b = 0; b < B; b++) av__add_into(dv, dvb + (size_t)b * A, A);
+}
+
+AVDEF av_tensor *av_additive_scores(av_ctx *c, av_tensor *q, av_tensor *k, av_tensor *v) {
+    static const char *op = "av_additive_scores";
+    int shape[3], B, Tq, Tk, A, isa = av_get_isa(), nt, row;
+    av__additive_args s;
+    av_tensor *out;
+    av__node *n;
+    float *scratch;
+    av__live(c, op, q, k, v);
+    if (q->ndim != 3 || k->ndim != 3 || k->shape[0] != q->shape[0] || k->shape[2] != q->shape[2])
+        av__fail_shapes(op, "q must be [B, Tq, A] and k [B, Tk, A]", q, k);
+    B = q->shape[0]; Tq = q->shape[1]; Tk = k->shape[1]; A = q->shape[2];
+    if ((v->ndim != 1 && !(v->ndim == 2 && v->shape[0] == 1)) || v->size != A)
+        av__fail_shapes(op, "v must be [A] or [1, A], A the last size of q", v, q);
+    shape[0] = B; shape[1] = Tq; shape[2] = Tk;
+    out = av__tensor_empty(c, 3, shape, op);
+    nt = av__threads_for(3.0 * B * Tq * Tk * A, B * Tq);
+    scratch = (float *)av__arena_alloc(&c->arena, ((size_t)nt * 2 * Tk * A + 1) * sizeof(float));
+    /* one query row per work item, each computed the same way on any thread */
+    AV_OMP(omp parallel for num_threads(nt) schedule(static) if (nt > 1))
+    for (row = 0; row < B * Tq; row++) {
+        float *pre = scratch + (size_t)av__thread_id() * 2 * Tk * A, *t = pre + (size_t)Tk * A;
+        int j, a;
+        av__additive_tanh(isa, q->data + (size_t)row * A, k->data + (size_t)(row / Tq) * Tk * A, Tk, A, pre, t);
+        for (j = 0; j < Tk; j++) {
+            const float *tj = t + (size_t)j * A;
+            float acc = 0.0f;
+            for (a = 0; a < A; a++) acc += v->data[a] * tj[a];
+            out->data[(size_t)row * Tk + j] = acc;
+        }
+    }
+    s.B = B; s.Tq = Tq; s.Tk = Tk; s.A = A;
+    n = av__record(c, op, av__additive_backward, out, 3, q, k, v);
+    if (n) n->args = AV__KEEP(c, s);
+    return out;
+}
+
+/* Softmax of the first len entries of x into y, leaving out -inf entries;
+   y[len..T) = 0. A row with nothing left is all zeros. y may be x. */
+static void av__softmax_visible(const float *x, float *y, int len, int T) {
+    float mx = -INFINITY, inv;
+    double sum = 0;
+    int j;
+    for (j = 0; j < len; j++) mx = x[j] > mx ? x[j] : mx;
+    for (j = 0; j < len; j++) {
+        y[j] = mx == -INFINITY ? 0.0f : expf(x[j] - mx);
+        sum += y[j];
+    }
+    inv = sum > 0 ? (float)(1.0 / sum) : 0.0f;
+    for (j = 0; j < len; j++) y[j] *= inv;
+    for (j = len; j < T; j++) y[j] = 0.0f;
+}
+
+/* masked softmax: the forward leaves hidden entries at 0; the backward is
+   av_softmax's, dx = y (g - <g, y>), which is 0 wherever y is */
+AVDEF av_tensor *av_masked_softmax(av_ctx *c, av_tensor *x, const int *lengths) {
+    static const char *op = "av_masked_softmax";
+    int T, R, r, per_b = 1;
+    av_tensor *out;
+    av__node *n;
+    av__live(c, op, x, NULL, NULL);
+    R = av__rows(x, &T, op);
+    if (lengths) {
+        int b;
+        if (x->ndim < 2) av__fail_shapes(op, "lengths need a batch axis: x must be [B, ..., T]", x, NULL);
+        for (b = 0; b < x->shape[0]; b++)
+            if (lengths[b] < 0 || lengths[b] > T) av__fail("%s: length %d of sequence %d outside [0, %d]", op, lengths[b], b, T);
+        per_b = x->shape[0] ? R / x->shape[0] : 1;
+    }
+    out = av__like(c, x, op);
+    for (r = 0; r < R; r++)
+        av__softmax_visible(x->data + (size_t)r * T, out->data + (size_t)r * T, lengths ? lengths[r / per_b] : T, T);
+    n = av__record(c, op, av__softmax_backward, out, 1, x);
+    if (n) {
+        av__softmax_args a;
+        a.log_form = 0;
+        n->args = AV__KEEP(c, a);
+    }
+    return out;
+}
+
+/* A mask for scores [B, Tq, Tk]: per key (B x Tk values, B first, Tk last,
+   ones between) as a [B, 1, Tk] view, or per query [B, Tq, Tk] as it is
+   (Tq < 0: per key only). */
+static av_tensor *av__scores_mask(av_ctx *c, const char *op, av_tensor *mask, int B, int Tq, int Tk) {
+    int i, ones = 1;
+    char s[64];
+    if (!mask) return NULL;
+    for (i = 1; i + 1 < mask->ndim; i++) ones &= mask->shape[i] == 1;
+    if (mask->ndim >= 2 && ones && mask->shape[0] == B && mask->shape[mask->ndim - 1] == Tk)
+        return av_reshape(c, mask, 3, B, 1, Tk);
+    if (Tq >= 0 && mask->ndim == 3 && mask->shape[0] == B && mask->shape[1] == Tq && mask->shape[2] == Tk) return mask;
+    if (Tq >= 0)
+        av__fail("%s: the mask %s must be [B, Tk] = [%d,%d] (or [B,1,1,Tk]) or [B, Tq, Tk] = [%d,%d,%d]", op,
+                 av__shape_str(mask, s, sizeof s), B, Tk, B, Tq, Tk);
+    av__fail("%s: the mask %s must be [B, Tk] = [%d,%d] (or [B,1,1,Tk])", op, av__shape_str(mask, s, sizeof s), B, Tk);
+}
+
+/* scores, mask and lengths to weights, then the weighted sum of values */
+static av_tensor *av__attend_scores(av_ctx *c, const char *op, av_tensor *scores, av_tensor *values, av_tensor *mask,
+                             const int *lengths, av_tensor **weights) {
+    av_tensor *w;
+    if (scores->ndim != 3 || values->ndim != 3 || values->shape[0] != scores->shape[0] ||
+        values->shape[1] != scores->shape[2])
+        av__fail_shapes(op, "scores must be [B, Tq, Tk] and values [B, Tk, Dv]", scores, values);
+    mask = av__scores_mask(c, op, mask, scores->shape[0], scores->shape[1], scores->shape[2]);
+    w = av_masked_softmax(c, mask ? av_add(c, scores, mask) : scores, lengths);
+    if (weights) *weights = w;
+    return av_matmul(c, w, values, 0, 0);
+}
+
+AVDEF av_tensor *av_attend(av_ctx *c, av_tensor *scores, av_tensor *values, av_tensor *mask, const int *lengths,
+                           av_tensor **weights) {
+    av__live(c, "av_attend", scores, values, mask);
+    return av__attend_scores(c, "av_attend", scores, values, mask, lengths, weights);
+}
+
+AVDEF av_tensor *av_additive_attention(av_ctx *c, av_tensor *q, av_tensor *k, av_tensor *v, av_tensor *values,
+                                       av_tensor *mask, const int *lengths, av_tensor **weights) {
+    static const char *op = "av_additive_attention";
+    av__live(c, op, q, k, v);
+    av__live(c, op, values, mask, NULL);
+    return av__attend_scores(c, op, av_additive_scores(c, q, k, v), values, mask, lengths, weights);
+}
+
+AVDEF av_tensor *av_dot_attention(av_ctx *c, av_tensor *q, av_tensor *keys, av_tensor *values, av_tensor *mask,
+                                  const int *lengths, av_tensor **weights) {
+    static const char *op = "av_dot_attention";
+    av__live(c, op, q, keys, values);
+    av__check_live(c, mask, op, 3);
+    if (q->ndim != 3 || keys->ndim != 3 || keys->shape[0] != q->shape[0] || keys->shape[2] != q->shape[2])
+        av__fail_shapes(op, "q must be [B, Tq, D] and keys [B, Tk, D]", q, keys);
+    return av__attend_scores(c, op, av_matmul(c, q, keys, 0, 1), values, mask, lengths, weights);
+}
+
+/* ---- hard attention: one key per query -------------------------------- */
+/* Gumbel(0, 1) noise, n values from the context's counter-based draws:
+   -log(-log u) with u the 24-bit draw moved half a step off 0, in (0, 1),
+   so the noise lies in [-2.85, 17.3] (the tails past it weigh < 1e-7). */
+static float *av__gumbel_noise(av_ctx *c, int n) {
+    uint64_t seed, first;
+    float *g = (float *)av__arena_alloc(&c->arena, ((size_t)n + 1) * sizeof(float));
+    int i;
+    av__counter_take(c, (uint64_t)n, &seed, &first);
+    for (i = 0; i < n; i++) {
+        double u = (double)av__counter_uniform(seed, first + (uint64_t)i) + 0.5 / 16777216.0;
+        g[i] = (float)-log(-log(u));
+    }
+    return g;
+}
+
+/* The one-hot of each row's largest x (+ noise, when not NULL), the first
+   of ties; a row of -inf selects nothing (zeros, index -1). onehot or
+   index may be NULL. */
+static void av__select_rows(const float *x, const float *noise, int R, int K, float *onehot, int *index) {
+    int r, j;
+    for (r = 0; r < R; r++) {
+        const float *xr = x + (size_t)r * K, *nr = noise ? noise + (size_t)r * K : NULL;
+        float best = -INFINITY;
+        int at = -1;
+        for (j = 0; j < K; j++) {
+            float z = nr ? xr[j] + nr[j] : xr[j];
+            if (z > best) { best = z; at = j; }
+        }
+        for (j = 0; onehot && j < K; j++) onehot[(size_t)r * K + j] = j == at ? 1.0f : 0.0f;
+        if (index) index[r] = at;
+    }
+}
+
+/* A selection without a gradient: argmax of the logits, or of logits + noise */
+static av_tensor *av__select(av_ctx *c, const char *op, av_tensor *logits, int sample, int *index) {
+    int K, R;
+    av_tensor *out;
+    av__live(c, op, logits, NULL, NULL);
+    R = av__rows(logits, &K, op);
+    out = av__like(c, logits, op);
+    av__select_rows(logits->data, sample ? av__gumbel_noise(c, logits->size) : NULL, R, K, out->data, index);
+    return out;
+}
+
+AVDEF av_tensor *av_argmax_onehot(av_ctx *c, av_tensor *logits, int *index) {
+    return av__select(c, "av_argmax_onehot", logits, 0, index);
+}
+
+AVDEF av_tensor *av_categorical_sample(av_ctx *c, av_tensor *logits, int *index) {
+    return av__select(c, "av_categorical_sample", logits, 1, index);
+}
+
+/* Gumbel-softmax: y = softmax((x + g) / tau) per row, saved; the output is
+   y, or (hard) the one-hot of its argmax. Backward, in both cases the soft
+   sample's: dx = (1/tau) y (dout - <dout, y>). */
+typedef struct av__gumbel_args { float tau; } av__gumbel_args;
+
+static void av__gumbel_softmax_backward(av_ctx *c, av__node *n) {
+    float inv_tau = 1.0f / ((const av__gumbel_args *)n->args)->tau;
+    const float *y = (const float *)n->saved, *g = n->out[0]->grad;
+    int K, R = av__rows(n->out[0], &K, n->op), r, j;
+    (void)c;
+    for (r = 0; r < R; r++) {
+        const float *yr = y + (size_t)r * K, *gr = g + (size_t)r * K;
+        float *dx = n->in[0]->grad + (size_t)r * K;
+        double dot = 0;
+        for (j = 0; j < K; j++) dot += (double)gr[j] * yr[j];
+        for (j = 0; j < K; j++) dx[j] += inv_tau * yr[j] * (gr[j] - (float)dot);
+    }
+}
+
+AVDEF av_tensor *av_gumbel_softmax(av_ctx *c, av_tensor *logits, float tau, int hard, int *index) {
+    static const char *op = "av_gumbel_softmax";
+    int K, R, i, r;
+    av__gumbel_args a;
+    av_tensor *out;
+    float *y, *noise;
+    av__node *n;
+    av__live(c, op, logits, NULL, NULL);
+    if (!(tau > 0.0f) || isinf(tau)) av__fail("%s: tau = %g must be finite and > 0", op, (double)tau);
+    R = av__rows(logits, &K, op);
+    out = av__like(c, logits, op);
+    noise = av__gumbel_noise(c, logits->size);
+    y = hard ? (float *)av__arena_alloc(&c->arena, ((size_t)logits->size + 1) * sizeof(float)) : out->data;
+    for (i = 0; i < logits->size; i++) y[i] = (logits->data[i] + noise[i]) / tau;
+    av__select_rows(y, NULL, R, K, hard ? out->data : NULL, index);
+    for (r = 0; r < R; r++) av__softmax_visible(y + (size_t)r * K, y + (size_t)r * K, K, K);
+    n = av__record(c, op, av__gumbel_softmax_backward, out, 1, logits);
+    if (n) {
+        a.tau = tau;
+        n->args = AV__KEEP(c, a);
+        n->saved = y;
+    }
+    return out;
+}
+
+/* log p[r] = x[r, k] - lse[r], lse over the row's finite logits (saved);
+   backward: dx[r, j] += dout[r] (δ_jk - exp(x[r, j] - lse[r])) */
+typedef struct av__log_prob_args { const int *index; } av__log_prob_args;
+
+static void av__log_prob_backward(av_ctx *c, av__node *n) {
+    const int *index = ((const av__log_prob_args *)n->args)->index;
+    const float *lse = (const float *)n->saved, *g = n->out[0]->grad;
+    int K, R = av__rows(n->in[0], &K, n->op), r, j;
+    (void)c;
+    for (r = 0; r < R; r++) {
+        const float *x = n->in[0]->data + (size_t)r * K;
+        float *dx = n->in[0]->grad + (size_t)r * K;
+        if (index[r] < 0) continue;
+        for (j = 0; j < K; j++) dx[j] -= g[r] * expf(x[j] - lse[r]);
+        dx[index[r]] += g[r];
+    }
+}
+
+AVDEF av_tensor *av_categorical_log_prob(av_ctx *c, av_tensor *logits, const int *index) {
+    static const char *op = "av_categorical_log_prob";
+    int K, R, r, j, *kept;
+    av__log_prob_args a;
+    av_tensor *out;
+    float *lse;
+    av__node *n;
+    av__live(c, op, logits, NULL, NULL);
+    R = av__rows(logits, &K, op);
+    out = av__reduced(c, logits, logits->ndim - 1, 0, op);
+    lse = (float *)av__arena_alloc(&c->arena, ((size_t)R + 1) * sizeof(float));
+    kept = (int *)av__arena_alloc(&c->arena, ((size_t)R + 1) * sizeof(int));
+    for (r = 0; r < R; r++) {
+        const float *x = logits->data + (size_t)r * K;
+        float mx = -INFINITY;
+        double sum = 0;
+        for (j = 0; j < K; j++) mx = x[j] > mx ? x[j] : mx;
+        if (index[r] < -1 || index[r] >= K || (index[r] == -1) != (mx == -INFINITY) ||
+            (index[r] >= 0 && x[index[r]] == -INFINITY))
+            av__fail("%s: row %d: index %d is not a key of nonzero probability among %d (-1 only when all are masked)",
+                     op, r, index[r], K);
+        for (j = 0; j < K && index[r] >= 0; j++) sum += expf(x[j] - mx);
+        lse[r] = index[r] >= 0 ? mx + (float)log(sum) : 0.0f;
+        out->data[r] = index[r] >= 0 ? (x[index[r]] - mx) - (float)log(sum) : 0.0f;
+        kept[r] = index[r];
+    }
+    n = av__record(c, op, av__log_prob_backward, out, 1, logits);
+    if (n) {
+        a.index = kept;
+        n->args = AV__KEEP(c, a);
+        n->saved = lse;
+    }
+    return out;
+}
+
+AVDEF av_tensor *av_reinforce_loss(av_ctx *c, av_tensor *log_prob, const float *cost, float baseline) {
+    av_tensor *advantage;
+    int i;
+    av__live(c, "av_reinforce_loss", log_prob, NULL, NULL);
+    advantage = av__like(c, log_prob, "av_reinforce_loss");
+    for (i = 0; i < log_prob->size; i++) advantage->data[i] = cost[i] - baseline;
+    return av_mean_all(c, av_mul(c, log_prob, advantage));
+}
+
+AVDEF av_baseline av_baseline_new(double decay) {
+    av_baseline b;
+    if (!(decay >= 0.0 && decay < 1.0)) av__fail("av_baseline_new: decay %g must be in [0, 1)", decay);
+    b.value = 0.0;
+    b.decay = decay;
+    b.count = 0;
+    return b;
+}
+
+AVDEF void av_baseline_update(av_baseline *b, const float *cost, int n) {
+    double mean = 0;
+    int i;
+    if (n <= 0) return;
+    for (i = 0; i < n; i++) mean += cost[i];
+    mean /= n;
+    b->value = b->count ? b->decay * b->value + (1.0 - b->decay) * mean : mean;
+    b->count++;
+}
+
 /* ======================================================================= */
 /* [3.9 losses] mse, cross-entropy, BCE with logits                     */
 /* ======================================================================= */
@@ -4911,6 +5436,132 @@ AVDEF av_tensor *av_transformer_decoder_step(av_ctx *c, const av_transformer_dec
         x = av__decoder_layer(c, &d->layers[i], x, NULL, NULL, NULL, 1, NULL, memory_key_padding_mask, &dc->self_kv[i],
                               &dc->memory_kv[i]);
     return av__final_norm(c, &d->norm, x);
+}
+
+/* ---- learned-score attention (Bahdanau, Luong) and attention pooling ---- */
+AVDEF av_attention av_attention_new(av_model *m, const char *name, int score, int query_dim, int key_dim,
+                                    int attn_dim, int bias) {
+    static const char *op = "av_attention_new";
+    av_attention a;
+    char buf[AV__NAME_MAX];
+    int additive = score == AV_SCORE_ADDITIVE || score == AV_SCORE_CONCAT;
+    memset(&a, 0, sizeof a);
+    if (score < AV_SCORE_ADDITIVE || score > AV_SCORE_CONCAT) av__fail("%s: unknown score %d", op, score);
+    if (query_dim <= 0 || key_dim <= 0 || (additive ? attn_dim <= 0 : attn_dim != 0))
+        av__fail("%s: query_dim %d, key_dim %d, attn_dim %d (attn_dim > 0 for additive and concat scores, else 0)", op,
+                 query_dim, key_dim, attn_dim);
+    if (score == AV_SCORE_DOT && query_dim != key_dim)
+        av__fail("%s: dot scores need query_dim %d = key_dim %d", op, query_dim, key_dim);
+    a.score = score;
+    a.query_dim = query_dim;
+    a.key_dim = key_dim;
+    a.attn_dim = attn_dim;
+    if (score == AV_SCORE_ADDITIVE) {
+        a.W1 = av_linear_layer_new(m, av__subname(buf, name, "W1"), key_dim, attn_dim, bias);
+        a.W2 = av_linear_layer_new(m, av__subname(buf, name, "W2"), query_dim, attn_dim, bias);
+    }
+    if (score == AV_SCORE_GENERAL) a.W = av_linear_layer_new(m, av__subname(buf, name, "W"), key_dim, query_dim, bias);
+    if (score == AV_SCORE_CONCAT) a.W = av_linear_layer_new(m, av__subname(buf, name, "W"), query_dim + key_dim, attn_dim, bias);
+    if (additive) a.v = av_linear_layer_new(m, av__subname(buf, name, "v"), attn_dim, 1, 0);
+    return a;
+}
+
+AVDEF av_attn_memory av_attention_memory(av_ctx *c, const av_attention *a, av_tensor *values, av_tensor *mask,
+                                         const int *lengths) {
+    static const char *op = "av_attention_memory";
+    av_attn_memory mem;
+    int B, Tk;
+    av__live(c, op, values, mask, NULL);
+    if (values->ndim != 3 || values->shape[2] != a->key_dim) {
+        char s[64];
+        av__fail("%s: values %s must be [B, Tk, key_dim = %d]", op, av__shape_str(values, s, sizeof s), a->key_dim);
+    }
+    B = values->shape[0];
+    Tk = values->shape[1];
+    mem.values = values;
+    if (a->score == AV_SCORE_ADDITIVE) mem.keys = av_linear_forward(c, &a->W1, values);
+    else if (a->score == AV_SCORE_GENERAL) mem.keys = av_linear_forward(c, &a->W, values);
+    else if (a->score == AV_SCORE_CONCAT) /* W [h_dec; h_enc] = W_dec h_dec + W_enc h_enc: the keys are W_enc h_enc + b */
+        mem.keys = av_linear(c, values, av_slice(c, a->W.weight, 1, a->query_dim, a->query_dim + a->key_dim), a->W.bias);
+    else mem.keys = values;
+    mem.mask = av__scores_mask(c, op, mask, B, -1, Tk);
+    if (lengths) {
+        av_tensor *hide = av_reshape(c, av_key_padding_mask(c, lengths, B, Tk), 3, B, 1, Tk);
+        mem.mask = mem.mask ? av_add(c, mem.mask, hide) : hide;
+    }
+    return mem;
+}
+
+/* Masked scores of query [B, Dq] or [B, Tq, Dq]: [B, Tk] or [B, Tq, Tk]. */
+static av_tensor *av__attention_scores(av_ctx *c, const av_attention *a, const av_attn_memory *mem, av_tensor *query,
+                                       const char *op) {
+    int B = mem->values->shape[0];
+    av_tensor *q, *s;
+    av__live(c, op, query, mem->keys, mem->mask);
+    if ((query->ndim != 2 && query->ndim != 3) || query->shape[0] != B || query->shape[query->ndim - 1] != a->query_dim) {
+        char sq[64];
+        av__fail("%s: query %s must be [B, query_dim] or [B, Tq, query_dim] with B = %d (the memory's), query_dim = %d",
+                 op, av__shape_str(query, sq, sizeof sq), B, a->query_dim);
+    }
+    q = query->ndim == 3 ? query : av_reshape(c, query, 3, B, 1, a->query_dim);
+    if (a->score == AV_SCORE_ADDITIVE) s = av_additive_scores(c, av_linear_forward(c, &a->W2, q), mem->keys, a->v.weight);
+    else if (a->score == AV_SCORE_CONCAT)
+        s = av_additive_scores(c, av_linear(c, q, av_slice(c, a->W.weight, 1, 0, a->query_dim), NULL), mem->keys, a->v.weight);
+    else s = av_matmul(c, q, mem->keys, 0, 1);
+    if (mem->mask) s = av_add(c, s, mem->mask);
+    return query->ndim == 3 ? s : av_reshape(c, s, 2, B, s->shape[2]);
+}
+
+AVDEF av_tensor *av_attention_scores(av_ctx *c, const av_attention *a, const av_attn_memory *mem, av_tensor *query) {
+    return av__attention_scores(c, a, mem, query, "av_attention_scores");
+}
+
+AVDEF av_tensor *av_attention_context(av_ctx *c, const av_attn_memory *mem, av_tensor *weights) {
+    static const char *op = "av_attention_context";
+    int B = mem->values->shape[0], Tk = mem->values->shape[1];
+    av_tensor *ctx;
+    av__live(c, op, weights, mem->values, NULL);
+    if ((weights->ndim != 2 && weights->ndim != 3) || weights->shape[0] != B || weights->shape[weights->ndim - 1] != Tk)
+        av__fail_shapes(op, "weights must be [B, Tk] or [B, Tq, Tk] for the memory's values [B, Tk, Dv]", weights,
+                        mem->values);
+    if (weights->ndim == 3) return av_matmul(c, weights, mem->values, 0, 0);
+    ctx = av_matmul(c, av_reshape(c, weights, 3, B, 1, Tk), mem->values, 0, 0);
+    return av_reshape(c, ctx, 2, B, ctx->shape[2]);
+}
+
+AVDEF av_tensor *av_attention_forward(av_ctx *c, const av_attention *a, const av_attn_memory *mem, av_tensor *query,
+                                      av_tensor **weights) {
+    av_tensor *w = av_masked_softmax(c, av__attention_scores(c, a, mem, query, "av_attention_forward"), NULL);
+    if (weights) *weights = w;
+    return av_attention_context(c, mem, w);
+}
+
+AVDEF av_attn_pool av_attn_pool_new(av_model *m, const char *name, int dim, int attn_dim) {
+    av_attn_pool p;
+    char buf[AV__NAME_MAX];
+    if (dim <= 0 || attn_dim <= 0) av__fail("av_attn_pool_new: dim %d and attn_dim %d must be > 0", dim, attn_dim);
+    p.W = av_linear_layer_new(m, av__subname(buf, name, "W"), dim, attn_dim, 1);
+    p.v = av_linear_layer_new(m, av__subname(buf, name, "v"), attn_dim, 1, 0);
+    return p;
+}
+
+AVDEF av_tensor *av_attn_pool_forward(av_ctx *c, const av_attn_pool *p, av_tensor *h, const int *lengths,
+                                      av_tensor **weights) {
+    static const char *op = "av_attn_pool_forward";
+    int B, T, D = p->W.weight->shape[1];
+    av_tensor *scores, *w, *pooled;
+    av__live(c, op, h, NULL, NULL);
+    if (h->ndim != 3 || h->shape[2] != D) {
+        char s[64];
+        av__fail("%s: h %s must be [B, T, dim = %d]", op, av__shape_str(h, s, sizeof s), D);
+    }
+    B = h->shape[0];
+    T = h->shape[1];
+    scores = av_linear_forward(c, &p->v, av_tanh(c, av_linear_forward(c, &p->W, h)));  /* [B, T, 1] */
+    w = av_masked_softmax(c, av_reshape(c, scores, 3, B, 1, T), lengths);
+    pooled = av_matmul(c, w, h, 0, 0);
+    if (weights) *weights = av_reshape(c, w, 2, B, T);
+    return av_reshape(c, pooled, 2, B, D);
 }
 
 AVDEF av_autoencoder av_autoencoder_new(av_model *m, const char *name, int n_layers, const int *sizes, int activation) {
