@@ -80,7 +80,12 @@
                     3.3 reduce: sum mean max (an axis, or _all) logsumexp
                     3.4 matmul: matmul (batched, transposes) linear
                     3.5 norm: softmax log_softmax layer_norm
-                    3.6 attention: sdpa (tiled) sdpa_weights (naive) masks
+                    3.6 attention: sdpa (tiled) sdpa_weights (naive) masks;
+                        learned scores: additive_scores (fused)
+                        masked_softmax attend additive_attention
+                        dot_attention; hard attention: argmax_onehot
+                        categorical_sample gumbel_softmax
+                        categorical_log_prob reinforce_loss av_baseline
                     3.9 losses: mse_loss cross_entropy bce_with_logits
      [4 autodiff]   av_backward av_requires_grad av_detach
      [5 model]      av_model, av_param and av_buffer (named, initialised),
@@ -89,7 +94,9 @@
                     attention with a KV cache); layer norm, embedding,
                     positional encodings; Transformer encoder and decoder
                     layers and stacks, nn.Transformer, cached decoding;
-                    av_autoencoder
+                    av_autoencoder; av_attention (Bahdanau, Luong
+                    dot/general/concat, over a memory made once per
+                    batch); av_attn_pool (attention pooling)
      [7 toolkits]   VAE: gaussian head, reparameterize, KL, likelihoods, ELBO,
                     IWAE (an estimate, and a loss to train), av_vae around
                     any encoder and decoder
@@ -354,8 +361,8 @@ AVAPI av_tensor *av_causal_mask(av_ctx *c, int Tq, int Tk);
    q [B, Tq, A] (W2 h_dec), k [B, Tk, A] (W1 h_enc, projected once), v [A]
    or [1, A] (nn.Linear(A, 1)'s weight) -> [B, Tq, Tk]. One fused op for
    every (query, key) pair: no loop over positions and no [B, Tq, Tk, A]
-   buffer (the backward recomputes the tanh a query row at a time); threads
-   split the batch and give the same bits on any number of threads. */
+   buffer (the backward recomputes the tanh a query row at a time). Threads
+   split the rows and give the same bits on any number of threads. */
 AVAPI av_tensor *av_additive_scores(av_ctx *c, av_tensor *q, av_tensor *k, av_tensor *v);
 /* Softmax over the last axis of x [B, ..., T] that leaves out the entries
    j >= lengths[b] (lengths NULL: none) and the entries equal to -INFINITY:
@@ -397,14 +404,14 @@ AVAPI av_tensor *av_dot_attention(av_ctx *c, av_tensor *q, av_tensor *keys, av_t
      (logits + g) / tau, a draw from softmax(logits) whatever tau, and the
      backward passes the gradient that y would have had.
    Two estimators of d/dθ E_{k ~ softmax(θ)}[f(k)], for a cost f:
-   - straight-through Gumbel-softmax: the gradient of f(y) at the relaxed
-     y, used as if f had been evaluated there. One backward pass and low
-     variance, but biased: it is not the gradient of E f, and nothing
-     averages the error away. A lower tau brings y nearer the one-hot
-     (less bias) but its gradient grows like 1/tau (more variance).
+   - straight-through Gumbel-softmax: df/dy at the one-hot sample times
+     dy/dθ of the relaxed y. One backward pass and low variance, but
+     biased: its mean is not dE f/dθ, so more samples do not remove the
+     error (test_scores measures it). A lower tau brings y nearer the
+     one-hot (less bias) but dy/dθ grows like 1/tau (more variance).
    - REINFORCE (score function): (f(k) - b) d log p(k)/dθ. Unbiased for any
-     baseline b that does not depend on the sample k (E[d log p] = 0), but
-     its variance grows with (f - b)^2: a baseline near E f cuts it.
+     baseline b that does not depend on the sample k (E[d log p(k)/dθ] =
+     0), but its variance grows with (f - b)^2: a baseline near E f cuts it.
    REINFORCE in a training step, for a cost per row to minimise (for a
    reward to maximise pass -reward):
      sel  = av_categorical_sample(c, logits, idx);            int idx[rows]
