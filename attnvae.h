@@ -4061,6 +4061,7 @@ typedef struct av__additive_args { int B, Tq, Tk, A; } av__additive_args;
    (the sigmoid reads its input again for lanes past |x| > 80: not in place). */
 static void av__additive_tanh(int isa, const float *q, const float *k, int Tk, int A, float *pre, float *t) {
     int j, a, n = Tk * A;
+    (void)isa; /* one path only without x86 SIMD */
     for (j = 0; j < Tk; j++)
         for (a = 0; a < A; a++) pre[j * A + a] = 2.0f * (q[a] + k[j * A + a]);
     AV__VDISPATCH(isa, sigmoid, pre, t, n);

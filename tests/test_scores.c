@@ -982,6 +982,57 @@ static void reinforce_unbiased(void) {
     av_ctx_free(c);
 }
 
+/* Hard attention through the module, as a decoder step uses it: the
+   argmax of the scores is the argmax of the soft weights, its context is
+   that key's value (zeros for a query that sees nothing), and the
+   straight-through selection trains the score's parameters with the soft
+   sample's gradient. */
+static void module_hard_attention(void) {
+    enum { B = 3, Tk = 6, Dq = 5, Dk = 7, A = 4 };
+    av_model *m = av_model_new(9);
+    av_attention a = av_attention_new(m, "attn", AV_SCORE_ADDITIVE, Dq, Dk, A, 1);
+    float *q = rnd(B * Dq, -1, 1), *h = rnd(B * Tk * Dk, -1, 1), *r = rnd(B * Dk, -1, 1), *grads[2][3];
+    int idx[B], b, j, ok = 1, hard, p;
+    av_ctx *c = av_ctx_new();
+    av_attn_memory mem = av_attention_memory(c, &a, av_from(c, h, 3, B, Tk, Dk), NULL, case_lengths);
+    av_tensor *w, *sel, *ctx, *params[3];
+    params[0] = a.W1.weight; params[1] = a.W2.weight; params[2] = a.v.weight;
+    av_attention_forward(c, &a, &mem, av_from(c, q, 2, B, Dq), &w);
+    sel = av_argmax_onehot(c, av_attention_scores(c, &a, &mem, av_from(c, q, 2, B, Dq)), idx);
+    ctx = av_attention_context(c, &mem, sel);
+    for (b = 0; b < B; b++) {
+        int best = -1;
+        float bw = 0;
+        for (j = 0; j < Tk; j++)
+            if (w->data[b * Tk + j] > bw) { bw = w->data[b * Tk + j]; best = j; }
+        ok &= idx[b] == best;
+        for (j = 0; j < Dk; j++) ok &= ctx->data[b * Dk + j] == (best < 0 ? 0.0f : h[((size_t)b * Tk + best) * Dk + j]);
+    }
+    CHECK(ok && idx[1] == -1, "module argmax: the soft weights' argmax, its value as the context, nothing for length 0");
+    for (hard = 0; hard < 2; hard++) {
+        av_ctx_reset(c);
+        av_ctx_seed(c, 31);
+        av_model_zero_grad(m);
+        mem = av_attention_memory(c, &a, av_from(c, h, 3, B, Tk, Dk), NULL, case_lengths);
+        sel = av_gumbel_softmax(c, av_attention_scores(c, &a, &mem, av_from(c, q, 2, B, Dq)), 0.5f, hard, NULL);
+        ctx = av_attention_context(c, &mem, sel);
+        av_backward(c, av_sum_all(c, av_mul(c, ctx, av_from(c, r, 2, B, Dk))));
+        for (p = 0; p < 3; p++) {
+            grads[hard][p] = (float *)malloc(sizeof(float) * (size_t)params[p]->size);
+            memcpy(grads[hard][p], params[p]->grad, sizeof(float) * (size_t)params[p]->size);
+        }
+    }
+    for (p = 0; p < 3; p++) {
+        CHECK(memcmp(grads[0][p], grads[1][p], sizeof(float) * (size_t)params[p]->size) == 0 && !all_zero(grads[1][p], params[p]->size),
+              "module straight-through: parameter %d gets the soft sample's gradient", p);
+        free(grads[0][p]);
+        free(grads[1][p]);
+    }
+    av_ctx_free(c);
+    av_model_free(m);
+    free(q); free(h); free(r);
+}
+
 /* ---- errors name the op and the shapes ---- */
 static jmp_buf t_jmp;
 static char t_msg[600];
@@ -1107,6 +1158,7 @@ int main(void) {
     argmax_tests();
     sampler_frequencies();
     gumbel_soft_and_straight_through();
+    module_hard_attention();
     gradcheck_hard();
     baseline_tests();
     reinforce_unbiased();
