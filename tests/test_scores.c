@@ -164,6 +164,40 @@ static void additive_values(void) {
     }
 }
 
+/* The fused op against the computation the issue describes, from plain
+   ops: a broadcast add [B, Tq, 1, A] + [B, 1, Tk, A], tanh, the product
+   with v; forward and every gradient. */
+static void fused_vs_composed(void) {
+    enum { B = 3, Tq = 4, Tk = 9, A = 19 };
+    float *q = rnd(B * Tq * A, -1.5, 1.5), *k = rnd(B * Tk * A, -1.5, 1.5), *v = rnd(A, -1, 1), *r = rnd(B * Tq * Tk, -1, 1);
+    av_ctx *c = av_ctx_new();
+    av_tensor *x[2][3], *s[2];
+    double *want;
+    int p, i;
+    for (p = 0; p < 2; p++) {
+        x[p][0] = av_from(c, q, 3, B, Tq, A);
+        x[p][1] = av_from(c, k, 3, B, Tk, A);
+        x[p][2] = av_from(c, v, 2, 1, A);
+        for (i = 0; i < 3; i++) av_requires_grad(c, x[p][i]);
+    }
+    s[0] = av_additive_scores(c, x[0][0], x[0][1], x[0][2]);
+    s[1] = av_add(c, av_reshape(c, x[1][0], 4, B, Tq, 1, A), av_reshape(c, x[1][1], 4, B, 1, Tk, A));
+    s[1] = av_reshape(c, av_linear(c, av_tanh(c, s[1]), x[1][2], NULL), 3, B, Tq, Tk);
+    for (p = 0; p < 2; p++) av_backward(c, av_sum_all(c, av_mul(c, s[p], av_from(c, r, 3, B, Tq, Tk))));
+    for (i = 0; i < 4; i++) {
+        static const char *const names[4] = {"fused vs composed: scores", "fused vs composed: dq", "fused vs composed: dk",
+                                              "fused vs composed: dv"};
+        const float *got = i ? x[0][i - 1]->grad : s[0]->data, *ref = i ? x[1][i - 1]->grad : s[1]->data;
+        int n = i ? x[0][i - 1]->size : s[0]->size, j;
+        want = (double *)malloc(sizeof(double) * (size_t)n);
+        for (j = 0; j < n; j++) want[j] = ref[j];
+        check_close_d(names[i], got, want, n, 1e-5);
+        free(want);
+    }
+    av_ctx_free(c);
+    free(q); free(k); free(v); free(r);
+}
+
 /* ---- masked softmax and av_attend: values ---- */
 static void masked_softmax_values(void) {
     enum { B = 3, Tq = 4, T = 6 };
@@ -1148,6 +1182,7 @@ int main(void) {
         module_values();
     }
     av_set_isa(AV_ISA_AUTO);
+    fused_vs_composed();
     gradcheck_additive();
     gradcheck_masked_softmax();
     gradcheck_attend();
