@@ -4029,9 +4029,9 @@ AVDEF av_tensor *av_causal_mask(av_ctx *c, int Tq, int Tk) {
 }
 
 /* ---- learned scores: additive (Bahdanau) and multiplicative (Luong) ---- */
-/* Threads for an op whose work items each cost about `work / items` FLOPs:
-   one unless OpenMP is on, we are not inside a parallel region already,
-   there are two items or more and the whole is worth a fork. */
+/* Threads for `items` independent work items costing `work` FLOPs in all:
+   one unless OpenMP is on, no parallel region is running already, there
+   are two items or more and the work is worth a fork. */
 static int av__threads_for(double work, int items) {
     int nt = 1;
 #ifdef _OPENMP
