@@ -4035,7 +4035,7 @@ AVDEF av_tensor *av_causal_mask(av_ctx *c, int Tq, int Tk) {
 static int av__threads_for(double work, int items) {
     int nt = 1;
 #ifdef _OPENMP
-    if (!omp_in_parallel() && items > 1 && work > 2e5) nt = AV__MIN(av_get_num_threads(), items);
+    if (!omp_in_parallel() && items > 1 && work > 2e6) nt = AV__MIN(av_get_num_threads(), items); /* as av_sdpa */
 #endif
     (void)work;
     (void)items;

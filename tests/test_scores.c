@@ -1136,7 +1136,7 @@ static void shape_errors(void) {
 /* ---- threads: 1 and 2 give the same bits ---- */
 static void threads_agree(void) {
 #ifdef _OPENMP
-    enum { B = 4, Tq = 8, Tk = 40, A = 64 };
+    enum { B = 8, Tq = 16, Tk = 64, A = 96 };
     float *q = rnd(B * Tq * A, -1, 1), *k = rnd(B * Tk * A, -1, 1), *v = rnd(A, -1, 1), *r = rnd(B * Tq * Tk, -1, 1);
     float *res[2][4];
     int t, i, sizes[4] = {B * Tq * Tk, B * Tq * A, B * Tk * A, A};
