@@ -368,8 +368,8 @@ AVAPI av_tensor *av_causal_mask(av_ctx *c, int Tq, int Tk);
    Cost: one GEMM for the input projection of all steps, one per step for
    the recurrence (split in a few column panels), the gate maths in one
    vectorised pass per step; backward likewise, plus one GEMM each for dx,
-   dW_ih and dW_hh over all steps. Keeps (G + 3H) B T floats for backward
-   ((G + 2H) B T for a GRU). */
+   dW_ih and dW_hh over all steps. Keeps (G + 3H + in) B T floats for
+   backward ((G + 2H) B T for a GRU). */
 enum { AV_LSTM = 0, AV_GRU = 1 };
 typedef struct av_rnn_weights { av_tensor *w_ih, *w_hh, *b_ih, *b_hh; } av_rnn_weights;
 AVAPI av_tensor *av_rnn_layer(av_ctx *c, int kind, av_tensor *x, const av_rnn_weights *w, av_tensor *h0,
@@ -3957,16 +3957,19 @@ AVDEF av_tensor *av_causal_mask(av_ctx *c, int Tq, int Tk) {
      gates [B T, G]  x W_ihᵀ for every step at once; each step adds its
                      recurrent part and the step pass overwrites the row with
                      the gate activations backward needs (i f g o, or r z n)
-     h_prev [B T, H] the state each step started from (c_prev: the LSTM's cell)
+     h_prev [B T, H] the state each step started from (c_prev: the LSTM's cell);
+                     an LSTM keeps x beside it, rows [h_prev | x] of H + in,
+                     so one GEMM gives dW_hh and dW_ih together
      aux [B T, H]    LSTM: tanh(c'); GRU: W_hn h + b_hn
    Steps run in processing order s = 0 .. T-1, at time t = s (t = T-1-s when
    reverse); sequence b is active at t < lengths[b]. tanh(v) = 2 sigmoid(2v)
    - 1, so the vector sigmoid of [2.2 vmath] does all the activations.
    Backward walks the steps the other way: one pass per step turns dh (and
    dc) into the gate gradients, one GEMM per step takes dh back through W_hh,
-   then one GEMM each over all steps gives dW_hh, dW_ih and dx. */
+   then one GEMM each over all steps gives dW_hh and dW_ih (one for both
+   in an LSTM, whose gates have the same gradient through either) and dx. */
 typedef struct av__rnn_args { int kind, reverse, B, T, I, H; const int *lengths; } av__rnn_args;
-typedef struct av__rnn_saved { float *gates, *h_prev, *c_prev, *aux; } av__rnn_saved;
+typedef struct av__rnn_saved { float *gates, *h_prev, *c_prev, *aux; int h_prev_ld; } av__rnn_saved;
 
 /* The step pass goes parallel over the batch, on av_sgemm's threads, from
    this many gate values; each row's result is the same on any thread. */
@@ -4236,7 +4239,7 @@ static void av__rnn_backward(av_ctx *c, av__node *n) {
                             dy + row * H, dc + (size_t)b * H, dgx + row * G);
                 memset(dhn, 0, (size_t)H * sizeof(float));
             } else {
-                AV__RNN_RUN(isa, gru_backward, H, sv->gates + row * G, sv->h_prev + row * H, sv->aux + row * H, dhb,
+                AV__RNN_RUN(isa, gru_backward, H, sv->gates + row * G, sv->h_prev + row * sv->h_prev_ld, sv->aux + row * H, dhb,
                             dy + row * H, dgx + row * G, dgh + row * G, dhn);
                 AV__RNN_RUN(isa, rnn_accumulate, G, dbh + (size_t)b * G, dgh + row * G);
             }
@@ -4248,8 +4251,18 @@ static void av__rnn_backward(av_ctx *c, av__node *n) {
     }
     if (dh0) AV__RNN_RUN(isa, rnn_accumulate, B * H, dh0, dh);
     if (dc0) AV__RNN_RUN(isa, rnn_accumulate, B * H, dc0, dc);
-    if (dw_hh) av_sgemm(1, 0, G, H, (int)rows, 1.0f, dgh, G, sv->h_prev, H, 1.0f, dw_hh, H);
-    if (dw_ih) av_sgemm(1, 0, G, I, (int)rows, 1.0f, dgx, G, n->in[0]->data, I, 1.0f, dw_ih, I);
+    if (lstm && dw_hh && dw_ih) { /* dgxᵀ [h_prev | x], then split */
+        float *dw = (float *)av__arena_alloc(&c->arena, (size_t)G * (H + I) * sizeof(float));
+        int g;
+        av_sgemm(1, 0, G, H + I, (int)rows, 1.0f, dgx, G, sv->h_prev, H + I, 0.0f, dw, H + I);
+        for (g = 0; g < G; g++) {
+            AV__RNN_RUN(isa, rnn_accumulate, H, dw_hh + (size_t)g * H, dw + (size_t)g * (H + I));
+            AV__RNN_RUN(isa, rnn_accumulate, I, dw_ih + (size_t)g * I, dw + (size_t)g * (H + I) + H);
+        }
+    } else {
+        if (dw_hh) av_sgemm(1, 0, G, H, (int)rows, 1.0f, dgh, G, sv->h_prev, sv->h_prev_ld, 1.0f, dw_hh, H);
+        if (dw_ih) av_sgemm(1, 0, G, I, (int)rows, 1.0f, dgx, G, n->in[0]->data, I, 1.0f, dw_ih, I);
+    }
     if (dx) av_sgemm(0, 0, (int)rows, I, G, 1.0f, dgx, G, w_ih, I, 1.0f, dx, I);
     for (b = 0; b < B; b++) {
         if (db_ih) AV__RNN_RUN(isa, rnn_accumulate, G, db_ih, dbx + (size_t)b * G);
@@ -4318,7 +4331,10 @@ AVDEF av_tensor *av_rnn_layer(av_ctx *c, int kind, av_tensor *x, const av_rnn_we
         hh = (float *)av__arena_alloc(&c->arena, (size_t)a.B * G * sizeof(float));
     }
     sv.gates = (float *)av__arena_alloc(&c->arena, rows * G * sizeof(float));
-    sv.h_prev = (float *)av__arena_alloc(&c->arena, rows * H * sizeof(float));
+    sv.h_prev_ld = lstm ? H + a.I : H;
+    sv.h_prev = (float *)av__arena_alloc(&c->arena, rows * sv.h_prev_ld * sizeof(float));
+    for (j = 0; lstm && j < (int)rows; j++)
+        memcpy(sv.h_prev + (size_t)j * sv.h_prev_ld + H, x->data + (size_t)j * a.I, (size_t)a.I * sizeof(float));
     sv.c_prev = lstm ? (float *)av__arena_alloc(&c->arena, rows * H * sizeof(float)) : NULL;
     sv.aux = (float *)av__arena_alloc(&c->arena, rows * H * sizeof(float));
     panel = av__rnn_panel_width(G, H);
@@ -4331,15 +4347,15 @@ AVDEF av_tensor *av_rnn_layer(av_ctx *c, int kind, av_tensor *x, const av_rnn_we
         AV_OMP(omp parallel for num_threads(nt) schedule(static) if (nt > 1))
         for (b = 0; b < a.B; b++) {
             size_t row = (size_t)b * a.T + t, at = row * H;
-            float *hb = h + (size_t)b * H, *y = out[0]->data + at;
+            float *hb = h + (size_t)b * H, *y = out[0]->data + at, *h_prev = sv.h_prev + row * sv.h_prev_ld;
             if (t >= av__rnn_len(&a, b)) { /* padded: the state stays, the output is zero */
-                memcpy(sv.h_prev + at, hb, (size_t)H * sizeof(float));
+                memcpy(h_prev, hb, (size_t)H * sizeof(float));
                 memset(y, 0, (size_t)H * sizeof(float));
             } else if (lstm) {
-                av__lstm_step(isa, H, sv.gates + row * G, bias, scale, hb, cs + (size_t)b * H, sv.h_prev + at,
+                av__lstm_step(isa, H, sv.gates + row * G, bias, scale, hb, cs + (size_t)b * H, h_prev,
                               sv.c_prev + at, sv.aux + at, y);
             } else {
-                av__gru_step(isa, H, sv.gates + row * G, hh + (size_t)b * G, bias, b_ih, b_hh, hb, sv.h_prev + at,
+                av__gru_step(isa, H, sv.gates + row * G, hh + (size_t)b * G, bias, b_ih, b_hh, hb, h_prev,
                              sv.aux + at, y);
             }
         }

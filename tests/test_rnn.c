@@ -97,7 +97,7 @@ static av_tensor *flat(av_ctx *c, av_tensor *t) { return av_reshape(c, t, 1, t->
 /* 1. the layer op: gradients and values                                   */
 /* ======================================================================= */
 typedef struct layer_case {
-    int kind, B, T, I, H, reverse, with_state, biases, values_only;
+    int kind, B, T, I, H, reverse, with_state, biases, values_only, fixed_w_ih;
     const int *lengths;
 } layer_case;
 
@@ -135,7 +135,7 @@ static void layer_case_run(const layer_case *lc, const char *label) {
     gc_fill_away(h0, B * H, 0.2, 0.8);  /* a dropped initial state shows */
     gc_fill_away(c0, B * H, 0.2, 1);
     in[0] = gc_in(x, 1, 3, B, T, I);
-    in[1] = gc_in(wih, 1, 2, G, I);
+    in[1] = gc_in(wih, !lc->fixed_w_ih, 2, G, I);
     in[2] = gc_in(whh, 1, 2, G, H);
     in[3] = gc_in(bih, lc->biases, 1, G);
     in[4] = gc_in(bhh, lc->biases, 1, G);
@@ -159,7 +159,7 @@ static void layer_case_run(const layer_case *lc, const char *label) {
                   lc->reverse, y, hn, lc->kind == AV_LSTM ? cn : NULL);
         for (i = 0; i < n_in; i++) {
             tin[i] = gc_make(c, in[i].ndim, in[i].shape, in[i].data);
-            av_requires_grad(c, tin[i]);
+            if (in[i].check || i == 0) av_requires_grad(c, tin[i]);
         }
         out = fwd_layer(c, tin, (void *)lc);
         snprintf(what, sizeof what, "av_rnn_layer %s: y", label);
@@ -210,6 +210,11 @@ static void layer_tests(void) {
         lc.biases = 1; lc.T = 1; lc.lengths = NULL; lc.B = 2; lc.H = 4;
         snprintf(label, sizeof label, "%s T=1", kind == AV_LSTM ? "lstm" : "gru");
         layer_case_run(&lc, label);
+        /* W_ih fixed: dW_hh alone (an LSTM's own GEMM for it) */
+        lc.fixed_w_ih = 1;
+        snprintf(label, sizeof label, "%s T=1 W_ih fixed", kind == AV_LSTM ? "lstm" : "gru");
+        layer_case_run(&lc, label);
+        lc.fixed_w_ih = 0;
         /* H = 19: the 16- and 8-wide passes and their scalar tails */
         lc.T = 4; lc.B = 3; lc.H = 19; lc.reverse = 1; lc.lengths = lengths;
         snprintf(label, sizeof label, "%s H=19 reverse lengths 4,1,3", kind == AV_LSTM ? "lstm" : "gru");
