@@ -1,7 +1,7 @@
 # attnvae: build, test, benchmark and demo.
 #   make demo      install what it needs, train the Fashion-MNIST VAE, write PNGs
 #   make test      the whole test suite (ends with "N passed, M failed")
-#   make bench     GEMM vs OpenBLAS, the VAE vs PyTorch, fused vs composed attention scores
+#   make bench     GEMM vs OpenBLAS; the VAE, attention and an LSTM vs PyTorch; fused vs composed scores
 #   make install   the header and attnvae.pc under PREFIX (/usr/local), DESTDIR honoured; make uninstall
 #   make sanitize  the test suite under ASan + UBSan
 #   make valgrind  the test suite under valgrind
@@ -23,8 +23,30 @@ OUT     := out
 HEADER  := attnvae.h
 C99      = $(CC) -std=c99 $(WARN) $(CFLAGS)
 
-TESTS    := test_core test_ops test_attention test_scores test_transformer test_decoding test_optim test_gemm test_io test_vae test_torch_ref test_attn_ref test_transformer_ref test_alloc
-OMP_TESTS := test_gemm test_attention test_optim test_scores
+# One test program a line, so that branches adding tests merge cleanly.
+TESTS :=
+TESTS += test_core
+TESTS += test_ops
+TESTS += test_attention
+TESTS += test_scores
+TESTS += test_transformer
+TESTS += test_decoding
+TESTS += test_rnn
+TESTS += test_optim
+TESTS += test_gemm
+TESTS += test_io
+TESTS += test_vae
+TESTS += test_torch_ref
+TESTS += test_attn_ref
+TESTS += test_transformer_ref
+TESTS += test_rnn_ref
+TESTS += test_alloc
+OMP_TESTS :=
+OMP_TESTS += test_gemm
+OMP_TESTS += test_attention
+OMP_TESTS += test_optim
+OMP_TESTS += test_scores
+OMP_TESTS += test_rnn
 EXAMPLES := mlp_fashion vae_fashion ae_fashion
 
 .PHONY: install uninstall all examples tests test bench sanitize valgrind test-arm64 fuzz demo deps deps-test deps-bench deps-arm64 deps-fuzz data clean
@@ -76,7 +98,9 @@ suite = \
 	"ATTNVAE_PYTHON=$(PYTHON) $(1) $(2)/test_torch_ref tests/torch_ref.py $(2)" \
 	"ATTNVAE_PYTHON=$(PYTHON) $(1) $(2)/test_attn_ref tests/attn_ref.py $(2)" \
 	"ATTNVAE_PYTHON=$(PYTHON) $(1) $(2)/test_transformer_ref tests/transformer_ref.py $(2)" \
-	"$(1) $(2)/test_alloc $(2)"
+	"$(1) $(2)/test_alloc $(2)" \
+	"$(1) $(2)/test_rnn" \
+	"ATTNVAE_PYTHON=$(PYTHON) $(1) $(2)/test_rnn_ref tests/rnn_ref.py $(2)"
 
 # The examples' helpers, and the examples on bad command lines and odd data.
 examples_suite = \
@@ -92,6 +116,8 @@ TEST_CMDS = $(call suite,,$(BUILD)) $(call suite,,$(BUILD)/cxx) $(call examples_
 	"OMP_NUM_THREADS=2 $(BUILD)/test_attention_omp" \
 	"OMP_NUM_THREADS=2 $(BUILD)/test_optim_omp" \
 	"OMP_NUM_THREADS=2 $(BUILD)/test_scores_omp" \
+	"OMP_NUM_THREADS=2 $(BUILD)/test_rnn_omp" \
+	"ATTNVAE_ISA=avx2 $(BUILD)/test_rnn" "ATTNVAE_ISA=scalar $(BUILD)/test_rnn" \
 	"ATTNVAE_ISA=scalar $(BUILD)/test_gemm --quick" \
 	"ATTNVAE_ISA=avx2 $(BUILD)/test_ops" "ATTNVAE_ISA=scalar $(BUILD)/test_ops" \
 	"ATTNVAE_ISA=avx2 $(BUILD)/test_optim" "ATTNVAE_ISA=scalar $(BUILD)/test_optim" \
@@ -133,7 +159,7 @@ valgrind: deps-test
 # AArch64: cross-compiled, static, run under qemu-user; the NEON GEMM path
 # must be among those tested.
 ARM_CC := aarch64-linux-gnu-gcc
-ARM_TESTS := test_core test_ops test_attention test_scores test_transformer test_decoding test_optim test_gemm test_io test_vae test_torch_ref test_attn_ref test_transformer_ref test_alloc
+ARM_TESTS := $(TESTS)
 test-arm64: deps-arm64
 	@mkdir -p build/arm64
 	for t in $(ARM_TESTS); do \
@@ -167,11 +193,12 @@ build/fuzz/make_fuzz_seeds: tests/make_fuzz_seeds.c $(HEADER)
 	$(CC) -std=c99 $(WARN) -O1 -o $@ $< -lm
 
 # ---- benchmarks -------------------------------------------------------
-bench: deps-bench data $(BUILD)/bench_gemm $(BUILD)/bench_scores $(BUILD)/vae_fashion $(BUILD)/bench_attention
+bench: deps-bench data $(BUILD)/bench_gemm $(BUILD)/bench_scores $(BUILD)/vae_fashion $(BUILD)/bench_attention $(BUILD)/bench_rnn
 	$(BUILD)/bench_gemm
 	$(BUILD)/bench_scores
 	tests/bench_vae.sh $(BUILD)/vae_fashion $(DATA)
 	tests/bench_attention.sh $(BUILD)/bench_attention
+	tests/bench_rnn.sh $(BUILD)/bench_rnn
 
 $(BUILD)/bench_attention: tests/bench_attention.c $(HEADER) | $(BUILD)
 	$(C99) $(OPENMP) -o $@ $< -lm
@@ -180,6 +207,9 @@ $(BUILD)/bench_gemm: tests/bench_gemm.c $(HEADER) | $(BUILD)
 	$(CC) -std=c99 -O2 $(OPENMP) -o $@ $< -lopenblas -lm
 
 $(BUILD)/bench_scores: tests/bench_scores.c $(HEADER) | $(BUILD)
+	$(C99) $(OPENMP) -o $@ $< -lm
+
+$(BUILD)/bench_rnn: tests/bench_rnn.c $(HEADER) | $(BUILD)
 	$(C99) $(OPENMP) -o $@ $< -lm
 
 # ---- demo: the main job ----------------------------------------------

@@ -86,6 +86,7 @@
                         dot_attention; hard attention: argmax_onehot
                         categorical_sample gumbel_softmax
                         categorical_log_prob reinforce_loss av_baseline
+                    3.8 recurrent: rnn_layer (one LSTM or GRU layer, BPTT)
                     3.9 losses: mse_loss cross_entropy bce_with_logits
      [4 autodiff]   av_backward av_requires_grad av_detach
      [5 model]      av_model, av_param and av_buffer (named, initialised),
@@ -96,7 +97,8 @@
                     layers and stacks, nn.Transformer, cached decoding;
                     av_autoencoder; av_attention (Bahdanau, Luong
                     dot/general/concat, over a memory made once per
-                    batch); av_attn_pool (attention pooling)
+                    batch); av_attn_pool (attention pooling); av_rnn
+                    (av_lstm_new av_gru_new) and av_rnn_cell (LSTM, GRU)
      [7 toolkits]   VAE: gaussian head, reparameterize, KL, likelihoods, ELBO,
                     IWAE (an estimate, and a loss to train), av_vae around
                     any encoder and decoder
@@ -439,6 +441,32 @@ AVAPI av_tensor *av_reinforce_loss(av_ctx *c, av_tensor *log_prob, const float *
 typedef struct av_baseline { double value, decay; long count; } av_baseline;
 AVAPI av_baseline av_baseline_new(double decay);   /* decay in [0, 1), e.g. 0.9 */
 AVAPI void av_baseline_update(av_baseline *b, const float *cost, int n);
+/* ---- [3.8 recurrent] one LSTM or GRU layer over whole sequences ---------- */
+/* One layer in one direction over a batch of sequences, as one tape node:
+   backward runs backpropagation through time inside it. Gates, layouts and
+   maths are PyTorch's (nn.LSTM, nn.GRU); G = 4H for an LSTM, 3H for a GRU:
+     x [B, T, in] (batch first), w_ih [G, in], w_hh [G, H], b_ih and b_hh [G]
+     (either may be NULL);
+     AV_LSTM gates i f g o: i, f, o = sigmoid, g = tanh of W_ih x + b_ih + W_hh h + b_hh,
+       c' = f c + i g, h' = o tanh(c');
+     AV_GRU gates r z n: r, z = sigmoid(W_ih x + b_ih + W_hh h + b_hh),
+       n = tanh(W_in x + b_in + r (W_hn h + b_hn)), h' = (1 - z) n + z h.
+   h0 (and c0, LSTM only) [B, H] start the state, NULL for zeros.
+   lengths[B] (each 0..T), or NULL for all T: sequence b runs over steps
+   0 .. lengths[b]-1, or from lengths[b]-1 down to 0 when reverse. Its
+   padded steps leave the state as it is, output zeros and pass no gradient
+   (PyTorch's packed sequences).
+   Returns y [B, T, H], the hidden state after each step; *h_n (and *c_n)
+   get the final state [B, H] of each sequence (either pointer may be NULL).
+   Cost: one GEMM for the input projection of all steps, one per step for
+   the recurrence (split in a few column panels), the gate maths in one
+   vectorised pass per step; backward likewise, plus one GEMM each for dx,
+   dW_ih and dW_hh over all steps. Keeps (G + 3H + in) B T floats for
+   backward ((G + 2H) B T for a GRU). */
+enum { AV_LSTM = 0, AV_GRU = 1 };
+typedef struct av_rnn_weights { av_tensor *w_ih, *w_hh, *b_ih, *b_hh; } av_rnn_weights;
+AVAPI av_tensor *av_rnn_layer(av_ctx *c, int kind, av_tensor *x, const av_rnn_weights *w, av_tensor *h0,
+                              av_tensor *c0, const int *lengths, int reverse, av_tensor **h_n, av_tensor **c_n);
 /* ---- [3.9 losses]  ------------------------------------------------------ */
 /* reduction AV_MEAN averages over elements (rows for cross-entropy), AV_SUM adds */
 enum { AV_MEAN = 0, AV_SUM = 1 };
@@ -756,6 +784,46 @@ typedef struct av_attn_pool { av_linear_layer W, v; } av_attn_pool;
 AVAPI av_attn_pool av_attn_pool_new(av_model *m, const char *name, int dim, int attn_dim);
 AVAPI av_tensor *av_attn_pool_forward(av_ctx *c, const av_attn_pool *p, av_tensor *h, const int *lengths,
                                       av_tensor **weights);
+/* LSTM and GRU as nn.LSTM / nn.GRU with batch_first=True, built from
+   av_rnn_layer (gates and maths in [3.8 recurrent]). Parameters, created in
+   PyTorch's order so a state_dict saved as safetensors loads by name:
+     "<name>.weight_ih_l<k>" [G, in_k], "<name>.weight_hh_l<k>" [G, H],
+     "<name>.bias_ih_l<k>" [G], "<name>.bias_hh_l<k>" [G],
+   and the same ending in "_reverse" for the reverse direction when
+   bidirectional; G = 4H (LSTM) or 3H (GRU), in_0 = input_size, in_k = D H
+   above (D = 2 directions when bidirectional, else 1). All start
+   U(-1/sqrt(H), 1/sqrt(H)), as in PyTorch. dropout (0 <= p < 1) applies to
+   the output of every layer but the last, in training mode only. */
+#define AV_RNN_MAX_LAYERS 8
+typedef struct av_rnn {
+    int kind, input_size, hidden_size, num_layers, num_directions;
+    float dropout;
+    av_rnn_weights w[AV_RNN_MAX_LAYERS][2]; /* [layer][direction] */
+} av_rnn;
+AVAPI av_rnn av_lstm_new(av_model *m, const char *name, int input_size, int hidden_size, int num_layers,
+                         int bidirectional, float dropout);
+AVAPI av_rnn av_gru_new(av_model *m, const char *name, int input_size, int hidden_size, int num_layers,
+                        int bidirectional, float dropout);
+/* x [B, T, input_size]; h0 (and c0, LSTM only) [num_layers D, B, H] or NULL
+   for zeros; lengths[B] (0..T) or NULL, as in av_rnn_layer. Returns y
+   [B, T, D H], the last layer's states, forward half then reverse half;
+   *h_n (and *c_n) get the final states [num_layers D, B, H] in PyTorch's
+   order (layer 0 forward, layer 0 reverse, layer 1 forward, ...); either
+   pointer may be NULL. Padded steps of y are zeros. */
+AVAPI av_tensor *av_rnn_forward(av_ctx *c, const av_rnn *r, av_tensor *x, av_tensor *h0, av_tensor *c0,
+                                const int *lengths, av_tensor **h_n, av_tensor **c_n);
+
+/* Single cells for models that run one step at a time (decoders), as
+   nn.LSTMCell / nn.GRUCell: parameters "<name>.weight_ih" [G, in],
+   "<name>.weight_hh" [G, H], "<name>.bias_ih" and "<name>.bias_hh" [G].
+   x [B, in]; h, c_prev [B, H] or NULL for zeros; h_out, c_out [B, H].
+   One step is av_rnn_layer over T = 1: one tape node with both outputs. */
+typedef struct av_rnn_cell { int kind, input_size, hidden_size; av_rnn_weights w; } av_rnn_cell;
+AVAPI av_rnn_cell av_lstm_cell_new(av_model *m, const char *name, int input_size, int hidden_size);
+AVAPI av_rnn_cell av_gru_cell_new(av_model *m, const char *name, int input_size, int hidden_size);
+AVAPI void av_lstm_cell(av_ctx *c, const av_rnn_cell *cell, av_tensor *x, av_tensor *h, av_tensor *c_prev,
+                        av_tensor **h_out, av_tensor **c_out);
+AVAPI av_tensor *av_gru_cell(av_ctx *c, const av_rnn_cell *cell, av_tensor *x, av_tensor *h);
 
 /* ======================================================================= */
 /* [7 toolkits] VAE                                                         */
@@ -4415,6 +4483,427 @@ AVDEF void av_baseline_update(av_baseline *b, const float *cost, int n) {
 }
 
 /* ======================================================================= */
+/* [3.8 recurrent] LSTM and GRU layers over whole sequences, BPTT       */
+/* ======================================================================= */
+/* Buffers of one layer, rows in x's order (row b T + t: sequence b, step t):
+     gates [B T, G]  x W_ihᵀ for every step at once; each step adds its
+                     recurrent part and the step pass overwrites the row with
+                     the gate activations backward needs (i f g o, or r z n)
+     h_prev [B T, H] the state each step started from (c_prev: the LSTM's cell);
+                     an LSTM keeps x beside it, rows [h_prev | x] of H + in,
+                     so one GEMM gives dW_hh and dW_ih together
+     aux [B T, H]    LSTM: tanh(c'); GRU: W_hn h + b_hn
+   Steps run in processing order s = 0 .. T-1, at time t = s (t = T-1-s when
+   reverse); sequence b is active at t < lengths[b]. tanh(v) = 2 sigmoid(2v)
+   - 1, so the vector sigmoid of [2.2 vmath] does all the activations.
+   Backward walks the steps the other way: one pass per step turns dh (and
+   dc) into the gate gradients, one GEMM per step takes dh back through W_hh,
+   then one GEMM each over all steps gives dW_hh and dW_ih (one for both
+   in an LSTM, whose gates have the same gradient through either) and dx. */
+typedef struct av__rnn_args { int kind, reverse, B, T, I, H; const int *lengths; } av__rnn_args;
+typedef struct av__rnn_saved { float *gates, *h_prev, *c_prev, *aux; int h_prev_ld; } av__rnn_saved;
+
+/* The step pass goes parallel over the batch, on av_sgemm's threads, from
+   this many gate values; each row's result is the same on any thread. */
+#define AV__RNN_PAR_MIN 16384
+static int av__rnn_threads(long gate_values) { return gate_values >= AV__RNN_PAR_MIN ? av_get_num_threads() : 1; }
+
+static int av__rnn_len(const av__rnn_args *a, int b) { return a->lengths ? a->lengths[b] : a->T; }
+static int av__rnn_time(const av__rnn_args *a, int s) { return a->reverse ? a->T - 1 - s : s; }
+
+/* ---- the step passes ---- */
+/* Each loop below is written once, with + - * on values of type V that
+   AV__LD loads and AV__ST stores, W floats at a time. AV__RNN_PASSES
+   compiles them for float (the scalar path, and every tail) and, as
+   GCC/Clang vector types, for 8 floats (AVX2), 16 (AVX-512) or 4 (NEON).
+   Each function continues from index j and returns where it stopped. */
+#define AV__LD(V, p) (*(const V *)(p))
+#define AV__ST(V, p, v) (*(V *)(p) = (v))
+
+/* LSTM, forward: a = (a + bias) scale (scale 2 on the g gate, for tanh) */
+#define AV__RNN_AFFINE(V, W)                                                     \
+    for (; j + (W) <= n; j += (W))                                               \
+        AV__ST(V, a + j, (AV__LD(V, a + j) + AV__LD(V, bias + j)) * AV__LD(V, scale + j));
+/* after the sigmoid: g = tanh, c' = f c + i g, then 2 c' for tanh(c') */
+#define AV__LSTM_CELL(V, W)                                                      \
+    for (; j + (W) <= H; j += (W)) {                                             \
+        V g = 2.0f * AV__LD(V, a + 2 * H + j) - 1.0f;                            \
+        V c_new = AV__LD(V, a + H + j) * AV__LD(V, cs + j) + AV__LD(V, a + j) * g; \
+        AV__ST(V, a + 2 * H + j, g);                                             \
+        AV__ST(V, cs + j, c_new);                                                \
+        AV__ST(V, tanh_c + j, 2.0f * c_new);                                     \
+    }
+/* after the sigmoid of 2 c': h' = o tanh(c') */
+#define AV__LSTM_OUT(V, W)                                                       \
+    for (; j + (W) <= H; j += (W)) {                                             \
+        V tc = 2.0f * AV__LD(V, tanh_c + j) - 1.0f, h_new = AV__LD(V, o + j) * tc; \
+        AV__ST(V, tanh_c + j, tc);                                               \
+        AV__ST(V, h + j, h_new);                                                 \
+        AV__ST(V, y + j, h_new);                                                 \
+    }
+/* GRU, forward: r and z before the sigmoid, over 2H values (bias = b_ih + b_hh) */
+#define AV__GRU_GATES(V, W)                                                      \
+    for (; j + (W) <= n; j += (W))                                               \
+        AV__ST(V, a + j, AV__LD(V, a + j) + AV__LD(V, hh + j) + AV__LD(V, bias + j));
+/* n before the sigmoid, doubled for tanh: 2 (W_in x + b_in + r (W_hn h + b_hn)) */
+#define AV__GRU_NEW(V, W)                                                        \
+    for (; j + (W) <= H; j += (W)) {                                             \
+        V hn = AV__LD(V, hh + 2 * H + j) + AV__LD(V, b_hh + 2 * H + j);          \
+        AV__ST(V, hh_n + j, hn);                                                 \
+        AV__ST(V, a + 2 * H + j,                                                 \
+               2.0f * (AV__LD(V, a + 2 * H + j) + AV__LD(V, b_ih + 2 * H + j) + AV__LD(V, a + j) * hn)); \
+    }
+/* after the sigmoid: n = tanh, h' = n + z (h - n) */
+#define AV__GRU_OUT(V, W)                                                        \
+    for (; j + (W) <= H; j += (W)) {                                             \
+        V n_ = 2.0f * AV__LD(V, a + 2 * H + j) - 1.0f;                           \
+        V h_new = n_ + AV__LD(V, a + H + j) * (AV__LD(V, h + j) - n_);           \
+        AV__ST(V, a + 2 * H + j, n_);                                            \
+        AV__ST(V, h + j, h_new);                                                 \
+        AV__ST(V, y + j, h_new);                                                 \
+    }
+/* LSTM, backward: from the gradients of the step's output state (dh from
+   the next step, dy from the output) and cell (dc), the gate gradients dg
+   and the cell's gradient before the step (into dc) */
+#define AV__LSTM_BACKWARD(V, W)                                                  \
+    for (; j + (W) <= H; j += (W)) {                                             \
+        V i = AV__LD(V, a + j), f = AV__LD(V, a + H + j), g = AV__LD(V, a + 2 * H + j); \
+        V o = AV__LD(V, a + 3 * H + j), tc = AV__LD(V, tanh_c + j);            \
+        V dhj = AV__LD(V, dh + j) + AV__LD(V, dy + j);                           \
+        V dct = AV__LD(V, dc + j) + dhj * o * (1.0f - tc * tc);                 \
+        AV__ST(V, dg + j, dct * g * i * (1.0f - i));                             \
+        AV__ST(V, dg + H + j, dct * AV__LD(V, c_prev + j) * f * (1.0f - f));     \
+        AV__ST(V, dg + 2 * H + j, dct * i * (1.0f - g * g));                     \
+        AV__ST(V, dg + 3 * H + j, dhj * tc * o * (1.0f - o));                    \
+        AV__ST(V, dc + j, dct * f);                                              \
+    }
+/* GRU, backward: gate gradients through W_ih (dgx) and W_hh (dgh; they
+   differ in n), and the part of dh_prev that skips W_hh */
+#define AV__GRU_BACKWARD(V, W)                                                   \
+    for (; j + (W) <= H; j += (W)) {                                             \
+        V r = AV__LD(V, a + j), z = AV__LD(V, a + H + j), n_ = AV__LD(V, a + 2 * H + j); \
+        V dhj = AV__LD(V, dh + j) + AV__LD(V, dy + j);                           \
+        V dn = dhj * (1.0f - z) * (1.0f - n_ * n_);                              \
+        V dz = dhj * (AV__LD(V, h_prev + j) - n_) * z * (1.0f - z);             \
+        V dr = dn * AV__LD(V, hh_n + j) * r * (1.0f - r);                        \
+        AV__ST(V, dgx + j, dr);                                                  \
+        AV__ST(V, dgh + j, dr);                                                  \
+        AV__ST(V, dgx + H + j, dz);                                              \
+        AV__ST(V, dgh + H + j, dz);                                              \
+        AV__ST(V, dgx + 2 * H + j, dn);                                          \
+        AV__ST(V, dgh + 2 * H + j, dn * r);                                      \
+        AV__ST(V, dh_prev + j, dhj * z);                                         \
+    }
+/* dst += src */
+#define AV__RNN_ACCUMULATE(V, W)                                                 \
+    for (; j + (W) <= n; j += (W)) AV__ST(V, dst + j, AV__LD(V, dst + j) + AV__LD(V, src + j));
+
+/* av__rnn_affine_W av__lstm_cell_W av__lstm_out_W av__gru_gates_W
+   av__gru_new_W av__gru_out_W av__lstm_backward_W av__gru_backward_W
+   av__rnn_accumulate_W, for W = 1 (scalar), 8 and 16 (x86) or 4 (NEON) */
+#define AV__RNN_PASSES(TARGET, V, W)                                                                          \
+    TARGET static int av__rnn_affine_##W(int j, int n, float *a, const float *bias, const float *scale) {    \
+        AV__RNN_AFFINE(V, W) return j;                                                                        \
+    }                                                                                                         \
+    TARGET static int av__lstm_cell_##W(int j, int H, float *a, float *cs, float *tanh_c) {                   \
+        AV__LSTM_CELL(V, W) return j;                                                                         \
+    }                                                                                                         \
+    TARGET static int av__lstm_out_##W(int j, int H, const float *o, float *tanh_c, float *h, float *y) {     \
+        AV__LSTM_OUT(V, W) return j;                                                                          \
+    }                                                                                                         \
+    TARGET static int av__gru_gates_##W(int j, int n, float *a, const float *hh, const float *bias) {         \
+        AV__GRU_GATES(V, W) return j;                                                                         \
+    }                                                                                                         \
+    TARGET static int av__gru_new_##W(int j, int H, float *a, const float *hh, const float *b_ih,             \
+                                      const float *b_hh, float *hh_n) {                                       \
+        AV__GRU_NEW(V, W) return j;                                                                           \
+    }                                                                                                         \
+    TARGET static int av__gru_out_##W(int j, int H, float *a, float *h, float *y) {                           \
+        AV__GRU_OUT(V, W) return j;                                                                           \
+    }                                                                                                         \
+    TARGET static int av__lstm_backward_##W(int j, int H, const float *a, const float *c_prev,                \
+                                            const float *tanh_c, const float *dh, const float *dy, float *dc, \
+                                            float *dg) {                                                      \
+        AV__LSTM_BACKWARD(V, W) return j;                                                                     \
+    }                                                                                                         \
+    TARGET static int av__gru_backward_##W(int j, int H, const float *a, const float *h_prev,                 \
+                                           const float *hh_n, const float *dh, const float *dy, float *dgx,   \
+                                           float *dgh, float *dh_prev) {                                      \
+        AV__GRU_BACKWARD(V, W) return j;                                                                      \
+    }                                                                                                         \
+    TARGET static int av__rnn_accumulate_##W(int j, int n, float *dst, const float *src) {                    \
+        AV__RNN_ACCUMULATE(V, W) return j;                                                                    \
+    }
+
+AV__RNN_PASSES(, float, 1)
+#ifdef AV__X86
+typedef float av__f8 __attribute__((vector_size(32), aligned(4), may_alias));
+typedef float av__f16 __attribute__((vector_size(64), aligned(4), may_alias));
+AV__RNN_PASSES(AV__TARGET_AVX2, av__f8, 8)
+AV__RNN_PASSES(AV__TARGET_AVX512, av__f16, 16)
+/* runs pass NAME on the widest path of isa, then the scalar tail */
+#define AV__RNN_RUN(isa, NAME, ...)                                               \
+    do {                                                                          \
+        int j_ = isa == AV_ISA_AVX512 ? av__##NAME##_16(0, __VA_ARGS__)           \
+                 : isa == AV_ISA_AVX2 ? av__##NAME##_8(0, __VA_ARGS__) : 0;       \
+        av__##NAME##_1(j_, __VA_ARGS__);                                          \
+    } while (0)
+#elif defined(AV__NEON)
+typedef float av__f4 __attribute__((vector_size(16), aligned(4), may_alias));
+AV__RNN_PASSES(, av__f4, 4)
+#define AV__RNN_RUN(isa, NAME, ...)                                               \
+    do {                                                                          \
+        int j_ = isa == AV_ISA_NEON ? av__##NAME##_4(0, __VA_ARGS__) : 0;         \
+        av__##NAME##_1(j_, __VA_ARGS__);                                          \
+    } while (0)
+#else
+#define AV__RNN_RUN(isa, NAME, ...) ((void)(isa), (void)av__##NAME##_1(0, __VA_ARGS__))
+#endif
+
+static void av__rnn_sigmoid(int isa, float *v, int n) {
+    (void)isa;
+    AV__VDISPATCH(isa, sigmoid, v, v, n);
+}
+
+/* One LSTM step of one sequence: a holds the gate pre-activations without
+   bias; h and cs the state, updated in place. */
+static void av__lstm_step(int isa, int H, float *a, const float *bias, const float *scale, float *h, float *cs,
+                          float *h_prev, float *c_prev, float *tanh_c, float *y) {
+    memcpy(h_prev, h, (size_t)H * sizeof(float));
+    memcpy(c_prev, cs, (size_t)H * sizeof(float));
+    AV__RNN_RUN(isa, rnn_affine, 4 * H, a, bias, scale);
+    av__rnn_sigmoid(isa, a, 4 * H);
+    AV__RNN_RUN(isa, lstm_cell, H, a, cs, tanh_c);
+    av__rnn_sigmoid(isa, tanh_c, H);
+    AV__RNN_RUN(isa, lstm_out, H, a + 3 * H, tanh_c, h, y);
+}
+
+/* One GRU step: a holds x W_ihᵀ, hh holds h W_hhᵀ (both without bias);
+   bias_rz = b_ih + b_hh. */
+static void av__gru_step(int isa, int H, float *a, const float *hh, const float *bias_rz, const float *b_ih,
+                         const float *b_hh, float *h, float *h_prev, float *hh_n, float *y) {
+    memcpy(h_prev, h, (size_t)H * sizeof(float));
+    AV__RNN_RUN(isa, gru_gates, 2 * H, a, hh, bias_rz);
+    av__rnn_sigmoid(isa, a, 2 * H);
+    AV__RNN_RUN(isa, gru_new, H, a, hh, b_ih, b_hh, hh_n);
+    av__rnn_sigmoid(isa, a + 2 * H, H);
+    AV__RNN_RUN(isa, gru_out, H, a, h, y);
+}
+
+/* h W_hhᵀ for the B rows of h, into out (row stride ldo). W_hhᵀ is kept in
+   column panels [H, width]: av_sgemm reads a B of up to 2^17 floats per K
+   slice in place (its direct-B case, for few rows of C) instead of packing
+   all of W_hh at every step. The widest such panel, a multiple of 64
+   columns, keeps the calls (and thread forks) per step few. */
+static int av__rnn_panel_width(int G, int H) {
+    int width = ((1 << 17) / (H > 0 ? H : 1)) / 64 * 64;
+    return width < 64 ? 64 : width > G ? G : width;
+}
+
+static float *av__rnn_panels(av_ctx *c, const float *w_hh, int G, int H, int panel) {
+    float *p = (float *)av__arena_alloc(&c->arena, (size_t)G * H * sizeof(float));
+    int p0, j0, j, k;
+    for (p0 = 0; p0 < G; p0 += panel) {
+        int width = AV__MIN(panel, G - p0);
+        float *dst = p + (size_t)p0 * H;
+        for (j0 = 0; j0 < width; j0 += 16) /* 16 rows of W_hh at a time stay in L1 */
+            for (k = 0; k < H; k++)
+                for (j = j0; j < AV__MIN(j0 + 16, width); j++) dst[(size_t)k * width + j] = w_hh[(size_t)(p0 + j) * H + k];
+    }
+    return p;
+}
+
+static void av__rnn_recurrent(const float *h, int B, int H, const float *panels, int G, int panel, float beta,
+                              float *out, int ldo) {
+    int p0;
+    for (p0 = 0; p0 < G; p0 += panel) {
+        int width = AV__MIN(panel, G - p0);
+        av_sgemm(0, 0, B, width, H, 1.0f, h, H, panels + (size_t)p0 * H, width, beta, out + p0, ldo);
+    }
+}
+
+/* b0 + b1 over n values; either may be NULL */
+static float *av__rnn_bias(av_ctx *c, const av_tensor *b0, const av_tensor *b1, int n) {
+    float *sum = (float *)av__arena_alloc(&c->arena, (size_t)n * sizeof(float));
+    int j;
+    for (j = 0; j < n; j++) sum[j] = (b0 ? b0->data[j] : 0.0f) + (b1 ? b1->data[j] : 0.0f);
+    return sum;
+}
+
+static void av__rnn_backward(av_ctx *c, av__node *n) {
+    const av__rnn_args *a = (const av__rnn_args *)n->args;
+    const av__rnn_saved *sv = (const av__rnn_saved *)n->saved;
+    const int B = a->B, T = a->T, I = a->I, H = a->H, lstm = a->kind == AV_LSTM, G = (lstm ? 4 : 3) * H;
+    const size_t rows = (size_t)B * T;
+    const float *dy = n->out[0]->grad, *w_ih = n->in[1]->data, *w_hh = n->in[2]->data;
+    float *dx = av__in_grad(n, 0), *dw_ih = av__in_grad(n, 1), *dw_hh = av__in_grad(n, 2);
+    float *db_ih = av__in_grad(n, 3), *db_hh = av__in_grad(n, 4), *dh0 = av__in_grad(n, 5);
+    float *dc0 = lstm ? av__in_grad(n, 6) : NULL;
+    float *dgx = (float *)av__arena_alloc(&c->arena, rows * G * sizeof(float));
+    float *dgh = lstm ? dgx : (float *)av__arena_alloc(&c->arena, rows * G * sizeof(float));
+    float *dh = (float *)av__arena_alloc(&c->arena, (size_t)B * H * 2 * sizeof(float)), *dh_next = dh + (size_t)B * H;
+    /* the bias gradients, summed per sequence as the steps go (each row has
+       one owner whatever the threads), then over the batch in order */
+    float *dbx = (float *)av__arena_alloc(&c->arena, (size_t)B * G * sizeof(float));
+    float *dbh = lstm ? dbx : (float *)av__arena_alloc(&c->arena, (size_t)B * G * sizeof(float));
+    float *dc = NULL;
+    int s, b, nt = av__rnn_threads((long)B * G), isa = av_get_isa();
+    (void)nt; /* without OpenMP */
+    memcpy(dh, n->out[1]->grad, (size_t)B * H * sizeof(float));
+    memset(dbx, 0, (size_t)B * G * sizeof(float));
+    memset(dbh, 0, (size_t)B * G * sizeof(float));
+    if (lstm) dc = (float *)av__arena_copy(&c->arena, n->out[2]->grad, (size_t)B * H * sizeof(float));
+    for (s = T - 1; s >= 0; s--) {
+        const int t = av__rnn_time(a, s);
+        float *swap;
+        AV_OMP(omp parallel for num_threads(nt) schedule(static) if (nt > 1))
+        for (b = 0; b < B; b++) {
+            size_t row = (size_t)b * T + t;
+            float *dhb = dh + (size_t)b * H, *dhn = dh_next + (size_t)b * H;
+            if (t >= av__rnn_len(a, b)) { /* padded: nothing changes, nothing flows */
+                memset(dgx + row * G, 0, (size_t)G * sizeof(float));
+                if (!lstm) memset(dgh + row * G, 0, (size_t)G * sizeof(float));
+                memcpy(dhn, dhb, (size_t)H * sizeof(float));
+                continue;
+            }
+            if (lstm) {
+                AV__RNN_RUN(isa, lstm_backward, H, sv->gates + row * G, sv->c_prev + row * H, sv->aux + row * H, dhb,
+                            dy + row * H, dc + (size_t)b * H, dgx + row * G);
+                memset(dhn, 0, (size_t)H * sizeof(float));
+            } else {
+                AV__RNN_RUN(isa, gru_backward, H, sv->gates + row * G, sv->h_prev + row * sv->h_prev_ld, sv->aux + row * H, dhb,
+                            dy + row * H, dgx + row * G, dgh + row * G, dhn);
+                AV__RNN_RUN(isa, rnn_accumulate, G, dbh + (size_t)b * G, dgh + row * G);
+            }
+            AV__RNN_RUN(isa, rnn_accumulate, G, dbx + (size_t)b * G, dgx + row * G);
+        }
+        /* padded rows of dgh are zero, so their carried dh passes unchanged */
+        av_sgemm(0, 0, B, H, G, 1.0f, dgh + (size_t)t * G, T * G, w_hh, H, 1.0f, dh_next, H);
+        swap = dh; dh = dh_next; dh_next = swap;
+    }
+    if (dh0) AV__RNN_RUN(isa, rnn_accumulate, B * H, dh0, dh);
+    if (dc0) AV__RNN_RUN(isa, rnn_accumulate, B * H, dc0, dc);
+    if (lstm && dw_hh && dw_ih) { /* dgxᵀ [h_prev | x], then split */
+        float *dw = (float *)av__arena_alloc(&c->arena, (size_t)G * (H + I) * sizeof(float));
+        int g;
+        av_sgemm(1, 0, G, H + I, (int)rows, 1.0f, dgx, G, sv->h_prev, H + I, 0.0f, dw, H + I);
+        for (g = 0; g < G; g++) {
+            AV__RNN_RUN(isa, rnn_accumulate, H, dw_hh + (size_t)g * H, dw + (size_t)g * (H + I));
+            AV__RNN_RUN(isa, rnn_accumulate, I, dw_ih + (size_t)g * I, dw + (size_t)g * (H + I) + H);
+        }
+    } else {
+        if (dw_hh) av_sgemm(1, 0, G, H, (int)rows, 1.0f, dgh, G, sv->h_prev, sv->h_prev_ld, 1.0f, dw_hh, H);
+        if (dw_ih) av_sgemm(1, 0, G, I, (int)rows, 1.0f, dgx, G, n->in[0]->data, I, 1.0f, dw_ih, I);
+    }
+    if (dx) av_sgemm(0, 0, (int)rows, I, G, 1.0f, dgx, G, w_ih, I, 1.0f, dx, I);
+    for (b = 0; b < B; b++) {
+        if (db_ih) AV__RNN_RUN(isa, rnn_accumulate, G, db_ih, dbx + (size_t)b * G);
+        if (db_hh) AV__RNN_RUN(isa, rnn_accumulate, G, db_hh, dbh + (size_t)b * G);
+    }
+}
+
+static void av__rnn_check(int kind, const av_tensor *x, const av_rnn_weights *w, const av_tensor *h0,
+                          const av_tensor *c0, const int *lengths) {
+    const char *op = "av_rnn_layer";
+    int H, G, i;
+    if (kind != AV_LSTM && kind != AV_GRU) av__fail("%s: unknown kind %d (AV_LSTM or AV_GRU)", op, kind);
+    if (x->ndim != 3) av__fail_shapes(op, "x must be [B, T, in]", x, NULL);
+    if (!w->w_ih || !w->w_hh) av__fail("%s: w_ih and w_hh are required", op);
+    if (w->w_hh->ndim != 2) av__fail_shapes(op, "w_hh must be [G, H]", w->w_hh, NULL);
+    H = w->w_hh->shape[1];
+    G = (kind == AV_LSTM ? 4 : 3) * H;
+    if (w->w_hh->shape[0] != G)
+        av__fail_shapes(op, kind == AV_LSTM ? "w_hh must be [4H, H]" : "w_hh must be [3H, H]", w->w_hh, NULL);
+    if (w->w_ih->ndim != 2 || w->w_ih->shape[0] != G || w->w_ih->shape[1] != x->shape[2])
+        av__fail_shapes(op, "w_ih must be [G, in] for x [B, T, in]", w->w_ih, x);
+    if (w->b_ih && (w->b_ih->ndim != 1 || w->b_ih->shape[0] != G)) av__fail_shapes(op, "b_ih must be [G]", w->b_ih, w->w_hh);
+    if (w->b_hh && (w->b_hh->ndim != 1 || w->b_hh->shape[0] != G)) av__fail_shapes(op, "b_hh must be [G]", w->b_hh, w->w_hh);
+    if (h0 && (h0->ndim != 2 || h0->shape[0] != x->shape[0] || h0->shape[1] != H))
+        av__fail_shapes(op, "h0 must be [B, H]", h0, w->w_hh);
+    if (c0 && kind == AV_GRU) av__fail("%s: a GRU has no cell state c0", op);
+    if (c0 && (c0->ndim != 2 || c0->shape[0] != x->shape[0] || c0->shape[1] != H))
+        av__fail_shapes(op, "c0 must be [B, H]", c0, w->w_hh);
+    for (i = 0; lengths && i < x->shape[0]; i++)
+        if (lengths[i] < 0 || lengths[i] > x->shape[1])
+            av__fail("%s: lengths[%d] = %d outside 0..%d (T of x)", op, i, lengths[i], x->shape[1]);
+}
+
+AVDEF av_tensor *av_rnn_layer(av_ctx *c, int kind, av_tensor *x, const av_rnn_weights *w, av_tensor *h0,
+                              av_tensor *c0, const int *lengths, int reverse, av_tensor **h_n, av_tensor **c_n) {
+    av__rnn_args a;
+    av__rnn_saved sv;
+    av_tensor *out[3], *in[7];
+    av__node *n;
+    float *bias, *scale = NULL, *b_ih = NULL, *b_hh = NULL, *hh = NULL, *panels, *h, *cs = NULL;
+    int shape[3], state_shape[2], G, H, s, b, j, nt, panel, lstm = kind == AV_LSTM, isa = av_get_isa();
+    size_t rows;
+    av__rnn_check(kind, x, w, h0, c0, lengths);
+    a.kind = kind; a.reverse = reverse != 0;
+    a.B = x->shape[0]; a.T = x->shape[1]; a.I = x->shape[2]; a.H = H = w->w_hh->shape[1];
+    a.lengths = lengths ? (const int *)av__arena_copy(&c->arena, lengths, (size_t)a.B * sizeof(int)) : NULL;
+    G = (lstm ? 4 : 3) * H;
+    nt = av__rnn_threads((long)a.B * G);
+    (void)nt;
+    rows = (size_t)a.B * a.T;
+    shape[0] = state_shape[0] = a.B; shape[1] = a.T; shape[2] = state_shape[1] = H;
+    out[0] = av__tensor_empty(c, 3, shape, "av_rnn_layer");
+    out[1] = av__filled(c, 2, state_shape, 0.0f, "av_rnn_layer"); /* the running state */
+    if (h0) memcpy(out[1]->data, h0->data, (size_t)a.B * H * sizeof(float));
+    h = out[1]->data;
+    bias = av__rnn_bias(c, w->b_ih, w->b_hh, G);
+    if (lstm) {
+        out[2] = av__filled(c, 2, state_shape, 0.0f, "av_rnn_layer");
+        if (c0) memcpy(out[2]->data, c0->data, (size_t)a.B * H * sizeof(float));
+        cs = out[2]->data;
+        scale = (float *)av__arena_alloc(&c->arena, (size_t)G * sizeof(float));
+        for (j = 0; j < G; j++) scale[j] = j >= 2 * H && j < 3 * H ? 2.0f : 1.0f; /* tanh(v) = 2 sigmoid(2v) - 1 */
+    } else {
+        b_ih = av__rnn_bias(c, w->b_ih, NULL, G);
+        b_hh = av__rnn_bias(c, w->b_hh, NULL, G);
+        hh = (float *)av__arena_alloc(&c->arena, (size_t)a.B * G * sizeof(float));
+    }
+    sv.gates = (float *)av__arena_alloc(&c->arena, rows * G * sizeof(float));
+    sv.h_prev_ld = lstm ? H + a.I : H;
+    sv.h_prev = (float *)av__arena_alloc(&c->arena, rows * sv.h_prev_ld * sizeof(float));
+    for (j = 0; lstm && j < (int)rows; j++)
+        memcpy(sv.h_prev + (size_t)j * sv.h_prev_ld + H, x->data + (size_t)j * a.I, (size_t)a.I * sizeof(float));
+    sv.c_prev = lstm ? (float *)av__arena_alloc(&c->arena, rows * H * sizeof(float)) : NULL;
+    sv.aux = (float *)av__arena_alloc(&c->arena, rows * H * sizeof(float));
+    panel = av__rnn_panel_width(G, H);
+    panels = av__rnn_panels(c, w->w_hh->data, G, H, panel);
+    av_sgemm(0, 1, (int)rows, G, a.I, 1.0f, x->data, a.I, w->w_ih->data, a.I, 0.0f, sv.gates, G);
+    for (s = 0; s < a.T; s++) {
+        const int t = av__rnn_time(&a, s);
+        if (lstm) av__rnn_recurrent(h, a.B, H, panels, G, panel, 1.0f, sv.gates + (size_t)t * G, a.T * G);
+        else av__rnn_recurrent(h, a.B, H, panels, G, panel, 0.0f, hh, G);
+        AV_OMP(omp parallel for num_threads(nt) schedule(static) if (nt > 1))
+        for (b = 0; b < a.B; b++) {
+            size_t row = (size_t)b * a.T + t, at = row * H;
+            float *hb = h + (size_t)b * H, *y = out[0]->data + at, *h_prev = sv.h_prev + row * sv.h_prev_ld;
+            if (t >= av__rnn_len(&a, b)) { /* padded: the state stays, the output is zero */
+                memcpy(h_prev, hb, (size_t)H * sizeof(float));
+                memset(y, 0, (size_t)H * sizeof(float));
+            } else if (lstm) {
+                av__lstm_step(isa, H, sv.gates + row * G, bias, scale, hb, cs + (size_t)b * H, h_prev,
+                              sv.c_prev + at, sv.aux + at, y);
+            } else {
+                av__gru_step(isa, H, sv.gates + row * G, hh + (size_t)b * G, bias, b_ih, b_hh, hb, h_prev,
+                             sv.aux + at, y);
+            }
+        }
+    }
+    in[0] = x; in[1] = w->w_ih; in[2] = w->w_hh; in[3] = w->b_ih; in[4] = w->b_hh; in[5] = h0; in[6] = c0;
+    n = av__record_n(c, "av_rnn_layer", av__rnn_backward, out, lstm ? 3 : 2, in, lstm ? 7 : 6);
+    if (n) {
+        n->args = AV__KEEP(c, a);
+        n->saved = AV__KEEP(c, sv);
+    }
+    if (h_n) *h_n = out[1];
+    if (c_n) *c_n = lstm ? out[2] : NULL;
+    return out[0];
+}
+
+/* ======================================================================= */
 /* [3.9 losses] mse, cross-entropy, BCE with logits                     */
 /* ======================================================================= */
 /* The factor of a loss's reduction: the mean of nothing is NaN, as in PyTorch. */
@@ -5588,6 +6077,142 @@ AVDEF av_tensor *av_autoencoder_forward(av_ctx *c, const av_autoencoder *ae, av_
     av_tensor *z = av_activate(c, av_mlp_forward(c, &ae->encoder, x), ae->activation);
     if (code) *code = z;
     return av_mlp_forward(c, &ae->decoder, z);
+}
+
+/* ---- LSTM and GRU ---- */
+/* "weight_ih<suffix>" ... "bias_hh<suffix>" under name, PyTorch's order and init */
+static av_rnn_weights av__rnn_weights_new(av_model *m, const char *name, const char *suffix, int kind, int in, int H) {
+    static const char *const leaves[4] = {"weight_ih", "weight_hh", "bias_ih", "bias_hh"};
+    av_tensor **slots[4];
+    av_rnn_weights w;
+    char buf[AV__NAME_MAX], leaf[64];
+    int k, G = (kind == AV_LSTM ? 4 : 3) * H, shape[2];
+    float bound = H > 0 ? 1.0f / sqrtf((float)H) : 0.0f;
+    slots[0] = &w.w_ih; slots[1] = &w.w_hh; slots[2] = &w.b_ih; slots[3] = &w.b_hh;
+    for (k = 0; k < 4; k++) {
+        shape[0] = G;
+        shape[1] = k == 0 ? in : H;
+        snprintf(leaf, sizeof leaf, "%s%s", leaves[k], suffix);
+        *slots[k] = av_param_shape(m, av__subname(buf, name, leaf), AV_INIT_UNIFORM, bound, k < 2 ? 2 : 1, shape);
+    }
+    return w;
+}
+
+static av_rnn av__rnn_new(av_model *m, const char *name, int kind, int input_size, int hidden_size, int num_layers,
+                          int bidirectional, float dropout) {
+    av_rnn r;
+    char suffix[32];
+    int l, d;
+    if (num_layers < 1 || num_layers > AV_RNN_MAX_LAYERS)
+        av__fail("%s: %d layers (1 to %d)", kind == AV_LSTM ? "av_lstm_new" : "av_gru_new", num_layers, AV_RNN_MAX_LAYERS);
+    if (input_size < 1 || hidden_size < 1 || !(dropout >= 0.0f && dropout < 1.0f))
+        av__fail("%s: input_size %d, hidden_size %d (both >= 1), dropout %g (0 <= p < 1)",
+                 kind == AV_LSTM ? "av_lstm_new" : "av_gru_new", input_size, hidden_size, (double)dropout);
+    memset(&r, 0, sizeof r);
+    r.kind = kind;
+    r.input_size = input_size;
+    r.hidden_size = hidden_size;
+    r.num_layers = num_layers;
+    r.num_directions = bidirectional ? 2 : 1;
+    r.dropout = dropout;
+    for (l = 0; l < num_layers; l++)
+        for (d = 0; d < r.num_directions; d++) {
+            snprintf(suffix, sizeof suffix, "_l%d%s", l, d ? "_reverse" : "");
+            r.w[l][d] = av__rnn_weights_new(m, name, suffix, kind, l ? r.num_directions * hidden_size : input_size,
+                                            hidden_size);
+        }
+    return r;
+}
+
+AVDEF av_rnn av_lstm_new(av_model *m, const char *name, int input_size, int hidden_size, int num_layers,
+                         int bidirectional, float dropout) {
+    return av__rnn_new(m, name, AV_LSTM, input_size, hidden_size, num_layers, bidirectional, dropout);
+}
+
+AVDEF av_rnn av_gru_new(av_model *m, const char *name, int input_size, int hidden_size, int num_layers,
+                        int bidirectional, float dropout) {
+    return av__rnn_new(m, name, AV_GRU, input_size, hidden_size, num_layers, bidirectional, dropout);
+}
+
+/* state k [B, H] of a [layers D, B, H] tensor, or NULL */
+static av_tensor *av__rnn_state_at(av_ctx *c, av_tensor *states, int k) {
+    if (!states) return NULL;
+    return av_reshape(c, av_slice(c, states, 0, k, k + 1), 2, states->shape[1], states->shape[2]);
+}
+
+/* n states [B, H] stacked into [n, B, H] */
+static av_tensor *av__rnn_stack(av_ctx *c, av_tensor *const *states, int n) {
+    av_tensor *rows[2 * AV_RNN_MAX_LAYERS];
+    int k;
+    for (k = 0; k < n; k++) rows[k] = av_reshape(c, states[k], 3, 1, states[k]->shape[0], states[k]->shape[1]);
+    return av_concat(c, rows, n, 0);
+}
+
+AVDEF av_tensor *av_rnn_forward(av_ctx *c, const av_rnn *r, av_tensor *x, av_tensor *h0, av_tensor *c0,
+                                const int *lengths, av_tensor **h_n, av_tensor **c_n) {
+    const char *op = "av_rnn_forward";
+    av_tensor *hs[2 * AV_RNN_MAX_LAYERS], *cs[2 * AV_RNN_MAX_LAYERS], *ys[2], *in = x;
+    int D = r->num_directions, L = r->num_layers, l, d, k;
+    if (x->ndim != 3 || x->shape[2] != r->input_size) av__fail_shapes(op, "x must be [B, T, input_size]", x, r->w[0][0].w_ih);
+    for (k = 0; k < 2; k++) {
+        const av_tensor *s = k ? c0 : h0;
+        if (s && (s->ndim != 3 || s->shape[0] != L * D || s->shape[1] != x->shape[0] || s->shape[2] != r->hidden_size))
+            av__fail_shapes(op, k ? "c0 must be [layers D, B, H]" : "h0 must be [layers D, B, H]", s, x);
+    }
+    if (c0 && r->kind != AV_LSTM) av__fail("%s: a GRU has no cell state c0", op);
+    for (l = 0; l < L; l++) {
+        for (d = 0; d < D; d++) {
+            k = l * D + d;
+            ys[d] = av_rnn_layer(c, r->kind, in, &r->w[l][d], av__rnn_state_at(c, h0, k), av__rnn_state_at(c, c0, k),
+                                 lengths, d, &hs[k], &cs[k]);
+        }
+        in = D == 2 ? av_concat(c, ys, 2, 2) : ys[0];
+        if (l + 1 < L) in = av_dropout(c, in, r->dropout);
+    }
+    if (h_n) *h_n = av__rnn_stack(c, hs, L * D);
+    if (c_n) *c_n = r->kind == AV_LSTM ? av__rnn_stack(c, cs, L * D) : NULL;
+    return in;
+}
+
+static av_rnn_cell av__rnn_cell_new(av_model *m, const char *name, int kind, int input_size, int hidden_size) {
+    av_rnn_cell cell;
+    if (input_size < 1 || hidden_size < 1)
+        av__fail("%s: input_size %d, hidden_size %d (both >= 1)", kind == AV_LSTM ? "av_lstm_cell_new" : "av_gru_cell_new",
+                 input_size, hidden_size);
+    cell.kind = kind;
+    cell.input_size = input_size;
+    cell.hidden_size = hidden_size;
+    cell.w = av__rnn_weights_new(m, name, "", kind, input_size, hidden_size);
+    return cell;
+}
+
+AVDEF av_rnn_cell av_lstm_cell_new(av_model *m, const char *name, int input_size, int hidden_size) {
+    return av__rnn_cell_new(m, name, AV_LSTM, input_size, hidden_size);
+}
+
+AVDEF av_rnn_cell av_gru_cell_new(av_model *m, const char *name, int input_size, int hidden_size) {
+    return av__rnn_cell_new(m, name, AV_GRU, input_size, hidden_size);
+}
+
+/* one step: av_rnn_layer over x seen as [B, 1, in] */
+static av_tensor *av__rnn_cell_step(av_ctx *c, const av_rnn_cell *cell, int kind, av_tensor *x, av_tensor *h,
+                                    av_tensor *c_prev, av_tensor **c_out) {
+    const char *op = kind == AV_LSTM ? "av_lstm_cell" : "av_gru_cell";
+    av_tensor *h_out;
+    if (cell->kind != kind) av__fail("%s: the cell was made by %s", op, kind == AV_LSTM ? "av_gru_cell_new" : "av_lstm_cell_new");
+    if (x->ndim != 2 || x->shape[1] != cell->input_size) av__fail_shapes(op, "x must be [B, input_size]", x, cell->w.w_ih);
+    av_rnn_layer(c, kind, av_reshape(c, x, 3, x->shape[0], 1, x->shape[1]), &cell->w, h, c_prev, NULL, 0, &h_out, c_out);
+    return h_out;
+}
+
+AVDEF void av_lstm_cell(av_ctx *c, const av_rnn_cell *cell, av_tensor *x, av_tensor *h, av_tensor *c_prev,
+                        av_tensor **h_out, av_tensor **c_out) {
+    av_tensor *h_next = av__rnn_cell_step(c, cell, AV_LSTM, x, h, c_prev, c_out);
+    if (h_out) *h_out = h_next;
+}
+
+AVDEF av_tensor *av_gru_cell(av_ctx *c, const av_rnn_cell *cell, av_tensor *x, av_tensor *h) {
+    return av__rnn_cell_step(c, cell, AV_GRU, x, h, NULL, NULL);
 }
 
 /* ======================================================================= */
