@@ -23,7 +23,7 @@ OUT     := out
 HEADER  := attnvae.h
 C99      = $(CC) -std=c99 $(WARN) $(CFLAGS)
 
-TESTS    := test_core test_ops test_attention test_scores test_transformer test_decoding test_optim test_gemm test_io test_vae test_torch_ref test_attn_ref test_transformer_ref test_alloc
+TESTS    := test_core test_ops test_rng test_attention test_scores test_transformer test_decoding test_optim test_gemm test_io test_vae test_torch_ref test_attn_ref test_transformer_ref test_alloc
 OMP_TESTS := test_gemm test_attention test_optim test_scores
 EXAMPLES := mlp_fashion vae_fashion ae_fashion
 
@@ -65,6 +65,7 @@ $(BUILD)/cxx/test_%: tests/test_%.c tests/test.h $(wildcard tests/*.h) $(HEADER)
 suite = \
 	"$(1) $(2)/test_core" \
 	"$(1) $(2)/test_ops" \
+	"$(1) $(2)/test_rng" \
 	"$(1) $(2)/test_attention" \
 	"$(1) $(2)/test_scores" \
 	"$(1) $(2)/test_transformer" \
@@ -133,7 +134,7 @@ valgrind: deps-test
 # AArch64: cross-compiled, static, run under qemu-user; the NEON GEMM path
 # must be among those tested.
 ARM_CC := aarch64-linux-gnu-gcc
-ARM_TESTS := test_core test_ops test_attention test_scores test_transformer test_decoding test_optim test_gemm test_io test_vae test_torch_ref test_attn_ref test_transformer_ref test_alloc
+ARM_TESTS := test_core test_ops test_rng test_attention test_scores test_transformer test_decoding test_optim test_gemm test_io test_vae test_torch_ref test_attn_ref test_transformer_ref test_alloc
 test-arm64: deps-arm64
 	@mkdir -p build/arm64
 	for t in $(ARM_TESTS); do \
