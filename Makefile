@@ -24,7 +24,7 @@ HEADER  := attnvae.h
 C99      = $(CC) -std=c99 $(WARN) $(CFLAGS)
 
 TESTS    := test_core test_ops test_rng test_attention test_scores test_transformer test_decoding test_optim test_gemm test_io test_vae test_torch_ref test_attn_ref test_transformer_ref test_alloc
-OMP_TESTS := test_gemm test_attention test_optim test_scores
+OMP_TESTS := test_gemm test_attention test_optim test_scores test_threads
 EXAMPLES := mlp_fashion vae_fashion ae_fashion
 
 .PHONY: install uninstall all examples tests test bench sanitize valgrind test-arm64 fuzz demo deps deps-test deps-bench deps-arm64 deps-fuzz data clean
@@ -93,6 +93,7 @@ TEST_CMDS = $(call suite,,$(BUILD)) $(call suite,,$(BUILD)/cxx) $(call examples_
 	"OMP_NUM_THREADS=2 $(BUILD)/test_attention_omp" \
 	"OMP_NUM_THREADS=2 $(BUILD)/test_optim_omp" \
 	"OMP_NUM_THREADS=2 $(BUILD)/test_scores_omp" \
+	"OMP_NUM_THREADS=2 $(BUILD)/test_threads_omp" \
 	"ATTNVAE_ISA=scalar $(BUILD)/test_gemm --quick" \
 	"ATTNVAE_ISA=avx2 $(BUILD)/test_ops" "ATTNVAE_ISA=scalar $(BUILD)/test_ops" \
 	"ATTNVAE_ISA=avx2 $(BUILD)/test_optim" "ATTNVAE_ISA=scalar $(BUILD)/test_optim" \
