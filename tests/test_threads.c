@@ -18,7 +18,7 @@
 #define TH_MIN_SIZE (AV__PAR_MIN + 1)
 
 /* Forward with every checked input requiring a gradient, then backward of
-   sum(out * w) with fixed weights w. Returns the output followed by the
+   sum(out * w) with fixed weights w of sizes 2^-20 to 2^20. Returns the output followed by the
    gradients, malloc'd; *len gets their count. */
 static float *th_run(gc_fwd_fn fwd, void *user, int n_in, const gc_input *in, int threads, size_t *len, int *out_size) {
     av_ctx *c = av_ctx_new();
@@ -34,7 +34,7 @@ static float *th_run(gc_fwd_fn fwd, void *user, int n_in, const gc_input *in, in
     }
     out = fwd(c, x, user);
     w = av_zeros_shape(c, out->ndim, out->shape);
-    for (k = 0; k < w->size; k++) w->data[k] = 0.25f + (float)(k % 13) / 8.0f;
+    for (k = 0; k < w->size; k++) w->data[k] = ldexpf(0.25f + (float)(k % 13) / 8.0f, k % 41 - 20); /* see th_fill_wide */
     av_backward(c, av_sum_all(c, av_mul(c, out, w)));
     *len = (size_t)out->size;
     *out_size = out->size;
@@ -49,6 +49,14 @@ static float *th_run(gc_fwd_fn fwd, void *user, int n_in, const gc_input *in, in
     av_set_num_threads(0);
     av_ctx_free(c);
     return res;
+}
+
+/* Values of all sizes, 2^-30 to 2^30 (sign, mantissa from gc_fill_distinct):
+   double sums of them round, so sums added in another order differ. */
+static void th_fill_wide(float *x, int n) {
+    int i;
+    gc_fill_distinct(x, n, -1, 1);
+    for (i = 0; i < n; i++) x[i] = ldexpf(x[i], (int)(gc_u64() % 61) - 30);
 }
 
 /* Outputs and gradients on 1 and 2 threads: the same bits. */
@@ -149,6 +157,19 @@ static av_tensor *fwd_reduce(av_ctx *c, av_tensor **in, void *u) {
     }
 }
 
+/* x [outer, len, inner] of wide values whose sums over len cancel: position
+   len-1-k holds minus position k, and a middle one 0. The exact sums are 0
+   while sums in double round at ~2^-52 of the partial sums, so any other
+   order of adding shows in the float results. */
+static void th_fill_cancelling(float *x, int outer, int len, int inner) {
+    int o, k, i;
+    th_fill_wide(x, outer * len * inner);
+    for (o = 0; o < outer; o++)
+        for (k = 0; k < (len + 1) / 2; k++)
+            for (i = 0; i < inner; i++)
+                x[((size_t)o * len + len - 1 - k) * inner + i] = len - 1 - k == k ? 0.0f : -x[((size_t)o * len + k) * inner + i];
+}
+
 static void test_reduce(void) {
     static float x[70001];
     static const int shapes[4][3] = {{3, 9001, 3}, {2, 5, 7001}, {70001, 1, 1}, {7, 10001, 1}};
@@ -156,15 +177,25 @@ static void test_reduce(void) {
     th_reduce r;
     gc_input in[1];
     char what[96];
-    int sh, k;
-    gc_fill_distinct(x, 70001, -3, 3); /* distinct: one first maximum */
+    int sh, k, i;
+    {   /* the data tells orders apart: one pass vs two halves, in double */
+        double one = 0, halves[2] = {0, 0};
+        th_fill_cancelling(x, 1, 70001, 1);
+        for (i = 0; i < 70001; i++) {
+            one += x[i];
+            halves[i >= 35000] += x[i];
+        }
+        CHECK((float)one != (float)(halves[0] + halves[1]), "cancelling data: sums in two orders agree (%g)", one);
+    }
     for (sh = 0; sh < 4; sh++)
         for (k = 0; k < 6; k++)
             for (r.axis = 0; r.axis < (k < 3 ? 3 : 1); r.axis++) {
+                const int *d = shapes[sh];
                 r.kind = k;
-                in[0] = gc_in(x, 1, 3, shapes[sh][0], shapes[sh][1], shapes[sh][2]);
-                snprintf(what, sizeof what, "%s axis %d of [%d, %d, %d]", kinds[k], r.axis, shapes[sh][0], shapes[sh][1],
-                         shapes[sh][2]);
+                if (k >= 3) th_fill_cancelling(x, 1, d[0] * d[1] * d[2], 1);
+                else th_fill_cancelling(x, r.axis ? d[0] * (r.axis == 2 ? d[1] : 1) : 1, d[r.axis], r.axis < 2 ? d[2] * (r.axis ? 1 : d[1]) : 1);
+                in[0] = gc_in(x, 1, 3, d[0], d[1], d[2]);
+                snprintf(what, sizeof what, "%s axis %d of [%d, %d, %d]", kinds[k], r.axis, d[0], d[1], d[2]);
                 th_same(what, fwd_reduce, &r, 1, in);
             }
 }
@@ -212,7 +243,7 @@ static av_tensor *fwd_misc(av_ctx *c, av_tensor **in, void *u) {
 
 static void test_misc(void) {
     enum { R = 301, N = 233, V = 97 };
-    static float a[R * N], t[R * N], table[V * N];
+    static float a[R * N], t[R * N], wide[R * N], logits[R * N], twos[R * N], table[V * N];
     static int labels[R], ids[R];
     static const char *names[10] = {"mse_loss", "cross_entropy", "bce_with_logits", "embedding", "kl_std_normal",
                                     "bernoulli_nll", "reparameterize", "gaussian_nll", "rand and randn", "dropout"};
@@ -221,6 +252,15 @@ static void test_misc(void) {
     int i, n_in;
     gc_fill(a, R * N, -2, 2);
     gc_fill(t, R * N, 0, 1);
+    th_fill_wide(wide, R * N);
+    /* BCE terms that cancel (see th_fill_cancelling): with target 2 the term
+       of x is -x for x >> 0 and -2x for x << 0; position n-1-k holds -x/2 or
+       -2x for x at k, |x| from 2^10 to 2^50, and the middle one 0 */
+    th_fill_wide(logits, R * N);
+    for (i = 0; i < R * N; i++) {
+        twos[i] = 2.0f;
+        logits[i] = i < R * N / 2 ? ldexpf(logits[i], 30) : i == R * N / 2 ? 0.0f : logits[R * N - 1 - i] > 0 ? -logits[R * N - 1 - i] / 2 : -2 * logits[R * N - 1 - i];
+    }
     gc_fill(table, V * N, -1, 1);
     for (i = 0; i < R; i++) {
         labels[i] = (int)(gc_u64() % N);
@@ -234,6 +274,8 @@ static void test_misc(void) {
         in[1] = gc_in(t, 1, 2, R, N);
         in[2] = gc_in(t, 1, 2, R, N);
         switch (m.kind) {
+        case 0: in[0] = gc_in(wide, 1, 2, R, N); break;
+        case 2: in[0] = gc_in(logits, 1, 2, R, N); in[1] = gc_in(twos, 1, 2, R, N); break;
         case 1: case 9: n_in = 1; break;
         case 3: n_in = 1; in[0] = gc_in(table, 1, 2, V, N); break;
         case 7: n_in = 3; break;
