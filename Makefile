@@ -1,7 +1,8 @@
 # attnvae: build, test, benchmark and demo.
 #   make demo      install what it needs, train the Fashion-MNIST VAE, write PNGs
 #   make test      the whole test suite (ends with "N passed, M failed")
-#   make bench     GEMM vs OpenBLAS, the VAE vs PyTorch, fused vs composed attention scores
+#   make bench     GEMM vs OpenBLAS, the VAE vs PyTorch, fused vs composed attention scores;
+#                  the 2-thread speedup of a VAE and an MLP step (make bench-steps)
 #   make install   the header and attnvae.pc under PREFIX (/usr/local), DESTDIR honoured; make uninstall
 #   make sanitize  the test suite under ASan + UBSan
 #   make valgrind  the test suite under valgrind
@@ -27,7 +28,7 @@ TESTS    := test_core test_ops test_rng test_attention test_scores test_transfor
 OMP_TESTS := test_gemm test_attention test_optim test_scores test_threads
 EXAMPLES := mlp_fashion vae_fashion ae_fashion
 
-.PHONY: install uninstall all examples tests test bench sanitize valgrind test-arm64 fuzz demo deps deps-test deps-bench deps-arm64 deps-fuzz data clean
+.PHONY: install uninstall all examples tests test bench bench-steps sanitize valgrind test-arm64 fuzz demo deps deps-test deps-bench deps-arm64 deps-fuzz data clean
 
 all: examples tests
 
@@ -174,6 +175,7 @@ bench: deps-bench data $(BUILD)/bench_gemm $(BUILD)/bench_scores $(BUILD)/vae_fa
 	$(BUILD)/bench_scores
 	tests/bench_vae.sh $(BUILD)/vae_fashion $(DATA)
 	tests/bench_attention.sh $(BUILD)/bench_attention
+	@$(MAKE) --no-print-directory bench-steps
 
 $(BUILD)/bench_attention: tests/bench_attention.c $(HEADER) | $(BUILD)
 	$(C99) $(OPENMP) -o $@ $< -lm
@@ -182,6 +184,13 @@ $(BUILD)/bench_gemm: tests/bench_gemm.c $(HEADER) | $(BUILD)
 	$(CC) -std=c99 -O2 $(OPENMP) -o $@ $< -lopenblas -lm
 
 $(BUILD)/bench_scores: tests/bench_scores.c $(HEADER) | $(BUILD)
+	$(C99) $(OPENMP) -o $@ $< -lm
+
+# A VAE and an MLP training step on 1 and 2 threads: the 2-thread speedup.
+bench-steps: $(BUILD)/bench_steps
+	$(BUILD)/bench_steps
+
+$(BUILD)/bench_steps: tests/bench_steps.c $(HEADER) | $(BUILD)
 	$(C99) $(OPENMP) -o $@ $< -lm
 
 # ---- demo: the main job ----------------------------------------------

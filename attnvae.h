@@ -43,6 +43,28 @@
      buffer: call it before a thread of yours that ran ops exits, or to give
      the memory back after a very large product.
 
+     Randomness drawn per element (dropout masks, av_rand, av_randn, the eps
+     of av_reparameterize) comes from Philox4x32-10, a counter-based
+     generator: each such op call takes a fresh stream from its context (key
+     = the seed of av_ctx_seed, offset = the number of streams taken since)
+     and element e of the call gets draw e of the stream, computed from
+     (key, offset, e) alone. So values do not depend on threads or on the
+     order of work, dropout's backward redraws its mask instead of storing
+     it, and a tiled kernel given the stream can redraw any element (RNG 2
+     in [1 core] has the formula). The sequential xoshiro256** generator of
+     av_ctx_rng() is the caller's (shuffling); av_model_new(seed) has its
+     own for initial values.
+
+     Threads (-fopenmp) run the GEMM and the loops of the ops: elementwise,
+     rows (softmax, norms, losses), reductions, scatters. Work is cut into
+     pieces fixed by the shapes alone (4096 values, blocks of 16 or 256
+     columns, rows), never by the thread count; partial sums are kept in
+     double and added in a fixed order, and repeated indices (broadcast
+     gradients, embedding rows) are summed by one owner each. So results are
+     bit-identical on any number of threads. A loop uses threads from 32768
+     values of work (measured: below that starting them costs more than
+     they save).
+
    ERRORS
      Outside data (files, data sets, a non-finite gradient) never crashes: the
      function returns a negative AV_ERR_* code and av_error() says what is
@@ -66,7 +88,8 @@
      Declarations and code follow the same order. Each section has a tag that
      marks both its declaration banner and its implementation banner, so one
      grep ("\[3.2 elementwise\]") finds both.
-     [1 core]       errors (av_error, per thread), RNG, context and step arena,
+     [1 core]       errors (av_error, per thread), RNGs (sequential xoshiro,
+                    counter-based Philox), context and step arena,
                     tensors (av_zeros ... av_wrap, and their _shape forms),
                     tape recording
      [2 kernels]    2.1 gemm: av_sgemm, ISA choice (av_set_isa), threads
@@ -176,15 +199,17 @@ AVAPI float av_rng_uniform(av_rng *r);            /* [0, 1) */
 AVAPI float av_rng_normal(av_rng *r);             /* N(0, 1) */
 
 /* ---- RNG 2: Philox4x32-10, counter-based (dropout, av_rand, av_randn, eps) ----
-   A keyed bijection of a 128-bit counter (Salmon et al., SC11; the generator
-   of PyTorch's and JAX's accelerators): any draw is computed from its index
-   alone, in any order, on any thread. A stream is a key and an offset. Draw e
-   of a stream (e = 0, 1, ... the flat row-major index of the element) is
-   lane e % 4 of the block
-       av_philox4x32({b, b >> 32, offset, offset >> 32}, key), b = e / 4
-   (32-bit words, low first); a uniform is av_u32_uniform(lane), a normal is
-   av_u32_normal(w[l & 2], w[(l & 2) + 1], l & 1) of the block's words w at
-   lane l: even and odd lanes share a pair of words. */
+   Philox4x32-10 (Salmon et al., SC11; PyTorch's and JAX's generator on
+   accelerators) maps a 128-bit counter and a 64-bit key to 128 random bits,
+   so a draw is computed from its index alone, in any order, on any thread.
+   A stream is a key and an offset (av_ctx_philox hands them out). Draw e
+   of a stream (e = 0, 1, ...: an element's flat row-major index, e.g.
+   ((b H + h) T + i) T + j for attention weights [B, H, T, T]) is word
+   l = e % 4 of the block
+       w = av_philox4x32({k, k >> 32, offset, offset >> 32}, key), k = e / 4
+   (32-bit halves, low first): the uniform av_u32_uniform(w[l]), or the
+   normal av_u32_normal(w[l & 2], w[(l & 2) + 1], l & 1), so lanes 0 and 1
+   share the Box-Muller pair w[0], w[1], and lanes 2 and 3 w[2], w[3]. */
 AVAPI void av_philox4x32(const uint32_t counter[4], const uint32_t key[2], uint32_t out[4]);
 AVAPI float av_u32_uniform(uint32_t u);           /* (u >> 8) 2^-24: [0, 1) in 2^24 steps */
 /* Box-Muller: sqrt(-2 ln((u1 + 1) 2^-32)) times cos (odd == 0) or sin
@@ -235,7 +260,9 @@ AVAPI void av_ctx_rewind(av_ctx *c, av_mark mark);
 
 /* Creation, in the step arena. Shapes are ndim then the sizes, or in the
    _shape forms ndim and an array (for table-driven code and bindings). A
-   tensor of a finished step (after av_ctx_reset) is refused by every op. */
+   tensor of a finished step (after av_ctx_reset) is refused by every op.
+   av_rand (lo + (hi - lo) u) and av_randn (mean + std z) take a fresh
+   Philox stream: element e is draw e. */
 AVAPI av_tensor *av_zeros(av_ctx *c, int ndim, ...);
 AVAPI av_tensor *av_ones(av_ctx *c, int ndim, ...);
 AVAPI av_tensor *av_full(av_ctx *c, float value, int ndim, ...);
@@ -287,8 +314,9 @@ AVAPI int av_set_isa(int isa);        /* 0, or AV_ERR_ARG if unsupported */
 AVAPI int av_get_isa(void);           /* path in use (never AV_ISA_AUTO) */
 AVAPI const char *av_isa_name(int isa); /* "scalar", "avx2", ... or "?" */
 
-/* Threads used by av_sgemm when built with OpenMP (n <= 0 restores the
-   OpenMP default). Without OpenMP everything runs on one thread. */
+/* Threads used by av_sgemm and the ops when built with OpenMP (n <= 0
+   restores the OpenMP default). Results do not depend on it. Without
+   OpenMP everything runs on one thread. */
 AVAPI void av_set_num_threads(int n);
 AVAPI int av_get_num_threads(void);
 
@@ -326,7 +354,10 @@ AVAPI av_tensor *av_relu(av_ctx *c, av_tensor *x);
 AVAPI av_tensor *av_leaky_relu(av_ctx *c, av_tensor *x, float slope);
 AVAPI av_tensor *av_gelu(av_ctx *c, av_tensor *x);      /* exact, with erf */
 AVAPI av_tensor *av_softplus(av_ctx *c, av_tensor *x);  /* log(1 + e^x), stable */
-AVAPI av_tensor *av_dropout(av_ctx *c, av_tensor *x, float p); /* identity unless training */
+/* Zeroes each value with probability p (Philox draw e of a fresh stream
+   below p) and scales the rest by 1/(1-p); the identity when not training
+   or p == 0. Backward redraws the mask from the stream. */
+AVAPI av_tensor *av_dropout(av_ctx *c, av_tensor *x, float p);
 /* ---- [3.3 reduce] over one axis (keepdim keeps it as size 1) or over all --- */
 /* The mean of an empty axis is NaN, as in PyTorch; the max of one is an error. */
 AVAPI av_tensor *av_sum(av_ctx *c, av_tensor *x, int axis, int keepdim);
@@ -796,7 +827,8 @@ typedef struct av_gaussian_head { av_linear_layer mu, logvar; } av_gaussian_head
 AVAPI av_gaussian_head av_gaussian_head_new(av_model *m, const char *name, int in, int latent);
 AVAPI void av_gaussian_head_forward(av_ctx *c, const av_gaussian_head *g, av_tensor *h,
                                     av_tensor **mu, av_tensor **logvar);
-/* z = mu + exp(logvar / 2) * eps, eps ~ N(0, I) drawn from the context's RNG */
+/* z = mu + exp(logvar / 2) * eps, eps ~ N(0, I): Philox normal draws of a
+   fresh stream, draw e for element e */
 AVAPI av_tensor *av_reparameterize(av_ctx *c, av_tensor *mu, av_tensor *logvar);
 /* The same with the caller's eps (mu's shape), e.g. another framework's
    draws; the gradient goes to mu and logvar only, and eps must stay as it
