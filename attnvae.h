@@ -144,8 +144,12 @@
      3. The backward reads n->in[i], n->out[k] (their ->grad are allocated and
         zeroed for it), adds into av__in_grad(n, i) when that is not NULL,
         and never overwrites a gradient (inputs can be shared).
-     4. Test it: a finite-difference check (tests/gradcheck.h), values
-        against a double-precision reference, and its shape-error message.
+     4. Threads: AV__PAR(work) goes before a loop whose iterations write
+        disjoint outputs; sums use AV__SUM (or partials of fixed chunks added
+        in order); randomness is drawn by index from av_ctx_philox's stream.
+     5. Test it: a finite-difference check (tests/gradcheck.h), values
+        against a double-precision reference, and its shape-error message;
+        if threaded, 1 against 2 threads in tests/test_threads.c.
 */
 #ifndef ATTNVAE_H
 #define ATTNVAE_H
@@ -1125,6 +1129,23 @@ AVAPI int av_checkpoint_load(av_model *m, const char *path);
    result depends on the thread count. */
 #define AV__PAR_MIN 32768
 #define AV__PAR(n) AV_OMP(omp parallel for schedule(static) num_threads(av_get_num_threads()) if ((n) > AV__PAR_MIN))
+#define AV__VCHUNK 4096 /* values in a piece of an elementwise loop or a sum */
+#define AV__COLS 16     /* columns per owner where rows add into shared rows */
+/* total = the sum of TERM, a double expression of i, over i in [0, n):
+   chunks of AV__VCHUNK are summed on threads, then added in chunk order. */
+#define AV__SUM(c, n, i, TERM, total)                                                              \
+    do {                                                                                           \
+        int ch_, chunks_ = ((n) + AV__VCHUNK - 1) / AV__VCHUNK;                                    \
+        double *part_ = (double *)av__arena_alloc(&(c)->arena, (size_t)chunks_ * sizeof(double));  \
+        AV__PAR((long)(n))                                                                         \
+        for (ch_ = 0; ch_ < chunks_; ch_++) {                                                      \
+            double acc_ = 0;                                                                       \
+            int i, end_ = ch_ * AV__VCHUNK + AV__MIN(AV__VCHUNK, (n) - ch_ * AV__VCHUNK);          \
+            for (i = ch_ * AV__VCHUNK; i < end_; i++) acc_ += (TERM);                              \
+            part_[ch_] = acc_;                                                                     \
+        }                                                                                          \
+        for ((total) = 0, ch_ = 0; ch_ < chunks_; ch_++) (total) += part_[ch_];                    \
+    } while (0)
 
 /* Per-thread state: the error message, the GEMM's packing space. */
 #if defined(__GNUC__) || defined(__clang__)
@@ -2432,8 +2453,6 @@ AV__VMATH(AV__TARGET_AVX512, __m512, _mm512, 16, AV__ROUND_512, AV__SQRT_512, AV
 AV__VMATH(AV__TARGET_AVX2, __m256, _mm256, 8, _mm256_round_ps, _mm256_sqrt_ps, _mm256_max_ps, AV__EXP2N_256, AV__ANY_256, AV__BLEND_NEG_256, AV__ADD_WHERE_POS_256)
 #endif
 
-/* Array entry points: chunks go to threads, each chunk to the ISA's path. */
-#define AV__VCHUNK 4096
 #ifdef AV__X86
 #define AV__VDISPATCH(isa, name, ...)                                     \
     do {                                                                  \
@@ -2444,7 +2463,8 @@ AV__VMATH(AV__TARGET_AVX2, __m256, _mm256, 8, _mm256_round_ps, _mm256_sqrt_ps, _
 #else
 #define AV__VDISPATCH(isa, name, ...) av__##name##_scalar(__VA_ARGS__)
 #endif
-/* The path is read before the threads start: its first read initialises it. */
+/* Array entry points: chunks go to threads, each chunk to the ISA's path.
+   The path is read before the threads start: its first read initialises it. */
 #define AV__VLOOP(n, ...)                                                 \
     do {                                                                  \
         int i_, isa_ = av_get_isa();                                      \
@@ -2866,7 +2886,6 @@ AVDEF av_tensor *av_concat(av_ctx *c, av_tensor *const *xs, int n_xs, int axis) 
 /* Row i of the gradient adds into row ids[i] of the table's. Ids repeat, so
    threads own blocks of AV__COLS columns and add all rows in order: no
    races, and the sums of the one-thread order. */
-#define AV__COLS 16
 static void av__embedding_backward(av_ctx *c, av__node *n) {
     int D = n->in[0]->shape[1], count = n->out[0]->shape[0], blk;
     const int *ids = (const int *)n->saved;
@@ -4696,22 +4715,6 @@ static av__loss_args av__loss(float scale, const int *labels) {
     a.labels = labels;
     return a;
 }
-
-/* total = the sum of TERM, a double expression of i, over i in [0, n):
-   chunks of AV__VCHUNK are summed on threads, then added in chunk order. */
-#define AV__SUM(c, n, i, TERM, total)                                                              \
-    do {                                                                                           \
-        int ch_, chunks_ = ((n) + AV__VCHUNK - 1) / AV__VCHUNK;                                    \
-        double *part_ = (double *)av__arena_alloc(&(c)->arena, (size_t)chunks_ * sizeof(double));  \
-        AV__PAR((long)(n))                                                                         \
-        for (ch_ = 0; ch_ < chunks_; ch_++) {                                                      \
-            double acc_ = 0;                                                                       \
-            int i, end_ = ch_ * AV__VCHUNK + AV__MIN(AV__VCHUNK, (n) - ch_ * AV__VCHUNK);          \
-            for (i = ch_ * AV__VCHUNK; i < end_; i++) acc_ += (TERM);                              \
-            part_[ch_] = acc_;                                                                     \
-        }                                                                                          \
-        for ((total) = 0, ch_ = 0; ch_ < chunks_; ch_++) (total) += part_[ch_];                    \
-    } while (0)
 
 /* mse: mean or sum of (p - t)^2 */
 static void av__mse_backward(av_ctx *c, av__node *n) {
