@@ -203,8 +203,8 @@ AVAPI float av_rng_uniform(av_rng *r);            /* [0, 1) */
 AVAPI float av_rng_normal(av_rng *r);             /* N(0, 1) */
 
 /* ---- RNG 2: Philox4x32-10, counter-based (dropout, av_rand, av_randn, eps) ----
-   Philox4x32-10 (Salmon et al., SC11; PyTorch's and JAX's generator on
-   accelerators) maps a 128-bit counter and a 64-bit key to 128 random bits,
+   Philox4x32-10 (Salmon et al., SC11; PyTorch's generator on CUDA) maps a
+   128-bit counter and a 64-bit key to 128 random bits,
    so a draw is computed from its index alone, in any order, on any thread.
    A stream is a key and an offset (av_ctx_philox hands them out). Draw e
    of a stream (e = 0, 1, ...: an element's flat row-major index, e.g.
