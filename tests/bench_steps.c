@@ -3,8 +3,11 @@
      VAE  784-400-20-400-784, ReLU, Bernoulli decoder, batch 128, Adam
      MLP  784-512-256-10, ReLU, dropout 0.2 after each hidden layer,
           batch 128, cross-entropy, Adam
-   Best of 5 rounds of >= 0.5 s each (the machine is shared), after a
+   Best of 10 rounds of >= 0.25 s each (the machine is shared), after a
    warm-up. Both thread counts run the same steps from the same seeds.
+   Then where threads start to pay (AV__PAR_MIN): the cost of starting and
+   joining 2 threads, and per op its time per value on one thread and the
+   size at which half of that work saves the start-up.
    Usage: bench_steps [rounds]                      (build with -fopenmp) */
 #define _POSIX_C_SOURCE 199309L
 #define ATTNVAE_IMPLEMENTATION
@@ -105,14 +108,70 @@ static double b_time(int vae, int threads, int rounds) {
         for (r = 0; r < reps; r++) b_step(&b, step++);
         dt = (b_now() - t0) / reps;
         if (dt < best) best = dt;
-        while (reps * dt < 0.5) reps *= 2;
+        while (reps * dt < 0.25) reps *= 2;
     }
     b_free(&b);
     return best * 1e3;
 }
 
+/* ---- the threshold ---- */
+/* best seconds of one empty parallel loop over 2 items on 2 threads */
+static double b_fork_join(void) {
+    double best = 1e30;
+    int round, r;
+    volatile int sink = 0;
+    for (round = 0; round < 200; round++) {
+        double t0 = b_now(), dt;
+        for (r = 0; r < 100; r++) {
+            int k;
+            AV_OMP(omp parallel for num_threads(2) schedule(static))
+            for (k = 0; k < 2; k++) sink += 0;
+        }
+        dt = (b_now() - t0) / 100;
+        if (dt < best) best = dt;
+    }
+    (void)sink;
+    return best;
+}
+
+enum { B_ADD, B_EXP, B_SUM, B_DROPOUT, B_SOFTMAX, B_OPS };
+static const char *b_op_names[B_OPS] = {"add", "exp", "sum_all", "dropout", "softmax (rows of 64)"};
+
+/* best seconds per value of an op on n values (n below AV__PAR_MIN: one thread) */
+static double b_op_time(int op, int n) {
+    static float xa[1 << 16], xb[1 << 16];
+    av_ctx *c = av_ctx_new();
+    double best = 1e30;
+    int round, r, i;
+    for (i = 0; i < n; i++) {
+        xa[i] = 0.5f + (float)(i % 100) / 100.0f;
+        xb[i] = 1.5f - (float)(i % 37) / 37.0f;
+    }
+    av_set_grad_enabled(c, 0);
+    for (round = 0; round < 20; round++) {
+        double t0 = b_now(), dt;
+        for (r = 0; r < 20; r++) {
+            av_tensor *a, *b;
+            av_ctx_reset(c);
+            a = av_wrap(c, xa, 2, n / 64, 64);
+            b = av_wrap(c, xb, 2, n / 64, 64);
+            switch (op) {
+            case B_ADD: av_add(c, a, b); break;
+            case B_EXP: av_exp(c, a); break;
+            case B_SUM: av_sum_all(c, a); break;
+            case B_DROPOUT: av_dropout(c, a, 0.2f); break;
+            default: av_softmax(c, a); break;
+            }
+        }
+        dt = (b_now() - t0) / 20;
+        if (dt < best) best = dt;
+    }
+    av_ctx_free(c);
+    return best / n;
+}
+
 int main(int argc, char **argv) {
-    int rounds = argc > 1 ? atoi(argv[1]) : 5, vae;
+    int rounds = argc > 1 ? atoi(argv[1]) : 10, vae;
 #ifndef _OPENMP
     printf("bench_steps: built without OpenMP, one thread only\n");
 #endif
@@ -124,5 +183,20 @@ int main(int argc, char **argv) {
         printf("%-40s %10.3f %10.3f %8.2f\n",
                vae ? "VAE 784-400-20-400-784, batch 128" : "MLP 784-512-256-10 + dropout, batch 128", t1, t2, t1 / t2);
     }
+#ifdef _OPENMP
+    {
+        double fork = b_fork_join();
+        int op;
+        av_set_num_threads(1);
+        printf("\nthreads pay from n values where n t / 2 > the start of 2 threads, %.2f us (AV__PAR_MIN = %d)\n",
+               fork * 1e6, AV__PAR_MIN);
+        printf("%-24s %14s %14s\n", "op", "ns per value", "break-even n");
+        for (op = 0; op < B_OPS; op++) {
+            double t = b_op_time(op, AV__PAR_MIN / 2);
+            printf("%-24s %14.3f %14.0f\n", b_op_names[op], t * 1e9, 2 * fork / t);
+        }
+        av_set_num_threads(0);
+    }
+#endif
     return 0;
 }
