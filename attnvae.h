@@ -62,8 +62,8 @@
      double and added in a fixed order, and repeated indices (broadcast
      gradients, embedding rows) are summed by one owner each. So results are
      bit-identical on any number of threads. A loop uses threads from 32768
-     values of work (measured: below that starting them costs more than
-     they save).
+     values of work (costly values count more): 4 times the size from which
+     starting threads pays for an add (tests/bench_steps.c measures it).
 
    ERRORS
      Outside data (files, data sets, a non-finite gradient) never crashes: the
@@ -1123,10 +1123,13 @@ AVAPI int av_checkpoint_load(av_model *m, const char *path);
 #define AV_OMP(x)
 #endif
 /* Threads. A loop over independent items, each writing outputs of its own,
-   runs on av_get_num_threads() threads once its work n (in elements) pays
-   for starting them. Sums are cut into chunks fixed by the shapes alone,
-   each summed by one thread, and the chunk sums added in chunk order: no
-   result depends on the thread count. */
+   runs on av_get_num_threads() threads once its work n pays for starting
+   them. n counts values, weighted for costly ones (in float adds, ~0.3 ns).
+   Measured (bench_steps): 2 threads start and join in ~1 us, so adds pay
+   from ~7000 values; from AV__PAR_MIN, 4 times that, they gain 1.6x. Sums
+   are cut into chunks fixed by the shapes alone, each summed by one thread,
+   and the chunk sums added in chunk order: no result depends on the thread
+   count. */
 #define AV__PAR_MIN 32768
 #define AV__PAR(n) AV_OMP(omp parallel for schedule(static) num_threads(av_get_num_threads()) if ((n) > AV__PAR_MIN))
 #define AV__VCHUNK 4096 /* values in a piece of an elementwise loop or a sum */
@@ -1543,7 +1546,7 @@ AVDEF av_tensor *av_full_shape(av_ctx *c, float value, int ndim, const int *shap
 static void av__philox_fill(av_ctx *c, float *dst, int n, int normal, float shift, float scale) {
     av_philox s = av_ctx_philox(c);
     int blk, nb = (n + 3) / 4;
-    AV__PAR((long)n * 8)
+    AV__PAR((long)n * (normal ? 64 : 8)) /* the work of a normal: ~64 adds */
     for (blk = 0; blk < nb; blk++) {
         uint32_t w[4];
         int l;
@@ -3209,7 +3212,7 @@ typedef struct av__dropout_args { av_philox stream; float p; } av__dropout_args;
 static void av__dropout_run(const av__dropout_args *a, const float *src, float *dst, int n, int backward) {
     float keep = 1.0f / (1.0f - a->p);
     int blk, nb = (n + 3) / 4;
-    AV__PAR((long)n * 4)
+    AV__PAR((long)n * 8) /* a draw: ~8 adds */
     for (blk = 0; blk < nb; blk++) {
         uint32_t w[4];
         int l, e;
