@@ -11,9 +11,10 @@
 #define ATTNVAE_IMPLEMENTATION
 #include "../attnvae.h"
 #include "test.h"
-#include "gradcheck.h"
 
 #ifdef _OPENMP
+#include "gradcheck.h"
+
 /* The work of the smallest case must reach the threaded loops. */
 #define TH_MIN_SIZE (AV__PAR_MIN + 1)
 
