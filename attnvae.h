@@ -52,8 +52,8 @@
      order of work, dropout's backward redraws its mask instead of storing
      it, and a tiled kernel given the stream can redraw any element (RNG 2
      in [1 core] has the formula). The sequential xoshiro256** generator of
-     av_ctx_rng() is the caller's (shuffling); av_model_new(seed) has its
-     own for initial values.
+     av_ctx_rng() serves the caller (shuffling) and sampled decoding;
+     av_model_new(seed) has its own for initial values.
 
      Threads (-fopenmp) run the GEMM and the loops of the ops: elementwise,
      rows (softmax, norms, losses), reductions, scatters. Work is cut into
