@@ -3136,8 +3136,9 @@ static void av__binary_pieces(const av__bcast *p, int op, const av_tensor *a, co
 
 /* The gradient gx of a broadcast operand sums over the rows and columns it
    repeats along, without races and in an order fixed by the shapes:
-   - repeated over rows only: threads own blocks of AV__COLS columns and
-     add the rows in order (the one-thread order);
+   - repeated over rows only: threads own blocks of columns (AV__COLS or a
+     multiple, at most 16 blocks) and add the rows in order (the one-thread
+     order);
    - repeated along rows: each row's sum in double, then the sums added
      in row order. */
 static void av__binary_grad_broadcast(av_ctx *c, const av__bcast *p, int op, int wrt, const av_tensor *a,
@@ -3145,11 +3146,12 @@ static void av__binary_grad_broadcast(av_ctx *c, const av__bcast *p, int op, int
     int rows = p->d[0] * p->d[1] * p->d[2], n = p->d[3], r, blk;
     const int *s = wrt ? p->sb : p->sa;
     if (s[3] != 0) {
+        int cols = AV__COLS * ((n + 16 * AV__COLS - 1) / (16 * AV__COLS));
         AV__PAR((long)rows * n)
-        for (blk = 0; blk < (n + AV__COLS - 1) / AV__COLS; blk++) {
-            int j0 = blk * AV__COLS, row;
+        for (blk = 0; blk < (n + cols - 1) / cols; blk++) {
+            int j0 = blk * cols, row;
             for (row = 0; row < rows; row++)
-                av__binary_piece(p, op, a, b, y, row, j0, AV__MIN(AV__COLS, n - j0), wrt, gx + av__row_at(p, s, row) + j0);
+                av__binary_piece(p, op, a, b, y, row, j0, AV__MIN(cols, n - j0), wrt, gx + av__row_at(p, s, row) + j0);
         }
     } else {
         double *sums = (double *)av__arena_alloc(&c->arena, (size_t)rows * sizeof(double));
@@ -3280,20 +3282,21 @@ static void av__reduce_run(av_ctx *c, const float *x, const av__reduce_args *a, 
         const float *xo = x + (size_t)o * len * inner;
         size_t part = ((size_t)o * slices + sl) * inner, at = (size_t)o * inner;
         if (arg) {
-            int best[AV__RCOLS];
-            for (i = i0; i < i1; i++) best[i - i0] = -1;
-            for (k = k0; k < k1; k++)
-                for (i = i0; i < i1; i++) {
+            for (i = i0; i < i1; i++) { /* column i of the slice */
+                int best = -1;
+                float top = 0;
+                for (k = k0; k < k1; k++) {
                     float v = xo[(size_t)k * inner + i];
-                    int b = best[i - i0];
-                    if (b < 0 ? (k == 0 || v == v) : v > xo[(size_t)b * inner + i]) best[i - i0] = k;
+                    if (best < 0 ? (k == 0 || v == v) : v > top) {
+                        best = k;
+                        top = v;
+                    }
                 }
-            for (i = i0; i < i1; i++) {
                 if (slices > 1) {
-                    firsts[part + i] = best[i - i0];
+                    firsts[part + i] = best;
                 } else {
-                    arg[at + i] = best[i - i0];
-                    out[at + i] = xo[(size_t)best[i - i0] * inner + i];
+                    arg[at + i] = best;
+                    out[at + i] = top;
                 }
             }
         } else {
@@ -3334,15 +3337,21 @@ static void av__reduce_run(av_ctx *c, const float *x, const av__reduce_args *a, 
 
 static void av__sum_backward(av_ctx *c, av__node *n) {
     const av__reduce_args *a = (const av__reduce_args *)n->args;
-    int inner = a->inner, len = a->len, row;
+    int inner = a->inner, len = a->len, slices = (len + AV__VCHUNK - 1) / AV__VCHUNK, it;
     float s = a->scale;
     (void)c;
     AV__PAR((long)a->outer * len * inner)
-    for (row = 0; row < a->outer * len; row++) { /* row o * len + k of x */
-        float *gx = n->in[0]->grad + (size_t)row * inner;
-        const float *g = n->out[0]->grad + (size_t)(row / len) * inner;
-        int i;
-        for (i = 0; i < inner; i++) gx[i] += s * g[i];
+    for (it = 0; it < a->outer * slices; it++) { /* positions k0 .. k1 of outer o */
+        int o = it / slices, k0 = it % slices * AV__VCHUNK, k1 = AV__MIN(len, k0 + AV__VCHUNK), k, i;
+        const float *g = n->out[0]->grad + (size_t)o * inner;
+        float *gx = n->in[0]->grad + (size_t)o * len * inner;
+        if (inner == 1) { /* a broadcast of one value: s g[0] as the general loop computes it */
+            float v = s * g[0];
+            for (k = k0; k < k1; k++) gx[k] += v;
+        } else {
+            for (k = k0; k < k1; k++)
+                for (i = 0; i < inner; i++) gx[(size_t)k * inner + i] += s * g[i];
+        }
     }
 }
 

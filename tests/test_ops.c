@@ -961,6 +961,71 @@ static void fwd_broadcast_values(void) {
     av_ctx_free(c);
 }
 
+/* Long axes and wide rows: the reductions run in slices of 4096 positions
+   and blocks of 256 columns, combined afterwards. Sums against double sums;
+   max against one scan from the start (the first maximum; NaN only when it
+   comes first), its index checked through the gradient. In the first
+   shape, row 0 has in column 0 a NaN opening the second slice and its
+   maximum later in that slice, in column 1 its maximum twice, in slices 0
+   and 1; row 1 starts with NaN; row 2 has a whole slice of NaN. */
+static void fwd_long_reductions(void) {
+    static const int shapes[3][3] = {{4, 9000, 3}, {2, 5, 600}, {1, 70001, 1}};
+    static float x[4 * 9000 * 3];
+    av_ctx *c = av_ctx_new();
+    int sh;
+    for (sh = 0; sh < 3; sh++) {
+        int outer = shapes[sh][0], len = shapes[sh][1], inner = shapes[sh][2], n = outer * len * inner, o, i, k;
+        double *ws = (double *)malloc(sizeof(double) * (size_t)(outer * inner));
+        double *wx = (double *)malloc(sizeof(double) * (size_t)(outer * inner));
+        int *warg = (int *)malloc(sizeof(int) * (size_t)(outer * inner)), grad_ok = 1, max_ok = 1;
+        av_tensor *t, *ys, *yx;
+        char what[96];
+        gc_fill(x, n, -3, 3);
+        if (sh == 0) {
+            x[4096 * inner] = NAN;
+            x[5000 * inner] = 7.0f;
+            x[100 * inner + 1] = x[5000 * inner + 1] = 7.0f;
+            x[(size_t)len * inner] = NAN;                    /* row 1 starts with NaN */
+            for (k = 4096; k < 8192; k++) x[(2 * (size_t)len + k) * inner] = NAN; /* row 2, a slice of NaN */
+        }
+        for (o = 0; o < outer; o++)
+            for (i = 0; i < inner; i++) {
+                double sum = 0;
+                int best = 0;
+                for (k = 0; k < len; k++) {
+                    float v = x[((size_t)o * len + k) * inner + i];
+                    sum += v;
+                    if (v > x[((size_t)o * len + best) * inner + i]) best = k;
+                }
+                ws[o * inner + i] = sum;
+                warg[o * inner + i] = best;
+                wx[o * inner + i] = x[((size_t)o * len + best) * inner + i];
+            }
+        av_ctx_reset(c);
+        t = av_from(c, x, 3, outer, len, inner);
+        av_requires_grad(c, t);
+        ys = av_sum(c, t, 1, 0);
+        yx = av_max(c, t, 1, 0);
+        snprintf(what, sizeof what, "sum over %d of [%d, %d, %d]", len, outer, len, inner);
+        for (o = 0; o < outer * inner; o++) /* NaN rows give NaN sums; the others match */
+            if (!(sh == 0 && o % inner == 0 && o / inner < 3)) CHECK_CLOSE(ys->data[o], ws[o], 1e-5, 1e-6, what);
+        for (o = 0; o < outer * inner; o++)
+            max_ok &= wx[o] == wx[o] ? yx->data[o] == (float)wx[o] : yx->data[o] != yx->data[o];
+        snprintf(what, sizeof what, "max over %d of [%d, %d, %d]", len, outer, len, inner);
+        CHECK(max_ok, "%s: values differ from one scan from the start", what);
+        av_backward(c, av_sum_all(c, yx));
+        for (o = 0; o < outer; o++)
+            for (i = 0; i < inner; i++)
+                for (k = 0; k < len; k++)
+                    grad_ok &= t->grad[((size_t)o * len + k) * inner + i] == (k == warg[o * inner + i] ? 1.0f : 0.0f);
+        CHECK(grad_ok, "%s: the gradient is not at the first maximum", what);
+        free(ws);
+        free(wx);
+        free(warg);
+    }
+    av_ctx_free(c);
+}
+
 static void fwd_reduction_values(void) {
     float x[120];
     av_ctx *c = av_ctx_new();
@@ -1509,6 +1574,7 @@ int main(void) {
     fwd_loss_values();
     fwd_broadcast_values();
     fwd_reduction_values();
+    fwd_long_reductions();
     fwd_matmul_values();
     fwd_shape_values();
     autodiff_semantics();
