@@ -1026,6 +1026,84 @@ static void fwd_long_reductions(void) {
     av_ctx_free(c);
 }
 
+/* Sums over rows in the backward passes, at sizes with several column
+   blocks or pieces (ragged), against double references: the gradient of a
+   row repeated over rows [1, 600] and of a column repeated along rows
+   [3, 1] (rows of 5000), of an embedding of width 40 and of layer norm's
+   gamma and beta of width 40; and mse and BCE over 9001 values. */
+static void fwd_long_gradients(void) {
+    enum { R = 7, N = 600, L = 5000, D = 40, V = 9, M = 9001 };
+    static float x[R * N], b[N], xl[3 * L], col[3], table[V * D], w[R * D], t[M], p[M];
+    static const int ids[R] = {3, 1, 3, 8, 0, 3, 1};
+    double want[N > L ? N : L], acc;
+    av_ctx *c = av_ctx_new();
+    av_tensor *xt, *bt, *gt, *bet;
+    int i, j;
+    gc_fill(x, R * N, -2, 2);
+    gc_fill(b, N, -2, 2);
+    gc_fill(xl, 3 * L, -2, 2);
+    gc_fill(col, 3, 0.5, 2);
+    gc_fill(table, V * D, -2, 2);
+    gc_fill(w, R * D, -2, 2);
+    gc_fill(t, M, 0, 1);
+    gc_fill(p, M, -3, 3);
+    /* d sum(x * b) / db = column sums of x */
+    xt = av_from(c, x, 2, R, N);
+    bt = av_from(c, b, 2, 1, N);
+    av_requires_grad(c, bt);
+    av_backward(c, av_sum_all(c, av_mul(c, xt, bt)));
+    for (j = 0; j < N; j++)
+        for (i = 0, want[j] = 0; i < R; i++) want[j] += x[i * N + j];
+    check_fvals("grad of b [1, 600] repeated over rows", bt->grad, want, N, 1e-5, 1e-6);
+    /* d sum(x / col) / dcol = -sum_j x / col^2, rows of 5000 */
+    av_ctx_reset(c);
+    xt = av_from(c, xl, 2, 3, L);
+    bt = av_from(c, col, 2, 3, 1);
+    av_requires_grad(c, bt);
+    av_backward(c, av_sum_all(c, av_div(c, xt, bt)));
+    for (i = 0; i < 3; i++) {
+        for (j = 0, acc = 0; j < L; j++) acc -= (double)xl[i * L + j] / ((double)col[i] * col[i]);
+        want[i] = acc;
+    }
+    check_fvals("grad of a column [3, 1] repeated along rows of 5000", bt->grad, want, 3, 1e-4, 1e-5);
+    /* embedding: row ids[i] of the gradient sums the w rows that picked it */
+    av_ctx_reset(c);
+    xt = av_from(c, table, 2, V, D);
+    av_requires_grad(c, xt);
+    av_backward(c, av_sum_all(c, av_mul(c, av_embedding(c, xt, ids, R), av_from(c, w, 2, R, D))));
+    for (j = 0; j < V * D; j++) want[j] = 0;
+    for (i = 0; i < R; i++)
+        for (j = 0; j < D; j++) want[ids[i] * D + j] += w[i * D + j];
+    check_fvals("grad of an embedding of width 40", xt->grad, want, V * D, 1e-6, 1e-6);
+    /* layer norm: dgamma = sum_r w xhat, dbeta = sum_r w */
+    av_ctx_reset(c);
+    xt = av_from(c, x, 2, R, D);
+    gt = av_ones(c, 1, D);
+    bet = av_zeros(c, 1, D);
+    av_requires_grad(c, gt);
+    av_requires_grad(c, bet);
+    av_backward(c, av_sum_all(c, av_mul(c, av_layer_norm(c, xt, gt, bet, 1e-5f), av_from(c, w, 2, R, D))));
+    for (j = 0; j < D; j++) want[j] = 0;
+    for (i = 0; i < R; i++) {
+        double mean = 0, var = 0;
+        for (j = 0; j < D; j++) mean += x[i * D + j] / (double)D;
+        for (j = 0; j < D; j++) var += (x[i * D + j] - mean) * (x[i * D + j] - mean) / D;
+        for (j = 0; j < D; j++) want[j] += w[i * D + j] * (x[i * D + j] - mean) / sqrt(var + 1e-5);
+    }
+    check_fvals("grad of layer norm's gamma, width 40", gt->grad, want, D, 1e-5, 1e-5);
+    for (j = 0; j < D; j++)
+        for (i = 0, want[j] = 0; i < R; i++) want[j] += w[i * D + j];
+    check_fvals("grad of layer norm's beta, width 40", bet->grad, want, D, 1e-6, 1e-6);
+    /* mse and BCE over 9001 values: sums in chunks */
+    av_ctx_reset(c);
+    for (i = 0, acc = 0; i < M; i++) acc += ((double)p[i] - t[i]) * ((double)p[i] - t[i]);
+    CHECK_CLOSE(av_item(av_mse_loss(c, av_from(c, p, 1, M), av_from(c, t, 1, M), AV_SUM)), acc, 0, 1e-6, "mse over 9001 values");
+    for (i = 0, acc = 0; i < M; i++) acc += (p[i] > 0 ? p[i] : 0) - (double)p[i] * t[i] + log1p(exp(-fabs((double)p[i])));
+    CHECK_CLOSE(av_item(av_bce_with_logits(c, av_from(c, p, 1, M), av_from(c, t, 1, M), AV_SUM)), acc, 0, 1e-6,
+                "BCE over 9001 values");
+    av_ctx_free(c);
+}
+
 static void fwd_reduction_values(void) {
     float x[120];
     av_ctx *c = av_ctx_new();
@@ -1575,6 +1653,7 @@ int main(void) {
     fwd_broadcast_values();
     fwd_reduction_values();
     fwd_long_reductions();
+    fwd_long_gradients();
     fwd_matmul_values();
     fwd_shape_values();
     autodiff_semantics();
