@@ -43,15 +43,16 @@
      buffer: call it before a thread of yours that ran ops exits, or to give
      the memory back after a very large product.
 
-     Randomness drawn per element (dropout masks, av_rand, av_randn, the eps
-     of av_reparameterize) comes from Philox4x32-10, a counter-based
-     generator: each such op call takes a fresh stream from its context (key
-     = the seed of av_ctx_seed, offset = the number of streams taken since)
-     and element e of the call gets draw e of the stream, computed from
-     (key, offset, e) alone. So values do not depend on threads or on the
-     order of work, dropout's backward redraws its mask instead of storing
-     it, and a tiled kernel given the stream can redraw any element (RNG 2
-     in [1 core] has the formula). The sequential xoshiro256** generator of
+     Randomness drawn per element (dropout masks, attention dropout,
+     av_rand, av_randn, the eps of av_reparameterize, the Gumbel noise of
+     categorical samples) comes from Philox4x32-10, a counter-based
+     generator: each such op call takes a fresh stream from its context
+     (key = the seed of av_ctx_seed, offset = the number of streams taken
+     since) and element e of the call gets draw e of the stream, computed
+     from (key, offset, e) alone. So values do not depend on threads or on
+     the order of work, dropout's backward redraws its mask instead of
+     storing it, and the tiled attention redraws the naive path's mask
+     (RNG 2 in [1 core] has the formula). The sequential xoshiro256** generator of
      av_ctx_rng() serves the caller (shuffling) and sampled decoding;
      av_model_new(seed) has its own for initial values.
 
