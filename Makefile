@@ -1,7 +1,8 @@
 # attnvae: build, test, benchmark and demo.
 #   make demo      install what it needs, train the Fashion-MNIST VAE, write PNGs
 #   make test      the whole test suite (ends with "N passed, M failed")
-#   make bench     GEMM vs OpenBLAS; the VAE, attention and an LSTM vs PyTorch; fused vs composed scores
+#   make bench     GEMM vs OpenBLAS; the VAE, attention and an LSTM vs PyTorch; fused vs composed scores;
+#                  the 2-thread speedup of a VAE and an MLP step (make bench-steps)
 #   make install   the header and attnvae.pc under PREFIX (/usr/local), DESTDIR honoured; make uninstall
 #   make sanitize  the test suite under ASan + UBSan
 #   make valgrind  the test suite under valgrind
@@ -27,6 +28,7 @@ C99      = $(CC) -std=c99 $(WARN) $(CFLAGS)
 TESTS :=
 TESTS += test_core
 TESTS += test_ops
+TESTS += test_rng
 TESTS += test_attention
 TESTS += test_scores
 TESTS += test_transformer
@@ -47,9 +49,10 @@ OMP_TESTS += test_attention
 OMP_TESTS += test_optim
 OMP_TESTS += test_scores
 OMP_TESTS += test_rnn
+OMP_TESTS += test_threads
 EXAMPLES := mlp_fashion vae_fashion ae_fashion
 
-.PHONY: install uninstall all examples tests test bench sanitize valgrind test-arm64 fuzz demo deps deps-test deps-bench deps-arm64 deps-fuzz data clean
+.PHONY: install uninstall all examples tests test bench bench-steps sanitize valgrind test-arm64 fuzz demo deps deps-test deps-bench deps-arm64 deps-fuzz data clean
 
 all: examples tests
 
@@ -87,6 +90,7 @@ $(BUILD)/cxx/test_%: tests/test_%.c tests/test.h $(wildcard tests/*.h) $(HEADER)
 suite = \
 	"$(1) $(2)/test_core" \
 	"$(1) $(2)/test_ops" \
+	"$(1) $(2)/test_rng" \
 	"$(1) $(2)/test_attention" \
 	"$(1) $(2)/test_scores" \
 	"$(1) $(2)/test_transformer" \
@@ -118,6 +122,7 @@ TEST_CMDS = $(call suite,,$(BUILD)) $(call suite,,$(BUILD)/cxx) $(call examples_
 	"OMP_NUM_THREADS=2 $(BUILD)/test_scores_omp" \
 	"OMP_NUM_THREADS=2 $(BUILD)/test_rnn_omp" \
 	"ATTNVAE_ISA=avx2 $(BUILD)/test_rnn" "ATTNVAE_ISA=scalar $(BUILD)/test_rnn" \
+	"OMP_NUM_THREADS=2 $(BUILD)/test_threads_omp" \
 	"ATTNVAE_ISA=scalar $(BUILD)/test_gemm --quick" \
 	"ATTNVAE_ISA=avx2 $(BUILD)/test_ops" "ATTNVAE_ISA=scalar $(BUILD)/test_ops" \
 	"ATTNVAE_ISA=avx2 $(BUILD)/test_optim" "ATTNVAE_ISA=scalar $(BUILD)/test_optim" \
@@ -198,7 +203,6 @@ bench: deps-bench data $(BUILD)/bench_gemm $(BUILD)/bench_scores $(BUILD)/vae_fa
 	$(BUILD)/bench_scores
 	tests/bench_vae.sh $(BUILD)/vae_fashion $(DATA)
 	tests/bench_attention.sh $(BUILD)/bench_attention
-	tests/bench_rnn.sh $(BUILD)/bench_rnn
 
 $(BUILD)/bench_attention: tests/bench_attention.c $(HEADER) | $(BUILD)
 	$(C99) $(OPENMP) -o $@ $< -lm
@@ -209,7 +213,6 @@ $(BUILD)/bench_gemm: tests/bench_gemm.c $(HEADER) | $(BUILD)
 $(BUILD)/bench_scores: tests/bench_scores.c $(HEADER) | $(BUILD)
 	$(C99) $(OPENMP) -o $@ $< -lm
 
-$(BUILD)/bench_rnn: tests/bench_rnn.c $(HEADER) | $(BUILD)
 	$(C99) $(OPENMP) -o $@ $< -lm
 
 # ---- demo: the main job ----------------------------------------------

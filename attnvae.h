@@ -43,6 +43,29 @@
      buffer: call it before a thread of yours that ran ops exits, or to give
      the memory back after a very large product.
 
+     Randomness drawn per element (dropout masks, attention dropout,
+     av_rand, av_randn, the eps of av_reparameterize, the Gumbel noise of
+     categorical samples) comes from Philox4x32-10, a counter-based
+     generator: each such op call takes a fresh stream from its context
+     (key = the seed of av_ctx_seed, offset = the number of streams taken
+     since) and element e of the call gets draw e of the stream, computed
+     from (key, offset, e) alone. So values do not depend on threads or on
+     the order of work, dropout's backward redraws its mask instead of
+     storing it, and the tiled attention redraws the naive path's mask
+     (RNG 2 in [1 core] has the formula). The sequential xoshiro256** generator of
+     av_ctx_rng() serves the caller (shuffling) and sampled decoding;
+     av_model_new(seed) has its own for initial values.
+
+     Threads (-fopenmp) run the GEMM and the loops of the ops: elementwise,
+     rows (softmax, norms, losses), reductions, scatters. Work is cut into
+     pieces fixed by the shapes alone (4096 values, blocks of 16 or 256
+     columns, rows), never by the thread count; partial sums are kept in
+     double and added in a fixed order, and repeated indices (broadcast
+     gradients, embedding rows) are summed by one owner each. So results are
+     bit-identical on any number of threads. A loop uses threads from 32768
+     values of work (costly values count more): 4 times the size from which
+     starting threads pays for an add (tests/bench_steps.c measures it).
+
    ERRORS
      Outside data (files, data sets, a non-finite gradient) never crashes: the
      function returns a negative AV_ERR_* code and av_error() says what is
@@ -66,7 +89,8 @@
      Declarations and code follow the same order. Each section has a tag that
      marks both its declaration banner and its implementation banner, so one
      grep ("\[3.2 elementwise\]") finds both.
-     [1 core]       errors (av_error, per thread), RNG, context and step arena,
+     [1 core]       errors (av_error, per thread), RNGs (sequential xoshiro,
+                    counter-based Philox), context and step arena,
                     tensors (av_zeros ... av_wrap, and their _shape forms),
                     tape recording
      [2 kernels]    2.1 gemm: av_sgemm, ISA choice (av_set_isa), threads
@@ -123,8 +147,12 @@
      3. The backward reads n->in[i], n->out[k] (their ->grad are allocated and
         zeroed for it), adds into av__in_grad(n, i) when that is not NULL,
         and never overwrites a gradient (inputs can be shared).
-     4. Test it: a finite-difference check (tests/gradcheck.h), values
-        against a double-precision reference, and its shape-error message.
+     4. Threads: AV__PAR(work) goes before a loop whose iterations write
+        disjoint outputs; sums use AV__SUM (or partials of fixed chunks added
+        in order); randomness is drawn by index from av_ctx_philox's stream.
+     5. Test it: a finite-difference check (tests/gradcheck.h), values
+        against a double-precision reference, and its shape-error message;
+        if threaded, 1 against 2 threads in tests/test_threads.c.
 */
 #ifndef ATTNVAE_H
 #define ATTNVAE_H
@@ -170,12 +198,35 @@ AVAPI void av_clear_error(void);
 typedef void (*av_abort_fn)(const char *message);
 AVAPI void av_set_abort_handler(av_abort_fn fn);
 
-/* ---- RNG: xoshiro256**, seeded, reproducible ---- */
+/* ---- RNG 1: xoshiro256**, sequential (shuffles, parameter initialisation) ---- */
 typedef struct av_rng { uint64_t s[4]; } av_rng;
 AVAPI void av_rng_seed(av_rng *r, uint64_t seed);
 AVAPI uint64_t av_rng_u64(av_rng *r);
 AVAPI float av_rng_uniform(av_rng *r);            /* [0, 1) */
 AVAPI float av_rng_normal(av_rng *r);             /* N(0, 1) */
+
+/* ---- RNG 2: Philox4x32-10, counter-based (dropout, av_rand, av_randn, eps) ----
+   Philox4x32-10 (Salmon et al., SC11; PyTorch's generator on CUDA) maps a
+   128-bit counter and a 64-bit key to 128 random bits,
+   so a draw is computed from its index alone, in any order, on any thread.
+   A stream is a key and an offset (av_ctx_philox hands them out). Draw e
+   of a stream (e = 0, 1, ...: an element's flat row-major index, e.g.
+   ((b H + h) T + i) T + j for attention weights [B, H, T, T]) is word
+   l = e % 4 of the block
+       w = av_philox4x32({k, k >> 32, offset, offset >> 32}, key), k = e / 4
+   (32-bit halves, low first): the uniform av_u32_uniform(w[l]), or the
+   normal av_u32_normal(w[l & 2], w[(l & 2) + 1], l & 1), so lanes 0 and 1
+   share the Box-Muller pair w[0], w[1], and lanes 2 and 3 w[2], w[3]. */
+AVAPI void av_philox4x32(const uint32_t counter[4], const uint32_t key[2], uint32_t out[4]);
+AVAPI float av_u32_uniform(uint32_t u);           /* (u >> 8) 2^-24: [0, 1) in 2^24 steps */
+/* Box-Muller: sqrt(-2 ln((u1 + 1) 2^-32)) times cos (odd == 0) or sin
+   (odd == 1) of 2 pi u2 2^-32, in double; odd 0 and 1 give two independent
+   N(0, 1) (|z| <= 6.7). */
+AVAPI float av_u32_normal(uint32_t u1, uint32_t u2, int odd);
+typedef struct av_philox { uint32_t key[2]; uint64_t offset; } av_philox;
+AVAPI void av_philox_block(const av_philox *s, uint64_t block, uint32_t out[4]); /* draws 4 block .. 4 block + 3 */
+AVAPI float av_philox_uniform(const av_philox *s, uint64_t e);   /* draw e, in [0, 1) */
+AVAPI float av_philox_normal(const av_philox *s, uint64_t e);    /* draw e, N(0, 1) */
 
 /* ---- tensors and the context ---- */
 #define AV_MAX_DIMS 4
@@ -190,14 +241,20 @@ typedef struct av_tensor {
     uint64_t gen;             /* the step that made it (0: a parameter); ops refuse stale ones */
 } av_tensor;
 
-/* A context owns one step: an arena for tensors, the tape, an RNG and the
-   mode flags. av_ctx_reset() frees everything the step made in O(1). */
+/* A context owns one step: an arena for tensors, the tape, both RNGs and
+   the mode flags. av_ctx_reset() frees everything the step made in O(1). */
 typedef struct av_ctx av_ctx;
 AVAPI av_ctx *av_ctx_new(void);
 AVAPI void av_ctx_free(av_ctx *c);
 AVAPI void av_ctx_reset(av_ctx *c);
+/* Seeds the sequential RNG and the Philox key {seed, seed >> 32}, and sets
+   the Philox offset to 0 (a new context is seeded with 0x5eed). */
 AVAPI void av_ctx_seed(av_ctx *c, uint64_t seed);
-AVAPI av_rng *av_ctx_rng(av_ctx *c);
+AVAPI av_rng *av_ctx_rng(av_ctx *c);              /* the sequential RNG, for the caller's use */
+/* A fresh Philox stream: the key and the current offset, then the offset
+   goes up by one. Each random op takes one per call (resets keep the
+   offset), so a kernel given the same stream redraws any element. */
+AVAPI av_philox av_ctx_philox(av_ctx *c);
 AVAPI int av_set_grad_enabled(av_ctx *c, int enabled); /* returns previous */
 AVAPI int av_set_training(av_ctx *c, int training);    /* dropout on/off; returns previous */
 AVAPI void *av_ctx_alloc(av_ctx *c, size_t bytes);     /* step scratch, 64-byte aligned */
@@ -210,7 +267,9 @@ AVAPI void av_ctx_rewind(av_ctx *c, av_mark mark);
 
 /* Creation, in the step arena. Shapes are ndim then the sizes, or in the
    _shape forms ndim and an array (for table-driven code and bindings). A
-   tensor of a finished step (after av_ctx_reset) is refused by every op. */
+   tensor of a finished step (after av_ctx_reset) is refused by every op.
+   av_rand (lo + (hi - lo) u) and av_randn (mean + std z) take a fresh
+   Philox stream: element e is draw e. */
 AVAPI av_tensor *av_zeros(av_ctx *c, int ndim, ...);
 AVAPI av_tensor *av_ones(av_ctx *c, int ndim, ...);
 AVAPI av_tensor *av_full(av_ctx *c, float value, int ndim, ...);
@@ -262,8 +321,9 @@ AVAPI int av_set_isa(int isa);        /* 0, or AV_ERR_ARG if unsupported */
 AVAPI int av_get_isa(void);           /* path in use (never AV_ISA_AUTO) */
 AVAPI const char *av_isa_name(int isa); /* "scalar", "avx2", ... or "?" */
 
-/* Threads used by av_sgemm when built with OpenMP (n <= 0 restores the
-   OpenMP default). Without OpenMP everything runs on one thread. */
+/* Threads used by av_sgemm and the ops when built with OpenMP (n <= 0
+   restores the OpenMP default). Results do not depend on it. Without
+   OpenMP everything runs on one thread. */
 AVAPI void av_set_num_threads(int n);
 AVAPI int av_get_num_threads(void);
 
@@ -301,7 +361,10 @@ AVAPI av_tensor *av_relu(av_ctx *c, av_tensor *x);
 AVAPI av_tensor *av_leaky_relu(av_ctx *c, av_tensor *x, float slope);
 AVAPI av_tensor *av_gelu(av_ctx *c, av_tensor *x);      /* exact, with erf */
 AVAPI av_tensor *av_softplus(av_ctx *c, av_tensor *x);  /* log(1 + e^x), stable */
-AVAPI av_tensor *av_dropout(av_ctx *c, av_tensor *x, float p); /* identity unless training */
+/* Zeroes each value with probability p (Philox draw e of a fresh stream
+   below p) and scales the rest by 1/(1-p); the identity when not training
+   or p == 0. Backward redraws the mask from the stream. */
+AVAPI av_tensor *av_dropout(av_ctx *c, av_tensor *x, float p);
 /* ---- [3.3 reduce] over one axis (keepdim keeps it as size 1) or over all --- */
 /* The mean of an empty axis is NaN, as in PyTorch; the max of one is an error. */
 AVAPI av_tensor *av_sum(av_ctx *c, av_tensor *x, int axis, int keepdim);
@@ -837,7 +900,8 @@ typedef struct av_gaussian_head { av_linear_layer mu, logvar; } av_gaussian_head
 AVAPI av_gaussian_head av_gaussian_head_new(av_model *m, const char *name, int in, int latent);
 AVAPI void av_gaussian_head_forward(av_ctx *c, const av_gaussian_head *g, av_tensor *h,
                                     av_tensor **mu, av_tensor **logvar);
-/* z = mu + exp(logvar / 2) * eps, eps ~ N(0, I) drawn from the context's RNG */
+/* z = mu + exp(logvar / 2) * eps, eps ~ N(0, I): Philox normal draws of a
+   fresh stream, draw e for element e */
 AVAPI av_tensor *av_reparameterize(av_ctx *c, av_tensor *mu, av_tensor *logvar);
 /* The same with the caller's eps (mu's shape), e.g. another framework's
    draws; the gradient goes to mu and logvar only, and eps must stay as it
@@ -1127,8 +1191,33 @@ AVAPI int av_checkpoint_load(av_model *m, const char *path);
 #else
 #define AV_OMP(x)
 #endif
-/* loops over n independent items go parallel when n is worth a fork */
-#define AV__PAR(n) AV_OMP(omp parallel for schedule(static) if ((n) > 32768))
+/* Threads. A loop over independent items, each writing outputs of its own,
+   runs on av_get_num_threads() threads once its work n pays for starting
+   them. n counts values, weighted for costly ones (in float adds, ~0.3 ns).
+   Measured (bench_steps): 2 threads start and join in ~1 us, so adds pay
+   from ~7000 values; from AV__PAR_MIN, 4 times that, they gain 1.6x. Sums
+   are cut into chunks fixed by the shapes alone, each summed by one thread,
+   and the chunk sums added in chunk order: no result depends on the thread
+   count. */
+#define AV__PAR_MIN 32768
+#define AV__PAR(n) AV_OMP(omp parallel for schedule(static) num_threads(av_get_num_threads()) if ((n) > AV__PAR_MIN))
+#define AV__VCHUNK 4096 /* values in a piece of an elementwise loop or a sum */
+#define AV__COLS 16     /* columns per owner where rows add into shared rows */
+/* total = the sum of TERM, a double expression of i, over i in [0, n):
+   chunks of AV__VCHUNK are summed on threads, then added in chunk order. */
+#define AV__SUM(c, n, i, TERM, total)                                                              \
+    do {                                                                                           \
+        int ch_, chunks_ = ((n) + AV__VCHUNK - 1) / AV__VCHUNK;                                    \
+        double *part_ = (double *)av__arena_alloc(&(c)->arena, (size_t)chunks_ * sizeof(double));  \
+        AV__PAR((long)(n))                                                                         \
+        for (ch_ = 0; ch_ < chunks_; ch_++) {                                                      \
+            double acc_ = 0;                                                                       \
+            int i, end_ = ch_ * AV__VCHUNK + AV__MIN(AV__VCHUNK, (n) - ch_ * AV__VCHUNK);          \
+            for (i = ch_ * AV__VCHUNK; i < end_; i++) acc_ += (TERM);                              \
+            part_[ch_] = acc_;                                                                     \
+        }                                                                                          \
+        for ((total) = 0, ch_ = 0; ch_ < chunks_; ch_++) (total) += part_[ch_];                    \
+    } while (0)
 
 /* Per-thread state: the error message, the GEMM's packing space. */
 #if defined(__GNUC__) || defined(__clang__)
@@ -1233,15 +1322,54 @@ AVDEF float av_rng_normal(av_rng *r) {
     return (float)(sqrt(-2.0 * log(u1)) * cos(6.283185307179586 * u2));
 }
 
-/* ---- counter-based draws ---- */
-/* A draw that depends only on (seed, index): any kernel can regenerate the
-   draw of element e in any order, on any thread. */
-static float av__counter_uniform(uint64_t seed, uint64_t index) {
-    uint64_t z = seed ^ (index * 0x9e3779b97f4a7c15ULL);
-    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ULL;
-    z = (z ^ (z >> 27)) * 0x94d049bb133111ebULL;
-    z ^= z >> 31;
-    return (float)(z >> 40) * (1.0f / 16777216.0f);
+/* Philox4x32-10: each round multiplies words 0 and 2 by constants, swaps
+   the halves of the products into new positions and mixes in the key; the
+   key steps by the golden-ratio constants between rounds. */
+AVDEF void av_philox4x32(const uint32_t counter[4], const uint32_t key[2], uint32_t out[4]) {
+    uint32_t x0 = counter[0], x1 = counter[1], x2 = counter[2], x3 = counter[3], k0 = key[0], k1 = key[1];
+    int round;
+    for (round = 0; round < 10; round++) {
+        uint64_t p0 = (uint64_t)0xD2511F53u * x0, p2 = (uint64_t)0xCD9E8D57u * x2;
+        x0 = (uint32_t)(p2 >> 32) ^ x1 ^ k0;
+        x1 = (uint32_t)p2;
+        x2 = (uint32_t)(p0 >> 32) ^ x3 ^ k1;
+        x3 = (uint32_t)p0;
+        k0 += 0x9E3779B9u;
+        k1 += 0xBB67AE85u;
+    }
+    out[0] = x0; out[1] = x1; out[2] = x2; out[3] = x3;
+}
+
+AVDEF float av_u32_uniform(uint32_t u) { return (float)(u >> 8) * (1.0f / 16777216.0f); }
+
+AVDEF float av_u32_normal(uint32_t u1, uint32_t u2, int odd) {
+    double r = sqrt(-2.0 * log(((double)u1 + 1.0) * (1.0 / 4294967296.0)));
+    double angle = 6.283185307179586 * ((double)u2 * (1.0 / 4294967296.0));
+    return (float)(r * (odd ? sin(angle) : cos(angle)));
+}
+
+AVDEF void av_philox_block(const av_philox *s, uint64_t block, uint32_t out[4]) {
+    uint32_t counter[4];
+    counter[0] = (uint32_t)block;
+    counter[1] = (uint32_t)(block >> 32);
+    counter[2] = (uint32_t)s->offset;
+    counter[3] = (uint32_t)(s->offset >> 32);
+    av_philox4x32(counter, s->key, out);
+}
+
+AVDEF float av_philox_uniform(const av_philox *s, uint64_t e) {
+    uint32_t w[4];
+    av_philox_block(s, e >> 2, w);
+    return av_u32_uniform(w[e & 3]);
+}
+
+/* lane l of a block's words w as a normal: its pair's cosine or sine */
+static float av__lane_normal(const uint32_t *w, int l) { return av_u32_normal(w[l & 2], w[(l & 2) + 1], l & 1); }
+
+AVDEF float av_philox_normal(const av_philox *s, uint64_t e) {
+    uint32_t w[4];
+    av_philox_block(s, e >> 2, w);
+    return av__lane_normal(w, (int)(e & 3));
 }
 
 /* ---- the step arena ---- */
@@ -1322,17 +1450,10 @@ struct av_ctx {
     av__node **tape;
     int n_tape, cap_tape;
     av_rng rng;
+    av_philox philox;         /* the next stream */
     int grad_enabled, training;
     uint64_t gen;
-    uint64_t counter_seed, counter_next; /* counter-based draws: the next unused index */
 };
-
-/* Reserves count consecutive indices of the context's counter-based stream. */
-static void av__counter_take(av_ctx *c, uint64_t count, uint64_t *seed, uint64_t *first) {
-    *seed = c->counter_seed;
-    *first = c->counter_next;
-    c->counter_next += count;
-}
 
 static uint64_t av__next_ctx_id(void) {
     static uint64_t next;
@@ -1368,10 +1489,16 @@ AVDEF void av_ctx_reset(av_ctx *c) {
 }
 AVDEF void av_ctx_seed(av_ctx *c, uint64_t seed) {
     av_rng_seed(&c->rng, seed);
-    c->counter_seed = seed ^ 0x6a09e667f3bcc909ULL; /* a stream apart from the sequential one */
-    c->counter_next = 0;
+    c->philox.key[0] = (uint32_t)seed;
+    c->philox.key[1] = (uint32_t)(seed >> 32);
+    c->philox.offset = 0;
 }
 AVDEF av_rng *av_ctx_rng(av_ctx *c) { return &c->rng; }
+AVDEF av_philox av_ctx_philox(av_ctx *c) {
+    av_philox s = c->philox;
+    c->philox.offset++;
+    return s;
+}
 AVDEF void *av_ctx_alloc(av_ctx *c, size_t bytes) { return av__arena_alloc(&c->arena, bytes); }
 AVDEF size_t av_ctx_peak_bytes(const av_ctx *c) { return c->arena.peak_bytes; }
 
@@ -1483,17 +1610,30 @@ AVDEF av_tensor *av_full_shape(av_ctx *c, float value, int ndim, const int *shap
     return av__filled(c, ndim, shape, value, "av_full");
 }
 
+/* Fills dst[0..n) with shift + scale d, d draws 0..n-1 of a fresh Philox
+   stream (normals or uniforms). Blocks of 4 draws go to threads. */
+static void av__philox_fill(av_ctx *c, float *dst, int n, int normal, float shift, float scale) {
+    av_philox s = av_ctx_philox(c);
+    int blk, nb = (n + 3) / 4;
+    AV__PAR((long)n * (normal ? 64 : 8)) /* the work of a normal: ~64 adds */
+    for (blk = 0; blk < nb; blk++) {
+        uint32_t w[4];
+        int l;
+        av_philox_block(&s, (uint64_t)blk, w);
+        for (l = 0; l < 4 && 4 * blk + l < n; l++)
+            dst[4 * blk + l] = shift + scale * (normal ? av__lane_normal(w, l) : av_u32_uniform(w[l]));
+    }
+}
+
 AVDEF av_tensor *av_randn_shape(av_ctx *c, float mean, float std, int ndim, const int *shape) {
     av_tensor *t = av__tensor_empty(c, ndim, shape, "av_randn");
-    int i;
-    for (i = 0; i < t->size; i++) t->data[i] = mean + std * av_rng_normal(&c->rng);
+    av__philox_fill(c, t->data, t->size, 1, mean, std);
     return t;
 }
 
 AVDEF av_tensor *av_rand_shape(av_ctx *c, float lo, float hi, int ndim, const int *shape) {
     av_tensor *t = av__tensor_empty(c, ndim, shape, "av_rand");
-    int i;
-    for (i = 0; i < t->size; i++) t->data[i] = lo + (hi - lo) * av_rng_uniform(&c->rng);
+    av__philox_fill(c, t->data, t->size, 0, lo, hi - lo);
     return t;
 }
 
@@ -2385,8 +2525,6 @@ AV__VMATH(AV__TARGET_AVX512, __m512, _mm512, 16, AV__ROUND_512, AV__SQRT_512, AV
 AV__VMATH(AV__TARGET_AVX2, __m256, _mm256, 8, _mm256_round_ps, _mm256_sqrt_ps, _mm256_max_ps, AV__EXP2N_256, AV__ANY_256, AV__BLEND_NEG_256, AV__ADD_WHERE_POS_256)
 #endif
 
-/* Array entry points: chunks go to threads, each chunk to the ISA's path. */
-#define AV__VCHUNK 4096
 #ifdef AV__X86
 #define AV__VDISPATCH(isa, name, ...)                                     \
     do {                                                                  \
@@ -2397,7 +2535,8 @@ AV__VMATH(AV__TARGET_AVX2, __m256, _mm256, 8, _mm256_round_ps, _mm256_sqrt_ps, _
 #else
 #define AV__VDISPATCH(isa, name, ...) av__##name##_scalar(__VA_ARGS__)
 #endif
-/* The path is read before the threads start: its first read initialises it. */
+/* Array entry points: chunks go to threads, each chunk to the ISA's path.
+   The path is read before the threads start: its first read initialises it. */
 #define AV__VLOOP(n, ...)                                                 \
     do {                                                                  \
         int i_, isa_ = av_get_isa();                                      \
@@ -2816,12 +2955,22 @@ AVDEF av_tensor *av_concat(av_ctx *c, av_tensor *const *xs, int n_xs, int axis) 
     return out;
 }
 
+/* Row i of the gradient adds into row ids[i] of the table's. Ids repeat, so
+   threads own blocks of AV__COLS columns and add all rows in order: no
+   races, and the sums of the one-thread order. */
 static void av__embedding_backward(av_ctx *c, av__node *n) {
-    int D = n->in[0]->shape[1], i;
+    int D = n->in[0]->shape[1], count = n->out[0]->shape[0], blk;
     const int *ids = (const int *)n->saved;
     (void)c;
-    for (i = 0; i < n->out[0]->shape[0]; i++)
-        av__add_into(n->in[0]->grad + (size_t)ids[i] * D, n->out[0]->grad + (size_t)i * D, D);
+    AV__PAR((long)count * D)
+    for (blk = 0; blk < (D + AV__COLS - 1) / AV__COLS; blk++) {
+        int j0 = blk * AV__COLS, j1 = AV__MIN(j0 + AV__COLS, D), i, j;
+        for (i = 0; i < count; i++) {
+            float *dst = n->in[0]->grad + (size_t)ids[i] * D;
+            const float *src = n->out[0]->grad + (size_t)i * D;
+            for (j = j0; j < j1; j++) dst[j] += src[j];
+        }
+    }
 }
 
 AVDEF av_tensor *av_embedding(av_ctx *c, av_tensor *table, const int *ids, int count) {
@@ -2913,6 +3062,7 @@ static void av__sigmoid_backward(av_ctx *c, av__node *n) {
     const float *y = n->out[0]->data, *g = n->out[0]->grad;
     int i;
     (void)c;
+    AV__PAR(n->out[0]->size)
     for (i = 0; i < n->out[0]->size; i++) n->in[0]->grad[i] += g[i] * y[i] * (1.0f - y[i]);
 }
 
@@ -2929,6 +3079,7 @@ static void av__softplus_backward(av_ctx *c, av__node *n) {
     float *sig = (float *)av__arena_alloc(&c->arena, (size_t)n->out[0]->size * sizeof(float));
     int i;
     av__sigmoid_array(n->in[0]->data, sig, n->out[0]->size);
+    AV__PAR(n->out[0]->size)
     for (i = 0; i < n->out[0]->size; i++) n->in[0]->grad[i] += n->out[0]->grad[i] * sig[i];
 }
 
@@ -2938,6 +3089,7 @@ AVDEF av_tensor *av_softplus(av_ctx *c, av_tensor *x) {
     av__live(c, "av_softplus", x, NULL, NULL);
     out = av__like(c, x, "av_softplus");
     av__softplus_rest_array(x->data, out->data, x->size);
+    AV__PAR(x->size)
     for (i = 0; i < x->size; i++) out->data[i] += x->data[i] > 0 ? x->data[i] : 0.0f;
     av__record(c, "av_softplus", av__softplus_backward, out, 1, x);
     return out;
@@ -2997,59 +3149,109 @@ static av__bcast av__bcast_plan(const char *op, const av_tensor *a, const av_ten
     return p;
 }
 
-/* One row of n outputs; forward fills y, backward adds into ga/gb (either may be NULL). */
-static void av__binary_row(int op, int n, const float *a, int sa, const float *b, int sb, float *y,
-                           const float *g, float *ga, float *gb) {
+/* One row of n outputs: y = a op b. */
+static void av__binary_row(int op, int n, const float *a, int sa, const float *b, int sb, float *y) {
     int j;
-    if (!g) {
-        switch (op) {
-        case AV__ADD: for (j = 0; j < n; j++) y[j] = a[j * sa] + b[j * sb]; break;
-        case AV__SUB: for (j = 0; j < n; j++) y[j] = a[j * sa] - b[j * sb]; break;
-        case AV__MUL: for (j = 0; j < n; j++) y[j] = a[j * sa] * b[j * sb]; break;
-        default:      for (j = 0; j < n; j++) y[j] = a[j * sa] / b[j * sb]; break;
-        }
-        return;
-    }
-    switch (op) { /* d(a+b) = (1, 1); d(a-b) = (1, -1); d(ab) = (b, a); d(a/b) = (1/b, -y/b) */
-    case AV__ADD:
-        if (ga) for (j = 0; j < n; j++) ga[j * sa] += g[j];
-        if (gb) for (j = 0; j < n; j++) gb[j * sb] += g[j];
-        break;
-    case AV__SUB:
-        if (ga) for (j = 0; j < n; j++) ga[j * sa] += g[j];
-        if (gb) for (j = 0; j < n; j++) gb[j * sb] -= g[j];
-        break;
-    case AV__MUL:
-        if (ga) for (j = 0; j < n; j++) ga[j * sa] += g[j] * b[j * sb];
-        if (gb) for (j = 0; j < n; j++) gb[j * sb] += g[j] * a[j * sa];
-        break;
-    default:
-        if (ga) for (j = 0; j < n; j++) ga[j * sa] += g[j] / b[j * sb];
-        if (gb) for (j = 0; j < n; j++) gb[j * sb] -= g[j] * y[j] / b[j * sb];
-        break;
+    switch (op) {
+    case AV__ADD: for (j = 0; j < n; j++) y[j] = a[j * sa] + b[j * sb]; break;
+    case AV__SUB: for (j = 0; j < n; j++) y[j] = a[j * sa] - b[j * sb]; break;
+    case AV__MUL: for (j = 0; j < n; j++) y[j] = a[j * sa] * b[j * sb]; break;
+    default:      for (j = 0; j < n; j++) y[j] = a[j * sa] / b[j * sb]; break;
     }
 }
 
-static void av__binary_run(const av__bcast *p, int op, const av_tensor *a, const av_tensor *b, av_tensor *y,
-                           const float *g, float *ga, float *gb) {
-    int i0, i1, i2, row = 0;
-    for (i0 = 0; i0 < p->d[0]; i0++)
-        for (i1 = 0; i1 < p->d[1]; i1++)
-            for (i2 = 0; i2 < p->d[2]; i2++, row++) {
-                int oa = i0 * p->sa[0] + i1 * p->sa[1] + i2 * p->sa[2];
-                int ob = i0 * p->sb[0] + i1 * p->sb[1] + i2 * p->sb[2];
-                size_t oy = (size_t)row * p->d[3];
-                av__binary_row(op, p->d[3], a->data + oa, p->sa[3], b->data + ob, p->sb[3], y->data + oy,
-                               g ? g + oy : NULL, ga ? ga + oa : NULL, gb ? gb + ob : NULL);
+/* One row of the gradient of operand wrt (0: a, 1: b), added into gx[0..n):
+   d(a+b) = (1, 1); d(a-b) = (1, -1); d(ab) = (b, a); d(a/b) = (1/b, -y/b) */
+static void av__binary_grad_row(int op, int wrt, int n, const float *a, int sa, const float *b, int sb,
+                                const float *y, const float *g, float *gx) {
+    int j;
+    switch (2 * op + wrt) {
+    case 2 * AV__SUB + 1: for (j = 0; j < n; j++) gx[j] -= g[j]; break;
+    case 2 * AV__MUL:     for (j = 0; j < n; j++) gx[j] += g[j] * b[j * sb]; break;
+    case 2 * AV__MUL + 1: for (j = 0; j < n; j++) gx[j] += g[j] * a[j * sa]; break;
+    case 2 * AV__DIV:     for (j = 0; j < n; j++) gx[j] += g[j] / b[j * sb]; break;
+    case 2 * AV__DIV + 1: for (j = 0; j < n; j++) gx[j] -= g[j] * y[j] / b[j * sb]; break;
+    default:              for (j = 0; j < n; j++) gx[j] += g[j]; break; /* add, and a of sub */
+    }
+}
+
+/* Offset of row r (of d[0] d[1] d[2] rows of d[3]) in an operand of strides s. */
+static size_t av__row_at(const av__bcast *p, const int *s, int r) {
+    return (size_t)(r / p->d[2] / p->d[1]) * s[0] + (size_t)(r / p->d[2] % p->d[1]) * s[1] + (size_t)(r % p->d[2]) * s[2];
+}
+
+/* Values j0 .. j0 + len of output row r: y = a op b when gx is NULL, else
+   the gradient of operand wrt added into gx[0..len). */
+static void av__binary_piece(const av__bcast *p, int op, const av_tensor *a, const av_tensor *b, const av_tensor *y,
+                             int r, int j0, int len, int wrt, float *gx) {
+    const float *pa = a->data + av__row_at(p, p->sa, r) + (size_t)j0 * p->sa[3];
+    const float *pb = b->data + av__row_at(p, p->sb, r) + (size_t)j0 * p->sb[3];
+    size_t at = (size_t)r * p->d[3] + j0;
+    if (gx) av__binary_grad_row(op, wrt, len, pa, p->sa[3], pb, p->sb[3], y->data + at, y->grad + at, gx);
+    else av__binary_row(op, len, pa, p->sa[3], pb, p->sb[3], y->data + at);
+}
+
+/* Forward, or the gradient of an operand the size of y: threads take pieces
+   of AV__VCHUNK values of a row. */
+static void av__binary_pieces(const av__bcast *p, int op, const av_tensor *a, const av_tensor *b, const av_tensor *y,
+                              int wrt, float *gx) {
+    int rows = p->d[0] * p->d[1] * p->d[2], n = p->d[3], pieces = (n + AV__VCHUNK - 1) / AV__VCHUNK, it;
+    AV__PAR((long)rows * n)
+    for (it = 0; it < rows * pieces; it++) {
+        int r = it / pieces, j0 = it % pieces * AV__VCHUNK;
+        av__binary_piece(p, op, a, b, y, r, j0, AV__MIN(AV__VCHUNK, n - j0), wrt, gx ? gx + (size_t)r * n + j0 : NULL);
+    }
+}
+
+/* The gradient gx of a broadcast operand sums over the rows and columns it
+   repeats along, without races and in an order fixed by the shapes:
+   - repeated over rows only: threads own blocks of columns (AV__COLS or a
+     multiple, at most 16 blocks) and add the rows in order (the one-thread
+     order);
+   - repeated along rows: each row's sum in double, then the sums added
+     in row order. */
+static void av__binary_grad_broadcast(av_ctx *c, const av__bcast *p, int op, int wrt, const av_tensor *a,
+                                      const av_tensor *b, const av_tensor *y, float *gx) {
+    int rows = p->d[0] * p->d[1] * p->d[2], n = p->d[3], r, blk;
+    const int *s = wrt ? p->sb : p->sa;
+    if (s[3] != 0) {
+        int cols = AV__COLS * ((n + 16 * AV__COLS - 1) / (16 * AV__COLS));
+        AV__PAR((long)rows * n)
+        for (blk = 0; blk < (n + cols - 1) / cols; blk++) {
+            int j0 = blk * cols, row;
+            for (row = 0; row < rows; row++)
+                av__binary_piece(p, op, a, b, y, row, j0, AV__MIN(cols, n - j0), wrt, gx + av__row_at(p, s, row) + j0);
+        }
+    } else {
+        double *sums = (double *)av__arena_alloc(&c->arena, (size_t)rows * sizeof(double));
+        AV__PAR((long)rows * n)
+        for (r = 0; r < rows; r++) {
+            float part[AV__VCHUNK];
+            double acc = 0;
+            int j0, j;
+            for (j0 = 0; j0 < n; j0 += AV__VCHUNK) {
+                int len = AV__MIN(AV__VCHUNK, n - j0);
+                memset(part, 0, (size_t)len * sizeof(float));
+                av__binary_piece(p, op, a, b, y, r, j0, len, wrt, part);
+                for (j = 0; j < len; j++) acc += part[j];
             }
+            sums[r] = acc;
+        }
+        for (r = 0; r < rows; r++) gx[av__row_at(p, s, r)] += (float)sums[r];
+    }
 }
 
 typedef struct av__binary_args { int op; av__bcast plan; } av__binary_args;
 
 static void av__binary_backward(av_ctx *c, av__node *n) {
     const av__binary_args *a = (const av__binary_args *)n->args;
-    (void)c;
-    av__binary_run(&a->plan, a->op, n->in[0], n->in[1], n->out[0], n->out[0]->grad, av__in_grad(n, 0), av__in_grad(n, 1));
+    int k;
+    for (k = 0; k < 2; k++) {
+        float *gx = av__in_grad(n, k);
+        if (!gx) continue;
+        if (n->in[k]->size == n->out[0]->size) av__binary_pieces(&a->plan, a->op, n->in[0], n->in[1], n->out[0], k, gx);
+        else av__binary_grad_broadcast(c, &a->plan, a->op, k, n->in[0], n->in[1], n->out[0], gx);
+    }
 }
 
 static av_tensor *av__binary(av_ctx *c, int op, av_tensor *a, av_tensor *b, const char *name) {
@@ -3061,7 +3263,7 @@ static av_tensor *av__binary(av_ctx *c, int op, av_tensor *a, av_tensor *b, cons
     args.op = op;
     args.plan = av__bcast_plan(name, a, b, shape, &ndim);
     out = av__tensor_empty(c, ndim, shape, name);
-    av__binary_run(&args.plan, op, a, b, out, NULL, NULL, NULL);
+    av__binary_pieces(&args.plan, op, a, b, out, 0, NULL);
     n = av__record(c, name, av__binary_backward, out, 2, a, b);
     if (n) n->args = AV__KEEP(c, args);
     return out;
@@ -3072,30 +3274,45 @@ AVDEF av_tensor *av_sub(av_ctx *c, av_tensor *a, av_tensor *b) { return av__bina
 AVDEF av_tensor *av_mul(av_ctx *c, av_tensor *a, av_tensor *b) { return av__binary(c, AV__MUL, a, b, "av_mul"); }
 AVDEF av_tensor *av_div(av_ctx *c, av_tensor *a, av_tensor *b) { return av__binary(c, AV__DIV, a, b, "av_div"); }
 
-/* the saved mask holds 0 or 1/(1-p), so forward and backward are one product */
+/* dropout: y = x m, dx = g m, with m = 1/(1-p) where draw e of the op's
+   Philox stream is >= p, else 0. Backward redraws m from the stream (saved
+   in the arguments) instead of keeping a mask. */
+typedef struct av__dropout_args { av_philox stream; float p; } av__dropout_args;
+
+/* dst = src m (forward), or dst += src m (backward) */
+static void av__dropout_run(const av__dropout_args *a, const float *src, float *dst, int n, int backward) {
+    float keep = 1.0f / (1.0f - a->p);
+    int blk, nb = (n + 3) / 4;
+    AV__PAR((long)n * 8) /* a draw: ~8 adds */
+    for (blk = 0; blk < nb; blk++) {
+        uint32_t w[4];
+        int l, e;
+        av_philox_block(&a->stream, (uint64_t)blk, w);
+        for (l = 0, e = 4 * blk; l < 4 && e < n; l++, e++) {
+            float v = src[e] * (av_u32_uniform(w[l]) >= a->p ? keep : 0.0f);
+            dst[e] = backward ? dst[e] + v : v;
+        }
+    }
+}
+
 static void av__dropout_backward(av_ctx *c, av__node *n) {
-    const float *mask = (const float *)n->saved;
-    int i;
     (void)c;
-    for (i = 0; i < n->out[0]->size; i++) n->in[0]->grad[i] += n->out[0]->grad[i] * mask[i];
+    av__dropout_run((const av__dropout_args *)n->args, n->out[0]->grad, n->in[0]->grad, n->out[0]->size, 1);
 }
 
 AVDEF av_tensor *av_dropout(av_ctx *c, av_tensor *x, float p) {
+    av__dropout_args a;
     av_tensor *out;
-    float *mask, keep = 1.0f / (1.0f - p);
     av__node *n;
-    int i;
     av__live(c, "av_dropout", x, NULL, NULL);
     if (!(p >= 0.0f && p < 1.0f)) av__fail("av_dropout: p = %g must be in [0, 1)", (double)p);
     if (!c->training || p == 0.0f) return x;
+    a.stream = av_ctx_philox(c);
+    a.p = p;
     out = av__like(c, x, "av_dropout");
-    mask = (float *)av__arena_alloc(&c->arena, (size_t)x->size * sizeof(float));
-    for (i = 0; i < x->size; i++) {
-        mask[i] = av_rng_uniform(&c->rng) >= p ? keep : 0.0f;
-        out->data[i] = x->data[i] * mask[i];
-    }
+    av__dropout_run(&a, x->data, out->data, x->size, 0);
     n = av__record(c, "av_dropout", av__dropout_backward, out, 1, x);
-    if (n) n->saved = mask;
+    if (n) n->args = AV__KEEP(c, a);
     return out;
 }
 
@@ -3114,39 +3331,110 @@ static av_tensor *av__reduced(av_ctx *c, const av_tensor *x, int axis, int keepd
 /* x seen as [outer, len, inner], reduced over len; scale is 1 (sum) or 1/len (mean) */
 typedef struct av__reduce_args { int outer, len, inner; float scale; } av__reduce_args;
 
+/* The reduction runs in work items (o, slice of AV__VCHUNK positions along
+   the axis, block of AV__RCOLS columns), each on one thread. A sum adds in
+   double, then its slices in slice order; a max keeps the first maximum,
+   and NaN only when it comes first (as one scan from the start would).
+   With one slice the items write out (and arg, for max) directly; with
+   more, per-slice sums or indices go to scratch and are combined in order. */
+#define AV__RCOLS 256
+static void av__reduce_run(av_ctx *c, const float *x, const av__reduce_args *a, float *out, int *arg) {
+    int outer = a->outer, len = a->len, inner = a->inner, it, j;
+    int slices = len > AV__VCHUNK ? (len + AV__VCHUNK - 1) / AV__VCHUNK : 1, blocks = (inner + AV__RCOLS - 1) / AV__RCOLS;
+    size_t n_out = (size_t)outer * inner, n_part = slices > 1 ? n_out * slices : 0;
+    double *sums = arg ? NULL : (double *)av__arena_alloc(&c->arena, n_part * sizeof(double));
+    int *firsts = arg ? (int *)av__arena_alloc(&c->arena, n_part * sizeof(int)) : NULL;
+    AV__PAR((long)n_out * len)
+    for (it = 0; it < outer * slices * blocks; it++) {
+        int o = it / (slices * blocks), sl = it / blocks % slices, i0 = it % blocks * AV__RCOLS;
+        int i1 = AV__MIN(inner, i0 + AV__RCOLS), k0 = sl * AV__VCHUNK, k1 = AV__MIN(len, k0 + AV__VCHUNK), k, i;
+        const float *xo = x + (size_t)o * len * inner;
+        size_t part = ((size_t)o * slices + sl) * inner, at = (size_t)o * inner;
+        if (arg) {
+            for (i = i0; i < i1; i++) { /* column i of the slice */
+                int best = -1;
+                float top = 0;
+                for (k = k0; k < k1; k++) {
+                    float v = xo[(size_t)k * inner + i];
+                    if (best < 0 ? (k == 0 || v == v) : v > top) {
+                        best = k;
+                        top = v;
+                    }
+                }
+                if (slices > 1) {
+                    firsts[part + i] = best;
+                } else {
+                    arg[at + i] = best;
+                    out[at + i] = top;
+                }
+            }
+        } else {
+            double acc[AV__RCOLS];
+            for (i = i0; i < i1; i++) acc[i - i0] = 0;
+            if (inner == 1)
+                for (k = k0; k < k1; k++) acc[0] += xo[k];
+            else
+                for (k = k0; k < k1; k++)
+                    for (i = i0; i < i1; i++) acc[i - i0] += xo[(size_t)k * inner + i];
+            for (i = i0; i < i1; i++) {
+                if (slices > 1) sums[part + i] = acc[i - i0];
+                else out[at + i] = (float)(acc[i - i0] * a->scale);
+            }
+        }
+    }
+    if (slices == 1) return;
+    AV__PAR((long)n_part)
+    for (j = 0; j < (int)n_out; j++) {
+        int o = j / inner, i = j % inner, sl;
+        const float *xo = x + (size_t)o * len * inner + i;
+        size_t part = (size_t)o * slices * inner + i;
+        if (arg) {
+            int b = firsts[part];
+            for (sl = 1; sl < slices; sl++) {
+                int k = firsts[part + (size_t)sl * inner];
+                if (k >= 0 && xo[(size_t)k * inner] > xo[(size_t)b * inner]) b = k;
+            }
+            arg[j] = b;
+            out[j] = xo[(size_t)b * inner];
+        } else {
+            double total = 0;
+            for (sl = 0; sl < slices; sl++) total += sums[part + (size_t)sl * inner];
+            out[j] = (float)(total * a->scale);
+        }
+    }
+}
+
 static void av__sum_backward(av_ctx *c, av__node *n) {
     const av__reduce_args *a = (const av__reduce_args *)n->args;
-    int outer = a->outer, len = a->len, inner = a->inner, o, k, i;
+    int inner = a->inner, len = a->len, slices = (len + AV__VCHUNK - 1) / AV__VCHUNK, it;
     float s = a->scale;
     (void)c;
-    for (o = 0; o < outer; o++)
-        for (k = 0; k < len; k++) {
-            float *gx = n->in[0]->grad + ((size_t)o * len + k) * inner;
-            const float *g = n->out[0]->grad + (size_t)o * inner;
-            for (i = 0; i < inner; i++) gx[i] += s * g[i];
+    AV__PAR((long)a->outer * len * inner)
+    for (it = 0; it < a->outer * slices; it++) { /* positions k0 .. k1 of outer o */
+        int o = it / slices, k0 = it % slices * AV__VCHUNK, k1 = AV__MIN(len, k0 + AV__VCHUNK), k, i;
+        const float *g = n->out[0]->grad + (size_t)o * inner;
+        float *gx = n->in[0]->grad + (size_t)o * len * inner;
+        if (inner == 1) { /* a broadcast of one value: s g[0] as the general loop computes it */
+            float v = s * g[0];
+            for (k = k0; k < k1; k++) gx[k] += v;
+        } else {
+            for (k = k0; k < k1; k++)
+                for (i = 0; i < inner; i++) gx[(size_t)k * inner + i] += s * g[i];
         }
+    }
 }
 
 static av_tensor *av__sum_scaled(av_ctx *c, av_tensor *x, int axis, int keepdim, int mean, const char *op) {
-    int outer, len, inner, o, k, i;
     av__reduce_args a;
     av_tensor *out;
     av__node *n;
-    float s;
     av__live(c, op, x, NULL, NULL);
     axis = av__axis(x, axis, op);
-    av__split_axis(x, axis, &outer, &len, &inner);
-    s = !mean ? 1.0f : len ? 1.0f / (float)len : NAN; /* the mean of nothing is NaN, as in PyTorch */
+    av__split_axis(x, axis, &a.outer, &a.len, &a.inner);
+    a.scale = !mean ? 1.0f : a.len ? 1.0f / (float)a.len : NAN; /* the mean of nothing is NaN, as in PyTorch */
     out = av__reduced(c, x, axis, keepdim, op);
-    for (o = 0; o < outer; o++)
-        for (i = 0; i < inner; i++) {
-            double acc = 0; /* fp64 accumulation: long sums stay accurate */
-            const float *xs = x->data + (size_t)o * len * inner + i;
-            for (k = 0; k < len; k++) acc += xs[(size_t)k * inner];
-            out->data[(size_t)o * inner + i] = (float)(acc * s);
-        }
+    av__reduce_run(c, x->data, &a, out->data, NULL);
     n = av__record(c, op, av__sum_backward, out, 1, x);
-    a.outer = outer; a.len = len; a.inner = inner; a.scale = s;
     if (n) n->args = AV__KEEP(c, a);
     return out;
 }
@@ -3157,39 +3445,29 @@ AVDEF av_tensor *av_mean(av_ctx *c, av_tensor *x, int axis, int keepdim) { retur
 /* max: the gradient goes to the first maximum, whose index is saved */
 static void av__max_backward(av_ctx *c, av__node *n) {
     const av__reduce_args *a = (const av__reduce_args *)n->args;
-    int outer = a->outer, len = a->len, inner = a->inner, o, i;
+    int len = a->len, inner = a->inner, j;
     const int *arg = (const int *)n->saved;
     (void)c;
-    for (o = 0; o < outer; o++)
-        for (i = 0; i < inner; i++) {
-            size_t j = (size_t)o * inner + i;
-            n->in[0]->grad[((size_t)o * len + arg[j]) * inner + i] += n->out[0]->grad[j];
-        }
+    AV__PAR(n->out[0]->size)
+    for (j = 0; j < n->out[0]->size; j++) /* output (o, i) = j */
+        n->in[0]->grad[((size_t)(j / inner) * len + arg[j]) * inner + j % inner] += n->out[0]->grad[j];
 }
 
 AVDEF av_tensor *av_max(av_ctx *c, av_tensor *x, int axis, int keepdim) {
-    int outer, len, inner, o, k, i, *arg;
+    av__reduce_args a;
     av_tensor *out;
     av__node *n;
+    int *arg;
     av__live(c, "av_max", x, NULL, NULL);
     axis = av__axis(x, axis, "av_max");
-    av__split_axis(x, axis, &outer, &len, &inner);
-    if (len == 0) av__fail_shapes("av_max", "empty axis", x, NULL);
+    av__split_axis(x, axis, &a.outer, &a.len, &a.inner);
+    if (a.len == 0) av__fail_shapes("av_max", "empty axis", x, NULL);
+    a.scale = 1.0f;
     out = av__reduced(c, x, axis, keepdim, "av_max");
     arg = (int *)av__arena_alloc(&c->arena, (size_t)out->size * sizeof(int));
-    for (o = 0; o < outer; o++)
-        for (i = 0; i < inner; i++) {
-            const float *xs = x->data + (size_t)o * len * inner + i;
-            int best = 0;
-            for (k = 1; k < len; k++)
-                if (xs[(size_t)k * inner] > xs[(size_t)best * inner]) best = k;
-            out->data[(size_t)o * inner + i] = xs[(size_t)best * inner];
-            arg[(size_t)o * inner + i] = best;
-        }
+    av__reduce_run(c, x->data, &a, out->data, arg);
     n = av__record(c, "av_max", av__max_backward, out, 1, x);
     if (n) {
-        av__reduce_args a;
-        a.outer = outer; a.len = len; a.inner = inner; a.scale = 1.0f;
         n->args = AV__KEEP(c, a);
         n->saved = arg;
     }
@@ -3437,30 +3715,50 @@ static av_tensor *av__softmax_any(av_ctx *c, av_tensor *x, int log_form) {
 AVDEF av_tensor *av_softmax(av_ctx *c, av_tensor *x) { return av__softmax_any(c, x, 0); }
 AVDEF av_tensor *av_log_softmax(av_ctx *c, av_tensor *x) { return av__softmax_any(c, x, 1); }
 
-/* y = (x - mean) * rstd * gamma + beta; saved: mean and rstd per row */
+/* y = (x - mean) * rstd * gamma + beta; saved: mean and rstd per row.
+   dx by rows; dgamma and dbeta sum over rows: threads own blocks of
+   AV__COLS columns and add the rows in order, in double. */
 static void av__layer_norm_backward(av_ctx *c, av__node *n) {
-    int len, R = av__rows(n->out[0], &len, "av_layer_norm"), r, j;
+    int len, R = av__rows(n->out[0], &len, "av_layer_norm"), r, blk;
     const float *stats = (const float *)n->saved, *gamma = n->in[1] ? n->in[1]->data : NULL;
+    const float *xs = n->in[0]->data, *gs = n->out[0]->grad;
     float *gx = av__in_grad(n, 0), *ggamma = av__in_grad(n, 1), *gbeta = av__in_grad(n, 2);
     (void)c;
-    for (r = 0; r < R; r++) {
-        const float *x = n->in[0]->data + (size_t)r * len, *g = n->out[0]->grad + (size_t)r * len;
-        float mean = stats[2 * r], rstd = stats[2 * r + 1];
-        double sum_d = 0, sum_dx = 0;
-        for (j = 0; j < len; j++) {
-            float xhat = (x[j] - mean) * rstd, d = g[j] * (gamma ? gamma[j] : 1.0f);
-            sum_d += d;
-            sum_dx += (double)d * xhat;
-            if (ggamma) ggamma[j] += g[j] * xhat;
-            if (gbeta) gbeta[j] += g[j];
-        }
-        if (gx) {
-            float md = (float)(sum_d / len), mdx = (float)(sum_dx / len);
-            float *gxr = gx + (size_t)r * len;
+    if (gx) {
+        AV__PAR((long)R * len)
+        for (r = 0; r < R; r++) {
+            const float *x = xs + (size_t)r * len, *g = gs + (size_t)r * len;
+            float mean = stats[2 * r], rstd = stats[2 * r + 1], md, mdx, *gxr = gx + (size_t)r * len;
+            double sum_d = 0, sum_dx = 0;
+            int j;
+            for (j = 0; j < len; j++) {
+                float xhat = (x[j] - mean) * rstd, d = g[j] * (gamma ? gamma[j] : 1.0f);
+                sum_d += d;
+                sum_dx += (double)d * xhat;
+            }
+            md = (float)(sum_d / len);
+            mdx = (float)(sum_dx / len);
             for (j = 0; j < len; j++) {
                 float xhat = (x[j] - mean) * rstd, d = g[j] * (gamma ? gamma[j] : 1.0f);
                 gxr[j] += rstd * (d - md - xhat * mdx);
             }
+        }
+    }
+    if (!ggamma && !gbeta) return;
+    AV__PAR((long)R * len)
+    for (blk = 0; blk < (len + AV__COLS - 1) / AV__COLS; blk++) {
+        double sg[AV__COLS] = {0}, sb[AV__COLS] = {0};
+        int j0 = blk * AV__COLS, j1 = AV__MIN(len, j0 + AV__COLS), row, j;
+        for (row = 0; row < R; row++) {
+            const float *x = xs + (size_t)row * len, *g = gs + (size_t)row * len;
+            for (j = j0; j < j1; j++) {
+                sg[j - j0] += (double)g[j] * ((x[j] - stats[2 * row]) * stats[2 * row + 1]);
+                sb[j - j0] += g[j];
+            }
+        }
+        for (j = j0; j < j1; j++) {
+            if (ggamma) ggamma[j] += (float)sg[j - j0];
+            if (gbeta) gbeta[j] += (float)sb[j - j0];
         }
     }
 }
@@ -3519,7 +3817,7 @@ typedef struct av__sdpa_geom {
     float scale, dropout;       /* dropout is 0 outside training */
     long mb, mh, mi, mj;        /* mask strides */
     av__heads q, k, v, o;       /* o: the output, and the output's gradient */
-    uint64_t seed, stream;      /* dropout: weight e of [B,H,Tq,Tk] draws (seed, stream + e) */
+    av_philox stream;           /* dropout: weight e of [B,H,Tq,Tk] is Philox draw e of the stream */
 } av__sdpa_geom;
 
 typedef struct av__sdpa_args { av__sdpa_geom g; } av__sdpa_args;
@@ -3535,10 +3833,10 @@ static int av__sdpa_hidden(const av__sdpa_geom *g, int i, int j) { return g->cau
 
 /* dropout of weight (bh, i, j): kept with probability 1 - p, from a
    counter-based draw, so the tiled and naive paths and forward and
-   backward agree */
+   backward agree (and av_dropout of the weights, given the stream) */
 static int av__sdpa_kept(const av__sdpa_geom *g, int bh, int i, int j) {
     uint64_t e = ((uint64_t)bh * (uint64_t)g->Tq + (uint64_t)i) * (uint64_t)g->Tk + (uint64_t)j;
-    return av__counter_uniform(g->seed, g->stream + e) >= g->dropout;
+    return av_philox_uniform(&g->stream, e) >= g->dropout;
 }
 
 /* Sizes, options and the mask's strides; the views are the caller's. */
@@ -3553,7 +3851,7 @@ static void av__sdpa_setup(av_ctx *c, av__sdpa_geom *g, const char *op, const av
     g->scale = scale != 0.0f ? scale : 1.0f / sqrtf((float)(g->D ? g->D : 1));
     g->dropout = c->training ? dropout : 0.0f;
     g->mb = g->mh = g->mi = g->mj = 0;
-    if (g->dropout > 0.0f) av__counter_take(c, (uint64_t)g->B * g->H * g->Tq * g->Tk, &g->seed, &g->stream);
+    if (g->dropout > 0.0f) g->stream = av_ctx_philox(c);
     if (!mask) return;
     /* right-aligned against [B, H, Tq, Tk] */
     dims[0] = g->B; dims[1] = g->H; dims[2] = g->Tq; dims[3] = g->Tk;
@@ -4305,16 +4603,15 @@ AVDEF av_tensor *av_dot_attention(av_ctx *c, av_tensor *q, av_tensor *keys, av_t
 }
 
 /* ---- hard attention: one key per query -------------------------------- */
-/* Gumbel(0, 1) noise, n values from the context's counter-based draws:
-   -log(-log u) with u the 24-bit draw moved half a step off 0, in (0, 1),
-   so the noise lies in [-2.85, 17.3] (the tails past it weigh < 1e-7). */
+/* Gumbel(0, 1) noise, n values: -log(-log u) with u Philox uniform draw i
+   of a fresh stream moved half a step off 0, in (0, 1), so the noise lies
+   in [-2.85, 17.3] (the tails past it weigh < 1e-7). */
 static float *av__gumbel_noise(av_ctx *c, int n) {
-    uint64_t seed, first;
+    av_philox s = av_ctx_philox(c);
     float *g = (float *)av__arena_alloc(&c->arena, ((size_t)n + 1) * sizeof(float));
     int i;
-    av__counter_take(c, (uint64_t)n, &seed, &first);
     for (i = 0; i < n; i++) {
-        double u = (double)av__counter_uniform(seed, first + (uint64_t)i) + 0.5 / 16777216.0;
+        double u = (double)av_philox_uniform(&s, (uint64_t)i) + 0.5 / 16777216.0;
         g[i] = (float)-log(-log(u));
     }
     return g;
@@ -4927,6 +5224,7 @@ static void av__mse_backward(av_ctx *c, av__node *n) {
     float *gp = av__in_grad(n, 0), *gt = av__in_grad(n, 1);
     int i;
     (void)c;
+    AV__PAR(n->in[0]->size)
     for (i = 0; i < n->in[0]->size; i++) {
         float d = s * (n->in[0]->data[i] - n->in[1]->data[i]);
         if (gp) gp[i] += d;
@@ -4934,19 +5232,17 @@ static void av__mse_backward(av_ctx *c, av__node *n) {
     }
 }
 
+static double av__square_diff(float a, float b) { return ((double)a - b) * ((double)a - b); }
+
 AVDEF av_tensor *av_mse_loss(av_ctx *c, av_tensor *pred, av_tensor *target, int reduction) {
     av_tensor *out;
-    double acc = 0;
+    double acc;
     float s = av__reduce_scale(reduction, pred->size);
     av__node *n;
-    int i;
     av__live(c, "av_mse_loss", pred, target, NULL);
     out = av__tensor_empty(c, 0, NULL, "av_mse_loss");
     if (!av_same_shape(pred, target)) av__fail_shapes("av_mse_loss", "shapes differ", pred, target);
-    for (i = 0; i < pred->size; i++) {
-        double d = (double)pred->data[i] - target->data[i];
-        acc += d * d;
-    }
+    AV__SUM(c, pred->size, i, av__square_diff(pred->data[i], target->data[i]), acc);
     out->data[0] = (float)(acc * s);
     n = av__record(c, "av_mse_loss", av__mse_backward, out, 2, pred, target);
     if (n) {
@@ -4956,43 +5252,51 @@ AVDEF av_tensor *av_mse_loss(av_ctx *c, av_tensor *pred, av_tensor *target, int 
     return out;
 }
 
-/* cross-entropy from logits: log-sum-exp minus the label's logit; saved: softmax */
+/* cross-entropy from logits: log-sum-exp minus the label's logit; saved: softmax.
+   Rows run on threads; their losses add in row order. */
 static void av__cross_entropy_backward(av_ctx *c, av__node *n) {
     const av__loss_args *a = (const av__loss_args *)n->args;
-    int len, R = av__rows(n->in[0], &len, n->op), r, j;
+    int len, R = av__rows(n->in[0], &len, n->op), r;
     const float *prob = (const float *)n->saved;
     const int *labels = a->labels;
     float s = a->scale * n->out[0]->grad[0];
     (void)c;
+    AV__PAR((long)R * len)
     for (r = 0; r < R; r++) {
         float *gx = n->in[0]->grad + (size_t)r * len;
+        int j;
         for (j = 0; j < len; j++) gx[j] += s * prob[(size_t)r * len + j];
         gx[labels[r]] -= s;
     }
 }
 
 AVDEF av_tensor *av_cross_entropy(av_ctx *c, av_tensor *logits, const int *labels, int reduction) {
-    int len, R, r, j;
+    int len, R, r;
     av_tensor *out;
     float *prob, s;
-    double total = 0;
+    double *row_loss, total = 0;
     av__node *n;
     av__live(c, "av_cross_entropy", logits, NULL, NULL);
     R = av__rows(logits, &len, "av_cross_entropy");
     out = av__tensor_empty(c, 0, NULL, "av_cross_entropy");
     prob = (float *)av__arena_alloc(&c->arena, (size_t)R * len * sizeof(float));
+    row_loss = (double *)av__arena_alloc(&c->arena, (size_t)R * sizeof(double));
     s = av__reduce_scale(reduction, R);
+    for (r = 0; r < R; r++)
+        if (labels[r] < 0 || labels[r] >= len)
+            av__fail("av_cross_entropy: label %d of row %d outside [0, %d)", labels[r], r, len);
+    AV__PAR((long)R * len)
     for (r = 0; r < R; r++) {
         const float *x = logits->data + (size_t)r * len;
         float *p = prob + (size_t)r * len, mx = x[0];
         double sum = 0;
-        if (labels[r] < 0 || labels[r] >= len)
-            av__fail("av_cross_entropy: label %d of row %d outside [0, %d)", labels[r], r, len);
+        int j;
         for (j = 1; j < len; j++) mx = x[j] > mx ? x[j] : mx;
         for (j = 0; j < len; j++) { p[j] = expf(x[j] - mx); sum += p[j]; }
         for (j = 0; j < len; j++) p[j] = (float)(p[j] / sum);
-        total += mx + log(sum) - x[labels[r]];
+        row_loss[r] = mx + log(sum) - x[labels[r]];
     }
+    for (r = 0; r < R; r++) total += row_loss[r];
     out->data[0] = (float)(total * s);
     n = av__record(c, "av_cross_entropy", av__cross_entropy_backward, out, 1, logits);
     if (n) {
@@ -5008,30 +5312,32 @@ static void av__bce_backward(av_ctx *c, av__node *n) {
     float s = ((const av__loss_args *)n->args)->scale * n->out[0]->grad[0];
     float *gx = av__in_grad(n, 0), *gt = av__in_grad(n, 1), *sig;
     const float *x = n->in[0]->data, *t = n->in[1]->data;
-    int i;
+    int i, size = n->in[0]->size;
     if (gx) {
-        sig = (float *)av__arena_alloc(&c->arena, (size_t)n->in[0]->size * sizeof(float));
-        av__sigmoid_array(x, sig, n->in[0]->size);
-        for (i = 0; i < n->in[0]->size; i++) gx[i] += s * (sig[i] - t[i]);
+        sig = (float *)av__arena_alloc(&c->arena, (size_t)size * sizeof(float));
+        av__sigmoid_array(x, sig, size);
+        AV__PAR(size)
+        for (i = 0; i < size; i++) gx[i] += s * (sig[i] - t[i]);
     }
-    if (gt)
-        for (i = 0; i < n->in[0]->size; i++) gt[i] -= s * x[i];
+    if (gt) {
+        AV__PAR(size)
+        for (i = 0; i < size; i++) gt[i] -= s * x[i];
+    }
 }
 
 AVDEF av_tensor *av_bce_with_logits(av_ctx *c, av_tensor *logits, av_tensor *target, int reduction) {
     av_tensor *out;
     const float *x = logits->data, *t = target->data;
     float s = av__reduce_scale(reduction, logits->size);
-    double acc = 0;
+    double acc;
     av__node *n;
     float *sp;
-    int i;
     av__live(c, "av_bce_with_logits", logits, target, NULL);
     out = av__tensor_empty(c, 0, NULL, "av_bce_with_logits");
     if (!av_same_shape(logits, target)) av__fail_shapes("av_bce_with_logits", "shapes differ", logits, target);
     sp = (float *)av__arena_alloc(&c->arena, (size_t)logits->size * sizeof(float));
     av__softplus_rest_array(x, sp, logits->size);
-    for (i = 0; i < logits->size; i++) acc += ((x[i] > 0 ? x[i] : 0.0f) - x[i] * t[i]) + sp[i];
+    AV__SUM(c, logits->size, i, ((x[i] > 0 ? x[i] : 0.0f) - x[i] * t[i]) + sp[i], acc);
     out->data[0] = (float)(acc * s);
     n = av__record(c, "av_bce_with_logits", av__bce_backward, out, 2, logits, target);
     if (n) {
@@ -6245,6 +6551,7 @@ static void av__reparameterize_backward(av_ctx *c, av__node *n) {
     float *gmu = av__in_grad(n, 0), *glv = av__in_grad(n, 1);
     int i;
     (void)c;
+    AV__PAR(n->out[0]->size)
     for (i = 0; i < n->out[0]->size; i++) {
         if (gmu) gmu[i] += g[i];
         if (glv) glv[i] += g[i] * eps[i] * 0.5f * expf(0.5f * lv[i]);
@@ -6259,6 +6566,7 @@ static av_tensor *av__reparameterize(av_ctx *c, av_tensor *mu, av_tensor *logvar
     if (!av_same_shape(mu, logvar)) av__fail_shapes(op, "mu and logvar differ", mu, logvar);
     if (!av_same_shape(mu, eps)) av__fail_shapes(op, "mu and eps differ", mu, eps);
     z = av__like(c, mu, op);
+    AV__PAR(mu->size)
     for (i = 0; i < mu->size; i++) z->data[i] = mu->data[i] + expf(0.5f * logvar->data[i]) * eps->data[i];
     n = av__record(c, op, av__reparameterize_backward, z, 2, mu, logvar);
     if (n) n->saved = eps->data;

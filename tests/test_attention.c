@@ -11,6 +11,7 @@
 #include "test.h"
 #include "gradcheck.h"
 #include "expect_fail.h"
+#include "philox_ref.h"
 
 typedef struct cfg {
     int ndim, B, H, Tq, Tk, D, Dv, causal;
@@ -321,7 +322,7 @@ static void dropout_paths(void) {
     av_tensor *q, *kk, *v, *o1, *o2, *w;
     av__sdpa_geom g;
     long kept = 0, total = 0;
-    int i, j;
+    int i, j, same = 1;
     double p = 0.25, sd;
     k.dropout = (float)p;
     x = make_data(&k);
@@ -337,11 +338,17 @@ static void dropout_paths(void) {
     CHECK(memcmp(o1->data, o2->data, (size_t)o1->size * sizeof(float)) == 0, "dropout acts outside training");
     /* the keep rate: a binomial count within 5 standard deviations */
     memset(&g, 0, sizeof g);
-    g.Tq = 300; g.Tk = 300; g.dropout = (float)p; g.seed = 12345; g.stream = 7;
+    g.Tq = 300; g.Tk = 300; g.dropout = (float)p; g.stream.key[0] = 12345; g.stream.offset = 7;
     for (i = 0; i < g.Tq; i++)
-        for (j = 0; j < g.Tk; j++, total++) kept += av__sdpa_kept(&g, 1, i, j);
+        for (j = 0; j < g.Tk; j++, total++) {
+            int in = av__sdpa_kept(&g, 1, i, j);
+            kept += in;
+            /* the documented draw: weight (bh, i, j) is Philox draw (bh Tq + i) Tk + j */
+            same &= in == (ref_uniform(12345, 7, (uint64_t)((300 + i) * 300 + j)) >= p);
+        }
     sd = sqrt(total * p * (1 - p));
     CHECK(fabs((double)kept - total * (1 - p)) < 5 * sd, "kept %ld of %ld, expected %.0f +- %.0f", kept, total, total * (1 - p), 5 * sd);
+    CHECK(same, "the dropout mask is not Philox draw (bh Tq + i) Tk + j of the stream");
     free_data(&x);
     av_ctx_free(c);
 }

@@ -961,6 +961,149 @@ static void fwd_broadcast_values(void) {
     av_ctx_free(c);
 }
 
+/* Long axes and wide rows: the reductions run in slices of 4096 positions
+   and blocks of 256 columns, combined afterwards. Sums against double sums;
+   max against one scan from the start (the first maximum; NaN only when it
+   comes first), its index checked through the gradient. In the first
+   shape, row 0 has in column 0 a NaN opening the second slice and its
+   maximum later in that slice, in column 1 its maximum twice, in slices 0
+   and 1; row 1 starts with NaN; row 2 has a whole slice of NaN. */
+static void fwd_long_reductions(void) {
+    static const int shapes[3][3] = {{4, 9000, 3}, {2, 5, 600}, {1, 70001, 1}};
+    static float x[4 * 9000 * 3];
+    av_ctx *c = av_ctx_new();
+    int sh;
+    for (sh = 0; sh < 3; sh++) {
+        int outer = shapes[sh][0], len = shapes[sh][1], inner = shapes[sh][2], n = outer * len * inner, o, i, k;
+        double *ws = (double *)malloc(sizeof(double) * (size_t)(outer * inner));
+        double *wx = (double *)malloc(sizeof(double) * (size_t)(outer * inner));
+        int *warg = (int *)malloc(sizeof(int) * (size_t)(outer * inner)), grad_ok = 1, max_ok = 1;
+        av_tensor *t, *ys, *yx;
+        char what[96];
+        gc_fill(x, n, -3, 3);
+        if (sh == 0) {
+            x[4096 * inner] = NAN;
+            x[5000 * inner] = 7.0f;
+            x[100 * inner + 1] = x[5000 * inner + 1] = 7.0f;
+            x[(size_t)len * inner] = NAN;                    /* row 1 starts with NaN */
+            for (k = 4096; k < 8192; k++) x[(2 * (size_t)len + k) * inner] = NAN; /* row 2, a slice of NaN */
+        }
+        for (o = 0; o < outer; o++)
+            for (i = 0; i < inner; i++) {
+                double sum = 0;
+                int best = 0;
+                for (k = 0; k < len; k++) {
+                    float v = x[((size_t)o * len + k) * inner + i];
+                    sum += v;
+                    if (v > x[((size_t)o * len + best) * inner + i]) best = k;
+                }
+                ws[o * inner + i] = sum;
+                warg[o * inner + i] = best;
+                wx[o * inner + i] = x[((size_t)o * len + best) * inner + i];
+            }
+        av_ctx_reset(c);
+        t = av_from(c, x, 3, outer, len, inner);
+        av_requires_grad(c, t);
+        ys = av_sum(c, t, 1, 0);
+        yx = av_max(c, t, 1, 0);
+        snprintf(what, sizeof what, "sum over %d of [%d, %d, %d]", len, outer, len, inner);
+        for (o = 0; o < outer * inner; o++) /* NaN rows give NaN sums; the others match */
+            if (!(sh == 0 && o % inner == 0 && o / inner < 3)) CHECK_CLOSE(ys->data[o], ws[o], 1e-5, 1e-6, what);
+        for (o = 0; o < outer * inner; o++)
+            max_ok &= wx[o] == wx[o] ? yx->data[o] == (float)wx[o] : yx->data[o] != yx->data[o];
+        snprintf(what, sizeof what, "max over %d of [%d, %d, %d]", len, outer, len, inner);
+        CHECK(max_ok, "%s: values differ from one scan from the start", what);
+        av_backward(c, av_sum_all(c, yx));
+        for (o = 0; o < outer; o++)
+            for (i = 0; i < inner; i++)
+                for (k = 0; k < len; k++)
+                    grad_ok &= t->grad[((size_t)o * len + k) * inner + i] == (k == warg[o * inner + i] ? 1.0f : 0.0f);
+        CHECK(grad_ok, "%s: the gradient is not at the first maximum", what);
+        free(ws);
+        free(wx);
+        free(warg);
+    }
+    av_ctx_free(c);
+}
+
+/* Sums over rows in the backward passes, at sizes with several column
+   blocks or pieces (ragged), against double references: the gradient of a
+   row repeated over rows [1, 600] and of a column repeated along rows
+   [3, 1] (rows of 5000), of an embedding of width 40 and of layer norm's
+   gamma and beta of width 40; and mse and BCE over 9001 values. */
+static void fwd_long_gradients(void) {
+    enum { R = 7, N = 600, L = 5000, D = 40, V = 9, M = 9001 };
+    static float x[R * N], b[N], xl[3 * L], col[3], table[V * D], w[R * D], t[M], p[M];
+    static const int ids[R] = {3, 1, 3, 8, 0, 3, 1};
+    double want[N > L ? N : L], acc;
+    av_ctx *c = av_ctx_new();
+    av_tensor *xt, *bt, *gt, *bet;
+    int i, j;
+    gc_fill(x, R * N, -2, 2);
+    gc_fill(b, N, -2, 2);
+    gc_fill(xl, 3 * L, -2, 2);
+    gc_fill(col, 3, 0.5, 2);
+    gc_fill(table, V * D, -2, 2);
+    gc_fill(w, R * D, -2, 2);
+    gc_fill(t, M, 0, 1);
+    gc_fill(p, M, -3, 3);
+    /* d sum(x * b) / db = column sums of x */
+    xt = av_from(c, x, 2, R, N);
+    bt = av_from(c, b, 2, 1, N);
+    av_requires_grad(c, bt);
+    av_backward(c, av_sum_all(c, av_mul(c, xt, bt)));
+    for (j = 0; j < N; j++)
+        for (i = 0, want[j] = 0; i < R; i++) want[j] += x[i * N + j];
+    check_fvals("grad of b [1, 600] repeated over rows", bt->grad, want, N, 1e-5, 1e-6);
+    /* d sum(x / col) / dcol = -sum_j x / col^2, rows of 5000 */
+    av_ctx_reset(c);
+    xt = av_from(c, xl, 2, 3, L);
+    bt = av_from(c, col, 2, 3, 1);
+    av_requires_grad(c, bt);
+    av_backward(c, av_sum_all(c, av_div(c, xt, bt)));
+    for (i = 0; i < 3; i++) {
+        for (j = 0, acc = 0; j < L; j++) acc -= (double)xl[i * L + j] / ((double)col[i] * col[i]);
+        want[i] = acc;
+    }
+    check_fvals("grad of a column [3, 1] repeated along rows of 5000", bt->grad, want, 3, 1e-4, 1e-5);
+    /* embedding: row ids[i] of the gradient sums the w rows that picked it */
+    av_ctx_reset(c);
+    xt = av_from(c, table, 2, V, D);
+    av_requires_grad(c, xt);
+    av_backward(c, av_sum_all(c, av_mul(c, av_embedding(c, xt, ids, R), av_from(c, w, 2, R, D))));
+    for (j = 0; j < V * D; j++) want[j] = 0;
+    for (i = 0; i < R; i++)
+        for (j = 0; j < D; j++) want[ids[i] * D + j] += w[i * D + j];
+    check_fvals("grad of an embedding of width 40", xt->grad, want, V * D, 1e-6, 1e-6);
+    /* layer norm: dgamma = sum_r w xhat, dbeta = sum_r w */
+    av_ctx_reset(c);
+    xt = av_from(c, x, 2, R, D);
+    gt = av_ones(c, 1, D);
+    bet = av_zeros(c, 1, D);
+    av_requires_grad(c, gt);
+    av_requires_grad(c, bet);
+    av_backward(c, av_sum_all(c, av_mul(c, av_layer_norm(c, xt, gt, bet, 1e-5f), av_from(c, w, 2, R, D))));
+    for (j = 0; j < D; j++) want[j] = 0;
+    for (i = 0; i < R; i++) {
+        double mean = 0, var = 0;
+        for (j = 0; j < D; j++) mean += x[i * D + j] / (double)D;
+        for (j = 0; j < D; j++) var += (x[i * D + j] - mean) * (x[i * D + j] - mean) / D;
+        for (j = 0; j < D; j++) want[j] += w[i * D + j] * (x[i * D + j] - mean) / sqrt(var + 1e-5);
+    }
+    check_fvals("grad of layer norm's gamma, width 40", gt->grad, want, D, 1e-5, 1e-5);
+    for (j = 0; j < D; j++)
+        for (i = 0, want[j] = 0; i < R; i++) want[j] += w[i * D + j];
+    check_fvals("grad of layer norm's beta, width 40", bet->grad, want, D, 1e-6, 1e-6);
+    /* mse and BCE over 9001 values: sums in chunks */
+    av_ctx_reset(c);
+    for (i = 0, acc = 0; i < M; i++) acc += ((double)p[i] - t[i]) * ((double)p[i] - t[i]);
+    CHECK_CLOSE(av_item(av_mse_loss(c, av_from(c, p, 1, M), av_from(c, t, 1, M), AV_SUM)), acc, 0, 1e-6, "mse over 9001 values");
+    for (i = 0, acc = 0; i < M; i++) acc += (p[i] > 0 ? p[i] : 0) - (double)p[i] * t[i] + log1p(exp(-fabs((double)p[i])));
+    CHECK_CLOSE(av_item(av_bce_with_logits(c, av_from(c, p, 1, M), av_from(c, t, 1, M), AV_SUM)), acc, 0, 1e-6,
+                "BCE over 9001 values");
+    av_ctx_free(c);
+}
+
 static void fwd_reduction_values(void) {
     float x[120];
     av_ctx *c = av_ctx_new();
@@ -1206,46 +1349,6 @@ static void fwd_shape_values(void) {
         CHECK_CLOSE(s / n, 1.0, 0.1, 0, "av_randn mean");
         CHECK_CLOSE(sqrt(ss / n - (s / n) * (s / n)), 2.0, 0, 0.035, "av_randn std");
     }
-    av_ctx_free(c);
-}
-
-static void fwd_dropout_values(void) {
-    av_ctx *c = av_ctx_new();
-    float x[10000];
-    av_tensor *t, *y, *y2;
-    int i, kept = 0, ok = 1, n = 10000, prev;
-    const float p = 0.3f;
-    gc_fill_away(x, n, 0.5, 1.5);
-    t = av_from(c, x, 2, 100, 100);
-    prev = av_set_training(c, 1);
-    (void)prev;
-    av_ctx_seed(c, 42);
-    y = av_dropout(c, t, p);
-    CHECK_SHAPE(y, 2, 100, 100, 0, 0, "dropout shape");
-    for (i = 0; i < n; i++) {
-        if (y->data[i] == 0.0f) continue;
-        kept++;
-        /* kept elements are x / (1 - p), up to one rounding of 1/(1-p) and one of the product */
-        ok &= fabs(y->data[i] - x[i] / (1.0 - p)) <= 3e-7 * fabs(x[i] / (1.0 - p));
-    }
-    CHECK(ok, "dropout: kept elements are not scaled by 1/(1-p)");
-    /* kept fraction ~ Binomial(n, 0.7)/n: SE sqrt(0.21/1e4) = 0.0046; 5 SE = 0.023 */
-    CHECK_CLOSE((double)kept / n, 1.0 - p, 0.023, 0, "dropout kept fraction");
-    av_ctx_seed(c, 42);
-    y2 = av_dropout(c, t, p);
-    CHECK(memcmp(y->data, y2->data, (size_t)n * sizeof(float)) == 0, "dropout: same seed, different mask");
-    av_ctx_seed(c, 43);
-    y2 = av_dropout(c, t, p);
-    CHECK(memcmp(y->data, y2->data, (size_t)n * sizeof(float)) != 0, "dropout: different seed, same mask");
-    /* eval mode: identity */
-    prev = av_set_training(c, 0);
-    CHECK(prev == 1, "av_set_training returned %d, want previous 1", prev);
-    y = av_dropout(c, t, p);
-    CHECK(y->size == n && memcmp(y->data, x, (size_t)n * sizeof(float)) == 0, "dropout in eval mode is not the identity");
-    prev = av_set_training(c, 1);
-    CHECK(prev == 0, "av_set_training returned %d, want previous 0", prev);
-    y = av_dropout(c, t, 0.0f);
-    CHECK(memcmp(y->data, x, (size_t)n * sizeof(float)) == 0, "dropout p=0 is not the identity");
     av_ctx_free(c);
 }
 
@@ -1549,9 +1652,10 @@ int main(void) {
     fwd_loss_values();
     fwd_broadcast_values();
     fwd_reduction_values();
+    fwd_long_reductions();
+    fwd_long_gradients();
     fwd_matmul_values();
     fwd_shape_values();
-    fwd_dropout_values();
     autodiff_semantics();
     arena_steady_state();
     shape_errors();

@@ -13,6 +13,7 @@
 #include "test.h"
 #include "gradcheck.h"
 #include "expect_fail.h"
+#include "philox_ref.h"
 
 static int quick; /* AV_TEST_QUICK=1 (valgrind): fewer draws, the same checks */
 
@@ -785,7 +786,7 @@ static void sampler_frequencies(void) {
 }
 
 /* The soft sample against softmax((x + g)/tau) in double, g rebuilt from
-   the context's counter-based draws; the straight-through forward is the
+   the documented Philox draws (stream offset 0 after seeding); the straight-through forward is the
    one-hot of its argmax and its backward is the soft sample's, bit for bit. */
 static void gumbel_soft_and_straight_through(void) {
     enum { R = 5, K = 7 };
@@ -795,15 +796,12 @@ static void gumbel_soft_and_straight_through(void) {
     float tau = 0.7f;
     av_ctx *c1 = av_ctx_new(), *c2 = av_ctx_new();
     av_tensor *x1, *x2, *soft, *hard;
-    uint64_t seed, first;
     gc_fill(x, R * K, -2, 2);
     gc_fill(rr, R * K, -1, 1);
     x[3] = -INFINITY;
     for (j = 0; j < K; j++) x[2 * K + j] = -INFINITY; /* row 2 selects nothing */
     av_ctx_seed(c1, 77);
     av_ctx_seed(c2, 77);
-    seed = c1->counter_seed;
-    first = c1->counter_next;
     x1 = av_from(c1, x, 2, R, K);
     x2 = av_from(c2, x, 2, R, K);
     av_requires_grad(c1, x1);
@@ -812,7 +810,7 @@ static void gumbel_soft_and_straight_through(void) {
     hard = av_gumbel_softmax(c2, x2, tau, 1, idx_hard);
     for (i = 0; i < R; i++) {
         for (j = 0; j < K; j++) {
-            double u = av__counter_uniform(seed, first + (uint64_t)(i * K + j)) + 0.5 / 16777216.0;
+            double u = ref_uniform(77, 0, (uint64_t)(i * K + j)) + 0.5 / 16777216.0;
             z[j] = (x[i * K + j] - log(-log(u))) / tau;
         }
         ref_softmax_row(z, K, K, ref + i * K);

@@ -22,6 +22,7 @@
 #define ATTNVAE_IMPLEMENTATION
 #include "../attnvae.h"
 #include "test.h"
+#include "philox_ref.h"
 
 #include <float.h>
 #include <math.h>
@@ -899,7 +900,6 @@ static void test_reparam_stats(av_ctx *c) {
     enum { N = 200000, D = 3 };
     float mu[D] = {0.5f, -2.0f, 3.0f}, lv[D] = {0.0f, 1.0f, -2.0f};
     av_tensor *mt, *lt, *z, *z2;
-    av_rng copy;
     int i, j, same = 1, differ = 0, stream = 1;
     av_ctx_reset(c);
     mt = av_zeros(c, 2, N, D);
@@ -936,15 +936,14 @@ static void test_reparam_stats(av_ctx *c) {
     z2 = av_reparameterize(c, mt, lt);
     for (i = 0; i < 64; i++) differ += z2->data[i] != z->data[i];
     CHECK(differ > 60, "reparameterize: another seed gave the same z");
-    /* eps is the context RNG's normal stream, in element order */
+    /* eps of element e is Philox draw e of the op's stream (offset 0 after seeding) */
     av_ctx_seed(c, 99);
-    copy = *av_ctx_rng(c);
     z2 = av_reparameterize(c, mt, lt);
     for (i = 0; i < 3000; i++) {
-        double e = av_rng_normal(&copy), want = mu[i % D] + exp(0.5 * lv[i % D]) * e;
+        double e = ref_normal(99, 0, (uint64_t)i), want = mu[i % D] + exp(0.5 * lv[i % D]) * e;
         stream &= fabs(z2->data[i] - want) <= 1e-6 * (1 + fabs(want));
     }
-    CHECK(stream, "reparameterize: z is not mu + exp(lv/2) * (the ctx RNG's normals in order)");
+    CHECK(stream, "reparameterize: z is not mu + exp(lv/2) * (Philox normal draw e of stream offset 0)");
 }
 
 /* ======================================================================= */
@@ -1131,12 +1130,12 @@ static void test_linear_gaussian(av_ctx *c) {
         CHECK_CLOSE(-av_item(ne), mean, 0, 1e-5, "av_neg_elbo = -(mean ELBO sample)");
     }
 
-    /* iwae internals, exactly: rebuild every log-weight from the ctx RNG's
-       normal stream (k rounds of [B, d] draws) and average in double */
+    /* iwae internals, exactly: rebuild every log-weight from the Philox
+       normals (sample k draws from stream offset k, [B, d] in row-major
+       order) and average in double */
     {
         enum { K = 3 };
         av_tensor *mu, *lv, *x;
-        av_rng copy;
         double got[LG_NX], lw[K];
         float eps[K][LG_NX][2];
         int k;
@@ -1147,10 +1146,9 @@ static void test_linear_gaussian(av_ctx *c) {
             for (j = 0; j < 3; j++) x->data[b * 3 + j] = (float)X[b][j];
         }
         av_ctx_seed(c, 4242);
-        copy = *av_ctx_rng(c);
         for (k = 0; k < K; k++)
             for (b = 0; b < LG_NX; b++)
-                for (j = 0; j < 2; j++) eps[k][b][j] = av_rng_normal(&copy);
+                for (j = 0; j < 2; j++) eps[k][b][j] = (float)ref_normal(4242, (uint64_t)k, (uint64_t)(b * 2 + j));
         av_iwae_log_px(c, x, mu, lv, K, lg_nll, &gn, got);
         for (b = 0; b < LG_NX; b++) {
             for (k = 0; k < K; k++) {
@@ -1219,8 +1217,8 @@ static void test_linear_gaussian(av_ctx *c) {
     }
 
     /* (b2) the trainable IWAE bound, av_iwae_loss: k samples batched as k*B
-       rows. Its per-example bound, rebuilt in double from the ctx RNG's
-       normal stream (row j*B + b is sample j of example b), then on REP
+       rows. Its per-example bound, rebuilt in double from the Philox
+       normals of one stream (row j*B + b is sample j of example b), then on REP
        copies of each x: E[bound] rises with k, stays below log p(x) and is
        the closed-form ELBO at k = 1 (tolerances as in (b)). */
     {
@@ -1229,7 +1227,6 @@ static void test_linear_gaussian(av_ctx *c) {
         int n = LG_NX * REP;
         double mk[3][LG_NX], sk[3][LG_NX];
         av_tensor *mu, *lv, *x, *bound, *loss;
-        av_rng copy;
         av_ctx_reset(c);
         mu = av_zeros(c, 2, LG_NX, 2); lv = av_zeros(c, 2, LG_NX, 2); x = av_zeros(c, 2, LG_NX, 3);
         for (b = 0; b < LG_NX; b++) {
@@ -1237,7 +1234,6 @@ static void test_linear_gaussian(av_ctx *c) {
             for (j = 0; j < 3; j++) x->data[b * 3 + j] = (float)X[b][j];
         }
         av_ctx_seed(c, 4343);
-        copy = *av_ctx_rng(c);
         loss = av_iwae_loss(c, x, mu, lv, K, lg_nll, &gn, &bound);
         CHECK(bound->ndim == 1 && bound->shape[0] == LG_NX && loss->ndim == 0, "av_iwae_loss: bound not [B] or loss not a scalar");
         {
@@ -1245,7 +1241,7 @@ static void test_linear_gaussian(av_ctx *c) {
             int k;
             for (k = 0; k < K; k++)
                 for (b = 0; b < LG_NX; b++)
-                    for (j = 0; j < 2; j++) eps[k][b][j] = av_rng_normal(&copy);
+                    for (j = 0; j < 2; j++) eps[k][b][j] = ref_normal(4343, 0, (uint64_t)((k * LG_NX + b) * 2 + j));
             for (b = 0; b < LG_NX; b++) {
                 for (k = 0; k < K; k++) {
                     double z[2], s2 = exp((double)gn.lvx), w = 0;
@@ -1522,7 +1518,6 @@ static void test_iwae_loss(av_ctx *c) {
     av_model *m = av_model_new(31);
     av_vae v;
     av_tensor *xt, *mu, *lv, *nll, *bound, *loss, *loss2;
-    av_rng copy;
     fd_case fc;
     lg_model g;
     nets.enc = av_mlp_new(m, "enc", 1, enc_sizes, AV_ACT_TANH);
@@ -1537,7 +1532,6 @@ static void test_iwae_loss(av_ctx *c) {
     av_ctx_reset(c);
     xt = av_from(c, x, 2, 2, 4);
     av_ctx_seed(c, 12);
-    copy = *av_ctx_rng(c);
     loss = av_vae_iwae_loss(c, &v, xt, 1, &bound);
     av_ctx_seed(c, 12);
     av_vae_loss(c, &v, xt, 1.0f, &nll, NULL);
@@ -1545,7 +1539,7 @@ static void test_iwae_loss(av_ctx *c) {
     for (b = 0; b < 2; b++) {
         double want = -(double)nll->data[b];
         for (j = 0; j < 3; j++) {
-            double e = av_rng_normal(&copy), l = lv->data[b * 3 + j], z = mu->data[b * 3 + j] + exp(0.5 * l) * e;
+            double e = ref_normal(12, 0, (uint64_t)(b * 3 + j)), l = lv->data[b * 3 + j], z = mu->data[b * 3 + j] + exp(0.5 * l) * e;
             want += 0.5 * (e * e + l - z * z);
         }
         CHECK_CLOSE(bound->data[b], want, 1e-5, 1e-6, "IWAE k=1 = -nll - (log q - log p) of the ELBO's own z");
@@ -1681,7 +1675,6 @@ static void test_torch(av_ctx *c, const char *dir) {
     float x[TV_B * TV_IN], eps[TV_B * TV_Z], **g1;
     av_st_item items[2];
     int shape_x[2], shape_e[2], i, j, rc, np, form;
-    av_rng copy;
     av_st_file *f = NULL;
     double worst = 0;
 
@@ -1701,10 +1694,8 @@ static void test_torch(av_ctx *c, const char *dir) {
     np = av_model_count(m);
     /* x: half binary images, half intensities in [0, 1] */
     for (i = 0; i < TV_B * TV_IN; i++) x[i] = i < TV_B * TV_IN / 2 ? (float)(tr_unif() < 0.4) : (float)tr_unif();
-    /* the eps av_reparameterize will draw: the ctx RNG's normal stream after seeding */
-    av_ctx_seed(c, TV_EPS_SEED);
-    copy = *av_ctx_rng(c);
-    for (i = 0; i < TV_B * TV_Z; i++) eps[i] = av_rng_normal(&copy);
+    /* the eps av_reparameterize will draw: Philox normals of stream offset 0 after seeding */
+    for (i = 0; i < TV_B * TV_Z; i++) eps[i] = (float)ref_normal(TV_EPS_SEED, 0, (uint64_t)i);
 
     snprintf(path, sizeof path, "%s/model.safetensors", dir);
     CHECK(av_model_save(m, path) == AV_OK, "av_model_save %s: %s", path, av_error());
@@ -1764,7 +1755,7 @@ static void test_torch(av_ctx *c, const char *dir) {
            (double)av_item(o.loss), np, av_model_num_values(m), worst);
 
     /* the same loss with z composed from ops and eps as a constant: same z,
-       same gradients (the eps stream reproduced from a copy of the RNG) */
+       same gradients (eps rebuilt from the documented Philox draws) */
     {
         av_tensor *z_rep = o.z;
         float zr[TV_B * TV_Z];
