@@ -4527,200 +4527,303 @@ AVDEF void av_baseline_update(av_baseline *b, const float *cost, int n) {
 /* ======================================================================= */
 /* ---- convolutions ----------------------------------------------------
    Both convolutions are one geometry seen from conv2d's side: an image X
-   [B, Cx, H, W] that is unfolded (im2col), the other side Y [B, Cy, Ho, Wo]
-   and the weight [Cy, Cx/groups, kh, kw]. av_conv2d reads X and writes Y;
-   av_conv_transpose2d reads Y and writes X. Three products cover both ops,
-   forward and backward, per image and group g:
-     unfold:  Y_g += W_g unfold(X_g)          conv2d forward, transposed dx
-     fold:    X_g += fold(W_g^T Y_g)          conv2d dx, transposed forward
-     weight:  dW_g += Y_g unfold(X_g)^T       both weight gradients
-   each a GEMM (av_sgemm) next to a copy.
+   [B, Cx, H, W], the other side Y [B, Cy, Ho, Wo] and the weight [Cy,
+   Cx/groups, kh, kw]. av_conv2d reads X and writes Y; av_conv_transpose2d
+   reads Y and writes X. Three products cover both ops, forward and
+   backward, per image and group g, each a sum over the kernel's taps
+   t = (ky, kx) of a matrix product on the GEMM's micro-kernels:
+     unfold:  Y_g += sum_t W_g,t X_g,t           conv2d forward, transposed dx
+     fold:    X_g,t += W_g,t^T Y_g  (each t)     conv2d dx, transposed forward
+     weight:  dW_g,t += Y_g X_g,t^T              both weight gradients
+   where W_g,t [Cy/g, Cx/g] is tap t of the weight and X_g,t [Cx/g, outputs]
+   holds, for every output, the pixel that tap t reads.
 
-   The unfolding is made of whole-row copies. The zero-padded image is cut
-   by stride phase: plane (c, py, px) holds the padded pixels (r sh + py,
-   q sw + px), Hv + 1 rows of Wv (the last row zeros: slack for the runs
-   below). Output (oy, ox) reads tap (ky, kx) in plane (c, ky dh % sh,
-   kx dw % sw) at row oy + ky dh / sh, column ox + kx dw / sw. Outputs are
-   numbered q = oy Wv + ox over rows of Wv >= Wo columns, the extra
-   ("virtual") columns computed and dropped: then the taps of all outputs
-   form one run per plane, and row (c, ky, kx) of the unfolded matrix is
-   Ho Wv floats copied from one offset, for any stride, padding and
-   dilation. Y's virtual columns are zeros wherever Y is an operand, so
-   they add nothing to dW or to the fold. */
+   X_g,t is a plain strided matrix, so the kernels read it in place (no
+   im2col copy): the zero-padded image is cut by stride phase into planes,
+   plane (c, py, px) holding the padded pixels (r sh + py, q sw + px), Hv + 1
+   rows of Wv (then zeros: slack for the runs below). Output (oy, ox) reads
+   tap (ky, kx) in plane (c, ky dh % sh, kx dw % sw) at row oy + ky dh / sh,
+   column ox + kx dw / sw. Numbering outputs q = oy Wv + ox over rows of
+   Wv >= Wo columns (the "virtual" columns ox >= Wo are computed and
+   dropped), the pixels of tap t for all outputs are one run of each
+   channel's plane: X_g,t is the planes at a fixed offset, with the channel
+   stride as its row stride, for any stride, padding and dilation. The
+   weight product reads it transposed (channels last), from one transposed
+   copy of the planes per image. Y is widened to rows of Wv with zeros in
+   the virtual columns wherever it is an operand, so they add nothing. */
 typedef struct av__conv {
     int B, groups, Cx, H, W, Cy, Ho, Wo;
     int kh, kw, sh, sw, ph, pw, dh, dw;
-    int Hv, Wv;  /* phase planes: Hv + 1 rows of Wv */
-    int rows;    /* output rows per band: the unfolded band stays under AV__CONV_BAND floats */
+    int Hv, Wv; /* phase planes: Hv + 1 rows of Wv, then slack */
 } av__conv;
 
-#define AV__CONV_BAND (1 << 19)
-#define AV__CONV_CHUNKS 8 /* weight gradients: partial sums over at most 8 runs of images, fixed by B */
+#define AV__CONV_RUNS 8 /* weight gradients: partial sums over at most 8 runs of images, fixed by B */
 
-static size_t av__conv_plane(const av__conv *g) { return (size_t)(g->Hv + 1) * g->Wv; }
-static int av__conv_k(const av__conv *g) { return g->Cx / g->groups * g->kh * g->kw; }
+/* What one call's images share: the ISA's tiles, sizes, the taps' offsets
+   and the weight packed as A panels of MR rows (zero-padded):
+     wa (unfold)  per group, tap, panel of output channels: [cx][MR]
+     wt (fold)    per group, tap, panel of input channels:  [cy][MR] */
+typedef struct av__conv_kit {
+    const av__conv *g;
+    const av__gemm_impl *im;
+    int T, cx, cy, Nv, Nvp;    /* taps, channels per group, outputs, outputs rounded up to NR */
+    size_t PS, CS;             /* floats per phase plane, per channel (all its phases) */
+    const size_t *tap;         /* tap t's run: phase plane * PS + row * Wv + column */
+    const float *wa, *wt;
+} av__conv_kit;
 
-/* Columns q of a plane row read padded column q sw + px: image column
-   q sw + px - pw, inside the image for q in [lo, hi). */
-static void av__conv_cols(const av__conv *g, int px, int *lo, int *hi) {
-    *lo = 0;
-    while (*lo < g->Wv && *lo * g->sw + px - g->pw < 0) ++*lo;
-    *hi = *lo;
-    while (*hi < g->Wv && *hi * g->sw + px - g->pw < g->W) ++*hi;
-}
+static int av__conv_panels(int n, int P) { return (n + P - 1) / P; }
 
-/* The phase planes of n channels of one image x [n, H, W]. */
-static void av__conv_planes(const av__conv *g, const float *x, int n, float *planes) {
-    size_t ps = av__conv_plane(g);
-    int c, py, px, r, q, lo, hi;
-    for (c = 0; c < n; c++)
+/* The phase planes of one image x [Cx, H, W] (every float written). */
+static void av__conv_planes(const av__conv_kit *k, const float *x, float *planes) {
+    const av__conv *g = k->g;
+    int c, py, px, r, q;
+    for (c = 0; c < g->Cx; c++)
         for (py = 0; py < g->sh; py++)
             for (px = 0; px < g->sw; px++) {
-                float *p = planes + ((size_t)(c * g->sh + py) * g->sw + px) * ps;
-                av__conv_cols(g, px, &lo, &hi);
-                for (r = 0; r <= g->Hv; r++, p += g->Wv) {
-                    int iy = r * g->sh + py - g->ph;
-                    const float *row;
-                    if (r == g->Hv || iy < 0 || iy >= g->H) {
-                        memset(p, 0, (size_t)g->Wv * sizeof(float));
-                        continue;
-                    }
-                    row = x + ((size_t)c * g->H + iy) * g->W;
-                    for (q = 0; q < lo; q++) p[q] = 0.0f;
-                    for (; q < hi; q++) p[q] = row[q * g->sw + px - g->pw];
-                    for (; q < g->Wv; q++) p[q] = 0.0f;
-                }
-            }
-}
-
-/* x [n, H, W] += the planes' image pixels (the adjoint of av__conv_planes). */
-static void av__conv_unplanes(const av__conv *g, const float *planes, int n, float *x) {
-    size_t ps = av__conv_plane(g);
-    int c, py, px, r, q, lo, hi;
-    for (c = 0; c < n; c++)
-        for (py = 0; py < g->sh; py++)
-            for (px = 0; px < g->sw; px++) {
-                const float *p = planes + ((size_t)(c * g->sh + py) * g->sw + px) * ps;
-                av__conv_cols(g, px, &lo, &hi);
+                float *p = planes + c * k->CS + (size_t)(py * g->sw + px) * k->PS;
                 for (r = 0; r < g->Hv; r++, p += g->Wv) {
                     int iy = r * g->sh + py - g->ph;
-                    float *row;
+                    const float *row = x + ((size_t)c * g->H + iy) * g->W;
+                    for (q = 0; q < g->Wv; q++) {
+                        int ix = q * g->sw + px - g->pw;
+                        p[q] = iy >= 0 && iy < g->H && ix >= 0 && ix < g->W ? row[ix] : 0.0f;
+                    }
+                }
+                memset(p, 0, (k->PS - (size_t)g->Hv * g->Wv) * sizeof(float));
+            }
+}
+
+/* x [Cx, H, W] += the planes' image pixels (the adjoint of av__conv_planes). */
+static void av__conv_unplanes(const av__conv_kit *k, const float *planes, float *x) {
+    const av__conv *g = k->g;
+    int c, py, px, r, q;
+    for (c = 0; c < g->Cx; c++)
+        for (py = 0; py < g->sh; py++)
+            for (px = 0; px < g->sw; px++) {
+                const float *p = planes + c * k->CS + (size_t)(py * g->sw + px) * k->PS;
+                for (r = 0; r < g->Hv; r++, p += g->Wv) {
+                    int iy = r * g->sh + py - g->ph;
+                    float *row = x + ((size_t)c * g->H + iy) * g->W;
                     if (iy < 0 || iy >= g->H) continue;
-                    row = x + ((size_t)c * g->H + iy) * g->W;
-                    for (q = lo; q < hi; q++) row[q * g->sw + px - g->pw] += p[q];
+                    for (q = 0; q < g->Wv; q++) {
+                        int ix = q * g->sw + px - g->pw;
+                        if (ix >= 0 && ix < g->W) row[ix] += p[q];
+                    }
                 }
             }
 }
 
-/* Where row k = (c, ky, kx) of the unfolded matrix starts in the planes. */
-static size_t av__conv_tap(const av__conv *g, int k) {
-    int kx = k % g->kw, ky = k / g->kw % g->kh, c = k / (g->kw * g->kh);
-    int py = ky * g->dh % g->sh, px = kx * g->dw % g->sw;
-    return ((size_t)(c * g->sh + py) * g->sw + px) * av__conv_plane(g) + (size_t)(ky * g->dh / g->sh) * g->Wv +
-           (size_t)(kx * g->dw / g->sw);
-}
-
-/* The unfolded matrix of one group, columns [q0, q0 + nq): col [K, nq]. */
-static void av__conv_unfold(const av__conv *g, const float *planes, int q0, int nq, float *col) {
-    int k, K = av__conv_k(g);
-    for (k = 0; k < K; k++) memcpy(col + (size_t)k * nq, planes + av__conv_tap(g, k) + q0, (size_t)nq * sizeof(float));
-}
-
-/* planes += fold(col): the adjoint of av__conv_unfold. */
-static void av__conv_fold(const av__conv *g, const float *col, int q0, int nq, float *planes) {
-    int k, K = av__conv_k(g);
-    for (k = 0; k < K; k++) av__add_into(planes + av__conv_tap(g, k) + q0, col + (size_t)k * nq, nq);
-}
-
-/* Y's n channels of one image [n, Ho, Wo] in rows of Wv, virtual columns 0. */
-static void av__conv_widen(const av__conv *g, const float *y, int n, float *yv) {
-    int r, rows = n * g->Ho;
-    for (r = 0; r < rows; r++) {
-        memcpy(yv + (size_t)r * g->Wv, y + (size_t)r * g->Wo, (size_t)g->Wo * sizeof(float));
-        memset(yv + (size_t)r * g->Wv + g->Wo, 0, (size_t)(g->Wv - g->Wo) * sizeof(float));
+/* Y's channels of one image [Cy, Ho, Wo] in rows of Wv: yv [Cy, Nvp], zeros
+   in the virtual columns and past Nv. */
+static void av__conv_widen(const av__conv_kit *k, const float *y, float *yv) {
+    const av__conv *g = k->g;
+    int c, r;
+    for (c = 0; c < g->Cy; c++) {
+        float *row = yv + (size_t)c * k->Nvp;
+        for (r = 0; r < g->Ho; r++, row += g->Wv) {
+            memcpy(row, y + ((size_t)c * g->Ho + r) * g->Wo, (size_t)g->Wo * sizeof(float));
+            memset(row + g->Wo, 0, (size_t)(g->Wv - g->Wo) * sizeof(float));
+        }
+        memset(row, 0, (size_t)(k->Nvp - k->Nv) * sizeof(float));
     }
+}
+
+/* unfold: y [cy, Ho, Wo] += sum_t W_t X_t, tile by tile of MR output
+   channels and NR outputs; the taps accumulate in the tile, whose real
+   columns then go to y. planes: this group's channels. */
+static void av__conv_unfold(const av__conv_kit *k, int grp, const float *planes, float *y) {
+    const av__conv *g = k->g;
+    const av__gemm_impl *im = k->im;
+    int MR = im->mr, NR = im->nr, np = av__conv_panels(k->cy, MR), q0, i0, t, j, r;
+    for (q0 = 0; q0 < k->Nv; q0 += NR) {
+        long at[32]; /* where column j lands in y's plane, or -1 (NR <= 32) */
+        int n = AV__MIN(NR, k->Nv - q0);
+        for (j = 0; j < n; j++) at[j] = (q0 + j) % g->Wv < g->Wo ? (long)((q0 + j) / g->Wv) * g->Wo + (q0 + j) % g->Wv : -1;
+        for (i0 = 0; i0 < k->cy; i0 += MR) {
+            float tile[AV__MAX_TILE];
+            for (t = 0; t < k->T; t++)
+                im->kernel(k->cx, k->wa + ((size_t)(grp * k->T + t) * np + i0 / MR) * MR * k->cx, planes + k->tap[t] + q0,
+                           (int)k->CS, tile, NR, 1.0f, t ? 1.0f : 0.0f);
+            for (r = 0; r < AV__MIN(MR, k->cy - i0); r++) {
+                float *yr = y + (size_t)(i0 + r) * g->Ho * g->Wo;
+                for (j = 0; j < n; j++)
+                    if (at[j] >= 0) yr[at[j]] += tile[r * NR + j];
+            }
+        }
+    }
+}
+
+/* C (m x n of an MR x NR tile, row stride ldc) += the kernel's product,
+   in place when the tile is whole. */
+static void av__conv_tile(const av__gemm_impl *im, int kc, const float *a, const float *b, int ldb, float *c, size_t ldc,
+                          int m, int n) {
+    float tile[AV__MAX_TILE];
+    if (m == im->mr && n == im->nr) {
+        im->kernel(kc, a, b, ldb, c, (int)ldc, 1.0f, 1.0f);
+        return;
+    }
+    im->kernel(kc, a, b, ldb, tile, im->nr, 1.0f, 0.0f);
+    av__merge_tile(c, (int)ldc, tile, im->nr, m, n, 1.0f, 1.0f);
+}
+
+/* fold: the planes of this group's channels += W_t^T Y for each tap t,
+   each product added at the tap's run. yv: this group's rows of Y. Taps
+   go one after another over all outputs, so no tile overlaps the one
+   written just before it. */
+static void av__conv_fold(const av__conv_kit *k, int grp, const float *yv, float *planes) {
+    const av__gemm_impl *im = k->im;
+    int MR = im->mr, NR = im->nr, np = av__conv_panels(k->cx, MR), i0, t, q0;
+    for (i0 = 0; i0 < k->cx; i0 += MR)
+        for (t = 0; t < k->T; t++) {
+            const float *a = k->wt + ((size_t)(grp * k->T + t) * np + i0 / MR) * MR * k->cy;
+            for (q0 = 0; q0 < k->Nv; q0 += NR)
+                av__conv_tile(im, k->cy, a, yv + q0, k->Nvp, planes + (size_t)i0 * k->CS + k->tap[t] + q0, k->CS,
+                              AV__MIN(MR, k->cx - i0), AV__MIN(NR, k->Nv - q0));
+        }
+}
+
+/* weight: dw [T][cy][cx] (this group's, tap-major) += Y X_t^T for each tap.
+   ya: Y's rows as A panels over the outputs (MR rows, panels MR Nv apart);
+   planes_t: the planes transposed, [CS][Cx] (+ NR floats of slack), read
+   from this group's first channel with the row stride Cx. */
+static void av__conv_weight(const av__conv_kit *k, const float *ya, const float *planes_t, float *dw) {
+    const av__gemm_impl *im = k->im;
+    int MR = im->mr, NR = im->nr, Cx = k->g->Cx, t, qb, i0, j0;
+    for (t = 0; t < k->T; t++)
+        for (qb = 0; qb < k->Nv; qb += im->kc) {
+            int kc = AV__MIN(im->kc, k->Nv - qb);
+            for (i0 = 0; i0 < k->cy; i0 += MR)
+                for (j0 = 0; j0 < k->cx; j0 += NR)
+                    av__conv_tile(im, kc, ya + (size_t)i0 * k->Nv + (size_t)qb * MR, planes_t + (k->tap[t] + qb) * Cx + j0, Cx,
+                                  dw + ((size_t)t * k->cy + i0) * k->cx + j0, (size_t)k->cx, AV__MIN(MR, k->cy - i0),
+                                  AV__MIN(NR, k->cx - j0));
+        }
 }
 
 /* One product's operands and outputs (NULL: not wanted). */
 typedef struct av__conv_job {
-    const av__conv *g;
     const float *w;    /* [Cy, Cx/groups, kh, kw] */
-    const float *x;    /* X, to unfold (for y_out and dw) */
+    const float *x;    /* X (for y_out and dw) */
     const float *y;    /* Y (for x_out and dw) */
-    float *y_out;      /* Y += W unfold(X) */
-    float *x_out;      /* X += fold(W^T Y) */
-    float *dw;         /* dW += Y unfold(X)^T */
+    float *y_out;      /* Y += unfold */
+    float *x_out;      /* X += fold */
+    float *dw;         /* dW += weight */
 } av__conv_job;
 
-/* One thread's scratch: the planes of an image, an unfolded band, Y in rows
-   of Wv, and one group's product before it drops the virtual columns. */
-typedef struct av__conv_work { float *planes, *col, *yv, *cv; } av__conv_work;
+/* One thread's scratch: X's planes, their transpose, Y widened and as A panels. */
+typedef struct av__conv_work { float *planes, *planes_t, *yv, *ya; } av__conv_work;
 
 /* The floats of one thread's scratch; with w, its parts laid out from base. */
-static size_t av__conv_work_floats(const av__conv *g, av__conv_work *w, float *base) {
+static size_t av__conv_work_floats(const av__conv_kit *k, av__conv_work *w, float *base) {
+    const av__conv *g = k->g;
     size_t sizes[4], total = 0;
-    int i, band = g->rows * g->Wv;
-    sizes[0] = (size_t)g->Cx * g->sh * g->sw * av__conv_plane(g);
-    sizes[1] = (size_t)av__conv_k(g) * band;
-    sizes[2] = (size_t)g->Cy * g->Ho * g->Wv;
-    sizes[3] = (size_t)(g->Cy / g->groups) * band;
+    int i;
+    sizes[0] = (size_t)g->Cx * k->CS;
+    sizes[1] = (size_t)g->Cx * k->CS + (size_t)k->im->nr;
+    sizes[2] = (size_t)g->Cy * k->Nvp;
+    sizes[3] = (size_t)g->groups * av__conv_panels(k->cy, k->im->mr) * k->im->mr * k->Nv;
     for (i = 0; i < 4; i++) {
-        if (w) *(i == 0 ? &w->planes : i == 1 ? &w->col : i == 2 ? &w->yv : &w->cv) = base + total;
+        if (w) *(i == 0 ? &w->planes : i == 1 ? &w->planes_t : i == 2 ? &w->yv : &w->ya) = base + total;
         total += (sizes[i] + 15) / 16 * 16;
     }
     return total;
 }
 
-/* Image b: planes of X, Y widened, then per group and band of output rows
-   the products asked for. dw is this image's run's partial sum. */
-static void av__conv_image(const av__conv_job *j, int b, float *dw, const av__conv_work *s) {
-    const av__conv *g = j->g;
-    int cx = g->Cx / g->groups, cy = g->Cy / g->groups, K = av__conv_k(g), Nv = g->Ho * g->Wv, grp, r0, oy;
-    size_t xs = (size_t)g->Cx * g->H * g->W, ys = (size_t)g->Cy * g->Ho * g->Wo, ps = (size_t)g->sh * g->sw * av__conv_plane(g);
-    int unfold = j->y_out || dw;
-    if (unfold) av__conv_planes(g, j->x + b * xs, g->Cx, s->planes);
-    if (j->x_out || dw) av__conv_widen(g, j->y + b * ys, g->Cy, s->yv);
+/* Image b: the products asked for. dw is the partial sum of this image's
+   run, tap-major: [group][T][cy][cx]. */
+static void av__conv_image(const av__conv_kit *k, const av__conv_job *j, int b, float *dw, const av__conv_work *s) {
+    const av__conv *g = k->g;
+    size_t xs = (size_t)g->Cx * g->H * g->W, ys = (size_t)g->Cy * g->Ho * g->Wo;
+    int MR = k->im->mr, grp;
+    if (j->y_out || dw) av__conv_planes(k, j->x + b * xs, s->planes);
+    if (dw) { /* the planes transposed, and Y as A panels over the outputs */
+        av__pack(s->planes_t, g->Cx, s->planes, k->CS, 0, g->Cx, (int)k->CS);
+        memset(s->planes_t + (size_t)g->Cx * k->CS, 0, (size_t)k->im->nr * sizeof(float));
+    }
+    if (j->x_out || dw) av__conv_widen(k, j->y + b * ys, s->yv);
     for (grp = 0; grp < g->groups; grp++) {
-        const float *wg = j->w + (size_t)grp * cy * K, *yv = s->yv + (size_t)grp * cy * Nv;
-        float *planes = s->planes + (size_t)grp * cx * ps;
-        for (r0 = 0; unfold && r0 < g->Ho; r0 += g->rows) {
-            int q0 = r0 * g->Wv, nq = AV__MIN(g->rows, g->Ho - r0) * g->Wv;
-            av__conv_unfold(g, planes, q0, nq, s->col);
-            if (j->y_out) {
-                float *y = j->y_out + b * ys + (size_t)grp * cy * g->Ho * g->Wo;
-                int co;
-                av_sgemm(0, 0, cy, nq, K, 1.0f, wg, K, s->col, nq, 0.0f, s->cv, nq);
-                for (co = 0; co < cy; co++)
-                    for (oy = r0; oy < r0 + nq / g->Wv; oy++)
-                        av__add_into(y + ((size_t)co * g->Ho + oy) * g->Wo, s->cv + (size_t)co * nq + (oy - r0) * g->Wv, g->Wo);
-            }
-            if (dw) av_sgemm(0, 1, cy, K, nq, 1.0f, yv + q0, Nv, s->col, nq, 1.0f, dw + (size_t)grp * cy * K, K);
-        }
-        if (!j->x_out) continue;
-        memset(planes, 0, (size_t)cx * ps * sizeof(float)); /* X's values are used up: the planes gather X's gradient */
-        for (r0 = 0; r0 < g->Ho; r0 += g->rows) {
-            int q0 = r0 * g->Wv, nq = AV__MIN(g->rows, g->Ho - r0) * g->Wv;
-            av_sgemm(1, 0, K, nq, cy, 1.0f, wg, K, yv + q0, Nv, 0.0f, s->col, nq);
-            av__conv_fold(g, s->col, q0, nq, planes);
+        const float *yv = s->yv + (size_t)grp * k->cy * k->Nvp;
+        float *ya = s->ya + (size_t)grp * av__conv_panels(k->cy, MR) * MR * k->Nv;
+        if (j->y_out) av__conv_unfold(k, grp, s->planes + (size_t)grp * k->cx * k->CS, j->y_out + b * ys + (size_t)grp * k->cy * g->Ho * g->Wo);
+        if (dw) {
+            av__panels_by_rows(ya, MR, yv, k->cy, k->Nv, (size_t)k->Nvp);
+            av__conv_weight(k, ya, s->planes_t + (size_t)grp * k->cx, dw + (size_t)grp * k->T * k->cy * k->cx);
         }
     }
-    if (j->x_out) av__conv_unplanes(g, s->planes, g->Cx, j->x_out + b * xs);
+    if (!j->x_out) return;
+    memset(s->planes, 0, (size_t)g->Cx * k->CS * sizeof(float)); /* now X's gradient, or output */
+    for (grp = 0; grp < g->groups; grp++)
+        av__conv_fold(k, grp, s->yv + (size_t)grp * k->cy * k->Nvp, s->planes + (size_t)grp * k->cx * k->CS);
+    av__conv_unplanes(k, s->planes, j->x_out + b * xs);
+}
+
+/* The shared part of a call: taps and the packed weight, in the arena. */
+static av__conv_kit av__conv_kit_new(av_ctx *c, const av__conv *g, const float *w) {
+    av__conv_kit k;
+    int MR, NR, t, grp, p, i, r, npy, npx, e;
+    size_t *tap;
+    float *wa, *wt;
+    k.g = g;
+    k.im = av__impl_for(av_get_isa());
+    MR = k.im->mr;
+    NR = k.im->nr;
+    k.T = g->kh * g->kw;
+    k.cx = g->Cx / g->groups;
+    k.cy = g->Cy / g->groups;
+    k.Nv = g->Ho * g->Wv;
+    k.Nvp = av__conv_panels(k.Nv, NR) * NR;
+    k.PS = (size_t)(g->Hv + 1) * g->Wv + (size_t)NR;
+    k.CS = (size_t)g->sh * g->sw * k.PS;
+    tap = (size_t *)av__arena_alloc(&c->arena, (size_t)k.T * sizeof(size_t));
+    for (t = 0; t < k.T; t++) {
+        int ky = t / g->kw, kx = t % g->kw;
+        tap[t] = (size_t)(ky * g->dh % g->sh * g->sw + kx * g->dw % g->sw) * k.PS +
+                 (size_t)(ky * g->dh / g->sh) * g->Wv + (size_t)(kx * g->dw / g->sw);
+    }
+    k.tap = tap;
+    npy = av__conv_panels(k.cy, MR);
+    npx = av__conv_panels(k.cx, MR);
+    wa = (float *)av__arena_alloc(&c->arena, ((size_t)g->groups * k.T * npy * MR * k.cx + 1) * sizeof(float));
+    wt = (float *)av__arena_alloc(&c->arena, ((size_t)g->groups * k.T * npx * MR * k.cy + 1) * sizeof(float));
+    for (grp = 0; grp < g->groups; grp++)
+        for (t = 0; t < k.T; t++) {
+            float *pa = wa + (size_t)(grp * k.T + t) * npy * MR * k.cx, *pt = wt + (size_t)(grp * k.T + t) * npx * MR * k.cy;
+            for (p = 0; p < npy; p++) /* rows: output channels p MR + r, k over input channels i */
+                for (i = 0; i < k.cx; i++)
+                    for (r = 0; r < MR; r++) {
+                        e = p * MR + r;
+                        *pa++ = e < k.cy ? w[((size_t)(grp * k.cy + e) * k.cx + i) * k.T + t] : 0.0f;
+                    }
+            for (p = 0; p < npx; p++) /* rows: input channels p MR + r, k over output channels i */
+                for (i = 0; i < k.cy; i++)
+                    for (r = 0; r < MR; r++) {
+                        e = p * MR + r;
+                        *pt++ = e < k.cx ? w[((size_t)(grp * k.cy + i) * k.cx + e) * k.T + t] : 0.0f;
+                    }
+        }
+    k.wa = wa;
+    k.wt = wt;
+    return k;
 }
 
 /* Every image; threads take runs of images (one image per run without
-   dw). Weight gradients sum per run, then over the runs in order: the
-   runs depend on B alone, so any number of threads gives the same bits. */
-static void av__conv_run(av_ctx *c, const av__conv_job *j) {
-    const av__conv *g = j->g;
-    int runs = j->dw ? AV__MIN(g->B, AV__CONV_CHUNKS) : g->B, nt = 1, t;
-    size_t per = av__conv_work_floats(g, NULL, NULL), wn = (size_t)g->Cy * av__conv_k(g), i;
+   dw). Weight gradients sum per run, tap-major, then over the runs in
+   order into dW's layout: the runs depend on B alone, so any number of
+   threads gives the same bits. */
+static void av__conv_run(av_ctx *c, const av__conv *g, const av__conv_job *j) {
+    av__conv_kit k;
+    int runs = j->dw ? AV__MIN(g->B, AV__CONV_RUNS) : g->B, nt = 1, t;
+    size_t per, wn = (size_t)g->Cy * (g->Cx / g->groups) * g->kh * g->kw, i;
     float *partial = NULL, *scratch;
     if (g->B == 0) return;
+    k = av__conv_kit_new(c, g, j->w);
+    per = av__conv_work_floats(&k, NULL, NULL);
 #ifdef _OPENMP
-    if (runs > 1 && !omp_in_parallel() && 2.0 * g->B * g->Cy * av__conv_k(g) * g->Ho * g->Wv > 1e6)
+    if (runs > 1 && !omp_in_parallel() && 2.0 * g->B * g->Cy * k.cx * k.T * k.Nv > 1e6)
         nt = AV__MIN(av_get_num_threads(), runs);
 #endif
-    if (j->dw && runs > 1) {
+    if (j->dw) {
         partial = (float *)av__arena_alloc(&c->arena, (size_t)runs * wn * sizeof(float));
         memset(partial, 0, (size_t)runs * wn * sizeof(float));
     }
@@ -4732,14 +4835,16 @@ static void av__conv_run(av_ctx *c, const av__conv_job *j) {
 #ifdef _OPENMP
         me = omp_get_thread_num();
 #endif
-        av__conv_work_floats(g, &s, scratch + (size_t)me * per);
+        av__conv_work_floats(&k, &s, scratch + (size_t)me * per);
         for (b = t * g->B / runs; b < (t + 1) * g->B / runs; b++)
-            av__conv_image(j, b, partial ? partial + (size_t)t * wn : j->dw, &s);
+            av__conv_image(&k, j, b, partial ? partial + (size_t)t * wn : NULL, &s);
     }
-    if (partial)
+    if (partial) /* [group][T][cy][cx] -> [group][cy][cx][T] */
         for (i = 0; i < wn; i++) {
+            size_t tap = i % k.T, e = i / k.T, ci = e % k.cx, co = e / k.cx % k.cy, grp = e / k.cx / k.cy;
+            size_t from = ((grp * k.T + tap) * k.cy + co) * k.cx + ci;
             float sum = 0;
-            for (t = 0; t < runs; t++) sum += partial[(size_t)t * wn + i];
+            for (t = 0; t < runs; t++) sum += partial[(size_t)t * wn + from];
             j->dw[i] += sum;
         }
 }
@@ -4785,7 +4890,6 @@ static av__conv av__conv_plan(const char *op, const av_tensor *x, const av_tenso
     av_conv_opts o = av__conv_defaults(opts);
     av__conv g;
     int i, size[2], out[2], k[2], G = o.groups;
-    long band;
     memset(&g, 0, sizeof g);
     if (x->ndim != 4) av__fail_shapes(op, "x must be [B, C, H, W]", x, NULL);
     if (w->ndim != 4) av__fail_shapes(op, transposed ? "w must be [Cin, Cout/groups, kh, kw]" : "w must be [Cout, Cin/groups, kh, kw]", w, NULL);
@@ -4830,9 +4934,6 @@ static av__conv av__conv_plan(const char *op, const av_tensor *x, const av_tenso
     g.dh = o.dilation[0]; g.dw = o.dilation[1];
     g.Hv = g.Ho + (g.kh - 1) * g.dh / g.sh;
     g.Wv = g.Wo + (g.kw - 1) * g.dw / g.sw;
-    band = (long)av__conv_k(&g) * g.Wv;
-    g.rows = (int)AV__MIN((long)g.Ho, band ? AV__CONV_BAND / band : g.Ho);
-    if (g.rows < 1) g.rows = 1;
     return g;
 }
 
@@ -4842,13 +4943,12 @@ static void av__conv2d_backward(av_ctx *c, av__node *n) {
     av__conv_job j;
     float *db = av__in_grad(n, 2);
     memset(&j, 0, sizeof j);
-    j.g = g;
     j.w = n->in[1]->data;
     j.y = n->out[0]->grad;
     j.x_out = av__in_grad(n, 0);
     j.dw = av__in_grad(n, 1);
     j.x = j.dw ? n->in[0]->data : NULL;
-    if (j.x_out || j.dw) av__conv_run(c, &j);
+    if (j.x_out || j.dw) av__conv_run(c, g, &j);
     if (db) av__channel_sums(n->out[0]->grad, g->B, g->Cy, g->Ho * g->Wo, db);
 }
 
@@ -4864,11 +4964,10 @@ AVDEF av_tensor *av_conv2d(av_ctx *c, av_tensor *x, av_tensor *w, av_tensor *b, 
     out = av__tensor_empty(c, 4, shape, "av_conv2d");
     av__fill_channels(out->data, g.B, g.Cy, g.Ho * g.Wo, b ? b->data : NULL);
     memset(&j, 0, sizeof j);
-    j.g = &g;
     j.w = w->data;
     j.x = x->data;
     j.y_out = out->data;
-    av__conv_run(c, &j);
+    av__conv_run(c, &g, &j);
     n = av__record(c, "av_conv2d", av__conv2d_backward, out, 3, x, w, b);
     if (n) n->args = AV__KEEP(c, g);
     return out;
@@ -4880,13 +4979,12 @@ static void av__conv_transpose2d_backward(av_ctx *c, av__node *n) {
     av__conv_job j;
     float *db = av__in_grad(n, 2);
     memset(&j, 0, sizeof j);
-    j.g = g;
     j.w = n->in[1]->data;
     j.x = n->out[0]->grad;
     j.y_out = av__in_grad(n, 0);
     j.dw = av__in_grad(n, 1);
     j.y = n->in[0]->data;
-    if (j.y_out || j.dw) av__conv_run(c, &j);
+    if (j.y_out || j.dw) av__conv_run(c, g, &j);
     if (db) av__channel_sums(n->out[0]->grad, g->B, g->Cx, g->H * g->W, db);
 }
 
@@ -4902,11 +5000,10 @@ AVDEF av_tensor *av_conv_transpose2d(av_ctx *c, av_tensor *x, av_tensor *w, av_t
     out = av__tensor_empty(c, 4, shape, "av_conv_transpose2d");
     av__fill_channels(out->data, g.B, g.Cx, g.H * g.W, b ? b->data : NULL);
     memset(&j, 0, sizeof j);
-    j.g = &g;
     j.w = w->data;
     j.y = x->data;
     j.x_out = out->data;
-    av__conv_run(c, &j);
+    av__conv_run(c, &g, &j);
     n = av__record(c, "av_conv_transpose2d", av__conv_transpose2d_backward, out, 3, x, w, b);
     if (n) n->args = AV__KEEP(c, g);
     return out;
