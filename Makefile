@@ -1,7 +1,7 @@
 # attnvae: build, test, benchmark and demo.
 #   make demo      install what it needs, train the Fashion-MNIST VAE, write PNGs
 #   make test      the whole test suite (ends with "N passed, M failed")
-#   make bench     GEMM vs OpenBLAS, the VAE vs PyTorch, fused vs composed attention scores
+#   make bench     GEMM vs OpenBLAS; the VAE, attention and convolutions vs PyTorch; fused vs composed attention scores
 #   make install   the header and attnvae.pc under PREFIX (/usr/local), DESTDIR honoured; make uninstall
 #   make sanitize  the test suite under ASan + UBSan
 #   make valgrind  the test suite under valgrind
@@ -23,8 +23,8 @@ OUT     := out
 HEADER  := attnvae.h
 C99      = $(CC) -std=c99 $(WARN) $(CFLAGS)
 
-TESTS    := test_core test_ops test_attention test_scores test_transformer test_decoding test_optim test_gemm test_io test_vae test_torch_ref test_attn_ref test_transformer_ref test_alloc
-OMP_TESTS := test_gemm test_attention test_optim test_scores
+TESTS    := test_core test_ops test_attention test_scores test_conv test_transformer test_decoding test_optim test_gemm test_io test_vae test_torch_ref test_attn_ref test_transformer_ref test_conv_ref test_alloc
+OMP_TESTS := test_gemm test_attention test_optim test_scores test_conv
 EXAMPLES := mlp_fashion vae_fashion ae_fashion
 
 .PHONY: install uninstall all examples tests test bench sanitize valgrind test-arm64 fuzz demo deps deps-test deps-bench deps-arm64 deps-fuzz data clean
@@ -67,6 +67,7 @@ suite = \
 	"$(1) $(2)/test_ops" \
 	"$(1) $(2)/test_attention" \
 	"$(1) $(2)/test_scores" \
+	"$(1) $(2)/test_conv $(2)" \
 	"$(1) $(2)/test_transformer" \
 	"$(1) $(2)/test_decoding" \
 	"$(1) $(2)/test_optim" \
@@ -76,6 +77,7 @@ suite = \
 	"ATTNVAE_PYTHON=$(PYTHON) $(1) $(2)/test_torch_ref tests/torch_ref.py $(2)" \
 	"ATTNVAE_PYTHON=$(PYTHON) $(1) $(2)/test_attn_ref tests/attn_ref.py $(2)" \
 	"ATTNVAE_PYTHON=$(PYTHON) $(1) $(2)/test_transformer_ref tests/transformer_ref.py $(2)" \
+	"ATTNVAE_PYTHON=$(PYTHON) $(1) $(2)/test_conv_ref tests/conv_ref.py $(2)" \
 	"$(1) $(2)/test_alloc $(2)"
 
 # The examples' helpers, and the examples on bad command lines and odd data.
@@ -90,10 +92,12 @@ TEST_CMDS = $(call suite,,$(BUILD)) $(call suite,,$(BUILD)/cxx) $(call examples_
 	"$(BUILD)/cxx/test_examples $(BUILD)/cxx/examples_tmp" \
 	"OMP_NUM_THREADS=2 $(BUILD)/test_gemm_omp" \
 	"OMP_NUM_THREADS=2 $(BUILD)/test_attention_omp" \
+	"OMP_NUM_THREADS=2 $(BUILD)/test_conv_omp $(BUILD)" \
 	"OMP_NUM_THREADS=2 $(BUILD)/test_optim_omp" \
 	"OMP_NUM_THREADS=2 $(BUILD)/test_scores_omp" \
 	"ATTNVAE_ISA=scalar $(BUILD)/test_gemm --quick" \
 	"ATTNVAE_ISA=avx2 $(BUILD)/test_ops" "ATTNVAE_ISA=scalar $(BUILD)/test_ops" \
+	"ATTNVAE_ISA=avx2 $(BUILD)/test_conv $(BUILD)" "ATTNVAE_ISA=scalar $(BUILD)/test_conv $(BUILD)" \
 	"ATTNVAE_ISA=avx2 $(BUILD)/test_optim" "ATTNVAE_ISA=scalar $(BUILD)/test_optim" \
 	"ATTNVAE_ISA=avx2 ATTNVAE_PYTHON=$(PYTHON) $(BUILD)/test_attn_ref tests/attn_ref.py $(BUILD)" \
 	"ATTNVAE_ISA=scalar ATTNVAE_PYTHON=$(PYTHON) $(BUILD)/test_attn_ref tests/attn_ref.py $(BUILD)" \
@@ -133,7 +137,7 @@ valgrind: deps-test
 # AArch64: cross-compiled, static, run under qemu-user; the NEON GEMM path
 # must be among those tested.
 ARM_CC := aarch64-linux-gnu-gcc
-ARM_TESTS := test_core test_ops test_attention test_scores test_transformer test_decoding test_optim test_gemm test_io test_vae test_torch_ref test_attn_ref test_transformer_ref test_alloc
+ARM_TESTS := test_core test_ops test_attention test_scores test_conv test_transformer test_decoding test_optim test_gemm test_io test_vae test_torch_ref test_attn_ref test_transformer_ref test_conv_ref test_alloc
 test-arm64: deps-arm64
 	@mkdir -p build/arm64
 	for t in $(ARM_TESTS); do \
@@ -167,13 +171,17 @@ build/fuzz/make_fuzz_seeds: tests/make_fuzz_seeds.c $(HEADER)
 	$(CC) -std=c99 $(WARN) -O1 -o $@ $< -lm
 
 # ---- benchmarks -------------------------------------------------------
-bench: deps-bench data $(BUILD)/bench_gemm $(BUILD)/bench_scores $(BUILD)/vae_fashion $(BUILD)/bench_attention
+bench: deps-bench data $(BUILD)/bench_gemm $(BUILD)/bench_scores $(BUILD)/vae_fashion $(BUILD)/bench_attention $(BUILD)/bench_conv
 	$(BUILD)/bench_gemm
 	$(BUILD)/bench_scores
 	tests/bench_vae.sh $(BUILD)/vae_fashion $(DATA)
 	tests/bench_attention.sh $(BUILD)/bench_attention
+	tests/bench_conv.sh $(BUILD)/bench_conv
 
 $(BUILD)/bench_attention: tests/bench_attention.c $(HEADER) | $(BUILD)
+	$(C99) $(OPENMP) -o $@ $< -lm
+
+$(BUILD)/bench_conv: tests/bench_conv.c $(HEADER) | $(BUILD)
 	$(C99) $(OPENMP) -o $@ $< -lm
 
 $(BUILD)/bench_gemm: tests/bench_gemm.c $(HEADER) | $(BUILD)

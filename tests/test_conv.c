@@ -5,7 +5,8 @@
    batch norm's running statistics across steps, train and eval, buffers
    that optimizers leave alone and files keep, spectral norm's power
    iteration, the layers' names, shapes and initial ranges, shape errors,
-   and, built with OpenMP, the same bits on 1 and 2 threads. */
+   and, built with OpenMP, the same bits on 1 and 2 threads.
+   usage: test_conv [workdir]   (default build) */
 #define ATTNVAE_IMPLEMENTATION
 #include "../attnvae.h"
 #include "test.h"
@@ -15,6 +16,8 @@
 /* ======================================================================= */
 /* helpers                                                                 */
 /* ======================================================================= */
+static const char *work_dir = "build"; /* argv[1]: where a model file may be written */
+
 static float *rnd(int n, double lo, double hi) {
     float *p = (float *)malloc((size_t)(n ? n : 1) * sizeof(float));
     gc_fill(p, n, lo, hi);
@@ -521,13 +524,15 @@ static void test_batch_norm_steps(void) {
     {
         av_model *m2 = av_model_new(2);
         av_batch_norm_layer bn2 = av_batch_norm_new(m2, "bn", C, 1e-5f, 0.1f);
-        CHECK(av_model_save(m, "build/test_conv_bn.safetensors") == 0, "save: %s", av_error());
-        CHECK(av_model_load(m2, "build/test_conv_bn.safetensors") == 0, "load: %s", av_error());
+        char path[600];
+        snprintf(path, sizeof path, "%.400s/test_conv_bn.safetensors", work_dir);
+        CHECK(av_model_save(m, path) == 0, "save: %s", av_error());
+        CHECK(av_model_load(m2, path) == 0, "load: %s", av_error());
         CHECK(same_bits(bn.running_mean->data, bn2.running_mean->data, C) &&
                   same_bits(bn.running_var->data, bn2.running_var->data, C) &&
                   bn2.num_batches_tracked->data[0] == STEPS && same_bits(bn.weight->data, bn2.weight->data, C),
               "batch norm buffers through a file");
-        remove("build/test_conv_bn.safetensors");
+        remove(path);
         av_model_free(m2);
     }
     /* without running statistics: batch statistics even in eval is refused */
@@ -807,7 +812,7 @@ static void test_threads(void) {
 #endif
 
 int main(int argc, char **argv) {
-    (void)argc; (void)argv;
+    if (argc > 1) work_dir = argv[1];
     gc_seed(2024);
     test_conv();
     test_pool();
