@@ -4546,7 +4546,10 @@ AVDEF void av_baseline_update(av_baseline *b, const float *cost, int n) {
    column ox + kx dw / sw. Numbering outputs q = oy Wv + ox over rows of
    Wv >= Wo columns (the "virtual" columns ox >= Wo are computed and
    dropped), the pixels of tap t for all outputs are one run of each
-   channel's plane: X_g,t is the planes at a fixed offset, with the channel
+   channel's plane. A read past the end of a row lands in the next row's
+   left padding, so a row need not hold its own right padding (av__conv_wv):
+   3x3 kernels with padding 1 waste one column per row, not two. Then X_g,t
+   is X_g,t is the planes at a fixed offset, with the channel
    stride as its row stride, for any stride, padding and dilation. The
    weight product reads it transposed (channels last), from one transposed
    copy of the planes per image. Y is widened to rows of Wv with zeros in
@@ -4574,21 +4577,36 @@ typedef struct av__conv_kit {
 
 static int av__conv_panels(int n, int P) { return (n + P - 1) / P; }
 
+/* Columns q of a plane row read padded column q sw + px: image column
+   q sw + px - pw, inside the image for q in [lo, hi). */
+static void av__conv_cols(const av__conv *g, int px, int *lo, int *hi) {
+    *lo = 0;
+    while (*lo < g->Wv && *lo * g->sw + px - g->pw < 0) ++*lo;
+    *hi = *lo;
+    while (*hi < g->Wv && *hi * g->sw + px - g->pw < g->W) ++*hi;
+}
+
 /* The phase planes of one image x [Cx, H, W] (every float written). */
 static void av__conv_planes(const av__conv_kit *k, const float *x, float *planes) {
     const av__conv *g = k->g;
-    int c, py, px, r, q;
+    int c, py, px, r, q, lo, hi;
     for (c = 0; c < g->Cx; c++)
         for (py = 0; py < g->sh; py++)
             for (px = 0; px < g->sw; px++) {
                 float *p = planes + c * k->CS + (size_t)(py * g->sw + px) * k->PS;
+                av__conv_cols(g, px, &lo, &hi);
                 for (r = 0; r < g->Hv; r++, p += g->Wv) {
                     int iy = r * g->sh + py - g->ph;
-                    const float *row = x + ((size_t)c * g->H + iy) * g->W;
-                    for (q = 0; q < g->Wv; q++) {
-                        int ix = q * g->sw + px - g->pw;
-                        p[q] = iy >= 0 && iy < g->H && ix >= 0 && ix < g->W ? row[ix] : 0.0f;
+                    const float *row;
+                    if (iy < 0 || iy >= g->H) {
+                        memset(p, 0, (size_t)g->Wv * sizeof(float));
+                        continue;
                     }
+                    row = x + ((size_t)c * g->H + iy) * g->W + lo * g->sw + px - g->pw;
+                    memset(p, 0, (size_t)lo * sizeof(float));
+                    if (g->sw == 1) memcpy(p + lo, row, (size_t)(hi - lo) * sizeof(float));
+                    else for (q = lo; q < hi; q++) p[q] = row[(q - lo) * g->sw];
+                    memset(p + hi, 0, (size_t)(g->Wv - hi) * sizeof(float));
                 }
                 memset(p, 0, (k->PS - (size_t)g->Hv * g->Wv) * sizeof(float));
             }
@@ -4884,6 +4902,24 @@ static av_conv_opts av__conv_defaults(const av_conv_opts *o) {
     return d;
 }
 
+/* The plane width: Wo + (kw - 1) dw / sw holds every read in its own row;
+   fewer columns do when each read past the row's end (i) falls on right
+   padding and (ii) lands on the next row's left padding (L columns of
+   phase px): Wv sw + px - pw >= W, and Wo - 1 + rx_max(px) - Wv < L(px). */
+static int av__conv_wv(const av__conv *g) {
+    int wv = g->Wo, px, kx;
+    for (px = 0; px < g->sw; px++) {
+        int reach = -1, left = g->pw > px ? (g->pw - px + g->sw - 1) / g->sw : 0, own, wrap;
+        for (kx = 0; kx < g->kw; kx++)
+            if (kx * g->dw % g->sw == px && kx * g->dw / g->sw > reach) reach = kx * g->dw / g->sw;
+        own = (g->W + g->pw - px + g->sw - 1) / g->sw;
+        wrap = reach >= 0 ? g->Wo + reach - left : 0;
+        wv = wv > own ? wv : own;
+        wv = wv > wrap ? wv : wrap;
+    }
+    return AV__MIN(wv, g->Wo + (g->kw - 1) * g->dw / g->sw);
+}
+
 /* The geometry of av_conv2d (transposed 0) or av_conv_transpose2d, checked. */
 static av__conv av__conv_plan(const char *op, const av_tensor *x, const av_tensor *w, const av_tensor *b,
                               const av_conv_opts *opts, int transposed) {
@@ -4933,7 +4969,7 @@ static av__conv av__conv_plan(const char *op, const av_tensor *x, const av_tenso
     g.ph = o.padding[0]; g.pw = o.padding[1];
     g.dh = o.dilation[0]; g.dw = o.dilation[1];
     g.Hv = g.Ho + (g.kh - 1) * g.dh / g.sh;
-    g.Wv = g.Wo + (g.kw - 1) * g.dw / g.sw;
+    g.Wv = av__conv_wv(&g);
     return g;
 }
 
