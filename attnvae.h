@@ -459,8 +459,8 @@ typedef struct av_conv_opts {
 AVAPI av_conv_opts av_conv_opts_square(int stride, int padding, int dilation, int groups);
 /* x [B, Cin, H, W], w [Cout, Cin/groups, kh, kw], b [Cout] or NULL ->
    [B, Cout, Ho, Wo], Ho = (H + 2 padding - dilation (kh - 1) - 1) / stride + 1.
-   Runs as GEMMs (im2col); threads split the batch, and the result is the
-   same for any number of threads. */
+   Runs on the GEMM micro-kernels (no im2col copy); threads split the batch,
+   and the result is the same for any number of threads. */
 AVAPI av_tensor *av_conv2d(av_ctx *c, av_tensor *x, av_tensor *w, av_tensor *b, const av_conv_opts *opts);
 /* The adjoint of av_conv2d (the gradient of its input): x [B, Cin, H, W],
    w [Cin, Cout/groups, kh, kw], b [Cout] or NULL -> [B, Cout, Ho, Wo],

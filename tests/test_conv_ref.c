@@ -70,11 +70,8 @@ static void step(av_ctx *c, int group, const char *cs, const char *tag, av_model
     compare(group, FWD, cs, field, NULL, y->data, y->size, 0);
     snprintf(field, sizeof field, "%s.d.x", tag);
     compare(group, GRAD, cs, field, NULL, x->grad, x->size, 0);
-    for (p = 0; p < av_model_count(m); p++) {
-        av_tensor *t = av_model_param(m, p);
-        snprintf(field, sizeof field, "%s.d.%s", tag, t->name + strlen(cs) + 1);
-        compare(group, GRAD, cs, field, NULL, t->grad, t->size, 0);
-    }
+    for (p = 0; p < av_model_count(m); p++)
+        compare_grad(group, cs, tag, av_model_param(m, p)->name + strlen(cs) + 1, av_model_param(m, p));
     av_ctx_reset(c);
 }
 
