@@ -4877,14 +4877,22 @@ static void av__fill_channels(float *t, int B, int C, int n, const float *bias) 
         }
 }
 
-/* db[c] += sum of g [B, C, n] over b and n, in double */
+/* db[c] += sum of g [B, C, n] over b and n: each run of n in 8 float
+   lanes (the compiler vectorizes a fixed 8), the runs in double */
 static void av__channel_sums(const float *g, int B, int C, int n, float *db) {
     int ch;
+    AV__PAR((long)B * C * n)
     for (ch = 0; ch < C; ch++) {
         double s = 0;
-        int b, i;
-        for (b = 0; b < B; b++)
-            for (i = 0; i < n; i++) s += g[((size_t)b * C + ch) * n + i];
+        int b, i, l;
+        for (b = 0; b < B; b++) {
+            const float *p = g + ((size_t)b * C + ch) * n;
+            float lane[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+            for (i = 0; i + 8 <= n; i += 8)
+                for (l = 0; l < 8; l++) lane[l] += p[i + l];
+            for (; i < n; i++) lane[0] += p[i];
+            for (l = 0; l < 8; l++) s += lane[l];
+        }
         db[ch] += (float)s;
     }
 }
