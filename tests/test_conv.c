@@ -764,6 +764,28 @@ static void test_errors(void) {
     av_ctx_free(c);
 }
 
+/* empty batches and empty channels go through, with empty or zero gradients */
+static void test_empty(void) {
+    av_ctx *c = av_ctx_new();
+    av_conv_opts o = av_conv_opts_square(2, 1, 1, 1);
+    av_tensor *x = av_zeros(c, 4, 0, 3, 5, 5), *w = av_ones(c, 4, 4, 3, 3, 3), *b = av_ones(c, 1, 4), *y, *z;
+    av_tensor *xc = av_ones(c, 4, 2, 0, 5, 5), *wc = av_ones(c, 4, 4, 0, 3, 3);
+    av_requires_grad(c, x); av_requires_grad(c, w); av_requires_grad(c, b);
+    y = av_conv2d(c, x, w, b, &o);
+    z = av_conv_transpose2d(c, y, w, NULL, &o);
+    z = av_add(c, av_max_pool2d(c, z, 3, 2, 1), av_avg_pool2d(c, z, 3, 2, 1, 1));
+    z = av_group_norm(c, av_upsample_bilinear2d(c, av_adaptive_avg_pool2d(c, z, 2, 2), 3, 3), 3, NULL, NULL, 1e-5f);
+    CHECK(y->size == 0 && y->shape[1] == 4 && y->shape[2] == 3 && z->size == 0, "empty batch: shapes [%d,%d,%d,%d]", y->shape[0],
+          y->shape[1], y->shape[2], y->shape[3]);
+    av_backward(c, av_add(c, av_sum_all(c, z), av_sum_all(c, b)));
+    CHECK(w->grad && w->grad[0] == 0 && b->grad && b->grad[0] == 1, "empty batch: dw %g, db %g", w->grad ? w->grad[0] : -1.0,
+          b->grad ? b->grad[0] : -1.0);
+    y = av_conv2d(c, xc, wc, b, &o); /* no input channels: the bias alone */
+    CHECK(y->size == 2 * 4 * 3 * 3 && y->data[0] == 1 && y->data[y->size - 1] == 1, "no input channels: %d values, first %g",
+          y->size, y->data[0]);
+    av_ctx_free(c);
+}
+
 #ifdef _OPENMP
 /* conv2d, conv_transpose2d (forward and every gradient), pooling and the
    norms on 1 and 2 threads: the same bits */
@@ -822,6 +844,7 @@ int main(int argc, char **argv) {
     test_spectral_norm();
     test_layers();
     test_errors();
+    test_empty();
 #ifdef _OPENMP
     test_threads();
 #endif
