@@ -4649,8 +4649,10 @@ static void av__conv_widen(const av__conv_kit *k, const float *y, float *yv) {
 
 /* unfold: y [cy, Ho, Wo] += sum_t W_t X_t, tile by tile of MR output
    channels and NR outputs; the taps accumulate in the tile, whose real
-   columns then go to y. planes: this group's channels. */
-static void av__conv_unfold(const av__conv_kit *k, int grp, const float *planes, float *y) {
+   columns then go to y. With assign, y = bias (this group's, or 0) + the
+   sum instead: every value of y is written once. planes: this group's
+   channels. */
+static void av__conv_unfold(const av__conv_kit *k, int grp, const float *planes, float *y, int assign, const float *bias) {
     const av__conv *g = k->g;
     const av__gemm_impl *im = k->im;
     int MR = im->mr, NR = im->nr, np = av__conv_panels(k->cy, MR), q0, i0, t, j, r;
@@ -4664,9 +4666,9 @@ static void av__conv_unfold(const av__conv_kit *k, int grp, const float *planes,
                 im->kernel(k->cx, k->wa + ((size_t)(grp * k->T + t) * np + i0 / MR) * MR * k->cx, planes + k->tap[t] + q0,
                            (int)k->CS, tile, NR, 1.0f, t ? 1.0f : 0.0f);
             for (r = 0; r < AV__MIN(MR, k->cy - i0); r++) {
-                float *yr = y + (size_t)(i0 + r) * g->Ho * g->Wo;
+                float *yr = y + (size_t)(i0 + r) * g->Ho * g->Wo, b0 = bias ? bias[i0 + r] : 0.0f;
                 for (j = 0; j < n; j++)
-                    if (at[j] >= 0) yr[at[j]] += tile[r * NR + j];
+                    if (at[j] >= 0) yr[at[j]] = tile[r * NR + j] + (assign ? b0 : yr[at[j]]);
             }
         }
     }
@@ -4724,7 +4726,9 @@ typedef struct av__conv_job {
     const float *w;    /* [Cy, Cx/groups, kh, kw] */
     const float *x;    /* X (for y_out and dw) */
     const float *y;    /* Y (for x_out and dw) */
-    float *y_out;      /* Y += unfold */
+    float *y_out;      /* Y += unfold, or with y_assign Y = y_bias (or 0) + unfold */
+    int y_assign;
+    const float *y_bias;
     float *x_out;      /* X += fold */
     float *dw;         /* dW += weight */
 } av__conv_job;
@@ -4763,7 +4767,9 @@ static void av__conv_image(const av__conv_kit *k, const av__conv_job *j, int b, 
     for (grp = 0; grp < g->groups; grp++) {
         const float *yv = s->yv + (size_t)grp * k->cy * k->Nvp;
         float *ya = s->ya + (size_t)grp * av__conv_panels(k->cy, MR) * MR * k->Nv;
-        if (j->y_out) av__conv_unfold(k, grp, s->planes + (size_t)grp * k->cx * k->CS, j->y_out + b * ys + (size_t)grp * k->cy * g->Ho * g->Wo);
+        if (j->y_out)
+            av__conv_unfold(k, grp, s->planes + (size_t)grp * k->cx * k->CS, j->y_out + b * ys + (size_t)grp * k->cy * g->Ho * g->Wo,
+                            j->y_assign, j->y_bias ? j->y_bias + (size_t)grp * k->cy : NULL);
         if (dw) {
             av__panels_by_rows(ya, MR, yv, k->cy, k->Nv, (size_t)k->Nvp);
             av__conv_weight(k, ya, s->planes_t + (size_t)grp * k->cx, dw + (size_t)grp * k->T * k->cy * k->cx);
@@ -5006,11 +5012,12 @@ AVDEF av_tensor *av_conv2d(av_ctx *c, av_tensor *x, av_tensor *w, av_tensor *b, 
     g = av__conv_plan("av_conv2d", x, w, b, opts, 0);
     shape[0] = g.B; shape[1] = g.Cy; shape[2] = g.Ho; shape[3] = g.Wo;
     out = av__tensor_empty(c, 4, shape, "av_conv2d");
-    av__fill_channels(out->data, g.B, g.Cy, g.Ho * g.Wo, b ? b->data : NULL);
     memset(&j, 0, sizeof j);
     j.w = w->data;
     j.x = x->data;
     j.y_out = out->data;
+    j.y_assign = 1;
+    j.y_bias = b ? b->data : NULL;
     av__conv_run(c, &g, &j);
     n = av__record(c, "av_conv2d", av__conv2d_backward, out, 3, x, w, b);
     if (n) n->args = AV__KEEP(c, g);
