@@ -1,8 +1,8 @@
 # attnvae: build, test, benchmark and demo.
 #   make demo      install what it needs, train the Fashion-MNIST VAE, write PNGs
 #   make test      the whole test suite (ends with "N passed, M failed")
-#   make bench     GEMM vs OpenBLAS; the VAE, attention and an LSTM vs PyTorch; fused vs composed scores;
-#                  the 2-thread speedup of a VAE and an MLP step (make bench-steps)
+#   make bench     GEMM vs OpenBLAS; the VAE, attention, an LSTM and convolutions vs PyTorch; fused vs composed
+#                  scores; the 2-thread speedup of a VAE and an MLP step (make bench-steps)
 #   make install   the header and attnvae.pc under PREFIX (/usr/local), DESTDIR honoured; make uninstall
 #   make sanitize  the test suite under ASan + UBSan
 #   make valgrind  the test suite under valgrind
@@ -31,6 +31,7 @@ TESTS += test_ops
 TESTS += test_rng
 TESTS += test_attention
 TESTS += test_scores
+TESTS += test_conv
 TESTS += test_transformer
 TESTS += test_decoding
 TESTS += test_rnn
@@ -42,12 +43,15 @@ TESTS += test_torch_ref
 TESTS += test_attn_ref
 TESTS += test_transformer_ref
 TESTS += test_rnn_ref
+TESTS += test_conv_ref
 TESTS += test_alloc
 OMP_TESTS :=
 OMP_TESTS += test_gemm
 OMP_TESTS += test_attention
 OMP_TESTS += test_optim
 OMP_TESTS += test_scores
+OMP_TESTS += test_conv
+TESTS += test_conv
 OMP_TESTS += test_rnn
 OMP_TESTS += test_threads
 EXAMPLES := mlp_fashion vae_fashion ae_fashion
@@ -93,6 +97,7 @@ suite = \
 	"$(1) $(2)/test_rng" \
 	"$(1) $(2)/test_attention" \
 	"$(1) $(2)/test_scores" \
+	"$(1) $(2)/test_conv $(2)" \
 	"$(1) $(2)/test_transformer" \
 	"$(1) $(2)/test_decoding" \
 	"$(1) $(2)/test_optim" \
@@ -104,7 +109,8 @@ suite = \
 	"ATTNVAE_PYTHON=$(PYTHON) $(1) $(2)/test_transformer_ref tests/transformer_ref.py $(2)" \
 	"$(1) $(2)/test_alloc $(2)" \
 	"$(1) $(2)/test_rnn" \
-	"ATTNVAE_PYTHON=$(PYTHON) $(1) $(2)/test_rnn_ref tests/rnn_ref.py $(2)"
+	"ATTNVAE_PYTHON=$(PYTHON) $(1) $(2)/test_rnn_ref tests/rnn_ref.py $(2)" \
+	"ATTNVAE_PYTHON=$(PYTHON) $(1) $(2)/test_conv_ref tests/conv_ref.py $(2)"
 
 # The examples' helpers, and the examples on bad command lines and odd data.
 examples_suite = \
@@ -118,6 +124,7 @@ TEST_CMDS = $(call suite,,$(BUILD)) $(call suite,,$(BUILD)/cxx) $(call examples_
 	"$(BUILD)/cxx/test_examples $(BUILD)/cxx/examples_tmp" \
 	"OMP_NUM_THREADS=2 $(BUILD)/test_gemm_omp" \
 	"OMP_NUM_THREADS=2 $(BUILD)/test_attention_omp" \
+	"OMP_NUM_THREADS=2 $(BUILD)/test_conv_omp $(BUILD)" \
 	"OMP_NUM_THREADS=2 $(BUILD)/test_optim_omp" \
 	"OMP_NUM_THREADS=2 $(BUILD)/test_scores_omp" \
 	"OMP_NUM_THREADS=2 $(BUILD)/test_rnn_omp" \
@@ -125,6 +132,7 @@ TEST_CMDS = $(call suite,,$(BUILD)) $(call suite,,$(BUILD)/cxx) $(call examples_
 	"OMP_NUM_THREADS=2 $(BUILD)/test_threads_omp" \
 	"ATTNVAE_ISA=scalar $(BUILD)/test_gemm --quick" \
 	"ATTNVAE_ISA=avx2 $(BUILD)/test_ops" "ATTNVAE_ISA=scalar $(BUILD)/test_ops" \
+	"ATTNVAE_ISA=avx2 $(BUILD)/test_conv $(BUILD)" "ATTNVAE_ISA=scalar $(BUILD)/test_conv $(BUILD)" \
 	"ATTNVAE_ISA=avx2 $(BUILD)/test_optim" "ATTNVAE_ISA=scalar $(BUILD)/test_optim" \
 	"ATTNVAE_ISA=avx2 ATTNVAE_PYTHON=$(PYTHON) $(BUILD)/test_attn_ref tests/attn_ref.py $(BUILD)" \
 	"ATTNVAE_ISA=scalar ATTNVAE_PYTHON=$(PYTHON) $(BUILD)/test_attn_ref tests/attn_ref.py $(BUILD)" \
@@ -198,13 +206,17 @@ build/fuzz/make_fuzz_seeds: tests/make_fuzz_seeds.c $(HEADER)
 	$(CC) -std=c99 $(WARN) -O1 -o $@ $< -lm
 
 # ---- benchmarks -------------------------------------------------------
-bench: deps-bench data $(BUILD)/bench_gemm $(BUILD)/bench_scores $(BUILD)/vae_fashion $(BUILD)/bench_attention $(BUILD)/bench_rnn
+bench: deps-bench data $(BUILD)/bench_gemm $(BUILD)/bench_scores $(BUILD)/vae_fashion $(BUILD)/bench_attention $(BUILD)/bench_rnn $(BUILD)/bench_conv
 	$(BUILD)/bench_gemm
 	$(BUILD)/bench_scores
 	tests/bench_vae.sh $(BUILD)/vae_fashion $(DATA)
 	tests/bench_attention.sh $(BUILD)/bench_attention
+	tests/bench_conv.sh $(BUILD)/bench_conv
 
 $(BUILD)/bench_attention: tests/bench_attention.c $(HEADER) | $(BUILD)
+	$(C99) $(OPENMP) -o $@ $< -lm
+
+$(BUILD)/bench_conv: tests/bench_conv.c $(HEADER) | $(BUILD)
 	$(C99) $(OPENMP) -o $@ $< -lm
 
 $(BUILD)/bench_gemm: tests/bench_gemm.c $(HEADER) | $(BUILD)

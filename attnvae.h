@@ -110,6 +110,10 @@
                         dot_attention; hard attention: argmax_onehot
                         categorical_sample gumbel_softmax
                         categorical_log_prob reinforce_loss av_baseline
+                    3.7 conv: conv2d conv_transpose2d (GEMMs), max_pool2d
+                        avg_pool2d adaptive_avg_pool2d, upsample_nearest2d
+                        upsample_bilinear2d, batch_norm group_norm
+                        spectral_norm
                     3.8 recurrent: rnn_layer (one LSTM or GRU layer, BPTT)
                     3.9 losses: mse_loss cross_entropy bce_with_logits
      [4 autodiff]   av_backward av_requires_grad av_detach
@@ -122,7 +126,10 @@
                     av_autoencoder; av_attention (Bahdanau, Luong
                     dot/general/concat, over a memory made once per
                     batch); av_attn_pool (attention pooling); av_rnn
-                    (av_lstm_new av_gru_new) and av_rnn_cell (LSTM, GRU)
+                    (av_lstm_new av_gru_new) and av_rnn_cell (LSTM, GRU);
+                    nn.Conv2d and nn.ConvTranspose2d (av_conv2d_layer),
+                    spectral_norm, nn.BatchNorm2d (running statistics as
+                    buffers), nn.GroupNorm
      [7 toolkits]   VAE: gaussian head, reparameterize, KL, likelihoods, ELBO,
                     IWAE (an estimate, and a loss to train), av_vae around
                     any encoder and decoder
@@ -504,6 +511,55 @@ AVAPI av_tensor *av_reinforce_loss(av_ctx *c, av_tensor *log_prob, const float *
 typedef struct av_baseline { double value, decay; long count; } av_baseline;
 AVAPI av_baseline av_baseline_new(double decay);   /* decay in [0, 1), e.g. 0.9 */
 AVAPI void av_baseline_update(av_baseline *b, const float *cost, int n);
+/* ---- [3.7 conv] convolutions, pooling, resizing, channel norms --------- */
+/* Images are NCHW, [B, C, H, W], as PyTorch's. Each op below takes the
+   sizes and rules of the torch.nn.functional op of the same name. */
+/* stride, padding, dilation and output_padding per axis (h, w); 0 in
+   stride, dilation or groups means 1. NULL options: stride 1, no padding. */
+typedef struct av_conv_opts {
+    int stride[2], padding[2], dilation[2], output_padding[2];
+    int groups;
+} av_conv_opts;
+/* the same value on both axes, output_padding 0 */
+AVAPI av_conv_opts av_conv_opts_square(int stride, int padding, int dilation, int groups);
+/* x [B, Cin, H, W], w [Cout, Cin/groups, kh, kw], b [Cout] or NULL ->
+   [B, Cout, Ho, Wo], Ho = (H + 2 padding - dilation (kh - 1) - 1) / stride + 1.
+   Runs on the GEMM micro-kernels (no im2col copy); threads split the batch,
+   and the result is the same for any number of threads. */
+AVAPI av_tensor *av_conv2d(av_ctx *c, av_tensor *x, av_tensor *w, av_tensor *b, const av_conv_opts *opts);
+/* The adjoint of av_conv2d (the gradient of its input): x [B, Cin, H, W],
+   w [Cin, Cout/groups, kh, kw], b [Cout] or NULL -> [B, Cout, Ho, Wo],
+   Ho = (H - 1) stride - 2 padding + dilation (kh - 1) + output_padding + 1;
+   output_padding < stride or < dilation. */
+AVAPI av_tensor *av_conv_transpose2d(av_ctx *c, av_tensor *x, av_tensor *w, av_tensor *b, const av_conv_opts *opts);
+/* Square windows of kernel x kernel, every stride (0: kernel), padding at
+   most kernel / 2, floor sizes: Ho = (H + 2 padding - kernel) / stride + 1.
+   max pools over the window without its padding; avg divides by kernel^2
+   when count_include_pad (PyTorch's default), else by the window's pixels. */
+AVAPI av_tensor *av_max_pool2d(av_ctx *c, av_tensor *x, int kernel, int stride, int padding);
+AVAPI av_tensor *av_avg_pool2d(av_ctx *c, av_tensor *x, int kernel, int stride, int padding, int count_include_pad);
+/* output (i, j) averages rows floor(i H / out_h) .. ceil((i + 1) H / out_h) (likewise columns) */
+AVAPI av_tensor *av_adaptive_avg_pool2d(av_ctx *c, av_tensor *x, int out_h, int out_w);
+/* F.interpolate(x, size=(out_h, out_w)) in mode "nearest", or "bilinear"
+   with align_corners=False */
+AVAPI av_tensor *av_upsample_nearest2d(av_ctx *c, av_tensor *x, int out_h, int out_w);
+AVAPI av_tensor *av_upsample_bilinear2d(av_ctx *c, av_tensor *x, int out_h, int out_w);
+/* F.batch_norm over axis 1 of x [B, C, ...] (statistics over every other
+   axis). In training (av_set_training): the batch's mean and biased
+   variance normalise, and running_mean and running_var (if not NULL) move by
+   momentum toward the mean and the unbiased variance. In eval: the running
+   statistics normalise (they must be given). weight, bias [C] or NULL. */
+AVAPI av_tensor *av_batch_norm(av_ctx *c, av_tensor *x, av_tensor *running_mean, av_tensor *running_var,
+                               av_tensor *weight, av_tensor *bias, float momentum, float eps);
+/* F.group_norm: x [B, C, ...], C split into num_groups sets of channels,
+   each normalised per example; weight, bias [C] or NULL. */
+AVAPI av_tensor *av_group_norm(av_ctx *c, av_tensor *x, int num_groups, av_tensor *weight, av_tensor *bias, float eps);
+/* w / sigma, sigma = u^T W v for W = w as a matrix with rows along axis
+   dim; u [shape[dim]] and v [the rest] are buffers. In training n_power
+   power iterations first update them: v = normalize(W^T u), u =
+   normalize(W v), normalize(x) = x / max(|x|, eps). The gradient treats u
+   and v as constants (torch.nn.utils.spectral_norm's). */
+AVAPI av_tensor *av_spectral_norm(av_ctx *c, av_tensor *w, av_tensor *u, av_tensor *v, int dim, int n_power, float eps);
 /* ---- [3.8 recurrent] one LSTM or GRU layer over whole sequences ---------- */
 /* One layer in one direction over a batch of sequences, as one tape node:
    backward runs backpropagation through time inside it. Gates, layouts and
@@ -784,6 +840,58 @@ AVAPI int av_decoder_cache_set_memory(av_ctx *c, av_decoder_cache *dc, const av_
 /* x [B, T_new, d] -> [B, T_new, d] */
 AVAPI av_tensor *av_transformer_decoder_step(av_ctx *c, const av_transformer_decoder *d, av_tensor *x, av_decoder_cache *dc,
                                              av_tensor *memory_key_padding_mask);
+
+/* ---- convolutions and normalisation layers ---- */
+/* torch.nn.utils.spectral_norm of a parameter: "<p>" becomes "<p>_orig",
+   with buffers "<p>_u" [shape[dim]] and "<p>_v" [the rest] (PyTorch's
+   names), u and v drawn N(0, 1) and normalised. dim: 0, or 1 for a
+   transposed convolution's weight; PyTorch's defaults: 1 power
+   iteration, eps 1e-12. */
+typedef struct av_spectral_norm_layer {
+    av_tensor *weight_orig, *weight_u, *weight_v;
+    int dim, n_power_iterations;
+    float eps;
+} av_spectral_norm_layer;
+AVAPI av_spectral_norm_layer av_spectral_norm_new(av_model *m, av_tensor *weight, int dim, int n_power_iterations, float eps);
+/* the normalised weight (power iterations in training only) */
+AVAPI av_tensor *av_spectral_norm_forward(av_ctx *c, const av_spectral_norm_layer *sn);
+
+/* nn.Conv2d: "<name>.weight" [out, in/groups, kh, kw] and "<name>.bias"
+   [out] (if bias), both U(±1/sqrt(in/groups kh kw)) as PyTorch's;
+   nn.ConvTranspose2d: weight [in, out/groups, kh, kw], fan-in
+   out/groups kh kw. opts as av_conv2d's (NULL: defaults). */
+typedef struct av_conv2d_layer {
+    av_tensor *weight, *bias;
+    av_conv_opts opts;
+    int transposed;
+    av_spectral_norm_layer sn;      /* weight_orig not NULL: spectral_norm applied */
+} av_conv2d_layer;
+AVAPI av_conv2d_layer av_conv2d_new(av_model *m, const char *name, int in, int out, int kh, int kw,
+                                    const av_conv_opts *opts, int bias);
+AVAPI av_conv2d_layer av_conv_transpose2d_new(av_model *m, const char *name, int in, int out, int kh, int kw,
+                                              const av_conv_opts *opts, int bias);
+/* spectral_norm(conv): the weight becomes "<name>.weight_orig" (defaults) */
+AVAPI void av_conv2d_spectral_norm(av_model *m, av_conv2d_layer *l);
+AVAPI av_tensor *av_conv2d_forward(av_ctx *c, const av_conv2d_layer *l, av_tensor *x);
+
+/* nn.BatchNorm2d (or 1d on [B, C] and [B, C, L]): "<name>.weight" (ones),
+   "<name>.bias" (zeros), buffers "<name>.running_mean" (zeros),
+   "<name>.running_var" (ones) and "<name>.num_batches_tracked" (a float
+   scalar, exact to 2^24; PyTorch's is int64: write it as F32). Training
+   (av_set_training) normalises by the batch and updates the buffers, with
+   num_batches_tracked + 1; eval normalises by the running statistics.
+   PyTorch's defaults: eps 1e-5, momentum 0.1. */
+typedef struct av_batch_norm_layer {
+    av_tensor *weight, *bias, *running_mean, *running_var, *num_batches_tracked;
+    float eps, momentum;
+} av_batch_norm_layer;
+AVAPI av_batch_norm_layer av_batch_norm_new(av_model *m, const char *name, int num_features, float eps, float momentum);
+AVAPI av_tensor *av_batch_norm_forward(av_ctx *c, const av_batch_norm_layer *l, av_tensor *x);
+
+/* nn.GroupNorm: "<name>.weight" (ones) and "<name>.bias" (zeros) [C]. */
+typedef struct av_group_norm_layer { av_tensor *weight, *bias; int num_groups; float eps; } av_group_norm_layer;
+AVAPI av_group_norm_layer av_group_norm_new(av_model *m, const char *name, int num_groups, int num_channels, float eps);
+AVAPI av_tensor *av_group_norm_forward(av_ctx *c, const av_group_norm_layer *l, av_tensor *x);
 
 /* A plain autoencoder: encoder MLP sizes[0] -> ... -> sizes[n] (the code),
    decoder the mirror image back to sizes[0]; parameters "<name>.enc.*" and
@@ -4780,6 +4888,1117 @@ AVDEF void av_baseline_update(av_baseline *b, const float *cost, int n) {
 }
 
 /* ======================================================================= */
+/* [3.7 conv] convolutions, pooling, resizing, channel normalisation      */
+/* ======================================================================= */
+/* ---- convolutions ----------------------------------------------------
+   Both convolutions are one geometry seen from conv2d's side: an image X
+   [B, Cx, H, W], the other side Y [B, Cy, Ho, Wo] and the weight [Cy,
+   Cx/groups, kh, kw]. av_conv2d reads X and writes Y; av_conv_transpose2d
+   reads Y and writes X. Three products cover both ops, forward and
+   backward, per image and group g, each a sum over the kernel's taps
+   t = (ky, kx) of a matrix product on the GEMM's micro-kernels:
+     unfold:  Y_g += sum_t W_g,t X_g,t           conv2d forward, transposed dx
+     fold:    X_g,t += W_g,t^T Y_g  (each t)     conv2d dx, transposed forward
+     weight:  dW_g,t += Y_g X_g,t^T              both weight gradients
+   where W_g,t [Cy/g, Cx/g] is tap t of the weight and X_g,t [Cx/g, outputs]
+   holds, for every output, the pixel that tap t reads.
+
+   X_g,t is a plain strided matrix, so the kernels read it in place (no
+   im2col copy): the zero-padded image is cut by stride phase into planes,
+   plane (c, py, px) holding the padded pixels (r sh + py, q sw + px), Hv + 1
+   rows of Wv (then zeros: slack for the runs below). Output (oy, ox) reads
+   tap (ky, kx) in plane (c, ky dh % sh, kx dw % sw) at row oy + ky dh / sh,
+   column ox + kx dw / sw. Numbering outputs q = oy Wv + ox over rows of
+   Wv >= Wo columns (the "virtual" columns ox >= Wo are computed and
+   dropped), the pixels of tap t for all outputs are one run of each
+   channel's plane. A read past the end of a row lands in the next row's
+   left padding, so a row need not hold its own right padding (av__conv_wv):
+   3x3 kernels with padding 1 waste one column per row, not two. Then X_g,t
+   is X_g,t is the planes at a fixed offset, with the channel
+   stride as its row stride, for any stride, padding and dilation. The
+   weight product reads it transposed (channels last), from one transposed
+   copy of the planes per image. Y is widened to rows of Wv with zeros in
+   the virtual columns wherever it is an operand, so they add nothing. */
+typedef struct av__conv {
+    int B, groups, Cx, H, W, Cy, Ho, Wo;
+    int kh, kw, sh, sw, ph, pw, dh, dw;
+    int Hv, Wv; /* phase planes: Hv + 1 rows of Wv, then slack */
+} av__conv;
+
+#define AV__CONV_RUNS 8 /* weight gradients: partial sums over at most 8 runs of images, fixed by B */
+
+/* What one call's images share: the ISA's tiles, sizes, the taps' offsets
+   and the weight packed as A panels of MR rows (zero-padded):
+     wa (unfold)  per group, tap, panel of output channels: [cx][MR]
+     wt (fold)    per group, tap, panel of input channels:  [cy][MR] */
+typedef struct av__conv_kit {
+    const av__conv *g;
+    const av__gemm_impl *im;
+    int T, cx, cy, Nv, Nvp;    /* taps, channels per group, outputs, outputs rounded up to NR */
+    size_t PS, CS;             /* floats per phase plane, per channel (all its phases) */
+    const size_t *tap;         /* tap t's run: phase plane * PS + row * Wv + column */
+    const float *wa, *wt;
+} av__conv_kit;
+
+static int av__conv_panels(int n, int P) { return (n + P - 1) / P; }
+
+/* Columns q of a plane row read padded column q sw + px: image column
+   q sw + px - pw, inside the image for q in [lo, hi). */
+static void av__conv_cols(const av__conv *g, int px, int *lo, int *hi) {
+    *lo = 0;
+    while (*lo < g->Wv && *lo * g->sw + px - g->pw < 0) ++*lo;
+    *hi = *lo;
+    while (*hi < g->Wv && *hi * g->sw + px - g->pw < g->W) ++*hi;
+}
+
+/* The phase planes of one image x [Cx, H, W] (every float written). */
+static void av__conv_planes(const av__conv_kit *k, const float *x, float *planes) {
+    const av__conv *g = k->g;
+    int c, py, px, r, q, lo, hi;
+    for (c = 0; c < g->Cx; c++)
+        for (py = 0; py < g->sh; py++)
+            for (px = 0; px < g->sw; px++) {
+                float *p = planes + c * k->CS + (size_t)(py * g->sw + px) * k->PS;
+                av__conv_cols(g, px, &lo, &hi);
+                for (r = 0; r < g->Hv; r++, p += g->Wv) {
+                    int iy = r * g->sh + py - g->ph;
+                    const float *row;
+                    if (iy < 0 || iy >= g->H) {
+                        memset(p, 0, (size_t)g->Wv * sizeof(float));
+                        continue;
+                    }
+                    row = x + ((size_t)c * g->H + iy) * g->W + lo * g->sw + px - g->pw;
+                    memset(p, 0, (size_t)lo * sizeof(float));
+                    if (g->sw == 1) memcpy(p + lo, row, (size_t)(hi - lo) * sizeof(float));
+                    else for (q = lo; q < hi; q++) p[q] = row[(q - lo) * g->sw];
+                    memset(p + hi, 0, (size_t)(g->Wv - hi) * sizeof(float));
+                }
+                memset(p, 0, (k->PS - (size_t)g->Hv * g->Wv) * sizeof(float));
+            }
+}
+
+/* x [Cx, H, W] += the planes' image pixels (the adjoint of av__conv_planes). */
+static void av__conv_unplanes(const av__conv_kit *k, const float *planes, float *x) {
+    const av__conv *g = k->g;
+    int c, py, px, r, q;
+    for (c = 0; c < g->Cx; c++)
+        for (py = 0; py < g->sh; py++)
+            for (px = 0; px < g->sw; px++) {
+                const float *p = planes + c * k->CS + (size_t)(py * g->sw + px) * k->PS;
+                for (r = 0; r < g->Hv; r++, p += g->Wv) {
+                    int iy = r * g->sh + py - g->ph;
+                    float *row = x + ((size_t)c * g->H + iy) * g->W;
+                    if (iy < 0 || iy >= g->H) continue;
+                    for (q = 0; q < g->Wv; q++) {
+                        int ix = q * g->sw + px - g->pw;
+                        if (ix >= 0 && ix < g->W) row[ix] += p[q];
+                    }
+                }
+            }
+}
+
+/* Y's channels of one image [Cy, Ho, Wo] in rows of Wv: yv [Cy, Nvp], zeros
+   in the virtual columns and past Nv. */
+static void av__conv_widen(const av__conv_kit *k, const float *y, float *yv) {
+    const av__conv *g = k->g;
+    int c, r;
+    for (c = 0; c < g->Cy; c++) {
+        float *row = yv + (size_t)c * k->Nvp;
+        for (r = 0; r < g->Ho; r++, row += g->Wv) {
+            memcpy(row, y + ((size_t)c * g->Ho + r) * g->Wo, (size_t)g->Wo * sizeof(float));
+            memset(row + g->Wo, 0, (size_t)(g->Wv - g->Wo) * sizeof(float));
+        }
+        memset(row, 0, (size_t)(k->Nvp - k->Nv) * sizeof(float));
+    }
+}
+
+/* unfold: y [cy, Ho, Wo] += sum_t W_t X_t, tile by tile of MR output
+   channels and NR outputs; the taps accumulate in the tile, whose real
+   columns then go to y. With assign, y = bias (this group's, or 0) + the
+   sum instead: every value of y is written once. planes: this group's
+   channels. */
+static void av__conv_unfold(const av__conv_kit *k, int grp, const float *planes, float *y, int assign, const float *bias) {
+    const av__conv *g = k->g;
+    const av__gemm_impl *im = k->im;
+    int MR = im->mr, NR = im->nr, np = av__conv_panels(k->cy, MR), q0, i0, t, j, r;
+    for (q0 = 0; q0 < k->Nv; q0 += NR) {
+        long at[32]; /* where column j lands in y's plane, or -1 (NR <= 32) */
+        int n = AV__MIN(NR, k->Nv - q0);
+        for (j = 0; j < n; j++) at[j] = (q0 + j) % g->Wv < g->Wo ? (long)((q0 + j) / g->Wv) * g->Wo + (q0 + j) % g->Wv : -1;
+        for (i0 = 0; i0 < k->cy; i0 += MR) {
+            float tile[AV__MAX_TILE];
+            for (t = 0; t < k->T; t++)
+                im->kernel(k->cx, k->wa + ((size_t)(grp * k->T + t) * np + i0 / MR) * MR * k->cx, planes + k->tap[t] + q0,
+                           (int)k->CS, tile, NR, 1.0f, t ? 1.0f : 0.0f);
+            for (r = 0; r < AV__MIN(MR, k->cy - i0); r++) {
+                float *yr = y + (size_t)(i0 + r) * g->Ho * g->Wo, b0 = bias ? bias[i0 + r] : 0.0f;
+                for (j = 0; j < n; j++)
+                    if (at[j] >= 0) yr[at[j]] = tile[r * NR + j] + (assign ? b0 : yr[at[j]]);
+            }
+        }
+    }
+}
+
+/* C (m x n of an MR x NR tile, row stride ldc) += the kernel's product,
+   in place when the tile is whole. */
+static void av__conv_tile(const av__gemm_impl *im, int kc, const float *a, const float *b, int ldb, float *c, size_t ldc,
+                          int m, int n) {
+    float tile[AV__MAX_TILE];
+    if (m == im->mr && n == im->nr) {
+        im->kernel(kc, a, b, ldb, c, (int)ldc, 1.0f, 1.0f);
+        return;
+    }
+    im->kernel(kc, a, b, ldb, tile, im->nr, 1.0f, 0.0f);
+    av__merge_tile(c, (int)ldc, tile, im->nr, m, n, 1.0f, 1.0f);
+}
+
+/* fold: the planes of this group's channels += W_t^T Y for each tap t,
+   each product added at the tap's run. yv: this group's rows of Y. Taps
+   go one after another over all outputs, so no tile overlaps the one
+   written just before it. */
+static void av__conv_fold(const av__conv_kit *k, int grp, const float *yv, float *planes) {
+    const av__gemm_impl *im = k->im;
+    int MR = im->mr, NR = im->nr, np = av__conv_panels(k->cx, MR), i0, t, q0;
+    for (i0 = 0; i0 < k->cx; i0 += MR)
+        for (t = 0; t < k->T; t++) {
+            const float *a = k->wt + ((size_t)(grp * k->T + t) * np + i0 / MR) * MR * k->cy;
+            for (q0 = 0; q0 < k->Nv; q0 += NR)
+                av__conv_tile(im, k->cy, a, yv + q0, k->Nvp, planes + (size_t)i0 * k->CS + k->tap[t] + q0, k->CS,
+                              AV__MIN(MR, k->cx - i0), AV__MIN(NR, k->Nv - q0));
+        }
+}
+
+/* weight: dw [T][cy][cx] (this group's, tap-major) += Y X_t^T for each tap.
+   ya: Y's rows as A panels over the outputs (MR rows, panels MR Nv apart);
+   planes_t: the planes transposed, [CS][Cx] (+ NR floats of slack), read
+   from this group's first channel with the row stride Cx. */
+static void av__conv_weight(const av__conv_kit *k, const float *ya, const float *planes_t, float *dw) {
+    const av__gemm_impl *im = k->im;
+    int MR = im->mr, NR = im->nr, Cx = k->g->Cx, t, qb, i0, j0;
+    for (t = 0; t < k->T; t++)
+        for (qb = 0; qb < k->Nv; qb += im->kc) {
+            int kc = AV__MIN(im->kc, k->Nv - qb);
+            for (i0 = 0; i0 < k->cy; i0 += MR)
+                for (j0 = 0; j0 < k->cx; j0 += NR)
+                    av__conv_tile(im, kc, ya + (size_t)i0 * k->Nv + (size_t)qb * MR, planes_t + (k->tap[t] + qb) * Cx + j0, Cx,
+                                  dw + ((size_t)t * k->cy + i0) * k->cx + j0, (size_t)k->cx, AV__MIN(MR, k->cy - i0),
+                                  AV__MIN(NR, k->cx - j0));
+        }
+}
+
+/* One product's operands and outputs (NULL: not wanted). */
+typedef struct av__conv_job {
+    const float *w;    /* [Cy, Cx/groups, kh, kw] */
+    const float *x;    /* X (for y_out and dw) */
+    const float *y;    /* Y (for x_out and dw) */
+    float *y_out;      /* Y += unfold, or with y_assign Y = y_bias (or 0) + unfold */
+    int y_assign;
+    const float *y_bias;
+    float *x_out;      /* X += fold */
+    float *dw;         /* dW += weight */
+} av__conv_job;
+
+/* One thread's scratch: X's planes, their transpose, Y widened and as A panels. */
+typedef struct av__conv_work { float *planes, *planes_t, *yv, *ya; } av__conv_work;
+
+/* The floats of one thread's scratch; with w, its parts laid out from base. */
+static size_t av__conv_work_floats(const av__conv_kit *k, av__conv_work *w, float *base) {
+    const av__conv *g = k->g;
+    size_t sizes[4], total = 0;
+    int i;
+    sizes[0] = (size_t)g->Cx * k->CS;
+    sizes[1] = (size_t)g->Cx * k->CS + (size_t)k->im->nr;
+    sizes[2] = (size_t)g->Cy * k->Nvp;
+    sizes[3] = (size_t)g->groups * av__conv_panels(k->cy, k->im->mr) * k->im->mr * k->Nv;
+    for (i = 0; i < 4; i++) {
+        if (w) *(i == 0 ? &w->planes : i == 1 ? &w->planes_t : i == 2 ? &w->yv : &w->ya) = base + total;
+        total += (sizes[i] + 15) / 16 * 16;
+    }
+    return total;
+}
+
+/* Image b: the products asked for. dw is the partial sum of this image's
+   run, tap-major: [group][T][cy][cx]. */
+static void av__conv_image(const av__conv_kit *k, const av__conv_job *j, int b, float *dw, const av__conv_work *s) {
+    const av__conv *g = k->g;
+    size_t xs = (size_t)g->Cx * g->H * g->W, ys = (size_t)g->Cy * g->Ho * g->Wo;
+    int MR = k->im->mr, grp;
+    if (j->y_out || dw) av__conv_planes(k, j->x + b * xs, s->planes);
+    if (dw) { /* the planes transposed, and Y as A panels over the outputs */
+        av__pack(s->planes_t, g->Cx, s->planes, k->CS, 0, g->Cx, (int)k->CS);
+        memset(s->planes_t + (size_t)g->Cx * k->CS, 0, (size_t)k->im->nr * sizeof(float));
+    }
+    if (j->x_out || dw) av__conv_widen(k, j->y + b * ys, s->yv);
+    for (grp = 0; grp < g->groups; grp++) {
+        const float *yv = s->yv + (size_t)grp * k->cy * k->Nvp;
+        float *ya = s->ya + (size_t)grp * av__conv_panels(k->cy, MR) * MR * k->Nv;
+        if (j->y_out)
+            av__conv_unfold(k, grp, s->planes + (size_t)grp * k->cx * k->CS, j->y_out + b * ys + (size_t)grp * k->cy * g->Ho * g->Wo,
+                            j->y_assign, j->y_bias ? j->y_bias + (size_t)grp * k->cy : NULL);
+        if (dw) {
+            av__panels_by_rows(ya, MR, yv, k->cy, k->Nv, (size_t)k->Nvp);
+            av__conv_weight(k, ya, s->planes_t + (size_t)grp * k->cx, dw + (size_t)grp * k->T * k->cy * k->cx);
+        }
+    }
+    if (!j->x_out) return;
+    memset(s->planes, 0, (size_t)g->Cx * k->CS * sizeof(float)); /* now X's gradient, or output */
+    for (grp = 0; grp < g->groups; grp++)
+        av__conv_fold(k, grp, s->yv + (size_t)grp * k->cy * k->Nvp, s->planes + (size_t)grp * k->cx * k->CS);
+    av__conv_unplanes(k, s->planes, j->x_out + b * xs);
+}
+
+/* The shared part of a call: taps and the packed weight, in the arena. */
+static av__conv_kit av__conv_kit_new(av_ctx *c, const av__conv *g, const float *w) {
+    av__conv_kit k;
+    int MR, NR, t, grp, p, i, r, npy, npx, e;
+    size_t *tap;
+    float *wa, *wt;
+    k.g = g;
+    k.im = av__impl_for(av_get_isa());
+    MR = k.im->mr;
+    NR = k.im->nr;
+    k.T = g->kh * g->kw;
+    k.cx = g->Cx / g->groups;
+    k.cy = g->Cy / g->groups;
+    k.Nv = g->Ho * g->Wv;
+    k.Nvp = av__conv_panels(k.Nv, NR) * NR;
+    k.PS = (size_t)(g->Hv + 1) * g->Wv + (size_t)NR;
+    k.CS = (size_t)g->sh * g->sw * k.PS;
+    tap = (size_t *)av__arena_alloc(&c->arena, (size_t)k.T * sizeof(size_t));
+    for (t = 0; t < k.T; t++) {
+        int ky = t / g->kw, kx = t % g->kw;
+        tap[t] = (size_t)(ky * g->dh % g->sh * g->sw + kx * g->dw % g->sw) * k.PS +
+                 (size_t)(ky * g->dh / g->sh) * g->Wv + (size_t)(kx * g->dw / g->sw);
+    }
+    k.tap = tap;
+    npy = av__conv_panels(k.cy, MR);
+    npx = av__conv_panels(k.cx, MR);
+    wa = (float *)av__arena_alloc(&c->arena, ((size_t)g->groups * k.T * npy * MR * k.cx + 1) * sizeof(float));
+    wt = (float *)av__arena_alloc(&c->arena, ((size_t)g->groups * k.T * npx * MR * k.cy + 1) * sizeof(float));
+    for (grp = 0; grp < g->groups; grp++)
+        for (t = 0; t < k.T; t++) {
+            float *pa = wa + (size_t)(grp * k.T + t) * npy * MR * k.cx, *pt = wt + (size_t)(grp * k.T + t) * npx * MR * k.cy;
+            for (p = 0; p < npy; p++) /* rows: output channels p MR + r, k over input channels i */
+                for (i = 0; i < k.cx; i++)
+                    for (r = 0; r < MR; r++) {
+                        e = p * MR + r;
+                        *pa++ = e < k.cy ? w[((size_t)(grp * k.cy + e) * k.cx + i) * k.T + t] : 0.0f;
+                    }
+            for (p = 0; p < npx; p++) /* rows: input channels p MR + r, k over output channels i */
+                for (i = 0; i < k.cy; i++)
+                    for (r = 0; r < MR; r++) {
+                        e = p * MR + r;
+                        *pt++ = e < k.cx ? w[((size_t)(grp * k.cy + i) * k.cx + e) * k.T + t] : 0.0f;
+                    }
+        }
+    k.wa = wa;
+    k.wt = wt;
+    return k;
+}
+
+/* Every image; threads take runs of images (one image per run without
+   dw). Weight gradients sum per run, tap-major, then over the runs in
+   order into dW's layout: the runs depend on B alone, so any number of
+   threads gives the same bits. */
+static void av__conv_run(av_ctx *c, const av__conv *g, const av__conv_job *j) {
+    av__conv_kit k;
+    int runs = j->dw ? AV__MIN(g->B, AV__CONV_RUNS) : g->B, nt = 1, t;
+    size_t per, wn = (size_t)g->Cy * (g->Cx / g->groups) * g->kh * g->kw, i;
+    float *partial = NULL, *scratch;
+    if (g->B == 0) return;
+    k = av__conv_kit_new(c, g, j->w);
+    per = av__conv_work_floats(&k, NULL, NULL);
+#ifdef _OPENMP
+    if (runs > 1 && !omp_in_parallel() && 2.0 * g->B * g->Cy * k.cx * k.T * k.Nv > 1e6)
+        nt = AV__MIN(av_get_num_threads(), runs);
+#endif
+    if (j->dw) {
+        partial = (float *)av__arena_alloc(&c->arena, (size_t)runs * wn * sizeof(float));
+        memset(partial, 0, (size_t)runs * wn * sizeof(float));
+    }
+    scratch = (float *)av__arena_alloc(&c->arena, (size_t)nt * per * sizeof(float));
+    AV_OMP(omp parallel for num_threads(nt) schedule(dynamic, 1) if (nt > 1))
+    for (t = 0; t < runs; t++) {
+        av__conv_work s;
+        int b, me = 0;
+#ifdef _OPENMP
+        me = omp_get_thread_num();
+#endif
+        av__conv_work_floats(&k, &s, scratch + (size_t)me * per);
+        for (b = t * g->B / runs; b < (t + 1) * g->B / runs; b++)
+            av__conv_image(&k, j, b, partial ? partial + (size_t)t * wn : NULL, &s);
+    }
+    if (partial) /* [group][T][cy][cx] -> [group][cy][cx][T] */
+        for (i = 0; i < wn; i++) {
+            size_t tap = i % k.T, e = i / k.T, ci = e % k.cx, co = e / k.cx % k.cy, grp = e / k.cx / k.cy;
+            size_t from = ((grp * k.T + tap) * k.cy + co) * k.cx + ci;
+            float sum = 0;
+            for (t = 0; t < runs; t++) sum += partial[(size_t)t * wn + from];
+            j->dw[i] += sum;
+        }
+}
+
+/* t [B, C, n] = bias[c], or 0 */
+static void av__fill_channels(float *t, int B, int C, int n, const float *bias) {
+    int b, ch, i;
+    for (b = 0; b < B; b++)
+        for (ch = 0; ch < C; ch++) {
+            float *p = t + ((size_t)b * C + ch) * n, v = bias ? bias[ch] : 0.0f;
+            for (i = 0; i < n; i++) p[i] = v;
+        }
+}
+
+/* db[c] += sum of g [B, C, n] over b and n: each run of n in 8 float
+   lanes (the compiler vectorizes a fixed 8), the runs in double */
+static void av__channel_sums(const float *g, int B, int C, int n, float *db) {
+    int ch;
+    AV__PAR((long)B * C * n)
+    for (ch = 0; ch < C; ch++) {
+        double s = 0;
+        int b, i, l;
+        for (b = 0; b < B; b++) {
+            const float *p = g + ((size_t)b * C + ch) * n;
+            float lane[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+            for (i = 0; i + 8 <= n; i += 8)
+                for (l = 0; l < 8; l++) lane[l] += p[i + l];
+            for (; i < n; i++) lane[0] += p[i];
+            for (l = 0; l < 8; l++) s += lane[l];
+        }
+        db[ch] += (float)s;
+    }
+}
+
+static av_conv_opts av__conv_defaults(const av_conv_opts *o) {
+    av_conv_opts d;
+    int i;
+    memset(&d, 0, sizeof d);
+    if (o) d = *o;
+    for (i = 0; i < 2; i++) {
+        if (!d.stride[i]) d.stride[i] = 1;
+        if (!d.dilation[i]) d.dilation[i] = 1;
+    }
+    if (!d.groups) d.groups = 1;
+    return d;
+}
+
+/* The plane width: Wo + (kw - 1) dw / sw holds every read in its own row;
+   fewer columns do when each read past the row's end (i) falls on right
+   padding and (ii) lands on the next row's left padding (L columns of
+   phase px): Wv sw + px - pw >= W, and Wo - 1 + rx_max(px) - Wv < L(px). */
+static int av__conv_wv(const av__conv *g) {
+    int wv = g->Wo, px, kx;
+    for (px = 0; px < g->sw; px++) {
+        int reach = -1, left = g->pw > px ? (g->pw - px + g->sw - 1) / g->sw : 0, own, wrap;
+        for (kx = 0; kx < g->kw; kx++)
+            if (kx * g->dw % g->sw == px && kx * g->dw / g->sw > reach) reach = kx * g->dw / g->sw;
+        own = (g->W + g->pw - px + g->sw - 1) / g->sw;
+        wrap = reach >= 0 ? g->Wo + reach - left : 0;
+        wv = wv > own ? wv : own;
+        wv = wv > wrap ? wv : wrap;
+    }
+    return AV__MIN(wv, g->Wo + (g->kw - 1) * g->dw / g->sw);
+}
+
+/* The geometry of av_conv2d (transposed 0) or av_conv_transpose2d, checked. */
+static av__conv av__conv_plan(const char *op, const av_tensor *x, const av_tensor *w, const av_tensor *b,
+                              const av_conv_opts *opts, int transposed) {
+    av_conv_opts o = av__conv_defaults(opts);
+    av__conv g;
+    int i, size[2], out[2], k[2], G = o.groups;
+    memset(&g, 0, sizeof g);
+    if (x->ndim != 4) av__fail_shapes(op, "x must be [B, C, H, W]", x, NULL);
+    if (w->ndim != 4) av__fail_shapes(op, transposed ? "w must be [Cin, Cout/groups, kh, kw]" : "w must be [Cout, Cin/groups, kh, kw]", w, NULL);
+    for (i = 0; i < 2; i++)
+        if (o.stride[i] < 1 || o.dilation[i] < 1 || o.padding[i] < 0 || o.output_padding[i] < 0)
+            av__fail("%s: stride (%d, %d) and dilation (%d, %d) must be >= 1, padding (%d, %d) and output_padding "
+                     "(%d, %d) >= 0", op, o.stride[0], o.stride[1], o.dilation[0], o.dilation[1], o.padding[0],
+                     o.padding[1], o.output_padding[0], o.output_padding[1]);
+    if (G < 1) av__fail("%s: groups %d must be >= 1", op, G);
+    k[0] = w->shape[2]; k[1] = w->shape[3];
+    if (!transposed) {
+        if (o.output_padding[0] || o.output_padding[1]) av__fail("%s: output_padding is for av_conv_transpose2d", op);
+        if (w->shape[0] % G || x->shape[1] != w->shape[1] * G)
+            av__fail_shapes(op, "x's channels must be w's dim 1 times groups, and w's dim 0 a multiple of groups", x, w);
+        g.Cx = x->shape[1]; g.Cy = w->shape[0];
+    } else {
+        for (i = 0; i < 2; i++)
+            if (o.output_padding[i] >= o.stride[i] && o.output_padding[i] >= o.dilation[i])
+                av__fail("%s: output_padding (%d, %d) must be smaller than stride (%d, %d) or dilation (%d, %d)", op,
+                         o.output_padding[0], o.output_padding[1], o.stride[0], o.stride[1], o.dilation[0], o.dilation[1]);
+        if (w->shape[0] % G || x->shape[1] != w->shape[0])
+            av__fail_shapes(op, "x's channels must be w's dim 0, a multiple of groups", x, w);
+        g.Cx = w->shape[1] * G; g.Cy = w->shape[0];
+    }
+    if (b && (b->ndim != 1 || b->shape[0] != (transposed ? g.Cx : g.Cy)))
+        av__fail_shapes(op, "bias must be [Cout]", w, b);
+    for (i = 0; i < 2; i++) {
+        long span = (long)o.dilation[i] * (k[i] - 1) + 1, n;
+        size[i] = x->shape[2 + i];
+        if (!transposed) n = size[i] + 2L * o.padding[i] - span; /* Ho - 1 = n / stride */
+        else n = (long)(size[i] - 1) * o.stride[i] - 2L * o.padding[i] + span + o.output_padding[i] - 1;
+        if (k[i] < 1 || n < 0 || (transposed && size[i] < 1) || n / (transposed ? 1 : o.stride[i]) >= 0x7fffffffL)
+            av__fail_shapes(op, transposed ? "the output would be empty" : "the kernel is larger than the padded input", x, w);
+        out[i] = (int)(transposed ? n + 1 : n / o.stride[i] + 1);
+    }
+    g.B = x->shape[0]; g.groups = G;
+    g.H = transposed ? out[0] : size[0]; g.W = transposed ? out[1] : size[1];
+    g.Ho = transposed ? size[0] : out[0]; g.Wo = transposed ? size[1] : out[1];
+    g.kh = k[0]; g.kw = k[1];
+    g.sh = o.stride[0]; g.sw = o.stride[1];
+    g.ph = o.padding[0]; g.pw = o.padding[1];
+    g.dh = o.dilation[0]; g.dw = o.dilation[1];
+    g.Hv = g.Ho + (g.kh - 1) * g.dh / g.sh;
+    g.Wv = av__conv_wv(&g);
+    return g;
+}
+
+/* conv2d: in x, w, b; dx = fold(W^T dY), dW = dY unfold(X)^T, db = sums of dY */
+static void av__conv2d_backward(av_ctx *c, av__node *n) {
+    const av__conv *g = (const av__conv *)n->args;
+    av__conv_job j;
+    float *db = av__in_grad(n, 2);
+    memset(&j, 0, sizeof j);
+    j.w = n->in[1]->data;
+    j.y = n->out[0]->grad;
+    j.x_out = av__in_grad(n, 0);
+    j.dw = av__in_grad(n, 1);
+    j.x = j.dw ? n->in[0]->data : NULL;
+    if (j.x_out || j.dw) av__conv_run(c, g, &j);
+    if (db) av__channel_sums(n->out[0]->grad, g->B, g->Cy, g->Ho * g->Wo, db);
+}
+
+AVDEF av_tensor *av_conv2d(av_ctx *c, av_tensor *x, av_tensor *w, av_tensor *b, const av_conv_opts *opts) {
+    av__conv g;
+    av__conv_job j;
+    av_tensor *out;
+    av__node *n;
+    int shape[4];
+    av__live(c, "av_conv2d", x, w, b);
+    g = av__conv_plan("av_conv2d", x, w, b, opts, 0);
+    shape[0] = g.B; shape[1] = g.Cy; shape[2] = g.Ho; shape[3] = g.Wo;
+    out = av__tensor_empty(c, 4, shape, "av_conv2d");
+    memset(&j, 0, sizeof j);
+    j.w = w->data;
+    j.x = x->data;
+    j.y_out = out->data;
+    j.y_assign = 1;
+    j.y_bias = b ? b->data : NULL;
+    av__conv_run(c, &g, &j);
+    n = av__record(c, "av_conv2d", av__conv2d_backward, out, 3, x, w, b);
+    if (n) n->args = AV__KEEP(c, g);
+    return out;
+}
+
+/* conv_transpose2d: in x (Y's side), w, b; dx = W unfold(dY), dW = x unfold(dY)^T, db = sums of dY */
+static void av__conv_transpose2d_backward(av_ctx *c, av__node *n) {
+    const av__conv *g = (const av__conv *)n->args;
+    av__conv_job j;
+    float *db = av__in_grad(n, 2);
+    memset(&j, 0, sizeof j);
+    j.w = n->in[1]->data;
+    j.x = n->out[0]->grad;
+    j.y_out = av__in_grad(n, 0);
+    j.dw = av__in_grad(n, 1);
+    j.y = n->in[0]->data;
+    if (j.y_out || j.dw) av__conv_run(c, g, &j);
+    if (db) av__channel_sums(n->out[0]->grad, g->B, g->Cx, g->H * g->W, db);
+}
+
+AVDEF av_tensor *av_conv_transpose2d(av_ctx *c, av_tensor *x, av_tensor *w, av_tensor *b, const av_conv_opts *opts) {
+    av__conv g;
+    av__conv_job j;
+    av_tensor *out;
+    av__node *n;
+    int shape[4];
+    av__live(c, "av_conv_transpose2d", x, w, b);
+    g = av__conv_plan("av_conv_transpose2d", x, w, b, opts, 1);
+    shape[0] = g.B; shape[1] = g.Cx; shape[2] = g.H; shape[3] = g.W;
+    out = av__tensor_empty(c, 4, shape, "av_conv_transpose2d");
+    av__fill_channels(out->data, g.B, g.Cx, g.H * g.W, b ? b->data : NULL);
+    memset(&j, 0, sizeof j);
+    j.w = w->data;
+    j.y = x->data;
+    j.x_out = out->data;
+    av__conv_run(c, &g, &j);
+    n = av__record(c, "av_conv_transpose2d", av__conv_transpose2d_backward, out, 3, x, w, b);
+    if (n) n->args = AV__KEEP(c, g);
+    return out;
+}
+
+/* ---- pooling ---------------------------------------------------------
+   Windows per output row and column: [start, end) clipped to the image,
+   and the count PyTorch divides by when padding counts (the window clipped
+   to the padded image only). Max pooling saves the index of each window's
+   first largest value (or last NaN, as PyTorch) and routes the gradient
+   there; average pooling spreads it evenly. */
+typedef struct av__window { int start, end, padded; } av__window;
+typedef struct av__pool {
+    int planes, H, W, Ho, Wo, count_include_pad;
+    const av__window *wy, *wx;
+} av__pool;
+
+/* kernel, stride, padding along an axis of n: PyTorch's windows */
+static av__window *av__windows(av_ctx *c, int n, int out, int kernel, int stride, int padding, int adaptive) {
+    av__window *w = (av__window *)av__arena_alloc(&c->arena, (size_t)(out + 1) * sizeof(av__window));
+    int o;
+    for (o = 0; o < out; o++) {
+        int start = adaptive ? (int)((long)o * n / out) : o * stride - padding;
+        int end = adaptive ? (int)((((long)o + 1) * n + out - 1) / out) : AV__MIN(start + kernel, n + padding);
+        w[o].padded = end - start;
+        w[o].start = start < 0 ? 0 : start;
+        w[o].end = AV__MIN(end, n);
+    }
+    return w;
+}
+
+/* x [B, C, H, W] as planes, and the output's shape */
+static av__pool av__pool_plan(av_ctx *c, const char *op, const av_tensor *x, int kernel, int stride, int padding,
+                              int out_h, int out_w, int adaptive) {
+    av__pool p;
+    memset(&p, 0, sizeof p);
+    if (x->ndim != 4) av__fail_shapes(op, "x must be [B, C, H, W]", x, NULL);
+    p.planes = x->shape[0] * x->shape[1];
+    p.H = x->shape[2];
+    p.W = x->shape[3];
+    if (adaptive) {
+        if (out_h < 1 || out_w < 1 || p.H < 1 || p.W < 1)
+            av__fail("%s: output size (%d, %d) must be >= 1 and the input not empty (x is %dx%d)", op, out_h, out_w, p.H, p.W);
+        p.Ho = out_h;
+        p.Wo = out_w;
+    } else {
+        if (kernel < 1 || stride < 1 || padding < 0 || 2 * padding > kernel)
+            av__fail("%s: kernel %d and stride %d must be >= 1, padding %d between 0 and kernel / 2", op, kernel, stride, padding);
+        if (p.H + 2 * padding < kernel || p.W + 2 * padding < kernel) av__fail_shapes(op, "the kernel is larger than the padded input", x, NULL);
+        p.Ho = (p.H + 2 * padding - kernel) / stride + 1;
+        p.Wo = (p.W + 2 * padding - kernel) / stride + 1;
+    }
+    p.wy = av__windows(c, p.H, p.Ho, kernel, stride, padding, adaptive);
+    p.wx = av__windows(c, p.W, p.Wo, kernel, stride, padding, adaptive);
+    return p;
+}
+
+static av_tensor *av__pool_out(av_ctx *c, const av_tensor *x, const av__pool *p, const char *op) {
+    int shape[4];
+    shape[0] = x->shape[0]; shape[1] = x->shape[1]; shape[2] = p->Ho; shape[3] = p->Wo;
+    return av__tensor_empty(c, 4, shape, op);
+}
+
+static void av__max_pool_backward(av_ctx *c, av__node *n) {
+    const av__pool *p = (const av__pool *)n->args;
+    const int *arg = (const int *)n->saved;
+    int pl, o, per = p->Ho * p->Wo;
+    (void)c;
+    AV__PAR((long)p->planes * per)
+    for (pl = 0; pl < p->planes; pl++)
+        for (o = 0; o < per; o++)
+            n->in[0]->grad[(size_t)pl * p->H * p->W + arg[(size_t)pl * per + o]] += n->out[0]->grad[(size_t)pl * per + o];
+}
+
+AVDEF av_tensor *av_max_pool2d(av_ctx *c, av_tensor *x, int kernel, int stride, int padding) {
+    av__pool p;
+    av_tensor *out;
+    av__node *n;
+    int *arg, pl, per;
+    av__live(c, "av_max_pool2d", x, NULL, NULL);
+    p = av__pool_plan(c, "av_max_pool2d", x, kernel, stride ? stride : kernel, padding, 0, 0, 0);
+    out = av__pool_out(c, x, &p, "av_max_pool2d");
+    per = p.Ho * p.Wo;
+    arg = (int *)av__arena_alloc(&c->arena, ((size_t)out->size + 1) * sizeof(int));
+    AV__PAR((long)p.planes * per * kernel * kernel)
+    for (pl = 0; pl < p.planes; pl++) {
+        const float *xp = x->data + (size_t)pl * p.H * p.W;
+        int oy, ox, iy, ix;
+        for (oy = 0; oy < p.Ho; oy++)
+            for (ox = 0; ox < p.Wo; ox++) {
+                const av__window *wy = &p.wy[oy], *wx = &p.wx[ox];
+                int best = wy->start * p.W + wx->start;
+                for (iy = wy->start; iy < wy->end; iy++)
+                    for (ix = wx->start; ix < wx->end; ix++) {
+                        float v = xp[iy * p.W + ix];
+                        if (v > xp[best] || v != v) best = iy * p.W + ix;
+                    }
+                out->data[(size_t)pl * per + oy * p.Wo + ox] = xp[best];
+                arg[(size_t)pl * per + oy * p.Wo + ox] = best;
+            }
+    }
+    n = av__record(c, "av_max_pool2d", av__max_pool_backward, out, 1, x);
+    if (n) {
+        n->args = AV__KEEP(c, p);
+        n->saved = arg;
+    }
+    return out;
+}
+
+/* the divisor of output (oy, ox) */
+static float av__pool_count(const av__pool *p, int oy, int ox) {
+    const av__window *wy = &p->wy[oy], *wx = &p->wx[ox];
+    return p->count_include_pad ? (float)(wy->padded * wx->padded)
+                                : (float)((wy->end - wy->start) * (wx->end - wx->start));
+}
+
+static void av__avg_pool_backward(av_ctx *c, av__node *n) {
+    const av__pool *p = (const av__pool *)n->args;
+    int pl;
+    (void)c;
+    AV__PAR((long)p->planes * p->H * p->W)
+    for (pl = 0; pl < p->planes; pl++) {
+        float *gx = n->in[0]->grad + (size_t)pl * p->H * p->W;
+        const float *g = n->out[0]->grad + (size_t)pl * p->Ho * p->Wo;
+        int oy, ox, iy, ix;
+        for (oy = 0; oy < p->Ho; oy++)
+            for (ox = 0; ox < p->Wo; ox++) {
+                float d = g[oy * p->Wo + ox] / av__pool_count(p, oy, ox);
+                for (iy = p->wy[oy].start; iy < p->wy[oy].end; iy++)
+                    for (ix = p->wx[ox].start; ix < p->wx[ox].end; ix++) gx[iy * p->W + ix] += d;
+            }
+    }
+}
+
+static av_tensor *av__avg_pool(av_ctx *c, const char *op, av_tensor *x, const av__pool *p) {
+    av_tensor *out;
+    av__node *n;
+    int pl;
+    out = av__pool_out(c, x, p, op);
+    AV__PAR((long)p->planes * p->H * p->W)
+    for (pl = 0; pl < p->planes; pl++) {
+        const float *xp = x->data + (size_t)pl * p->H * p->W;
+        int oy, ox, iy, ix;
+        for (oy = 0; oy < p->Ho; oy++)
+            for (ox = 0; ox < p->Wo; ox++) {
+                double s = 0;
+                for (iy = p->wy[oy].start; iy < p->wy[oy].end; iy++)
+                    for (ix = p->wx[ox].start; ix < p->wx[ox].end; ix++) s += xp[iy * p->W + ix];
+                out->data[(size_t)pl * p->Ho * p->Wo + oy * p->Wo + ox] = (float)(s / av__pool_count(p, oy, ox));
+            }
+    }
+    n = av__record(c, op, av__avg_pool_backward, out, 1, x);
+    if (n) n->args = AV__KEEP(c, *p);
+    return out;
+}
+
+AVDEF av_tensor *av_avg_pool2d(av_ctx *c, av_tensor *x, int kernel, int stride, int padding, int count_include_pad) {
+    av__pool p;
+    av__live(c, "av_avg_pool2d", x, NULL, NULL);
+    p = av__pool_plan(c, "av_avg_pool2d", x, kernel, stride ? stride : kernel, padding, 0, 0, 0);
+    p.count_include_pad = count_include_pad != 0;
+    return av__avg_pool(c, "av_avg_pool2d", x, &p);
+}
+
+AVDEF av_tensor *av_adaptive_avg_pool2d(av_ctx *c, av_tensor *x, int out_h, int out_w) {
+    av__pool p;
+    av__live(c, "av_adaptive_avg_pool2d", x, NULL, NULL);
+    p = av__pool_plan(c, "av_adaptive_avg_pool2d", x, 0, 0, 0, out_h, out_w, 1);
+    return av__avg_pool(c, "av_adaptive_avg_pool2d", x, &p);
+}
+
+/* ---- resizing --------------------------------------------------------
+   Each output row (column) reads two source rows i0, i1 with weights l0,
+   l1, from PyTorch's rules (scale = in / out, in float):
+     nearest:  i0 = min(floor(o scale), in - 1)
+     bilinear (align_corners false): s = max(scale (o + 0.5) - 0.5, 0),
+               i0 = floor(s), i1 = min(i0 + 1, in - 1), l1 = s - i0, l0 = 1 - l1
+   y = l0y (l0x x[i0y][i0x] + l1x x[i0y][i1x]) + l1y (...); nearest copies
+   x[i0y][i0x]. The backward adds g times the same weights. */
+typedef struct av__tap { int i0, i1; float l0, l1; } av__tap;
+typedef struct av__resize { int planes, H, W, Ho, Wo, bilinear; const av__tap *ty, *tx; } av__resize;
+
+static av__tap *av__taps(av_ctx *c, int in, int out, int bilinear) {
+    av__tap *t = (av__tap *)av__arena_alloc(&c->arena, (size_t)(out + 1) * sizeof(av__tap));
+    float scale = (float)in / (float)out;
+    int o;
+    for (o = 0; o < out; o++) {
+        if (bilinear) {
+            float s = scale * ((float)o + 0.5f) - 0.5f;
+            if (s < 0) s = 0;
+            t[o].i0 = (int)s;
+            t[o].i1 = t[o].i0 + (t[o].i0 < in - 1);
+            t[o].l1 = s - (float)t[o].i0;
+            t[o].l0 = 1.0f - t[o].l1;
+        } else {
+            t[o].i0 = t[o].i1 = AV__MIN((int)floorf((float)o * scale), in - 1);
+            t[o].l0 = 1.0f;
+            t[o].l1 = 0.0f;
+        }
+    }
+    return t;
+}
+
+static void av__resize_backward(av_ctx *c, av__node *n) {
+    const av__resize *r = (const av__resize *)n->args;
+    int pl;
+    (void)c;
+    AV__PAR((long)r->planes * r->Ho * r->Wo)
+    for (pl = 0; pl < r->planes; pl++) {
+        float *gx = n->in[0]->grad + (size_t)pl * r->H * r->W;
+        const float *g = n->out[0]->grad + (size_t)pl * r->Ho * r->Wo;
+        int oy, ox;
+        for (oy = 0; oy < r->Ho; oy++)
+            for (ox = 0; ox < r->Wo; ox++) {
+                const av__tap *ty = &r->ty[oy], *tx = &r->tx[ox];
+                float d = g[oy * r->Wo + ox];
+                if (!r->bilinear) {
+                    gx[ty->i0 * r->W + tx->i0] += d;
+                    continue;
+                }
+                gx[ty->i0 * r->W + tx->i0] += d * ty->l0 * tx->l0;
+                gx[ty->i0 * r->W + tx->i1] += d * ty->l0 * tx->l1;
+                gx[ty->i1 * r->W + tx->i0] += d * ty->l1 * tx->l0;
+                gx[ty->i1 * r->W + tx->i1] += d * ty->l1 * tx->l1;
+            }
+    }
+}
+
+static av_tensor *av__resize_op(av_ctx *c, const char *op, av_tensor *x, int out_h, int out_w, int bilinear) {
+    av__resize r;
+    av_tensor *out;
+    av__node *n;
+    int shape[4], pl;
+    av__live(c, op, x, NULL, NULL);
+    if (x->ndim != 4) av__fail_shapes(op, "x must be [B, C, H, W]", x, NULL);
+    if (out_h < 1 || out_w < 1 || x->shape[2] < 1 || x->shape[3] < 1)
+        av__fail("%s: output size (%d, %d) must be >= 1 and the input not empty (x is %dx%d)", op, out_h, out_w,
+                 x->shape[2], x->shape[3]);
+    r.planes = x->shape[0] * x->shape[1];
+    r.H = x->shape[2]; r.W = x->shape[3];
+    r.Ho = out_h; r.Wo = out_w;
+    r.bilinear = bilinear;
+    r.ty = av__taps(c, r.H, r.Ho, bilinear);
+    r.tx = av__taps(c, r.W, r.Wo, bilinear);
+    shape[0] = x->shape[0]; shape[1] = x->shape[1]; shape[2] = out_h; shape[3] = out_w;
+    out = av__tensor_empty(c, 4, shape, op);
+    AV__PAR((long)r.planes * r.Ho * r.Wo)
+    for (pl = 0; pl < r.planes; pl++) {
+        const float *xp = x->data + (size_t)pl * r.H * r.W;
+        float *y = out->data + (size_t)pl * r.Ho * r.Wo;
+        int oy, ox;
+        for (oy = 0; oy < r.Ho; oy++) {
+            const float *x0 = xp + r.ty[oy].i0 * r.W, *x1 = xp + r.ty[oy].i1 * r.W;
+            for (ox = 0; ox < r.Wo; ox++) {
+                const av__tap *tx = &r.tx[ox];
+                y[oy * r.Wo + ox] = !bilinear ? x0[tx->i0]
+                                              : r.ty[oy].l0 * (tx->l0 * x0[tx->i0] + tx->l1 * x0[tx->i1]) +
+                                                    r.ty[oy].l1 * (tx->l0 * x1[tx->i0] + tx->l1 * x1[tx->i1]);
+            }
+        }
+    }
+    n = av__record(c, op, av__resize_backward, out, 1, x);
+    if (n) n->args = AV__KEEP(c, r);
+    return out;
+}
+
+AVDEF av_tensor *av_upsample_nearest2d(av_ctx *c, av_tensor *x, int out_h, int out_w) {
+    return av__resize_op(c, "av_upsample_nearest2d", x, out_h, out_w, 0);
+}
+AVDEF av_tensor *av_upsample_bilinear2d(av_ctx *c, av_tensor *x, int out_h, int out_w) {
+    return av__resize_op(c, "av_upsample_bilinear2d", x, out_h, out_w, 1);
+}
+
+/* ---- channel normalisation -------------------------------------------
+   Batch and group norm normalise sets of values with their mean and
+   biased variance: xhat = (x - mean) rstd, rstd = 1 / sqrt(var + eps),
+   y = xhat weight[c] + bias[c]. Over a set of n values with d = g weight:
+     dx = rstd (d - mean(d) - xhat mean(d xhat)),
+   or dx = rstd d when the statistics are constants (batch norm in eval).
+   dweight[c] = sum g xhat, dbias[c] = sum g, over b and the positions.
+   Saved: mean and rstd per set. x [B, C, *] (any rank >= 2: C is axis 1). */
+typedef struct av__norm_args {
+    int B, C, inner, groups; /* sets: (b, group) for group norm, channels for batch norm (groups 0) */
+    int frozen;              /* batch norm in eval: constant statistics */
+} av__norm_args;
+
+static void av__norm_dims(const char *op, const av_tensor *x, const av_tensor *w, const av_tensor *b, av__norm_args *a) {
+    int i;
+    if (x->ndim < 2) av__fail_shapes(op, "x must be [B, C, ...]", x, NULL);
+    a->B = x->shape[0];
+    a->C = x->shape[1];
+    for (i = 2, a->inner = 1; i < x->ndim; i++) a->inner *= x->shape[i];
+    if (w && (w->ndim != 1 || w->shape[0] != a->C)) av__fail_shapes(op, "weight must be [C]", x, w);
+    if (b && (b->ndim != 1 || b->shape[0] != a->C)) av__fail_shapes(op, "bias must be [C]", x, b);
+}
+
+/* Where channel ch of image b starts: inner floats at (b C + ch) inner. */
+static size_t av__chan(const av__norm_args *a, int b, int ch) { return ((size_t)b * a->C + ch) * a->inner; }
+
+/* y for channel ch of image b from the set's mean and rstd */
+static void av__norm_apply(const av__norm_args *a, const float *x, float *y, int b, int ch, float mean, float rstd,
+                           const av_tensor *w, const av_tensor *bias) {
+    const float *xs = x + av__chan(a, b, ch);
+    float *ys = y + av__chan(a, b, ch), s = rstd * (w ? w->data[ch] : 1.0f), o = bias ? bias->data[ch] : 0.0f;
+    int i;
+    for (i = 0; i < a->inner; i++) ys[i] = (xs[i] - mean) * s + o;
+}
+
+/* dweight and dbias: per channel, over images in order */
+static void av__norm_affine_grads(const av__node *n, const av__norm_args *a, float *dw, float *db) {
+    const float *stats = (const float *)n->saved, *x = n->in[0]->data, *g = n->out[0]->grad;
+    int ch;
+    AV__PAR((long)a->B * a->C * a->inner)
+    for (ch = 0; ch < a->C; ch++) {
+        double sw = 0, sb = 0;
+        int b, i;
+        for (b = 0; b < a->B; b++) {
+            int set = a->groups ? b * a->groups + ch / (a->C / a->groups) : ch;
+            const float *xs = x + av__chan(a, b, ch), *gs = g + av__chan(a, b, ch);
+            float mean = stats[2 * set], rstd = stats[2 * set + 1];
+            for (i = 0; i < a->inner; i++) {
+                sw += (double)gs[i] * ((xs[i] - mean) * rstd);
+                sb += gs[i];
+            }
+        }
+        if (dw) dw[ch] += (float)sw;
+        if (db) db[ch] += (float)sb;
+    }
+}
+
+/* dx of one set: channels [c0, c0 + nc) of images [b0, b0 + nb); w the weight or NULL */
+static void av__norm_set_dx(const av__node *n, const av__norm_args *a, const float *w, int set, int b0, int nb, int c0,
+                            int nc) {
+    const float *stats = (const float *)n->saved, *x = n->in[0]->data, *g = n->out[0]->grad;
+    float *gx = n->in[0]->grad, mean = stats[2 * set], rstd = stats[2 * set + 1], md = 0, mdx = 0;
+    int b, ch, i;
+    if (!a->frozen) {
+        double sd = 0, sdx = 0, count = (double)nb * nc * a->inner;
+        for (b = b0; b < b0 + nb; b++)
+            for (ch = c0; ch < c0 + nc; ch++) {
+                const float *xs = x + av__chan(a, b, ch), *gs = g + av__chan(a, b, ch);
+                float wc = w ? w[ch] : 1.0f;
+                for (i = 0; i < a->inner; i++) {
+                    double d = (double)gs[i] * wc;
+                    sd += d;
+                    sdx += d * ((xs[i] - mean) * rstd);
+                }
+            }
+        md = (float)(sd / count);
+        mdx = (float)(sdx / count);
+    }
+    for (b = b0; b < b0 + nb; b++)
+        for (ch = c0; ch < c0 + nc; ch++) {
+            const float *xs = x + av__chan(a, b, ch), *gs = g + av__chan(a, b, ch);
+            float *gxs = gx + av__chan(a, b, ch), wc = w ? w[ch] : 1.0f;
+            for (i = 0; i < a->inner; i++) gxs[i] += rstd * (gs[i] * wc - md - (xs[i] - mean) * rstd * mdx);
+        }
+}
+
+/* mean and variance (biased) of a set, in double */
+static void av__norm_set_stats(const av__norm_args *a, const float *x, int b0, int nb, int c0, int nc, double *mean,
+                               double *var) {
+    double s = 0, ss = 0, count = (double)nb * nc * a->inner;
+    int b, ch, i;
+    for (b = b0; b < b0 + nb; b++)
+        for (ch = c0; ch < c0 + nc; ch++)
+            for (i = 0; i < a->inner; i++) s += x[av__chan(a, b, ch) + i];
+    *mean = s / count;
+    for (b = b0; b < b0 + nb; b++)
+        for (ch = c0; ch < c0 + nc; ch++)
+            for (i = 0; i < a->inner; i++) {
+                double d = x[av__chan(a, b, ch) + i] - *mean;
+                ss += d * d;
+            }
+    *var = ss / count;
+}
+
+/* inputs x, running_mean, running_var, weight, bias */
+static void av__batch_norm_backward(av_ctx *c, av__node *n) {
+    const av__norm_args *a = (const av__norm_args *)n->args;
+    int ch;
+    (void)c;
+    if (n->in[0]->requires_grad) {
+        AV__PAR((long)a->B * a->C * a->inner)
+        for (ch = 0; ch < a->C; ch++) av__norm_set_dx(n, a, n->in[3] ? n->in[3]->data : NULL, ch, 0, a->B, ch, 1);
+    }
+    if (av__in_grad(n, 3) || av__in_grad(n, 4)) av__norm_affine_grads(n, a, av__in_grad(n, 3), av__in_grad(n, 4));
+}
+
+AVDEF av_tensor *av_batch_norm(av_ctx *c, av_tensor *x, av_tensor *running_mean, av_tensor *running_var,
+                               av_tensor *weight, av_tensor *bias, float momentum, float eps) {
+    static const char *op = "av_batch_norm";
+    av__norm_args a;
+    av_tensor *out, *in[5];
+    float *stats;
+    av__node *n;
+    int ch;
+    av__live(c, op, x, running_mean, running_var);
+    av__live(c, op, weight, bias, NULL);
+    memset(&a, 0, sizeof a);
+    av__norm_dims(op, x, weight, bias, &a);
+    if (!running_mean != !running_var) av__fail("%s: give both running_mean and running_var, or neither", op);
+    if (running_mean && (running_mean->size != a.C || running_var->size != a.C))
+        av__fail_shapes(op, "running statistics must have C values", x, running_mean->size != a.C ? running_mean : running_var);
+    if (!(momentum >= 0.0f && momentum <= 1.0f) || !(eps >= 0.0f))
+        av__fail("%s: momentum %g must be in [0, 1] and eps %g >= 0", op, (double)momentum, (double)eps);
+    a.frozen = !c->training;
+    if (a.frozen && !running_mean) av__fail("%s: eval mode needs the running statistics", op);
+    if (!a.frozen && (long)a.B * a.inner < 2) av__fail_shapes(op, "training needs more than one value per channel", x, NULL);
+    out = av__like(c, x, op);
+    stats = (float *)av__arena_alloc(&c->arena, (size_t)(2 * a.C + 1) * sizeof(float));
+    AV__PAR((long)a.B * a.C * a.inner)
+    for (ch = 0; ch < a.C; ch++) {
+        double mean, var;
+        int b;
+        if (a.frozen) {
+            mean = running_mean->data[ch];
+            var = running_var->data[ch];
+        } else {
+            double count = (double)a.B * a.inner;
+            av__norm_set_stats(&a, x->data, 0, a.B, ch, 1, &mean, &var);
+            if (running_mean) {
+                running_mean->data[ch] = (float)((1.0 - momentum) * running_mean->data[ch] + momentum * mean);
+                running_var->data[ch] = (float)((1.0 - momentum) * running_var->data[ch] + momentum * var * count / (count - 1));
+            }
+        }
+        stats[2 * ch] = (float)mean;
+        stats[2 * ch + 1] = (float)(1.0 / sqrt(var + eps));
+        for (b = 0; b < a.B; b++) av__norm_apply(&a, x->data, out->data, b, ch, stats[2 * ch], stats[2 * ch + 1], weight, bias);
+    }
+    in[0] = x; in[1] = running_mean; in[2] = running_var; in[3] = weight; in[4] = bias;
+    n = av__record_n(c, op, av__batch_norm_backward, &out, 1, in, 5);
+    if (n) {
+        n->args = AV__KEEP(c, a);
+        n->saved = stats;
+    }
+    return out;
+}
+
+/* inputs x, weight, bias; sets (b, group) */
+static void av__group_norm_backward(av_ctx *c, av__node *n) {
+    const av__norm_args *a = (const av__norm_args *)n->args;
+    int set, per = a->C / a->groups;
+    (void)c;
+    if (n->in[0]->requires_grad) {
+        AV__PAR((long)a->B * a->C * a->inner)
+        for (set = 0; set < a->B * a->groups; set++)
+            av__norm_set_dx(n, a, n->in[1] ? n->in[1]->data : NULL, set, set / a->groups, 1, set % a->groups * per, per);
+    }
+    if (av__in_grad(n, 1) || av__in_grad(n, 2)) av__norm_affine_grads(n, a, av__in_grad(n, 1), av__in_grad(n, 2));
+}
+
+AVDEF av_tensor *av_group_norm(av_ctx *c, av_tensor *x, int num_groups, av_tensor *weight, av_tensor *bias, float eps) {
+    static const char *op = "av_group_norm";
+    av__norm_args a;
+    av_tensor *out;
+    float *stats;
+    av__node *n;
+    int set, per;
+    av__live(c, op, x, weight, bias);
+    memset(&a, 0, sizeof a);
+    av__norm_dims(op, x, weight, bias, &a);
+    if (num_groups < 1 || a.C % num_groups) {
+        char s[64];
+        av__fail("%s: %d groups do not divide the %d channels of x %s", op, num_groups, a.C, av__shape_str(x, s, sizeof s));
+    }
+    if (!(eps >= 0.0f)) av__fail("%s: eps %g must be >= 0", op, (double)eps);
+    a.groups = num_groups;
+    per = a.C / num_groups;
+    out = av__like(c, x, op);
+    stats = (float *)av__arena_alloc(&c->arena, ((size_t)2 * a.B * num_groups + 1) * sizeof(float));
+    AV__PAR((long)a.B * a.C * a.inner)
+    for (set = 0; set < a.B * num_groups; set++) {
+        int b = set / num_groups, c0 = set % num_groups * per, ch;
+        double mean, var;
+        av__norm_set_stats(&a, x->data, b, 1, c0, per, &mean, &var);
+        stats[2 * set] = (float)mean;
+        stats[2 * set + 1] = (float)(1.0 / sqrt(var + eps));
+        for (ch = c0; ch < c0 + per; ch++) av__norm_apply(&a, x->data, out->data, b, ch, stats[2 * set], stats[2 * set + 1], weight, bias);
+    }
+    n = av__record(c, op, av__group_norm_backward, out, 3, x, weight, bias);
+    if (n) {
+        n->args = AV__KEEP(c, a);
+        n->saved = stats;
+    }
+    return out;
+}
+
+/* ---- spectral normalisation ------------------------------------------
+   W seen as a matrix with rows along axis dim: element (r, a T + t) at
+   (a R + r) T + t, R = shape[dim], T the sizes after dim, A those before.
+   sigma = u^T W v; in training, first n_power power iterations
+   v = normalize(W^T u), u = normalize(W v) (x / max(|x|, eps)) update the
+   buffers u [R] and v [A T]. The output W / sigma; u and v are constants
+   for the gradient, as in PyTorch:
+     dW = g / sigma - (sum(g o W) / sigma^2) u v^T.
+   Saved: sigma, u and v as used. */
+typedef struct av__sn_args { int A, R, T; float sigma; } av__sn_args;
+
+/* acc = W in ([R]), or W^T in ([A T]) when transposed */
+static void av__sn_mv(const av__sn_args *s, const float *w, const float *in, double *acc, int transposed) {
+    int a, r, t, n = transposed ? s->A * s->T : s->R;
+    memset(acc, 0, (size_t)n * sizeof(double));
+    for (a = 0; a < s->A; a++)
+        for (r = 0; r < s->R; r++)
+            for (t = 0; t < s->T; t++) {
+                double wv = w[((size_t)a * s->R + r) * s->T + t];
+                if (transposed) acc[(size_t)a * s->T + t] += wv * in[r];
+                else acc[r] += wv * in[(size_t)a * s->T + t];
+            }
+}
+
+/* out = acc / max(|acc|, eps) */
+static void av__sn_normalize(const double *acc, int n, float eps, float *out) {
+    double norm = 0;
+    int i;
+    for (i = 0; i < n; i++) norm += acc[i] * acc[i];
+    norm = sqrt(norm) > eps ? sqrt(norm) : eps;
+    for (i = 0; i < n; i++) out[i] = (float)(acc[i] / norm);
+}
+
+static void av__spectral_norm_backward(av_ctx *c, av__node *n) {
+    const av__sn_args *s = (const av__sn_args *)n->args;
+    const float *u = (const float *)n->saved, *v = u + s->R, *w = n->in[0]->data, *g = n->out[0]->grad;
+    float *gw = n->in[0]->grad, k;
+    double dot = 0;
+    int a, r, t, size = n->in[0]->size, i;
+    (void)c;
+    for (i = 0; i < size; i++) dot += (double)g[i] * w[i];
+    k = (float)(dot / ((double)s->sigma * s->sigma));
+    for (a = 0; a < s->A; a++)
+        for (r = 0; r < s->R; r++)
+            for (t = 0; t < s->T; t++) {
+                size_t e = ((size_t)a * s->R + r) * s->T + t;
+                gw[e] += g[e] / s->sigma - k * u[r] * v[(size_t)a * s->T + t];
+            }
+}
+
+AVDEF av_tensor *av_spectral_norm(av_ctx *c, av_tensor *w, av_tensor *u, av_tensor *v, int dim, int n_power, float eps) {
+    static const char *op = "av_spectral_norm";
+    av__sn_args s;
+    av_tensor *out;
+    av__node *n;
+    float *uv;
+    double *acc, sigma = 0;
+    int i, it;
+    av__live(c, op, w, u, v);
+    if (dim < 0 || dim >= w->ndim) av__fail_shapes(op, "dim must be an axis of w", w, NULL);
+    if (n_power < 0 || !(eps > 0.0f)) av__fail("%s: n_power %d must be >= 0 and eps %g > 0", op, n_power, (double)eps);
+    s.R = w->shape[dim];
+    for (i = 0, s.A = 1; i < dim; i++) s.A *= w->shape[i];
+    for (i = dim + 1, s.T = 1; i < w->ndim; i++) s.T *= w->shape[i];
+    if (u->size != s.R || v->size != s.A * s.T || s.R == 0 || v->size == 0)
+        av__fail_shapes(op, "u must have shape[dim] values and v the rest of w", w, u->size != s.R ? u : v);
+    acc = (double *)av__arena_alloc(&c->arena, (size_t)(s.R > v->size ? s.R : v->size) * sizeof(double));
+    if (c->training)
+        for (it = 0; it < n_power; it++) {
+            av__sn_mv(&s, w->data, u->data, acc, 1);
+            av__sn_normalize(acc, v->size, eps, v->data);
+            av__sn_mv(&s, w->data, v->data, acc, 0);
+            av__sn_normalize(acc, s.R, eps, u->data);
+        }
+    av__sn_mv(&s, w->data, v->data, acc, 0);
+    for (i = 0; i < s.R; i++) sigma += acc[i] * u->data[i];
+    s.sigma = (float)sigma;
+    out = av__like(c, w, op);
+    for (i = 0; i < w->size; i++) out->data[i] = w->data[i] / s.sigma;
+    n = av__record(c, op, av__spectral_norm_backward, out, 1, w);
+    if (n) { /* u and v as used: a later forward may move the buffers */
+        uv = (float *)av__arena_alloc(&c->arena, (size_t)(s.R + v->size) * sizeof(float));
+        memcpy(uv, u->data, (size_t)s.R * sizeof(float));
+        memcpy(uv + s.R, v->data, (size_t)v->size * sizeof(float));
+        n->args = AV__KEEP(c, s);
+        n->saved = uv;
+    }
+    return out;
+}
+
+/* ======================================================================= */
 /* [3.8 recurrent] LSTM and GRU layers over whole sequences, BPTT       */
 /* ======================================================================= */
 /* Buffers of one layer, rows in x's order (row b T + t: sequence b, step t):
@@ -6365,6 +7584,149 @@ AVDEF av_tensor *av_attn_pool_forward(av_ctx *c, const av_attn_pool *p, av_tenso
     pooled = av_matmul(c, w, h, 0, 0);
     if (weights) *weights = av_reshape(c, w, 2, B, T);
     return av_reshape(c, pooled, 2, B, D);
+}
+
+/* ---- convolutions and normalisation layers ---- */
+AVDEF av_conv_opts av_conv_opts_square(int stride, int padding, int dilation, int groups) {
+    av_conv_opts o;
+    int i;
+    memset(&o, 0, sizeof o);
+    for (i = 0; i < 2; i++) {
+        o.stride[i] = stride;
+        o.padding[i] = padding;
+        o.dilation[i] = dilation;
+    }
+    o.groups = groups;
+    return o;
+}
+
+/* x / max(|x|, eps), in place */
+static void av__normalize(float *x, int n, float eps) {
+    double norm = 0;
+    int i;
+    for (i = 0; i < n; i++) norm += (double)x[i] * x[i];
+    norm = sqrt(norm) > eps ? sqrt(norm) : eps;
+    for (i = 0; i < n; i++) x[i] = (float)(x[i] / norm);
+}
+
+AVDEF av_spectral_norm_layer av_spectral_norm_new(av_model *m, av_tensor *weight, int dim, int n_power_iterations, float eps) {
+    static const char *who = "av_spectral_norm_new";
+    av_spectral_norm_layer sn;
+    char base[AV__NAME_MAX], name[AV__NAME_MAX + 8], *copy;
+    av__entry *e;
+    int k = weight && weight->name ? av__find(m, weight->name) : -1;
+    memset(&sn, 0, sizeof sn);
+    if (k < 0 || k >= m->params.n || av__entry_at(m, k)->t != weight) av__fail("%s: the weight is not a parameter of this model", who);
+    if (dim < 0 || dim >= weight->ndim || weight->shape[dim] == 0 || weight->size == 0)
+        av__fail_shapes(who, "dim must be an axis of a non-empty weight", weight, NULL);
+    if (n_power_iterations < 0 || !(eps > 0.0f)) av__fail("%s: n_power_iterations %d must be >= 0 and eps %g > 0", who,
+                                                          n_power_iterations, (double)eps);
+    e = av__entry_at(m, k);
+    snprintf(base, sizeof base, "%s", e->name);
+    snprintf(name, sizeof name, "%s_orig", base);
+    av__check_name(m, name, who);
+    copy = (char *)AV_MALLOC(strlen(name) + 1);
+    if (!copy) {
+        av__set_error(AV_ERR_NOMEM, "%s: out of memory renaming '%s'", who, base);
+        if (!m->error) {
+            m->error = AV_ERR_NOMEM;
+            memcpy(m->error_msg, av__errbuf, sizeof m->error_msg);
+        }
+        return sn;
+    }
+    memcpy(copy, name, strlen(name) + 1);
+    AV_FREE(e->name);
+    e->name = copy;
+    weight->name = copy;
+    sn.weight_orig = weight;
+    sn.dim = dim;
+    sn.n_power_iterations = n_power_iterations;
+    sn.eps = eps;
+    snprintf(name, sizeof name, "%s_u", base);
+    sn.weight_u = av_buffer(m, name, AV_INIT_NORMAL, 1.0f, 1, weight->shape[dim]);
+    snprintf(name, sizeof name, "%s_v", base);
+    sn.weight_v = av_buffer(m, name, AV_INIT_NORMAL, 1.0f, 1, weight->size / weight->shape[dim]);
+    if (sn.weight_u) av__normalize(sn.weight_u->data, sn.weight_u->size, eps);
+    if (sn.weight_v) av__normalize(sn.weight_v->data, sn.weight_v->size, eps);
+    return sn;
+}
+
+AVDEF av_tensor *av_spectral_norm_forward(av_ctx *c, const av_spectral_norm_layer *sn) {
+    return av_spectral_norm(c, sn->weight_orig, sn->weight_u, sn->weight_v, sn->dim, sn->n_power_iterations, sn->eps);
+}
+
+static av_conv2d_layer av__conv_layer(av_model *m, const char *name, int in, int out, int kh, int kw,
+                                      const av_conv_opts *opts, int bias, int transposed) {
+    av_conv2d_layer l;
+    char buf[AV__NAME_MAX];
+    int G;
+    memset(&l, 0, sizeof l);
+    l.opts = av__conv_defaults(opts);
+    l.transposed = transposed;
+    G = l.opts.groups;
+    if (in < 1 || out < 1 || kh < 1 || kw < 1 || G < 1 || in % G || out % G)
+        av__fail("%s '%s': channels in %d and out %d must be positive multiples of groups %d, the kernel %dx%d positive",
+                 transposed ? "av_conv_transpose2d_new" : "av_conv2d_new", name, in, out, G, kh, kw);
+    /* PyTorch: kaiming_uniform_(a = sqrt(5)), U(±1/sqrt(fan_in)) for the bias too */
+    if (transposed) l.weight = av_param(m, av__subname(buf, name, "weight"), AV_INIT_TORCH_LINEAR, 0, 4, in, out / G, kh, kw);
+    else l.weight = av_param(m, av__subname(buf, name, "weight"), AV_INIT_TORCH_LINEAR, 0, 4, out, in / G, kh, kw);
+    if (bias)
+        l.bias = av_param(m, av__subname(buf, name, "bias"), AV_INIT_UNIFORM,
+                          1.0f / sqrtf((float)((transposed ? out : in) / G * kh * kw)), 1, out);
+    return l;
+}
+
+AVDEF av_conv2d_layer av_conv2d_new(av_model *m, const char *name, int in, int out, int kh, int kw,
+                                    const av_conv_opts *opts, int bias) {
+    return av__conv_layer(m, name, in, out, kh, kw, opts, bias, 0);
+}
+
+AVDEF av_conv2d_layer av_conv_transpose2d_new(av_model *m, const char *name, int in, int out, int kh, int kw,
+                                              const av_conv_opts *opts, int bias) {
+    return av__conv_layer(m, name, in, out, kh, kw, opts, bias, 1);
+}
+
+AVDEF void av_conv2d_spectral_norm(av_model *m, av_conv2d_layer *l) {
+    l->sn = av_spectral_norm_new(m, l->weight, l->transposed, 1, 1e-12f);
+}
+
+AVDEF av_tensor *av_conv2d_forward(av_ctx *c, const av_conv2d_layer *l, av_tensor *x) {
+    av_tensor *w = l->sn.weight_orig ? av_spectral_norm_forward(c, &l->sn) : l->weight;
+    return l->transposed ? av_conv_transpose2d(c, x, w, l->bias, &l->opts) : av_conv2d(c, x, w, l->bias, &l->opts);
+}
+
+AVDEF av_batch_norm_layer av_batch_norm_new(av_model *m, const char *name, int num_features, float eps, float momentum) {
+    av_batch_norm_layer l;
+    char buf[AV__NAME_MAX];
+    int C = num_features;
+    l.weight = av_param(m, av__subname(buf, name, "weight"), AV_INIT_ONES, 0, 1, C);
+    l.bias = av_param(m, av__subname(buf, name, "bias"), AV_INIT_ZEROS, 0, 1, C);
+    l.running_mean = av_buffer(m, av__subname(buf, name, "running_mean"), AV_INIT_ZEROS, 0, 1, C);
+    l.running_var = av_buffer(m, av__subname(buf, name, "running_var"), AV_INIT_ONES, 0, 1, C);
+    l.num_batches_tracked = av_buffer(m, av__subname(buf, name, "num_batches_tracked"), AV_INIT_ZEROS, 0, 0);
+    l.eps = eps;
+    l.momentum = momentum;
+    return l;
+}
+
+AVDEF av_tensor *av_batch_norm_forward(av_ctx *c, const av_batch_norm_layer *l, av_tensor *x) {
+    av_tensor *y = av_batch_norm(c, x, l->running_mean, l->running_var, l->weight, l->bias, l->momentum, l->eps);
+    if (c->training) l->num_batches_tracked->data[0] += 1.0f;
+    return y;
+}
+
+AVDEF av_group_norm_layer av_group_norm_new(av_model *m, const char *name, int num_groups, int num_channels, float eps) {
+    av_group_norm_layer l;
+    char buf[AV__NAME_MAX];
+    l.weight = av_param(m, av__subname(buf, name, "weight"), AV_INIT_ONES, 0, 1, num_channels);
+    l.bias = av_param(m, av__subname(buf, name, "bias"), AV_INIT_ZEROS, 0, 1, num_channels);
+    l.num_groups = num_groups;
+    l.eps = eps;
+    return l;
+}
+
+AVDEF av_tensor *av_group_norm_forward(av_ctx *c, const av_group_norm_layer *l, av_tensor *x) {
+    return av_group_norm(c, x, l->num_groups, l->weight, l->bias, l->eps);
 }
 
 AVDEF av_autoencoder av_autoencoder_new(av_model *m, const char *name, int n_layers, const int *sizes, int activation) {

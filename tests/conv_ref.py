@@ -1,0 +1,163 @@
+#!/usr/bin/env python3
+"""PyTorch side of tests/test_conv_ref.c, in float64.
+
+Usage: conv_ref.py IN OUT. IN holds named arrays from the C program
+("case:field ndim d0 .. dk" on one line, the values on the next); field
+"cfg" says what the case is (its first value):
+  1 conv   nn.Conv2d / nn.ConvTranspose2d
+  2 bn     nn.BatchNorm2d (4-d input) or nn.BatchNorm1d (2-d): training
+           steps, then eval
+  3 gn     nn.GroupNorm
+  4 sn     torch.nn.utils.spectral_norm of a Conv2d or ConvTranspose2d:
+           training steps, then eval
+  5 pool   max_pool2d, avg_pool2d, adaptive_avg_pool2d, interpolate
+Modules start from torch.manual_seed and are randomised where PyTorch
+starts from constants (biases, norms' affine parameters, running
+statistics), then their state_dict (float32, num_batches_tracked too) goes
+to conv_ref.<case>.safetensors beside OUT, named "<case>.<key>", for
+attnvae's av_model_load. Each step's loss is sum(y * r). Results go to OUT
+in IN's format. When torch cannot be imported the script writes
+"skip <reason>" to OUT and exits 77.
+"""
+import json
+import os
+import struct
+import sys
+
+try:
+    import torch
+    import torch.nn.functional as F
+    from torch import nn
+except Exception as e:  # missing or broken install: skip, do not fail
+    if len(sys.argv) > 2:
+        with open(sys.argv[2], "w") as f:
+            f.write("skip %s\n" % str(e).replace("\n", " "))
+    sys.exit(77)
+
+D = torch.float64
+
+
+def read_cases(path):
+    """{case: {field: tensor}}, in file order"""
+    cases = {}
+    with open(path) as f:
+        lines = f.read().splitlines()
+    for head, values in zip(lines[0::2], lines[1::2]):
+        name, ndim, *dims = head.split()
+        case, field = name.split(":", 1)
+        shape = [int(d) for d in dims[:int(ndim)]]
+        cases.setdefault(case, {})[field] = torch.tensor([float(v) for v in values.split()], dtype=D).reshape(shape)
+    return cases
+
+
+def write_arrays(path, out):
+    with open(path, "w") as f:
+        for name, t in out.items():
+            t = t.detach().to(D)
+            f.write("%s %d%s\n" % (name, t.dim(), "".join(" %d" % s for s in t.shape)))
+            f.write(" ".join("%.17g" % v for v in t.reshape(-1).tolist()) + "\n")
+
+
+def save_safetensors(path, tensors):
+    """float32 safetensors (int64 num_batches_tracked included, as F32)"""
+    header, blobs, off = {}, [], 0
+    for name, t in tensors.items():
+        t = t.detach().to(torch.float32).contiguous()
+        data = struct.pack("<%df" % t.numel(), *t.reshape(-1).tolist())
+        header[name] = {"dtype": "F32", "shape": list(t.shape), "data_offsets": [off, off + len(data)]}
+        blobs.append(data)
+        off += len(data)
+    h = json.dumps(header).encode("utf-8")
+    h += b" " * (-(8 + len(h)) % 8)
+    with open(path, "wb") as f:
+        f.write(struct.pack("<Q", len(h)) + h + b"".join(blobs))
+
+
+def randomise(mod):
+    """biases and norm parameters away from PyTorch's constant starts"""
+    with torch.no_grad():
+        for name, p in mod.named_parameters():
+            if name.endswith("bias") or isinstance(mod, (nn.BatchNorm1d, nn.BatchNorm2d, nn.GroupNorm)):
+                p.uniform_(0.5, 1.5) if name.endswith("weight") else p.uniform_(-0.5, 0.5)
+        if isinstance(mod, (nn.BatchNorm1d, nn.BatchNorm2d)):
+            mod.running_mean.uniform_(-0.5, 0.5)
+            mod.running_var.uniform_(0.5, 2.0)
+            mod.num_batches_tracked.fill_(5)
+
+
+def save_module(cs, mod, out_dir):
+    save_safetensors(os.path.join(out_dir, "conv_ref.%s.safetensors" % cs),
+                     {"%s.%s" % (cs, k): t for k, t in mod.state_dict().items()})
+
+
+def step(cs, tag, mod, x, r, out):
+    """y = mod(x), loss sum(y r): y and the gradients of x and every parameter"""
+    mod.zero_grad()
+    x = x.clone().requires_grad_(True)
+    y = mod(x)
+    (y * r).sum().backward()
+    out["%s:%s.y" % (cs, tag)] = y
+    out["%s:%s.d.x" % (cs, tag)] = x.grad
+    for n, p in mod.named_parameters():
+        out["%s:%s.d.%s" % (cs, tag, n)] = p.grad.clone()
+
+
+def conv_module(cfg):
+    t, cin, cout, kh, kw, sh, sw, ph, pw, dh, dw, oph, opw, groups, bias = cfg
+    if t:
+        return nn.ConvTranspose2d(cin, cout, (kh, kw), (sh, sw), (ph, pw), (oph, opw), groups, bool(bias), (dh, dw))
+    return nn.Conv2d(cin, cout, (kh, kw), (sh, sw), (ph, pw), (dh, dw), groups, bool(bias))
+
+
+def run_case(cs, a, out, out_dir, seed):
+    cfg = [int(v) for v in a["cfg"].tolist()]
+    kind = cfg[0]
+    torch.manual_seed(seed)
+    if kind == 5:
+        op, k, s, p, oh, ow = cfg[1:]
+        fns = [lambda x: F.max_pool2d(x, k, s, p), lambda x: F.avg_pool2d(x, k, s, p),
+               lambda x: F.avg_pool2d(x, k, s, p, count_include_pad=False),
+               lambda x: F.adaptive_avg_pool2d(x, (oh, ow)),
+               lambda x: F.interpolate(x, size=(oh, ow), mode="nearest"),
+               lambda x: F.interpolate(x, size=(oh, ow), mode="bilinear", align_corners=False)]
+        x = a["x"].clone().requires_grad_(True)
+        y = fns[op](x)
+        (y * a["r"]).sum().backward()
+        out[cs + ":y"], out[cs + ":d.x"] = y, x.grad
+        return
+    if kind == 1:
+        mod = conv_module(cfg[1:])
+    elif kind == 2:
+        mod = nn.BatchNorm2d(cfg[1]) if cfg[2] == 4 else nn.BatchNorm1d(cfg[1])
+    elif kind == 3:
+        mod = nn.GroupNorm(cfg[1], cfg[2])
+    else:
+        t, cin, cout, k, s, p = cfg[1:7]
+        inner = nn.ConvTranspose2d(cin, cout, k, s, p) if t else nn.Conv2d(cin, cout, k, s, p)
+        mod = nn.utils.spectral_norm(inner)
+    randomise(mod)
+    save_module(cs, mod, out_dir)
+    mod = mod.to(D)
+    steps = sum(1 for f in a if f.startswith("x") and f[1:].isdigit())
+    if steps == 0:
+        step(cs, "s0", mod, a["x"], a["r"], out)
+        return
+    mod.train()
+    for i in range(steps):
+        step(cs, "s%d" % i, mod, a["x%d" % i], a["r%d" % i], out)
+    for name, b in mod.named_buffers():
+        out["%s:after.%s" % (cs, name)] = b.clone()
+    mod.eval()
+    step(cs, "eval", mod, a["x_eval"], a["r_eval"], out)
+
+
+def main():
+    out = {}
+    out_dir = os.path.dirname(os.path.abspath(sys.argv[2]))
+    for seed, (cs, a) in enumerate(read_cases(sys.argv[1]).items()):
+        run_case(cs, a, out, out_dir, seed)
+    write_arrays(sys.argv[2], out)
+
+
+if __name__ == "__main__":
+    main()
