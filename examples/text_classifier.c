@@ -28,6 +28,7 @@
 #define _POSIX_C_SOURCE 200809L
 #define ATTNVAE_IMPLEMENTATION
 #include "common.h"
+#include <dirent.h>
 
 #define MAX_CATEGORIES 32
 #define MAX_NAME 64            /* bytes of a category name, NUL included */
@@ -71,6 +72,7 @@ static int by_key(const void *a, const void *b) {
     if (x->key != y->key) return x->key < y->key ? -1 : 1;
     return (x->value > y->value) - (x->value < y->value);
 }
+static int by_string(const void *a, const void *b) { return strcmp(*(char *const *)a, *(char *const *)b); }
 static int by_text(const void *a, const void *b) {
     int t = strcmp(((const keyed *)a)->text, ((const keyed *)b)->text);
     return t ? t : by_key(a, b);
@@ -176,9 +178,9 @@ typedef struct doc {
 } doc;
 
 typedef struct corpus {
-    int n_classes, n_docs, cap;
+    int n_classes, n_docs, cap, n_files;
     char names[MAX_CATEGORIES][MAX_NAME];
-    char *files[MAX_CATEGORIES];  /* the files' text, which the docs point into */
+    char **files;                 /* the files' text, which the docs point into */
     doc *docs;
     int *part[3], count[3];       /* doc indices of train, validation, test */
 } corpus;
@@ -186,7 +188,8 @@ typedef struct corpus {
 static void corpus_free(corpus *cp) {
     int i;
     for (i = 0; i < cp->n_docs; i++) free(cp->docs[i].ids);
-    for (i = 0; i < cp->n_classes; i++) free(cp->files[i]);
+    for (i = 0; i < cp->n_files; i++) free(cp->files[i]);
+    free(cp->files);
     for (i = 0; i < 3; i++) free(cp->part[i]);
     free(cp->docs);
     memset(cp, 0, sizeof *cp);
@@ -265,10 +268,13 @@ static void add_doc(corpus *cp, const char *text, int label) {
     cp->docs[cp->n_docs++].label = label;
 }
 
-/* Cuts text into entries at the lines holding a single '%' ("%\r" too);
-   each entry that holds a token becomes a doc of class label. */
+/* Keeps text as one of the corpus's files and cuts it into entries at the
+   lines holding a single '%' ("%\r" too); each entry that holds a token
+   becomes a doc of class label. */
 static void add_entries(corpus *cp, char *text, int label) {
     char *line, *start = text, *next;
+    cp->files = (char **)xrealloc(cp->files, (size_t)(cp->n_files + 1) * sizeof(char *));
+    cp->files[cp->n_files++] = text;
     for (line = text; *line; line = next) {
         size_t len = strcspn(line, "\n");
         next = line + len + (line[len] == '\n');
@@ -360,19 +366,19 @@ static void split(corpus *cp) {
    saying what is wrong (and how to get the data when it is missing). */
 static int load_corpus(const char *dir, const char *list, corpus *cp) {
     int c, repeated, shared, per_class[MAX_CATEGORIES] = {0}, i;
-    char path[1200];
+    char path[1200], *text;
     memset(cp, 0, sizeof *cp);
     if ((cp->n_classes = parse_categories(list, cp->names)) < 0) return -1;
     for (c = 0; c < cp->n_classes; c++) {
         snprintf(path, sizeof path, "%s/%s", dir, cp->names[c]);
-        if (!(cp->files[c] = read_text(path))) {
+        if (!(text = read_text(path))) {
             fprintf(stderr, "error: cannot read %s: %s\n", path, strerror(errno));
             if (errno == ENOENT)
                 fprintf(stderr, "  The fortunes come from Debian's fortunes package: make deps (or apt-get install\n"
                                 "  fortunes) installs them in /usr/share/games/fortunes; or pass --data DIR.\n");
             return -1;
         }
-        add_entries(cp, cp->files[c], c);
+        add_entries(cp, text, c);
     }
     dedupe(cp, &repeated, &shared);
     for (i = 0; i < cp->n_docs; i++) per_class[cp->docs[i].label]++;
@@ -396,28 +402,29 @@ static int load_corpus(const char *dir, const char *list, corpus *cp) {
     return 0;
 }
 
-/* The vocabulary: "<unk>" (id 0), then the tokens of the training docs seen
-   at least min_count times, the most frequent first (ties: first seen). */
-static void build_vocab(const corpus *cp, int min_count, int max_len, vocab *out) {
+/* The vocabulary: "<unk>" (id 0), then the tokens seen at least min_count
+   times in the first limit tokens of docs idx[0..n) (idx NULL: the first
+   n docs), the most frequent first (ties: the first seen first). */
+static void build_vocab(const doc *docs, const int *idx, int n, int limit, int min_count, vocab *out) {
     vocab all;
     keyed *order;
     char tok[MAX_TOKEN];
-    int i, t, n = 0;
+    int i, t, kept = 0;
     memset(&all, 0, sizeof all);
     memset(out, 0, sizeof *out);
-    for (i = 0; i < cp->count[TRAIN]; i++) {
-        const char *s = cp->docs[cp->part[TRAIN][i]].text;
-        for (t = 0; t < max_len && next_token(&s, tok); t++) vocab_add(&all, tok);
+    for (i = 0; i < n; i++) {
+        const char *s = docs[idx ? idx[i] : i].text;
+        for (t = 0; t < limit && next_token(&s, tok); t++) vocab_add(&all, tok);
     }
     order = (keyed *)xalloc((size_t)all.n * sizeof(keyed));
     for (i = 0; i < all.n; i++)
         if (all.count[i] >= min_count) {
-            order[n].key = -all.count[i];
-            order[n++].value = i;
+            order[kept].key = -all.count[i];
+            order[kept++].value = i;
         }
-    qsort(order, (size_t)n, sizeof *order, by_key);
+    qsort(order, (size_t)kept, sizeof *order, by_key);
     vocab_add(out, "<unk>"); /* never a token: '<' is one by itself */
-    for (i = 0; i < n; i++) vocab_add(out, all.word[order[i].value]);
+    for (i = 0; i < kept; i++) vocab_add(out, all.word[order[i].value]);
     free(order);
     vocab_free(&all);
 }
@@ -436,6 +443,169 @@ static int tokens_of(const char *text, char (*toks)[MAX_TOKEN], int max_len) {
     int n = 0;
     while (n < max_len && next_token(&text, toks[n])) n++;
     return n;
+}
+
+/* ---- pretraining: word vectors from all the fortune files ----------------------- */
+/* The entries of every fortune file in dir (regular files whose name has no
+   '.', so not the .dat indexes) except copies of a validation or test doc
+   of cp: unlabeled text, to learn word vectors from. 0, or -1 after saying
+   what is wrong. */
+static int load_unlabeled(const char *dir, const corpus *cp, corpus *u) {
+    int n_held = cp->count[VAL] + cp->count[TEST], n_names = 0, i, k, p;
+    keyed *held = (keyed *)xalloc((size_t)n_held * sizeof(keyed)), probe;
+    char **names = NULL, path[1200], *text;
+    struct dirent *e;
+    struct stat st;
+    DIR *d = opendir(dir);
+    memset(u, 0, sizeof *u);
+    if (!d) {
+        fprintf(stderr, "error: cannot list %s: %s\n", dir, strerror(errno));
+        free(held);
+        return -1;
+    }
+    while ((e = readdir(d)) != NULL)
+        if (!strchr(e->d_name, '.')) {
+            names = (char **)xrealloc(names, (size_t)(n_names + 1) * sizeof(char *));
+            names[n_names] = (char *)xalloc(strlen(e->d_name) + 1);
+            strcpy(names[n_names++], e->d_name);
+        }
+    closedir(d);
+    qsort(names, (size_t)n_names, sizeof *names, by_string); /* the same order on every machine */
+    for (i = 0; i < n_names; i++) {
+        snprintf(path, sizeof path, "%s/%s", dir, names[i]);
+        if (stat(path, &st) == 0 && S_ISREG(st.st_mode) && (text = read_text(path)) != NULL) add_entries(u, text, -1);
+        free(names[i]);
+    }
+    free(names);
+    for (n_held = 0, p = VAL; p <= TEST; p++) /* the held-out docs' keys, sorted */
+        for (i = 0; i < cp->count[p]; i++) {
+            held[n_held].key = held[n_held].value = 0;
+            held[n_held++].text = dedupe_key(cp->docs[cp->part[p][i]].text);
+        }
+    qsort(held, (size_t)n_held, sizeof *held, by_text);
+    probe.key = probe.value = 0;
+    for (i = k = 0; i < u->n_docs; i++) {
+        probe.text = dedupe_key(u->docs[i].text);
+        if (!bsearch(&probe, held, (size_t)n_held, sizeof *held, by_text)) u->docs[k++] = u->docs[i];
+        free((char *)probe.text);
+    }
+    u->n_docs = k;
+    for (i = 0; i < n_held; i++) free((char *)held[i].text);
+    free(held);
+    return 0;
+}
+
+#define SG_WINDOW 5       /* context: up to this many tokens on each side */
+#define SG_NEGATIVES 5    /* words drawn from unigram^0.75 per pair */
+#define SG_PAIRS 4096     /* (word, context) pairs per step */
+#define SG_SUBSAMPLE 1e-3 /* frequent words are kept with chance about sqrt(this / frequency) */
+
+/* One Adam step of skip-gram with negative sampling on n pairs: the input
+   vector of words[i] scores targets[i (K + 1)] (a context word, label 1)
+   and the K negatives after it (label 0) by dot products; the loss is
+   their binary cross-entropy, summed per pair and averaged. */
+static int sg_step(av_ctx *c, av_model *m, av_tensor *in, av_tensor *out, const int *words, const int *targets, int n,
+                   const float *labels, const av_optim *opt) {
+    const int K1 = SG_NEGATIVES + 1, E = in->shape[1];
+    av_tensor *u = av_reshape(c, av_embedding(c, in, words, n), 3, n, E, 1);
+    av_tensor *o = av_reshape(c, av_embedding(c, out, targets, n * K1), 3, n, K1, E);
+    av_tensor *scores = av_matmul(c, o, u, 0, 0); /* [n, K + 1, 1] */
+    av_tensor *loss = av_scale(c, av_bce_with_logits(c, scores, av_wrap(c, (float *)labels, 3, n, K1, 1), AV_SUM),
+                               1.0f / n);
+    av_model_zero_grad(m);
+    av_backward(c, loss);
+    return av_optim_step(m, opt);
+}
+
+/* Skip-gram with negative sampling (Mikolov et al. 2013) over the docs of
+   u: a word's vector learns to tell the words around it from random ones.
+   Writes the learned vectors, scaled to unit standard deviation like
+   nn.Embedding's N(0, 1), into embed [vocab, dim]. 0, or -1 after a failed
+   step. */
+static int pretrain(av_ctx *c, const corpus *u, const vocab *v, av_tensor *embed, int epochs, long max_tokens, int seed) {
+    const int V = embed->shape[0], E = embed->shape[1], K1 = SG_NEGATIVES + 1;
+    av_model *m = av_model_new((uint64_t)seed);
+    av_tensor *in = av_param(m, "in", AV_INIT_UNIFORM, 0.5f / E, 2, V, E), *out = av_param(m, "out", AV_INIT_ZEROS, 0, 2, V, E);
+    av_optim opt = av_adam(2e-3);
+    av_rng *rng = av_ctx_rng(c);
+    long n_tok = 0, total = 0, i, j, at, steps = 0;
+    int *stream, *start, *order, *words = (int *)xalloc(SG_PAIRS * sizeof(int)), *targets = (int *)xalloc((size_t)SG_PAIRS * K1 * sizeof(int));
+    int epoch, k, n = 0, d, rc = 0, id;
+    double *count = (double *)xalloc((size_t)V * sizeof(double)), *cdf = (double *)xalloc((size_t)V * sizeof(double)), sum, sq;
+    float *labels = (float *)xalloc((size_t)SG_PAIRS * K1 * sizeof(float));
+    char tok[MAX_TOKEN];
+    if (av_model_error(m)) {
+        fprintf(stderr, "error: %s\n", av_error());
+        av_model_free(m);
+        return -1;
+    }
+    /* the known tokens of each doc, one stream; start[d] is where doc d begins */
+    for (d = 0; d < u->n_docs; d++) {
+        const char *s = u->docs[d].text;
+        while (next_token(&s, tok)) n_tok++;
+    }
+    stream = (int *)xalloc((size_t)n_tok * sizeof(int));
+    start = (int *)xalloc(((size_t)u->n_docs + 1) * sizeof(int));
+    order = (int *)xalloc((size_t)u->n_docs * sizeof(int));
+    for (d = 0; d < u->n_docs; d++) {
+        const char *s = u->docs[d].text;
+        start[d] = (int)total;
+        while (next_token(&s, tok) && total < max_tokens)
+            if ((id = vocab_find(v, tok)) > 0) {
+                stream[total++] = id;
+                count[id]++;
+            }
+    }
+    start[u->n_docs] = (int)total;
+    for (sum = 0, k = 0; k < V; k++) cdf[k] = sum += pow(count[k], 0.75); /* negatives ~ count^0.75 */
+    for (i = 0; i < SG_PAIRS * K1; i++) labels[i] = i % K1 == 0;
+    printf("pretraining word vectors: skip-gram on %ld tokens of %d entries from every fortune file\n", total, u->n_docs);
+    for (epoch = 1; epoch <= epochs && !rc && total; epoch++) {
+        ex_shuffle(order, u->n_docs, rng);
+        for (d = 0; d < u->n_docs && !rc; d++) {
+            int lo = start[order[d]], hi = start[order[d] + 1], kept[1024], m_kept = 0;
+            for (at = lo; at < hi && m_kept < 1024; at++) { /* subsampling, then windows over what is kept */
+                double f = count[stream[at]] / (double)total;
+                if (av_rng_uniform(rng) < (sqrt(f / SG_SUBSAMPLE) + 1) * SG_SUBSAMPLE / f) kept[m_kept++] = stream[at];
+            }
+            for (i = 0; i < m_kept && !rc; i++) {
+                int b = 1 + (int)(av_rng_u64(rng) % SG_WINDOW);
+                for (j = i - b; j <= i + b && !rc; j++) {
+                    if (j < 0 || j >= m_kept || j == i) continue;
+                    words[n] = kept[i];
+                    targets[n * K1] = kept[j];
+                    for (k = 1; k < K1; k++) { /* a draw from the cdf by bisection */
+                        double r = av_rng_uniform(rng) * sum;
+                        int a = 0, z = V - 1;
+                        while (a < z) {
+                            int mid = (a + z) / 2;
+                            if (cdf[mid] > r) z = mid;
+                            else a = mid + 1;
+                        }
+                        targets[n * K1 + k] = a;
+                    }
+                    if (++n == SG_PAIRS) {
+                        av_ctx_reset(c);
+                        if ((rc = sg_step(c, m, in, out, words, targets, n, labels, &opt)) != 0)
+                            fprintf(stderr, "\nerror: %s\n", av_error());
+                        n = 0;
+                        steps++;
+                    }
+                }
+            }
+            if (d % 200 == 0 || d == u->n_docs - 1) {
+                char label[32];
+                snprintf(label, sizeof label, "vectors %d", epoch);
+                ex_progress(label, d + 1, u->n_docs, "");
+            }
+        }
+    }
+    for (sq = 0, i = 0; i < (long)V * E; i++) sq += (double)in->data[i] * in->data[i];
+    for (i = 0; i < (long)V * E && sq > 0; i++) embed->data[i] = (float)(in->data[i] / sqrt(sq / ((double)V * E)));
+    printf("  %ld steps of %d pairs\n", steps, SG_PAIRS);
+    av_model_free(m);
+    free(stream); free(start); free(order); free(words); free(targets); free(count); free(cdf); free(labels);
+    return rc ? -1 : 0;
 }
 
 /* ---- batches ------------------------------------------------------------------ */
@@ -500,16 +670,17 @@ typedef struct classifier {
     av_rnn lstm;
     av_attn_pool pool;
     av_linear_layer out;
-    float dropout;
+    float dropout, word_dropout; /* in training: on the embeddings and the pooled vector; tokens read as <unk> */
 } classifier;
 
-static classifier classifier_new(av_model *m, const sizes *s, float dropout) {
+static classifier classifier_new(av_model *m, const sizes *s, float dropout, float word_dropout) {
     classifier net;
     net.embed = av_embedding_new(m, "embed", s->vocab, s->embed);
     net.lstm = av_lstm_new(m, "lstm", s->embed, s->hidden, 1, 1, 0.0f);
     net.pool = av_attn_pool_new(m, "pool", 2 * s->hidden, s->attn);
     net.out = av_linear_layer_new(m, "out", 2 * s->hidden, s->classes, 1);
     net.dropout = dropout;
+    net.word_dropout = word_dropout;
     return net;
 }
 
@@ -579,7 +750,7 @@ static void snapshot(av_model *m, float *buf, int restore) {
    lengths. Returns the mean loss, or -1 after a failed step (message printed). */
 static double train_epoch(av_ctx *c, av_model *m, const classifier *net, const av_optim *opt, const corpus *cp,
                           int n_train, int batch_size, batch *b, const char *label) {
-    int n_batches = (n_train + batch_size - 1) / batch_size, k, done = 0;
+    int n_batches = (n_train + batch_size - 1) / batch_size, k, i, done = 0;
     int *order = (int *)xalloc((size_t)n_train * sizeof(int)), *visit = (int *)xalloc((size_t)n_batches * sizeof(int));
     double loss_sum = 0;
     ex_shuffle(order, n_train, av_ctx_rng(c));
@@ -592,6 +763,8 @@ static double train_epoch(av_ctx *c, av_model *m, const classifier *net, const a
         char info[64];
         av_ctx_reset(c);
         T = gather(cp->docs, order + start, count, b);
+        for (i = 0; i < count * T; i++)
+            if (av_rng_uniform(av_ctx_rng(c)) < net->word_dropout) b->ids[i] = 0;
         loss = av_cross_entropy(c, classifier_forward(c, net, b, count, T, NULL), b->labels, AV_MEAN);
         av_model_zero_grad(m);
         av_backward(c, loss);
@@ -917,7 +1090,7 @@ static int load_model(const char *path, av_model **m, classifier *net, sizes *s,
     s->vocab = v->n;
     s->classes = cp->n_classes;
     *m = av_model_new(0);
-    *net = classifier_new(*m, s, 0.0f);
+    *net = classifier_new(*m, s, 0.0f, 0.0f);
     if (av_model_error(*m) || av_model_load(*m, path)) {
         fprintf(stderr, "error: %s\n", av_error());
         return -1;
@@ -966,8 +1139,8 @@ static int pick_shown(const corpus *cp, int n_test, int *shown) {
 
 int main(int argc, char **argv) {
     const char *data, *categories, *out, *png, *load;
-    int epochs, batch_size, min_count, seed, quick;
-    float lr, dropout;
+    int epochs, batch_size, min_count, seed, quick, pretrain_epochs;
+    float lr, dropout, word_dropout;
     sizes s;
     ex_flag flags[] = {
         EX_STRING_FLAG("data", &data, "/usr/share/games/fortunes", "directory of the fortune files"),
@@ -982,12 +1155,14 @@ int main(int argc, char **argv) {
         EX_INT_FLAG("hidden", &s.hidden, "64", 1, 1024, "LSTM state size per direction"),
         EX_INT_FLAG("attn", &s.attn, "64", 1, 1024, "hidden size of the attention scores"),
         EX_FLOAT_FLAG("dropout", &dropout, "0.5", 0, 0.95, "dropout on the embeddings and on the pooled vector"),
+        EX_FLOAT_FLAG("word-dropout", &word_dropout, "0", 0, 0.95, "chance that a training token reads as <unk>"),
         EX_INT_FLAG("max-len", &s.max_len, "200", 1, 10000, "tokens kept of each entry"),
         EX_INT_FLAG("min-count", &min_count, "2", 1, 1000000, "times a token must occur in training to get an id"),
+        EX_INT_FLAG("pretrain-epochs", &pretrain_epochs, "3", 0, 100, "epochs of word vectors learnt from all fortune files (0: none)"),
         EX_INT_FLAG("seed", &seed, "1", 0, 2147483647, "seed of the weights, dropout and shuffling (not of the split)"),
         EX_SWITCH_FLAG("quick", &quick, "a short run for tests: 2 epochs on at most 600 training entries"),
     };
-    corpus cp;
+    corpus cp, unlabeled;
     vocab v;
     av_model *m = NULL;
     av_ctx *c;
@@ -1004,6 +1179,7 @@ int main(int argc, char **argv) {
                       "bag-of-words logistic regression; with --load, classifies the lines of standard input.",
                       flags, EX_COUNT(flags));
     if (status >= 0) return status;
+    memset(&unlabeled, 0, sizeof unlabeled);
     c = av_ctx_new();
     av_ctx_seed(c, (uint64_t)seed);
 
@@ -1034,7 +1210,9 @@ int main(int argc, char **argv) {
         return 1;
     }
     for (i = 0; i < 3; i++) n_part[i] = quick && cp.count[i] > (i == TRAIN ? 600 : 150) ? (i == TRAIN ? 600 : 150) : cp.count[i];
-    build_vocab(&cp, min_count, s.max_len, &v);
+    if (pretrain_epochs > 0 && load_unlabeled(data, &cp, &unlabeled)) rc = 1;
+    if (pretrain_epochs > 0) build_vocab(unlabeled.docs, NULL, unlabeled.n_docs, INT_MAX, min_count, &v);
+    else build_vocab(cp.docs, cp.part[TRAIN], n_part[TRAIN], s.max_len, min_count, &v);
     for (i = 0; i < cp.n_docs; i++) {
         cp.docs[i].ids = (int *)xalloc((size_t)s.max_len * sizeof(int));
         cp.docs[i].len = encode(&v, cp.docs[i].text, s.max_len, cp.docs[i].ids);
@@ -1049,12 +1227,15 @@ int main(int argc, char **argv) {
     if (base_test < 0) rc = 1;
 
     m = av_model_new((uint64_t)seed);
-    net = classifier_new(m, &s, dropout);
+    net = classifier_new(m, &s, dropout, word_dropout);
     opt = av_adam(lr);
     if (!rc && av_model_error(m)) {
         fprintf(stderr, "error: %s\n", av_error());
         rc = 1;
     }
+    if (!rc && pretrain_epochs > 0 &&
+        pretrain(c, &unlabeled, &v, net.embed.weight, pretrain_epochs, quick ? 100000L : LONG_MAX, seed))
+        rc = 1;
     if (!rc) printf("BiLSTM + attention pooling: %ld parameters, gemm path %s\n", av_model_num_values(m),
                     av_isa_name(av_get_isa()));
     best = (float *)xalloc((size_t)av_model_num_values(m) * sizeof(float));
@@ -1112,6 +1293,7 @@ int main(int argc, char **argv) {
     batch_free(&b);
     vocab_free(&v);
     corpus_free(&cp);
+    corpus_free(&unlabeled);
     av_model_free(m);
     av_ctx_free(c);
     return rc;
