@@ -34,6 +34,7 @@
 #define MAX_NAME 64            /* bytes of a category name, NUL included */
 #define MAX_TOKEN 32           /* bytes of a token, NUL included; longer words are cut */
 #define SPLIT_SEED 20240521u   /* the train/validation/test split never changes */
+#define MIN_ENTRIES 10         /* of a category: a tenth to validation, a fifth to test */
 #define SHOWN 6                /* test entries whose attention is printed and drawn */
 #define TOP 3                  /* most-attended tokens printed per entry */
 #define DEFAULT_CATEGORIES "art,computers,food,law,science"
@@ -383,9 +384,10 @@ static int load_corpus(const char *dir, const char *list, corpus *cp) {
     dedupe(cp, &repeated, &shared);
     for (i = 0; i < cp->n_docs; i++) per_class[cp->docs[i].label]++;
     for (c = 0; c < cp->n_classes; c++)
-        if (!per_class[c]) {
-            fprintf(stderr, "error: %s/%s holds no entries (fortune files separate them with lines of a single '%%')\n",
-                    dir, cp->names[c]);
+        if (per_class[c] < MIN_ENTRIES) { /* so that each is in validation once and in test twice */
+            fprintf(stderr, "error: %s/%s holds %d entries (after dropping repeats), fewer than the %d a category needs "
+                            "(fortune files separate entries with lines of a single '%%')\n",
+                    dir, cp->names[c], per_class[c], MIN_ENTRIES);
             return -1;
         }
     split(cp);
@@ -393,12 +395,6 @@ static int load_corpus(const char *dir, const char *list, corpus *cp) {
            cp->n_docs, cp->n_classes, repeated, shared);
     for (c = 0; c < cp->n_classes; c++) printf("%s%s %d", c ? ", " : "  ", cp->names[c], per_class[c]);
     printf("\n");
-    if (!cp->count[TRAIN] || !cp->count[VAL] || !cp->count[TEST]) {
-        fprintf(stderr, "error: too few entries to split into train (%d), validation (%d) and test (%d): "
-                        "a category needs 5 entries to give one to test, 10 to validation\n",
-                cp->count[TRAIN], cp->count[VAL], cp->count[TEST]);
-        return -1;
-    }
     return 0;
 }
 
