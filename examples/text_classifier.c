@@ -1153,10 +1153,13 @@ int main(int argc, char **argv) {
         EX_FLOAT_FLAG("dropout", &dropout, "0.5", 0, 0.95, "dropout on the embeddings and on the pooled vector"),
         EX_FLOAT_FLAG("word-dropout", &word_dropout, "0", 0, 0.95, "chance that a training token reads as <unk>"),
         EX_INT_FLAG("max-len", &s.max_len, "200", 1, 10000, "tokens kept of each entry"),
-        EX_INT_FLAG("min-count", &min_count, "2", 1, 1000000, "times a token must occur in training to get an id"),
-        EX_INT_FLAG("pretrain-epochs", &pretrain_epochs, "3", 0, 100, "epochs of word vectors learnt from all fortune files (0: none)"),
+        EX_INT_FLAG("min-count", &min_count, "2", 1, 1000000,
+                    "times a token must occur to get an id: in the word vectors' text, else in training"),
+        EX_INT_FLAG("pretrain-epochs", &pretrain_epochs, "3", 0, 100,
+                    "skip-gram epochs of word vectors on every fortune file but the held-out entries (0: none)"),
         EX_INT_FLAG("seed", &seed, "1", 0, 2147483647, "seed of the weights, dropout and shuffling (not of the split)"),
-        EX_SWITCH_FLAG("quick", &quick, "a short run for tests: 2 epochs on at most 600 training entries"),
+        EX_SWITCH_FLAG("quick", &quick,
+                       "a short run for tests: 2 epochs on at most 600 training entries, word vectors from 20000 tokens"),
     };
     corpus cp, unlabeled;
     vocab v;
@@ -1200,13 +1203,14 @@ int main(int argc, char **argv) {
     }
 
     if (!ex_given(flags, EX_COUNT(flags), "epochs") && quick) epochs = 2;
-    if (ex_out_file(out) || ex_out_file(png) || load_corpus(data, categories, &cp)) {
+    if (ex_out_file(out) || ex_out_file(png) || load_corpus(data, categories, &cp) ||
+        (pretrain_epochs > 0 && load_unlabeled(data, &cp, &unlabeled))) {
         corpus_free(&cp);
+        corpus_free(&unlabeled);
         av_ctx_free(c);
         return 1;
     }
     for (i = 0; i < 3; i++) n_part[i] = quick && cp.count[i] > (i == TRAIN ? 600 : 150) ? (i == TRAIN ? 600 : 150) : cp.count[i];
-    if (pretrain_epochs > 0 && load_unlabeled(data, &cp, &unlabeled)) rc = 1;
     if (pretrain_epochs > 0) build_vocab(unlabeled.docs, NULL, unlabeled.n_docs, INT_MAX, min_count, &v);
     else build_vocab(cp.docs, cp.part[TRAIN], n_part[TRAIN], s.max_len, min_count, &v);
     for (i = 0; i < cp.n_docs; i++) {
@@ -1215,8 +1219,9 @@ int main(int argc, char **argv) {
     }
     s.vocab = v.n;
     s.classes = cp.n_classes;
-    printf("split: %d train, %d validation, %d test entries%s; vocabulary %d tokens (<unk> and those seen %d+ times)\n",
-           n_part[TRAIN], n_part[VAL], n_part[TEST], quick ? " (--quick)" : "", v.n, min_count);
+    printf("split: %d train, %d validation, %d test entries%s; vocabulary %d tokens (<unk> and those seen %d+ times in %s)\n",
+           n_part[TRAIN], n_part[VAL], n_part[TEST], quick ? " (--quick)" : "", v.n, min_count,
+           pretrain_epochs > 0 ? "all fortune files but the held-out entries" : "the training entries");
     b = batch_new(batch_size > 64 ? batch_size : 64, s.max_len);
 
     base_test = run_baseline(c, &cp, n_part, v.n, s.max_len, quick ? 5 : 30, seed, &b, &base_val);
@@ -1230,7 +1235,7 @@ int main(int argc, char **argv) {
         rc = 1;
     }
     if (!rc && pretrain_epochs > 0 &&
-        pretrain(c, &unlabeled, &v, net.embed.weight, pretrain_epochs, quick ? 100000L : LONG_MAX, seed))
+        pretrain(c, &unlabeled, &v, net.embed.weight, pretrain_epochs, quick ? 20000L : LONG_MAX, seed))
         rc = 1;
     if (!rc) printf("BiLSTM + attention pooling: %ld parameters, gemm path %s\n", av_model_num_values(m),
                     av_isa_name(av_get_isa()));
