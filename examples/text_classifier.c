@@ -494,6 +494,7 @@ static int load_unlabeled(const char *dir, const corpus *cp, corpus *u) {
 #define SG_WINDOW 5       /* context: up to this many tokens on each side */
 #define SG_NEGATIVES 5    /* words drawn from unigram^0.75 per pair */
 #define SG_PAIRS 4096     /* (word, context) pairs per step */
+#define SG_MAX_DOC 1024   /* tokens of an entry kept after subsampling (the rest are not used) */
 #define SG_SUBSAMPLE 1e-3 /* frequent words are kept with chance about sqrt(this / frequency) */
 
 /* One Adam step of skip-gram with negative sampling on n pairs: the input
@@ -559,8 +560,8 @@ static int pretrain(av_ctx *c, const corpus *u, const vocab *v, av_tensor *embed
     for (epoch = 1; epoch <= epochs && !rc && total; epoch++) {
         ex_shuffle(order, u->n_docs, rng);
         for (d = 0; d < u->n_docs && !rc; d++) {
-            int lo = start[order[d]], hi = start[order[d] + 1], kept[1024], m_kept = 0;
-            for (at = lo; at < hi && m_kept < 1024; at++) { /* subsampling, then windows over what is kept */
+            int lo = start[order[d]], hi = start[order[d] + 1], kept[SG_MAX_DOC], m_kept = 0;
+            for (at = lo; at < hi && m_kept < SG_MAX_DOC; at++) { /* subsampling, then windows over what is kept */
                 double f = count[stream[at]] / (double)total;
                 if (av_rng_uniform(rng) < (sqrt(f / SG_SUBSAMPLE) + 1) * SG_SUBSAMPLE / f) kept[m_kept++] = stream[at];
             }
@@ -600,7 +601,14 @@ static int pretrain(av_ctx *c, const corpus *u, const vocab *v, av_tensor *embed
     for (i = 0; i < (long)V * E && sq > 0; i++) embed->data[i] = (float)(in->data[i] / sqrt(sq / ((double)V * E)));
     printf("  %ld steps of %d pairs\n", steps, SG_PAIRS);
     av_model_free(m);
-    free(stream); free(start); free(order); free(words); free(targets); free(count); free(cdf); free(labels);
+    free(stream);
+    free(start);
+    free(order);
+    free(words);
+    free(targets);
+    free(count);
+    free(cdf);
+    free(labels);
     return rc ? -1 : 0;
 }
 
