@@ -9,13 +9,17 @@
    Data: each file of --data (/usr/share/games/fortunes, from Debian's
    fortunes package) named in --categories is a class; entries are
    separated by lines holding a single '%'. An entry found twice is kept
-   once, and dropped when two categories share it. Each category is split
-   70/10/20 into train, validation and test with a fixed seed, so every run
-   sees the same split.
+   once, and dropped when two categories share it. Each category (of 10
+   entries or more) is split 70/10/20 into train, validation and test with
+   a fixed seed, so every run sees the same split.
    Tokens: words (letters, digits and inner apostrophes, lowercased; UTF-8
    letters count) and single punctuation marks. The vocabulary holds the
-   training split's tokens seen at least --min-count times; the others read
-   as <unk>. An entry keeps its first --max-len tokens.
+   tokens seen at least --min-count times in the text the word vectors
+   learn from (below), or with --pretrain-epochs 0 in the training split;
+   the others read as <unk>. An entry keeps its first --max-len tokens.
+   Word vectors: skip-gram with negative sampling on every fortune file in
+   --data but the validation and test entries, then copied into the
+   model's embedding.
    Model: embedding -> BiLSTM -> attention pooling (scores vᵀ tanh(W h_t),
    softmax over the entry's tokens, pooled Σ α_t h_t) -> linear, dropout on
    the embeddings and on the pooled vector, Adam; the epoch with the best
