@@ -81,6 +81,10 @@
      ATTNVAE_NO_SIMD        scalar kernels only
      AV_MALLOC(n), AV_REALLOC(p, n), AV_FREE(p)   the allocator
      AV_ASSERT(x)           the assertion used before abort()
+     ATTNVAE_MPI            data-parallel training over MPI ([10 mpi]); the
+                            header then includes <mpi.h> (build with mpicc,
+                            or pkg-config --cflags --libs ompi-c). Without
+                            it nothing here needs MPI.
      At run time: av_set_isa() or ATTNVAE_ISA=scalar|avx2|avx512|neon picks the
      GEMM path (x86 paths are chosen by cpuid, no -march needed; NEON at compile
      time); av_set_num_threads() or OMP_NUM_THREADS sets threads with -fopenmp.
@@ -137,6 +141,10 @@
                     optimizer state by name (av_optim_state_get/_set)
      [9 io]         JSON, safetensors (av_st_*: F32, F16, BF16, F64), IDX, model
                     and checkpoint files
+     [10 mpi]       data parallelism: av_sampler (a sharded epoch order,
+                    always compiled); with ATTNVAE_MPI, av_mpi: broadcast
+                    from rank 0, gradients averaged in buckets overlapped
+                    with backward (av_mpi_backward), saves from rank 0
 
    ADDING AN OP (see av_slice in [3.1 shape] for a small complete one)
      1. Declare it in its section of the declarations, with its shapes.
@@ -171,6 +179,17 @@
 
 #include <stddef.h>
 #include <stdint.h>
+#ifdef ATTNVAE_MPI
+/* MPI's C API only: the C++ bindings are deprecated (include <mpi.h>
+   before this header to keep them). */
+#if defined(__cplusplus) && !defined(OMPI_SKIP_MPICXX)
+#define OMPI_SKIP_MPICXX 1
+#endif
+#if defined(__cplusplus) && !defined(MPICH_SKIP_MPICXX)
+#define MPICH_SKIP_MPICXX 1
+#endif
+#include <mpi.h>
+#endif
 
 #ifdef ATTNVAE_STATIC
 #define AVAPI static
@@ -1260,6 +1279,102 @@ AVAPI int av_model_load(av_model *m, const char *path);
    zero. */
 AVAPI int av_checkpoint_save(const av_model *m, const char *path);
 AVAPI int av_checkpoint_load(av_model *m, const char *path);
+
+/* ======================================================================= */
+/* [10 mpi] data parallelism: a sharded sampler; av_mpi over MPI            */
+/* ======================================================================= */
+/* Data-parallel training runs one process (a rank) per core or machine,
+   each with a whole copy of the model. Every step each rank takes its own
+   part of the global batch, the ranks average their gradients, and each
+   takes the same optimizer step, so the copies stay identical. It trains
+   the model one process would train on the whole global batch, up to the
+   order of float sums.
+
+   The sampler is plain C (no MPI): each epoch a permutation of the n
+   examples drawn from (seed, epoch) alone, so every rank draws the same one.
+   Step s takes the global batch perm[s G .. s G + G) (G = batch * size; the
+   last one is shorter if G does not divide n), and rank r its r-th part:
+   of a global batch of T examples, rows r T / size .. (r + 1) T / size
+   (rounded down), so parts differ by one example at most (and may be empty
+   when T < size). With size 1 it is a plain shuffled sampler. */
+typedef struct av_sampler {
+    int n, batch, rank, size; /* examples, examples per rank and step, this rank, ranks */
+    uint64_t seed;
+    long epoch;
+    int *perm;                /* this epoch's order of the examples */
+} av_sampler;
+/* This rank's part of a global batch: examples index[0 .. count), which are
+   rows offset .. offset + count of the global batch of total examples
+   (e.g. draw noise for all total rows on every rank and keep these). */
+typedef struct av_shard { const int *index; int count, offset, total; } av_shard;
+/* Draws epoch 0's order: 0, or AV_ERR_NOMEM. n >= 0, batch >= 1, size >= 1,
+   0 <= rank < size and batch * size <= INT_MAX, else a programming error. */
+AVAPI int av_sampler_init(av_sampler *s, int n, int batch, int rank, int size, uint64_t seed);
+AVAPI void av_sampler_free(av_sampler *s);
+AVAPI void av_sampler_set_epoch(av_sampler *s, long epoch); /* draws that epoch's order */
+AVAPI int av_sampler_steps(const av_sampler *s);            /* global batches per epoch */
+AVAPI av_shard av_sampler_shard(const av_sampler *s, int step); /* 0 <= step < steps */
+
+#ifdef ATTNVAE_MPI
+/* Over MPI. Every function here is collective: all ranks of the
+   communicator call it, in the same order (MPI_THREAD_FUNNELED suffices:
+   call them from the thread that initialised MPI). They return the same
+   code on every rank: 0, or a negative AV_ERR_* with the message of the
+   lowest failing rank, "rank R: ...", in av_error() (MPI errors themselves
+   abort the job unless the communicator was set to return them).
+
+   A training step:
+       av_model_zero_grad(m);
+       loss = ... this rank's part of the global batch (count examples) ...;
+       av_mpi_backward(d, c, loss, count);      // gradients of the global batch
+       av_optim_step(m, &opt);                  // the same step on every rank
+   av_mpi_backward runs av_backward and averages the gradients over the
+   ranks, weighting each rank's by its count: for a loss that is a mean
+   over the rank's count examples, the result is the gradient of the mean
+   over the global batch. Gradients travel in buckets of about bucket_bytes
+   (one MPI_Iallreduce each). The tape runs backward from its last node to
+   its first, so a parameter's gradient is complete once the earliest node
+   that reads it has run; a bucket starts as soon as all of its gradients
+   are complete, while backward goes on with the nodes before, and buckets
+   start in a fixed order, the same on every rank. That order is the order
+   in which gradients completed on rank 0's first av_mpi_backward (reverse
+   creation order if av_mpi_allreduce_grads comes first).
+   A rank with no examples in a step zeroes its gradients and calls
+   av_mpi_allreduce_grads(d, 0) instead. For gradient accumulation, call
+   av_backward on all but the last micro-batch and av_mpi_backward on the
+   last, with the rank's count of all of them.
+
+   The model m must be built the same way on every rank: av_mpi_new checks
+   the names and shapes and refuses models that differ. m must stay alive
+   and gain no tensors while d is used. */
+typedef struct av_mpi av_mpi;
+#define AV_MPI_BUCKET_BYTES ((size_t)2 << 20) /* bucket_bytes 0: about 2 MB a bucket */
+/* NULL on every rank if any fails (models that differ, out of memory) */
+AVAPI av_mpi *av_mpi_new(av_model *m, MPI_Comm comm, size_t bucket_bytes);
+AVAPI void av_mpi_free(av_mpi *d); /* not collective */
+AVAPI int av_mpi_rank(const av_mpi *d);
+AVAPI int av_mpi_size(const av_mpi *d);
+/* Makes every rank's model a copy of rank 0's: parameters, buffers, the
+   optimizer state and the step count. Call it once before training. */
+AVAPI int av_mpi_broadcast(av_mpi *d);
+/* av_backward(c, loss), then the weighted average of the ranks' gradients;
+   count >= 0 (all counts 0: the gradients become 0). */
+AVAPI int av_mpi_backward(av_mpi *d, av_ctx *c, av_tensor *loss, int count);
+/* The same average of the gradients as they are, without a backward pass. */
+AVAPI int av_mpi_allreduce_grads(av_mpi *d, int count);
+/* Rank 0 alone writes the file (only its path is used); every rank gets
+   its result. The loads read the file on rank 0 and broadcast the model
+   (as av_mpi_broadcast), so the other ranks need no copy of it. */
+AVAPI int av_mpi_model_save(av_mpi *d, const char *path);
+AVAPI int av_mpi_checkpoint_save(av_mpi *d, const char *path);
+AVAPI int av_mpi_model_load(av_mpi *d, const char *path);
+AVAPI int av_mpi_checkpoint_load(av_mpi *d, const char *path);
+/* Whether every rank is fine, e.g. after loading its data: each passes its
+   own ok; returns -1 when all are, else the lowest rank that is not (the
+   same on every rank), so all stop together instead of some waiting
+   forever in the next collective. */
+AVAPI int av_mpi_check(MPI_Comm comm, int ok);
+#endif /* ATTNVAE_MPI */
 
 
 #ifdef __cplusplus
@@ -6569,7 +6684,10 @@ AVDEF av_tensor *av_bce_with_logits(av_ctx *c, av_tensor *logits, av_tensor *tar
 /* ======================================================================= */
 /* [4 autodiff] backward, detach                                        */
 /* ======================================================================= */
-AVDEF void av_backward(av_ctx *c, av_tensor *loss) {
+/* Runs the tape from its last node to its first; after each node i (run or
+   skipped), after(user, i) if given: [10 mpi] starts sending the gradients
+   that node i completed. */
+static void av__backward_run(av_ctx *c, av_tensor *loss, void (*after)(void *user, int i), void *user) {
     int i, k, flowed;
     av__check_live(c, loss, "av_backward (the loss)", 0);
     if (loss->size != 1) av__fail_shapes("av_backward", "loss must have one element", loss, NULL);
@@ -6585,13 +6703,17 @@ AVDEF void av_backward(av_ctx *c, av_tensor *loss) {
     for (i = c->n_tape - 1; i >= 0; i--) {
         av__node *n = c->tape[i];
         for (k = 0, flowed = 0; k < n->n_out; k++) flowed |= n->out[k]->grad != NULL;
-        if (!flowed) continue; /* nothing flowed into this op */
-        for (k = 0; k < n->n_out; k++) av__grad(c, n->out[k]); /* unused outputs: zero */
-        for (k = 0; k < n->n_in; k++)
-            if (n->in[k] && n->in[k]->requires_grad) av__grad(c, n->in[k]);
-        n->backward(c, n);
+        if (flowed) { /* else nothing flowed into this op */
+            for (k = 0; k < n->n_out; k++) av__grad(c, n->out[k]); /* unused outputs: zero */
+            for (k = 0; k < n->n_in; k++)
+                if (n->in[k] && n->in[k]->requires_grad) av__grad(c, n->in[k]);
+            n->backward(c, n);
+        }
+        if (after) after(user, i);
     }
 }
+
+AVDEF void av_backward(av_ctx *c, av_tensor *loss) { av__backward_run(c, loss, NULL, NULL); }
 
 AVDEF void av_requires_grad(av_ctx *c, av_tensor *t) {
     av__check_live(c, t, "av_requires_grad", 0);
@@ -9939,6 +10061,391 @@ static int av__model_read(av_model *m, const char *path, int with_state) {
 
 AVDEF int av_model_load(av_model *m, const char *path) { return av__model_read(m, path, 0); }
 AVDEF int av_checkpoint_load(av_model *m, const char *path) { return av__model_read(m, path, 1); }
+
+/* ======================================================================= */
+/* [10 mpi] data parallelism: the sharded sampler; av_mpi over MPI      */
+/* ======================================================================= */
+#include <limits.h>
+
+/* ---- the sharded sampler ---- */
+AVDEF void av_sampler_set_epoch(av_sampler *s, long epoch) {
+    av_rng rng;
+    int i;
+    /* the seed and the epoch alone pick the order, so every rank draws the same */
+    av_rng_seed(&rng, s->seed ^ ((uint64_t)epoch * 0xd1b54a32d192ed03ULL));
+    s->epoch = epoch;
+    for (i = 0; i < s->n; i++) s->perm[i] = i;
+    for (i = s->n - 1; i > 0; i--) { /* Fisher-Yates */
+        int j = (int)(av_rng_u64(&rng) % (uint64_t)(i + 1)), t = s->perm[i];
+        s->perm[i] = s->perm[j];
+        s->perm[j] = t;
+    }
+}
+
+AVDEF int av_sampler_init(av_sampler *s, int n, int batch, int rank, int size, uint64_t seed) {
+    if (n < 0 || batch < 1 || size < 1 || rank < 0 || rank >= size || (long long)batch * size > INT_MAX)
+        av__fail("av_sampler_init: n %d, batch %d, rank %d, size %d (need n >= 0, batch >= 1, 0 <= rank < size, "
+                 "batch * size <= INT_MAX)", n, batch, rank, size);
+    memset(s, 0, sizeof *s);
+    if (!(s->perm = (int *)av__alloc_zeros((size_t)n, sizeof(int))))
+        return av__set_error(AV_ERR_NOMEM, "av_sampler_init: out of memory for the order of %d examples", n);
+    s->n = n;
+    s->batch = batch;
+    s->rank = rank;
+    s->size = size;
+    s->seed = seed;
+    av_sampler_set_epoch(s, 0);
+    return AV_OK;
+}
+
+AVDEF void av_sampler_free(av_sampler *s) {
+    AV_FREE(s->perm);
+    s->perm = NULL;
+}
+
+AVDEF int av_sampler_steps(const av_sampler *s) {
+    long long global = (long long)s->batch * s->size;
+    return (int)((s->n + global - 1) / global);
+}
+
+AVDEF av_shard av_sampler_shard(const av_sampler *s, int step) {
+    av_shard sh;
+    int global = s->batch * s->size, start;
+    if (step < 0 || step >= av_sampler_steps(s))
+        av__fail("av_sampler_shard: step %d is outside 0..%d", step, av_sampler_steps(s) - 1);
+    start = step * global; /* < n */
+    sh.total = s->n - start < global ? s->n - start : global;
+    sh.offset = (int)((long long)s->rank * sh.total / s->size);
+    sh.count = (int)((long long)(s->rank + 1) * sh.total / s->size) - sh.offset;
+    sh.index = s->perm + start + sh.offset;
+    return sh;
+}
+
+#ifdef ATTNVAE_MPI
+/* ---- av_mpi ---- */
+/* A parameter and a sort key: its address (to find it on the tape), or
+   when it completes (to order the buckets). */
+typedef struct av__mpi_key { uint64_t key; int param; } av__mpi_key;
+
+struct av_mpi {
+    MPI_Comm comm;
+    int rank, size;
+    av_model *model;
+    size_t bucket_bytes;
+    int n_params, planned;
+    av__mpi_key *by_address;  /* the parameters sorted by address */
+    av__mpi_key *keys;        /* scratch for the plan */
+    int *first_use;           /* per parameter: the first tape node that reads it */
+    int *order;               /* the parameters, bucket after bucket */
+    int n_buckets, *first;    /* bucket b holds order[first[b] .. first[b + 1]) */
+    size_t *offset;           /* and buf[offset[b] .. offset[b + 1]): its gradients, then its count */
+    int *ready_at;            /* bucket b is complete once backward has run node ready_at[b] */
+    MPI_Request *req;
+    float *buf;
+    unsigned char *has_state; /* av_mpi_broadcast: which optimizer state rank 0 has */
+    int launched;             /* buckets sent in the current reduction */
+    float count;              /* this rank's weight in it */
+    int error;                /* its first failure */
+};
+
+/* AV_OK, or AV_ERR_IO with MPI's message (for a communicator that returns
+   errors instead of aborting, MPI's default). */
+static int av__mpi_rc(int rc, const char *who) {
+    char msg[MPI_MAX_ERROR_STRING];
+    int len = 0;
+    if (rc == MPI_SUCCESS) return AV_OK;
+    MPI_Error_string(rc, msg, &len);
+    return av__set_error(AV_ERR_IO, "%s: MPI error: %s", who, msg);
+}
+
+AVDEF int av_mpi_check(MPI_Comm comm, int ok) {
+    int rank = 0, size = 1, mine, lowest;
+    MPI_Comm_rank(comm, &rank);
+    MPI_Comm_size(comm, &size);
+    mine = ok ? size : rank;
+    if (MPI_Allreduce(&mine, &lowest, 1, MPI_INT, MPI_MIN, comm) != MPI_SUCCESS) return rank;
+    return lowest == size ? -1 : lowest;
+}
+
+/* Each rank's code -> the lowest failing rank's code and message ("rank R:
+   ...") on every rank, or AV_OK if none failed. */
+static int av__mpi_agree(MPI_Comm comm, int rc) {
+    int bad = av_mpi_check(comm, rc == AV_OK), rank = 0;
+    char msg[sizeof av__errbuf + 32];
+    if (bad < 0) return AV_OK;
+    MPI_Comm_rank(comm, &rank);
+    if (rank == bad) {
+        snprintf(msg, sizeof msg, "rank %d: %s", rank, av__errbuf);
+        memcpy(av__errbuf, msg, sizeof av__errbuf - 1);
+    }
+    if (MPI_Bcast(&rc, 1, MPI_INT, bad, comm) != MPI_SUCCESS ||
+        MPI_Bcast(av__errbuf, (int)sizeof av__errbuf, MPI_CHAR, bad, comm) != MPI_SUCCESS)
+        return av__set_error(AV_ERR_IO, "rank %d failed, and MPI could not say why", bad);
+    av__errcode = rc;
+    return rc;
+}
+
+static int av__mpi_key_cmp(const void *a, const void *b) {
+    uint64_t x = ((const av__mpi_key *)a)->key, y = ((const av__mpi_key *)b)->key;
+    return x < y ? -1 : x > y;
+}
+
+/* FNV-1a over the names and shapes of every tensor of the model */
+static uint64_t av__mpi_fingerprint(const av_model *m) {
+    uint64_t h = 0xcbf29ce484222325ULL;
+    int k, d;
+    const char *p;
+    for (k = 0; k < av__n_entries(m); k++) {
+        const av_tensor *t = av__entry_at(m, k)->t;
+        int dims[AV_MAX_DIMS + 2];
+        dims[0] = k < m->params.n; /* a parameter or a buffer */
+        dims[1] = t->ndim;
+        for (d = 0; d < t->ndim; d++) dims[d + 2] = t->shape[d];
+        for (p = t->name;; p++) { /* with its terminating 0 */
+            h = (h ^ (unsigned char)*p) * 0x100000001b3ULL;
+            if (!*p) break;
+        }
+        for (d = 0; d < t->ndim + 2; d++) h = (h ^ (uint32_t)dims[d]) * 0x100000001b3ULL;
+    }
+    return h;
+}
+
+AVDEF void av_mpi_free(av_mpi *d) {
+    if (!d) return;
+    AV_FREE(d->by_address);
+    AV_FREE(d->keys);
+    AV_FREE(d->first_use);
+    AV_FREE(d->order);
+    AV_FREE(d->first);
+    AV_FREE(d->offset);
+    AV_FREE(d->ready_at);
+    AV_FREE(d->req);
+    AV_FREE(d->buf);
+    AV_FREE(d->has_state);
+    AV_FREE(d);
+}
+
+AVDEF av_mpi *av_mpi_new(av_model *m, MPI_Comm comm, size_t bucket_bytes) {
+    av_mpi *d = (av_mpi *)av__alloc_zeros(1, sizeof(av_mpi));
+    int P, k, rc = AV_OK;
+    size_t values = 0;
+    uint64_t mine[2], all[2];
+    if (!m) av__fail("av_mpi_new: the model is NULL");
+    P = m->params.n;
+    for (k = 0; k < P; k++) values += (size_t)m->params.e[k].t->size + 1; /* and a count per bucket at most */
+    if (d) {
+        d->comm = comm;
+        d->model = m;
+        d->n_params = P;
+        d->bucket_bytes = bucket_bytes ? bucket_bytes : AV_MPI_BUCKET_BYTES;
+        MPI_Comm_rank(comm, &d->rank);
+        MPI_Comm_size(comm, &d->size);
+        d->by_address = (av__mpi_key *)av__alloc_zeros((size_t)P, sizeof(av__mpi_key));
+        d->keys = (av__mpi_key *)av__alloc_zeros((size_t)P, sizeof(av__mpi_key));
+        d->first_use = (int *)av__alloc_zeros((size_t)P, sizeof(int));
+        d->order = (int *)av__alloc_zeros((size_t)P, sizeof(int));
+        d->first = (int *)av__alloc_zeros((size_t)P + 1, sizeof(int));
+        d->offset = (size_t *)av__alloc_zeros((size_t)P + 1, sizeof(size_t));
+        d->ready_at = (int *)av__alloc_zeros((size_t)P, sizeof(int));
+        d->req = (MPI_Request *)av__alloc_zeros((size_t)P, sizeof(MPI_Request));
+        d->buf = (float *)av__alloc_zeros(values, sizeof(float));
+        d->has_state = (unsigned char *)av__alloc_zeros(2 * (size_t)P, 1);
+    }
+    if (!d || !d->by_address || !d->keys || !d->first_use || !d->order || !d->first || !d->offset || !d->ready_at ||
+        !d->req || !d->buf || !d->has_state)
+        rc = av__set_error(AV_ERR_NOMEM, "av_mpi_new: out of memory for %lu gradient values", (unsigned long)values);
+    for (k = 0; !rc && k < P; k++) {
+        d->by_address[k].key = (uint64_t)(uintptr_t)m->params.e[k].t;
+        d->by_address[k].param = k;
+    }
+    if (!rc) qsort(d->by_address, (size_t)P, sizeof(av__mpi_key), av__mpi_key_cmp);
+    /* equal fingerprints on all ranks: max(h) == min(h) == ~max(~h) */
+    mine[0] = av__mpi_fingerprint(m);
+    mine[1] = ~mine[0];
+    if (MPI_Allreduce(mine, all, 2, MPI_UINT64_T, MPI_MAX, comm) != MPI_SUCCESS)
+        rc = av__set_error(AV_ERR_IO, "av_mpi_new: MPI_Allreduce failed");
+    else if (!rc && all[0] != ~all[1])
+        rc = av__set_error(AV_ERR_MISMATCH, "av_mpi_new: the ranks' models differ (names or shapes of their tensors)");
+    if (av__mpi_agree(comm, rc)) {
+        av_mpi_free(d);
+        return NULL;
+    }
+    return d;
+}
+
+AVDEF int av_mpi_rank(const av_mpi *d) { return d->rank; }
+AVDEF int av_mpi_size(const av_mpi *d) { return d->size; }
+
+/* Makes the buckets from d->order as rank 0 has it, so they are the same on
+   every rank: parameters in that order, a bucket closing when the next one
+   would take it past bucket_bytes. */
+static int av__mpi_plan(av_mpi *d) {
+    size_t at = 0, bytes = 0;
+    int i, b, rc = av__mpi_rc(MPI_Bcast(d->order, d->n_params, MPI_INT, 0, d->comm), "av_mpi (the bucket plan)");
+    if (rc) return rc;
+    d->n_buckets = 0;
+    for (i = 0; i < d->n_params; i++) {
+        size_t size = (size_t)d->model->params.e[d->order[i]].t->size;
+        if (i == 0 || (bytes > 0 && bytes + size * sizeof(float) > d->bucket_bytes)) {
+            if (i > 0) at++; /* the count of the bucket before */
+            d->first[d->n_buckets] = i;
+            d->offset[d->n_buckets++] = at;
+            bytes = 0;
+        }
+        at += size;
+        bytes += size * sizeof(float);
+    }
+    d->first[d->n_buckets] = d->n_params;
+    d->offset[d->n_buckets] = d->n_buckets ? at + 1 : 0;
+    for (b = 0; b < d->n_buckets; b++)
+        if (d->offset[b + 1] - d->offset[b] > INT_MAX)
+            return av__set_error(AV_ERR_ARG, "av_mpi: a bucket of %lu values is more than MPI counts (make bucket_bytes smaller)",
+                                 (unsigned long)(d->offset[b + 1] - d->offset[b]));
+    d->planned = 1;
+    return AV_OK;
+}
+
+/* Starts a reduction with this rank's weight count. */
+static void av__mpi_start(av_mpi *d, int count, const char *who) {
+    int b;
+    if (count < 0) av__fail("%s: count %d (the examples this rank's loss averages over) is negative", who, count);
+    if (d->model->params.n != d->n_params)
+        av__fail("%s: the model has %d parameters, %d at av_mpi_new", who, d->model->params.n, d->n_params);
+    d->count = (float)count;
+    d->launched = 0;
+    d->error = AV_OK;
+    for (b = 0; b < d->n_params; b++) d->req[b] = MPI_REQUEST_NULL;
+}
+
+/* Sends bucket b: its gradients times this rank's count, then the count. */
+static void av__mpi_launch(av_mpi *d, int b) {
+    float *dst = d->buf + d->offset[b];
+    int i, j;
+    for (i = d->first[b]; i < d->first[b + 1]; i++) {
+        const av_tensor *t = d->model->params.e[d->order[i]].t;
+        for (j = 0; j < t->size; j++) *dst++ = t->grad[j] * d->count;
+    }
+    *dst = d->count;
+    if (!d->error)
+        d->error = av__mpi_rc(MPI_Iallreduce(MPI_IN_PLACE, d->buf + d->offset[b], (int)(d->offset[b + 1] - d->offset[b]),
+                                             MPI_FLOAT, MPI_SUM, d->comm, &d->req[b]), "av_mpi (a gradient bucket)");
+}
+
+/* Waits for every bucket; gradient = sum of count * gradient / sum of counts. */
+static int av__mpi_finish(av_mpi *d) {
+    int b, i, j;
+    if (!d->error) d->error = av__mpi_rc(MPI_Waitall(d->n_buckets, d->req, MPI_STATUSES_IGNORE), "av_mpi (the gradients)");
+    for (b = 0; !d->error && b < d->n_buckets; b++) {
+        const float *src = d->buf + d->offset[b];
+        float total = d->buf[d->offset[b + 1] - 1];
+        for (i = d->first[b]; i < d->first[b + 1]; i++) {
+            av_tensor *t = d->model->params.e[d->order[i]].t;
+            for (j = 0; j < t->size; j++) t->grad[j] = total > 0 ? src[j] / total : 0.0f;
+            src += t->size;
+        }
+    }
+    return d->error;
+}
+
+AVDEF int av_mpi_allreduce_grads(av_mpi *d, int count) {
+    int b, p, rc;
+    av__mpi_start(d, count, "av_mpi_allreduce_grads");
+    if (!d->planned) {
+        for (p = 0; p < d->n_params; p++) d->order[p] = d->n_params - 1 - p; /* reverse creation order */
+        if ((rc = av__mpi_plan(d))) return rc;
+    }
+    for (b = 0; b < d->n_buckets; b++) av__mpi_launch(d, b);
+    return av__mpi_finish(d);
+}
+
+/* Called by backward after tape node i: sends, in bucket order, the
+   buckets that are complete, and lets MPI move the ones in flight. */
+static void av__mpi_after_node(void *user, int i) {
+    av_mpi *d = (av_mpi *)user;
+    int done;
+    while (d->launched < d->n_buckets && d->ready_at[d->launched] >= i) av__mpi_launch(d, d->launched++);
+    if (d->launched && !d->error)
+        d->error = av__mpi_rc(MPI_Testall(d->launched, d->req, &done, MPI_STATUSES_IGNORE), "av_mpi (the gradients)");
+}
+
+AVDEF int av_mpi_backward(av_mpi *d, av_ctx *c, av_tensor *loss, int count) {
+    int i, k, p, b, rc;
+    av__mpi_start(d, count, "av_mpi_backward");
+    /* first_use[p]: the earliest node that reads p; backward completes p's
+       gradient when it has run that node (n_tape: p is not on the tape) */
+    for (p = 0; p < d->n_params; p++) d->first_use[p] = c->n_tape;
+    for (i = c->n_tape - 1; i >= 0; i--)
+        for (k = 0; k < c->tape[i]->n_in; k++) {
+            av__mpi_key key, *hit;
+            key.key = (uint64_t)(uintptr_t)c->tape[i]->in[k];
+            key.param = 0;
+            hit = (av__mpi_key *)bsearch(&key, d->by_address, (size_t)d->n_params, sizeof key, av__mpi_key_cmp);
+            if (hit) d->first_use[hit->param] = i;
+        }
+    if (!d->planned) { /* buckets in the order gradients complete: latest first use first */
+        for (p = 0; p < d->n_params; p++) {
+            d->keys[p].key = ((uint64_t)(c->n_tape - d->first_use[p]) << 32) | (uint32_t)(d->n_params - 1 - p);
+            d->keys[p].param = p;
+        }
+        qsort(d->keys, (size_t)d->n_params, sizeof(av__mpi_key), av__mpi_key_cmp);
+        for (p = 0; p < d->n_params; p++) d->order[p] = d->keys[p].param;
+        if ((rc = av__mpi_plan(d))) return rc;
+    }
+    for (b = 0; b < d->n_buckets; b++) {
+        d->ready_at[b] = c->n_tape;
+        for (i = d->first[b]; i < d->first[b + 1]; i++)
+            if (d->first_use[d->order[i]] < d->ready_at[b]) d->ready_at[b] = d->first_use[d->order[i]];
+    }
+    av__backward_run(c, loss, av__mpi_after_node, d);
+    while (d->launched < d->n_buckets) av__mpi_launch(d, d->launched++); /* an empty tape calls no av__mpi_after_node */
+    return av__mpi_finish(d);
+}
+
+AVDEF int av_mpi_broadcast(av_mpi *d) {
+    av_model *m = d->model;
+    int k, s, rc;
+    long step = m->step;
+    if (m->params.n != d->n_params)
+        av__fail("av_mpi_broadcast: the model has %d parameters, %d at av_mpi_new", m->params.n, d->n_params);
+    for (k = 0; k < m->params.n; k++)
+        for (s = 0; s < 2; s++) d->has_state[2 * k + s] = m->params.e[k].state[s] != NULL;
+    rc = av__mpi_rc(MPI_Bcast(d->has_state, 2 * m->params.n, MPI_UNSIGNED_CHAR, 0, d->comm), "av_mpi_broadcast");
+    for (k = 0; !rc && k < m->params.n; k++)
+        for (s = 0; !rc && s < 2; s++)
+            if (d->has_state[2 * k + s] && !av__state(&m->params.e[k], s))
+                rc = av__set_error(AV_ERR_NOMEM, "av_mpi_broadcast: out of memory for the optimizer state of '%s'",
+                                   m->params.e[k].t->name);
+    if ((rc = av__mpi_agree(d->comm, rc))) return rc;
+    for (k = 0; !rc && k < av__n_entries(m); k++) {
+        av__entry *e = av__entry_at(m, k);
+        rc = av__mpi_rc(MPI_Bcast(e->t->data, e->t->size, MPI_FLOAT, 0, d->comm), "av_mpi_broadcast");
+        for (s = 0; !rc && k < m->params.n && s < 2; s++) {
+            if (d->has_state[2 * k + s])
+                rc = av__mpi_rc(MPI_Bcast(e->state[s], e->t->size, MPI_FLOAT, 0, d->comm), "av_mpi_broadcast");
+            else if (e->state[s]) /* rank 0 has none yet: zeros, what a first step starts from */
+                memset(e->state[s], 0, (size_t)e->t->size * sizeof(float));
+        }
+    }
+    if (!rc) rc = av__mpi_rc(MPI_Bcast(&step, 1, MPI_LONG, 0, d->comm), "av_mpi_broadcast");
+    if (!rc) m->step = step;
+    return rc;
+}
+
+/* Rank 0 writes or reads the file; every rank gets its result. */
+static int av__mpi_save(av_mpi *d, const char *path, int with_state) {
+    return av__mpi_agree(d->comm, d->rank == 0 ? av__model_write(d->model, path, with_state) : AV_OK);
+}
+
+static int av__mpi_load(av_mpi *d, const char *path, int with_state) {
+    int rc = av__mpi_agree(d->comm, d->rank == 0 ? av__model_read(d->model, path, with_state) : AV_OK);
+    return rc ? rc : av_mpi_broadcast(d);
+}
+
+AVDEF int av_mpi_model_save(av_mpi *d, const char *path) { return av__mpi_save(d, path, 0); }
+AVDEF int av_mpi_checkpoint_save(av_mpi *d, const char *path) { return av__mpi_save(d, path, 1); }
+AVDEF int av_mpi_model_load(av_mpi *d, const char *path) { return av__mpi_load(d, path, 0); }
+AVDEF int av_mpi_checkpoint_load(av_mpi *d, const char *path) { return av__mpi_load(d, path, 1); }
+#endif /* ATTNVAE_MPI */
 
 #endif /* ATTNVAE_IMPLEMENTATION_DONE */
 #endif /* ATTNVAE_IMPLEMENTATION */
