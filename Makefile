@@ -7,6 +7,8 @@
 #   make sanitize  the test suite under ASan + UBSan
 #   make valgrind  the test suite under valgrind
 #   make test-arm64  the test suite cross-compiled for AArch64 (NEON), run under qemu
+#   make test-mpi  data-parallel training over MPI: 2 and 3 ranks on this machine
+#   make bench-mpi  VAE training images per second on 1 and 2 ranks of one thread
 #   make fuzz      the file readers under libFuzzer (FUZZ_SECONDS each, default 60)
 # CC=clang works for every target.
 
@@ -55,8 +57,16 @@ TESTS += test_conv
 OMP_TESTS += test_rnn
 OMP_TESTS += test_threads
 EXAMPLES := mlp_fashion vae_fashion ae_fashion text_classifier
+# Examples built with MPI (ATTNVAE_MPI, Open MPI's flags from pkg-config):
+# they take --mpi, and run as one process without it.
+MPI_EXAMPLES := vae_fashion
+MPI_CFLAGS = -DATTNVAE_MPI $$(pkg-config --cflags ompi-c)
+MPI_LIBS   = $$(pkg-config --libs ompi-c)
+# as root (CI) Open MPI wants to be told; --oversubscribe: more ranks than cores
+MPIRUN_ENV = OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
+MPIRUN     = $(MPIRUN_ENV) mpirun --oversubscribe
 
-.PHONY: install uninstall all examples tests test bench bench-steps sanitize valgrind test-arm64 fuzz demo deps deps-test deps-bench deps-arm64 deps-fuzz data clean
+.PHONY: install uninstall all examples tests test bench bench-steps sanitize valgrind test-arm64 test-mpi bench-mpi fuzz demo deps deps-test deps-bench deps-arm64 deps-fuzz data clean
 
 all: examples tests
 
@@ -68,6 +78,9 @@ $(BUILD):
 
 $(BUILD)/%: examples/%.c examples/common.h $(HEADER) | $(BUILD)
 	$(C99) $(OPENMP) -o $@ $< -lstb -lm
+
+$(MPI_EXAMPLES:%=$(BUILD)/%): $(BUILD)/%: examples/%.c examples/common.h $(HEADER) | $(BUILD)
+	$(C99) $(OPENMP) $(MPI_CFLAGS) -o $@ $< $(MPI_LIBS) -lstb -lm
 
 $(BUILD)/test_%: tests/test_%.c tests/test.h $(wildcard tests/*.h) $(HEADER) | $(BUILD)
 	$(C99) -o $@ $< -lm -pthread
@@ -182,6 +195,30 @@ test-arm64: deps-arm64
 	@tests/run $(call suite,qemu-aarch64,build/arm64) \
 		"qemu-aarch64 build/arm64/test_gemm --quick | grep '^isa neon:'"
 
+# ---- data parallel over MPI ---------------------------------------------
+# test_mpi (as C and as C++) on 2 and 3 ranks, then vae_fashion --mpi on 2
+# ranks, ranks that cannot load their data, and a build without MPI.
+$(BUILD)/test_mpi: tests/test_mpi.c tests/test.h $(HEADER) | $(BUILD)
+	$(C99) $(MPI_CFLAGS) -o $@ $< $(MPI_LIBS) -lm
+$(BUILD)/cxx/test_mpi: tests/test_mpi.c tests/test.h $(HEADER)
+	@mkdir -p $(BUILD)/cxx
+	$(CXX) -x c++ -std=c++11 $(WARN) $(CFLAGS) $(MPI_CFLAGS) -o $@ $< $(MPI_LIBS) -lm
+$(BUILD)/nompi/vae_fashion: examples/vae_fashion.c examples/common.h $(HEADER)
+	@mkdir -p $(BUILD)/nompi
+	$(C99) -o $@ $< -lstb -lm
+
+test-mpi: deps-test data $(BUILD)/test_mpi $(BUILD)/cxx/test_mpi $(BUILD)/vae_fashion $(BUILD)/nompi/vae_fashion
+	@mkdir -p $(BUILD)/mpi_tmp
+	@tests/run "$(MPIRUN) -np 2 $(BUILD)/test_mpi $(BUILD)/mpi_tmp" \
+		"$(MPIRUN) -np 3 $(BUILD)/test_mpi $(BUILD)/mpi_tmp" \
+		"$(MPIRUN) -np 2 $(BUILD)/cxx/test_mpi $(BUILD)/mpi_tmp" \
+		"$(MPIRUN_ENV) tests/mpi_examples.sh $(BUILD) $(DATA) $(BUILD)/nompi/vae_fashion"
+
+# Scaling on this machine: 1 process against 2 ranks, one thread each, the
+# same global batch; best of a few rounds (the machine is shared).
+bench-mpi: deps data $(BUILD)/vae_fashion
+	$(MPIRUN_ENV) tests/bench_mpi.sh $(BUILD)/vae_fashion $(DATA)
+
 # ---- fuzzing ----------------------------------------------------------
 # One libFuzzer target per reader (safetensors, IDX, the JSON header), with
 # ASan and UBSan, each run for FUZZ_SECONDS from seed files that the
@@ -270,12 +307,13 @@ $(DATA)/%: | deps
 	gunzip -c $(FASHION_SRC)/$*.gz > $@.tmp && mv $@.tmp $@
 
 # Installs Debian packages that are missing (as root, or through sudo):
-# deps for the examples and the demo, deps-test adds PyTorch (the tests'
-# numeric reference), deps-bench OpenBLAS, deps-arm64 the cross toolchain,
-# deps-fuzz clang's libFuzzer (libclang_rt.fuzzer ships in libclang-rt-14-dev).
+# deps for the examples and the demo (Open MPI: vae_fashion takes --mpi),
+# deps-test adds PyTorch (the tests' numeric reference), deps-bench
+# OpenBLAS, deps-arm64 the cross toolchain, deps-fuzz clang's libFuzzer
+# (libclang_rt.fuzzer ships in libclang-rt-14-dev).
 APT_INSTALL = tests/apt-install
 deps:
-	@$(APT_INSTALL) libstb-dev dataset-fashion-mnist fortunes libomp-dev
+	@$(APT_INSTALL) libstb-dev dataset-fashion-mnist fortunes libomp-dev libopenmpi-dev openmpi-bin pkg-config
 deps-test: deps
 	@$(APT_INSTALL) python3 python3-numpy python3-torch pkg-config
 deps-bench: deps-test

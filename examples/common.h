@@ -139,12 +139,14 @@ static inline double ex_now(void) {
     return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
 }
 
+static int ex__quiet; /* ranks other than 0 of an --mpi run draw no bars */
+
 /* A one-line bar on stderr, redrawn in place on a terminal; in logs only
    the finished line is printed, so CI output stays short. */
 static inline void ex_progress(const char *label, int done, int total, const char *info) {
     int width = 30, filled = total ? (int)((long)width * done / total) : width, i;
     int tty = isatty(2);
-    if (!tty && done < total) return;
+    if (ex__quiet || (!tty && done < total)) return;
     fprintf(stderr, "%s%-10s [", tty ? "\r" : "", label);
     for (i = 0; i < width; i++) fputc(i < filled ? '#' : '.', stderr);
     fprintf(stderr, "] %3d%% %s", total ? (int)(100L * done / total) : 100, info ? info : "");
@@ -314,6 +316,140 @@ static inline void ex_gather(const ex_dataset *d, const int *order, int start, i
         memcpy(x + (size_t)i * d->dim, d->x + (size_t)r * d->dim, (size_t)d->dim * sizeof(float));
         if (y) y[i] = d->y[r];
     }
+}
+
+/* ---- data parallel: --mpi ----------------------------------------------------
+   Built with ATTNVAE_MPI (the Makefile builds vae_fashion so), an example
+   run as "mpirun -np R example --mpi" trains on R ranks: each takes its
+   part of every global batch of R x --batch examples (av_sampler) and the
+   library's av_mpi averages the gradients, so it trains what one process
+   would with --batch R x batch. Rank 0 alone prints, draws and writes
+   files. Without --mpi, or built without MPI, the same calls run one
+   process and never touch MPI. */
+typedef struct ex_dp {
+    int rank, size, on; /* on: MPI is running (--mpi) */
+#ifdef ATTNVAE_MPI
+    av_mpi *mpi;        /* the model's, from ex_dp_attach */
+#endif
+} ex_dp;
+
+/* Starts MPI for --mpi: 0, or 2 (a bad command line) in a build without MPI. */
+static inline int ex_dp_start(ex_dp *dp, int use_mpi, int *argc, char ***argv) {
+    memset(dp, 0, sizeof *dp);
+    dp->size = 1;
+    if (!use_mpi) return 0;
+#ifdef ATTNVAE_MPI
+    {
+        int provided, null_fd;
+        MPI_Init_thread(argc, argv, MPI_THREAD_FUNNELED, &provided); /* OpenMP threads make no MPI calls */
+        MPI_Comm_rank(MPI_COMM_WORLD, &dp->rank);
+        MPI_Comm_size(MPI_COMM_WORLD, &dp->size);
+        dp->on = 1;
+        if (dp->rank > 0 && (null_fd = open("/dev/null", O_WRONLY)) >= 0) { /* rank 0 speaks for all */
+            fflush(stdout);
+            dup2(null_fd, 1);
+            close(null_fd);
+            ex__quiet = 1;
+        }
+        return 0;
+    }
+#else
+    (void)argc;
+    fprintf(stderr, "%s: --mpi: built without MPI (build with -DATTNVAE_MPI and mpicc, as the Makefile does)\n",
+            ex__program((*argv)[0]));
+    return 2;
+#endif
+}
+
+/* Whether every rank is fine (ok on this one); a rank that is not has said
+   why, and rank 0 names the first such for the others. */
+static inline int ex_dp_all_ok(const ex_dp *dp, int ok, const char *what) {
+    int bad = ok ? -1 : dp->rank;
+#ifdef ATTNVAE_MPI
+    if (dp->on) bad = av_mpi_check(MPI_COMM_WORLD, ok);
+#endif
+    if (bad >= 0 && bad != dp->rank && dp->rank == 0)
+        fprintf(stderr, "error: rank %d could not %s; every rank stops\n", bad, what);
+    return bad < 0;
+}
+
+/* Makes every rank's model rank 0's (the same init, or what rank 0 loaded): 0 or -1. */
+static inline int ex_dp_attach(ex_dp *dp, av_model *model) {
+#ifdef ATTNVAE_MPI
+    if (dp->on && (!(dp->mpi = av_mpi_new(model, MPI_COMM_WORLD, 0)) || av_mpi_broadcast(dp->mpi) != 0)) {
+        if (dp->rank == 0) fprintf(stderr, "error: %s\n", av_error());
+        return -1;
+    }
+#else
+    (void)dp;
+    (void)model;
+#endif
+    return 0;
+}
+
+/* Backward from this rank's loss, a mean over its count examples, then
+   the gradients of the global batch on every rank. A rank without examples
+   passes loss NULL (and count 0) with zeroed gradients. */
+static inline int ex_dp_backward(ex_dp *dp, av_ctx *c, av_tensor *loss, int count) {
+#ifdef ATTNVAE_MPI
+    if (dp->on) return loss ? av_mpi_backward(dp->mpi, c, loss, count) : av_mpi_allreduce_grads(dp->mpi, 0);
+#else
+    (void)dp;
+    (void)count;
+#endif
+    if (loss) av_backward(c, loss);
+    return 0;
+}
+
+/* Sums n values over the ranks, in place (statistics to print). */
+static inline void ex_dp_sum(const ex_dp *dp, double *values, int n) {
+#ifdef ATTNVAE_MPI
+    if (dp->on) MPI_Allreduce(MPI_IN_PLACE, values, n, MPI_DOUBLE, MPI_SUM, MPI_COMM_WORLD);
+#else
+    (void)dp;
+    (void)values;
+    (void)n;
+#endif
+}
+
+/* Rank 0 reads the model file and every rank gets the model; 0 or the error. */
+static inline int ex_dp_load(ex_dp *dp, av_model *model, const char *path) {
+#ifdef ATTNVAE_MPI
+    if (dp->on) return av_mpi_model_load(dp->mpi, path);
+#else
+    (void)dp;
+#endif
+    return av_model_load(model, path);
+}
+
+/* Rank 0 writes the model file; every rank gets the result. */
+static inline int ex_dp_save(ex_dp *dp, av_model *model, const char *path) {
+#ifdef ATTNVAE_MPI
+    if (dp->on) return av_mpi_model_save(dp->mpi, path);
+#else
+    (void)dp;
+#endif
+    return av_model_save(model, path);
+}
+
+/* A failure that other ranks may not share stops them all, rather than
+   leaving them waiting in their next collective. */
+static inline void ex_dp_abort(const ex_dp *dp) {
+#ifdef ATTNVAE_MPI
+    if (dp->on && dp->size > 1) MPI_Abort(MPI_COMM_WORLD, 1);
+#else
+    (void)dp;
+#endif
+}
+
+static inline void ex_dp_stop(ex_dp *dp) {
+#ifdef ATTNVAE_MPI
+    if (dp->on) {
+        av_mpi_free(dp->mpi);
+        MPI_Finalize();
+    }
+#endif
+    memset(dp, 0, sizeof *dp);
 }
 
 /* ---- drawing on RGB buffers ------------------------------------------------- */

@@ -9,7 +9,13 @@
    reconstructions and interpolations (plus manifold_2d.png and
    latent_scatter_2d.png with --latent 2). --load MODEL starts from saved
    weights: alone it only evaluates and draws, with --epochs N it trains N
-   more epochs (Adam starts afresh) and saves the result to OUT. */
+   more epochs (Adam starts afresh) and saves the result to OUT.
+
+   Data parallel: "mpirun -np R ./build/vae_fashion --mpi" trains on R
+   ranks, each on --batch images of every global batch of R x --batch, and
+   evaluates on its share of the test images: the model one process trains
+   with --batch R x batch, the same shuffles and, on the ELBO, the same
+   noise (see examples/common.h and [10 mpi] in attnvae.h). */
 #define _POSIX_C_SOURCE 200809L
 #define ATTNVAE_IMPLEMENTATION
 #include "common.h"
@@ -53,28 +59,39 @@ static av_tensor *batch_loss(av_ctx *c, const av_vae *v, av_tensor *x, int k, fl
     return loss;
 }
 
-/* mean -ELBO (beta = 1) and, if k > 0, the IWAE NLL over the first n test images */
-static void evaluate(av_ctx *c, const av_vae *v, const ex_dataset *test, int n, int batch, int k, float *xb,
+/* Mean -ELBO (beta = 1) and, if k > 0, the IWAE NLL over the first n test
+   images; each rank evaluates its share of them, with its own noise. */
+static void evaluate(ex_dp *dp, av_ctx *c, const av_vae *v, const ex_dataset *test, int n, int batch, int k, float *xb,
                      double *neg_elbo, double *iwae_nll) {
-    double nll = 0, kl = 0, log_px_sum = 0, *log_px = (double *)malloc((size_t)batch * sizeof(double));
+    double sums[3] = {0, 0, 0}, *log_px = (double *)malloc((size_t)batch * sizeof(double)); /* nll, kl, -log p(x) */
+    int first = (int)((long)dp->rank * n / dp->size), end = (int)((long)(dp->rank + 1) * n / dp->size);
     int start, prev = av_set_grad_enabled(c, 0), i;
-    for (start = 0; start < n; start += batch) {
-        int count = n - start < batch ? n - start : batch;
+    for (start = first; start < end; start += batch) {
+        int count = end - start < batch ? end - start : batch;
         av_tensor *x;
         av_ctx_reset(c);
         ex_gather(test, NULL, start, count, xb, NULL);
         x = av_wrap(c, xb, 2, count, test->dim);
-        batch_loss(c, v, x, 0, 1.0f, &nll, &kl);
+        batch_loss(c, v, x, 0, 1.0f, &sums[0], &sums[1]);
         if (k > 0) {
             av_vae_iwae(c, v, x, k, log_px);
-            for (i = 0; i < count; i++) log_px_sum += log_px[i];
-            ex_progress("iwae", start + count, n, "");
+            for (i = 0; i < count; i++) sums[2] -= log_px[i];
+            ex_progress("iwae", start - first + count, end - first, "");
         }
     }
-    *neg_elbo = (nll + kl) / n;
-    *iwae_nll = k > 0 ? -log_px_sum / n : 0;
+    ex_dp_sum(dp, sums, 3);
+    *neg_elbo = (sums[0] + sums[1]) / n;
+    *iwae_nll = k > 0 ? sums[2] / n : 0;
     av_set_grad_enabled(c, prev);
     free(log_px);
+}
+
+/* Draws n normals and drops them. Each --mpi rank moves its generator as
+   if it drew the noise of the whole global batch and kept its own rows, so
+   the ranks stay in step; on the ELBO these are the very draws one process
+   would give those rows. */
+static void skip_noise(av_ctx *c, long n) {
+    while (n-- > 0) av_rng_normal(av_ctx_rng(c));
 }
 
 static void copy_rows(float *dst, const av_tensor *t) { memcpy(dst, t->data, (size_t)t->size * sizeof(float)); }
@@ -138,7 +155,7 @@ static int write_pictures(av_ctx *c, const av_vae *v, const ex_dataset *test, co
 
 int main(int argc, char **argv) {
     const char *data, *out_dir, *load;
-    int epochs, latent, hidden, batch, k_eval, k_train, warmup, seed, quick;
+    int epochs, latent, hidden, batch, k_eval, k_train, warmup, seed, quick, use_mpi;
     float lr, beta;
     ex_flag flags[] = {
         EX_STRING_FLAG("data", &data, "data/fashion", "directory of the four Fashion-MNIST IDX files"),
@@ -147,22 +164,26 @@ int main(int argc, char **argv) {
         EX_INT_FLAG("epochs", &epochs, "10", 0, 1000, "training epochs; 1 with --quick, 0 with --load, unless given"),
         EX_INT_FLAG("latent", &latent, "20", 1, 1024, "latent dimensions; 2 adds a manifold and a scatter plot"),
         EX_INT_FLAG("hidden", &hidden, "400", 1, 8192, "hidden units in the encoder and the decoder"),
-        EX_INT_FLAG("batch", &batch, "128", 1, 8192, "images per training step"),
+        EX_INT_FLAG("batch", &batch, "128", 1, 8192, "images per training step (per rank with --mpi)"),
         EX_FLOAT_FLAG("lr", &lr, "1e-3", 1e-7, 1, "Adam learning rate"),
         EX_FLOAT_FLAG("beta", &beta, "1", 0, 1000, "weight of the KL term of the ELBO"),
         EX_INT_FLAG("kl-warmup", &warmup, "0", 0, 100000000, "steps over which the KL weight rises from 0 to beta"),
         EX_INT_FLAG("iwae-k", &k_eval, "100", 1, 10000, "importance samples for the final test NLL; 10 with --quick"),
         EX_INT_FLAG("iwae-k-train", &k_train, "0", 0, 100, "train on the IWAE bound with this many samples; 0: on the ELBO"),
-        EX_INT_FLAG("seed", &seed, "1", 0, 2147483647, "seed of the initial weights and of the noise"),
+        EX_INT_FLAG("seed", &seed, "1", 0, 2147483647, "seed of the initial weights, the shuffles and the noise"),
         EX_SWITCH_FLAG("quick", &quick, "a short run for tests: at most 6016 training and 1000 test images"),
+        EX_SWITCH_FLAG("mpi", &use_mpi, "data parallel over the ranks of mpirun, each on --batch images a step"),
     };
     ex_dataset train, test;
+    ex_dp dp;
     av_model *model = NULL;
-    av_ctx *c = NULL;
+    av_ctx *c = NULL, *ce = NULL;
+    av_sampler sampler;
     av_optim opt;
     av_vae v;
     nets net;
-    int *order = NULL, epoch, n_train, n_test, rc = 0;
+    int epoch, n_train, n_test, rc = 0, ok;
+    long noise_per_image;
     float *xb = NULL;
     double neg_elbo = 0, iwae_nll = 0, img_per_s = 0, t_train = 0;
     char path[1100], objective[32] = "elbo";
@@ -182,59 +203,81 @@ int main(int argc, char **argv) {
         return 2;
     }
     if (k_train) snprintf(objective, sizeof objective, "iwae%d", k_train);
-    if (ex_load_fashion(data, &train, &test)) return 1;
-    if (ex_out_dir(out_dir)) {
+    if ((status = ex_dp_start(&dp, use_mpi, &argc, &argv)) != 0) return status;
+    /* every rank reads the data; only rank 0 writes */
+    ok = ex_load_fashion(data, &train, &test) == 0;
+    if (!ex_dp_all_ok(&dp, ok, "load its data") || !ex_dp_all_ok(&dp, dp.rank > 0 || ex_out_dir(out_dir) == 0, "write files")) {
         ex_dataset_free(&train); ex_dataset_free(&test);
+        ex_dp_stop(&dp);
         return 1;
     }
     n_train = quick && train.n > 6016 ? 6016 : train.n;
     n_test = quick && test.n > 1000 ? 1000 : test.n;
     model = av_model_new((uint64_t)seed);
     c = av_ctx_new();
+    ce = av_ctx_new(); /* evaluation has its own noise: the training noise stays in step across ranks */
     av_ctx_seed(c, (uint64_t)seed + 1);
+    av_ctx_seed(ce, (uint64_t)seed + 2);
     opt = av_adam(lr);
     v = vae_new(model, &net, train.dim, hidden, latent);
-    order = (int *)malloc((size_t)train.n * sizeof(int));
+    noise_per_image = (long)(k_train ? k_train : 1) * latent;
     xb = (float *)malloc((size_t)(batch > 500 ? batch : 500) * train.dim * sizeof(float));
-    if (!order || !xb) { fprintf(stderr, "error: out of memory\n"); rc = 1; }
-    printf("vae_fashion: %d-%d-%d-%d-%d, %ld parameters, %s, %d train / %d test images, gemm path %s\n", train.dim, hidden,
+    if (av_sampler_init(&sampler, n_train, batch, dp.rank, dp.size, (uint64_t)seed) != 0 || !xb) {
+        fprintf(stderr, "error: out of memory\n");
+        rc = 1;
+    }
+    if (!ex_dp_all_ok(&dp, !rc, "allocate its memory") || ex_dp_attach(&dp, model) != 0) rc = 1;
+    printf("vae_fashion: %d-%d-%d-%d-%d, %ld parameters, %s, %d train / %d test images, gemm path %s", train.dim, hidden,
            latent, hidden, train.dim, av_model_num_values(model), objective, n_train, n_test, av_isa_name(av_get_isa()));
+    if (dp.on) printf(", %d ranks x %d images a step", dp.size, batch);
+    printf("\n");
     if (!rc && load) {
-        if ((rc = av_model_load(model, load)) != 0) fprintf(stderr, "error: %s\n", av_error());
+        if ((rc = ex_dp_load(&dp, model, load)) != 0) fprintf(stderr, "error: %s\n", av_error());
         else printf("loaded %s\n", load);
     }
 
     for (epoch = 1; epoch <= epochs && !rc; epoch++) {
-        double rec = 0, kl = 0, t0 = ex_now(), seconds, test_elbo, unused;
-        int start, seen = 0;
-        ex_shuffle(order, train.n, av_ctx_rng(c));
-        for (start = 0; start < n_train && !rc; start += batch) {
-            int count = n_train - start < batch ? n_train - start : batch;
+        double sums[2] = {0, 0}, t0 = ex_now(), seconds, test_elbo, unused; /* rec, kl */
+        int step, seen = 0, mine = 0;
+        av_sampler_set_epoch(&sampler, epoch);
+        for (step = 0; step < av_sampler_steps(&sampler) && !rc; step++) {
+            av_shard sh = av_sampler_shard(&sampler, step);
             char info[64];
-            av_tensor *loss;
+            av_tensor *loss = NULL;
             av_ctx_reset(c);
-            ex_gather(&train, order, start, count, xb, NULL);
-            loss = batch_loss(c, &v, av_wrap(c, xb, 2, count, train.dim), k_train,
-                              av_kl_warmup(av_model_step(model), warmup, beta), &rec, &kl);
             av_model_zero_grad(model);
-            av_backward(c, loss);
-            if ((rc = av_optim_step(model, &opt)) != 0) fprintf(stderr, "\nerror: %s\n", av_error());
-            seen += count;
-            snprintf(info, sizeof info, "-%s %.1f", objective, (rec + kl) / seen);
-            if ((start / batch) % 25 == 0 || start + count >= n_train) ex_progress("train", seen, n_train, info);
+            skip_noise(c, noise_per_image * sh.offset);
+            if (sh.count > 0) {
+                ex_gather(&train, sh.index, 0, sh.count, xb, NULL);
+                loss = batch_loss(c, &v, av_wrap(c, xb, 2, sh.count, train.dim), k_train,
+                                  av_kl_warmup(av_model_step(model), warmup, beta), &sums[0], &sums[1]);
+            }
+            skip_noise(c, noise_per_image * (sh.total - sh.offset - sh.count));
+            rc = ex_dp_backward(&dp, c, loss, sh.count);
+            if (!rc) rc = av_optim_step(model, &opt);
+            if (rc) {
+                fprintf(stderr, "\nerror: %s\n", av_error());
+                ex_dp_abort(&dp);
+            }
+            seen += sh.total;
+            mine += sh.count;
+            snprintf(info, sizeof info, "-%s %.1f", objective, mine ? (sums[0] + sums[1]) / mine : 0.0);
+            if (step % 25 == 0 || seen >= n_train) ex_progress("train", seen, n_train, info);
         }
         if (rc) break;
         seconds = ex_now() - t0; /* training only, as in the summary and make bench */
         t_train += seconds;
         img_per_s = (double)n_train * epoch / t_train;
-        evaluate(c, &v, &test, n_test, 500, 0, xb, &test_elbo, &unused);
-        if (k_train) printf("epoch %2d  train -%s %.2f", epoch, objective, rec / seen);
-        else printf("epoch %2d  train -elbo %.2f (rec %.2f + kl %.2f)", epoch, (rec + kl) / seen, rec / seen, kl / seen);
-        printf("  test -elbo %.2f nats/image  %.0f img/s\n", test_elbo, seen / seconds);
+        ex_dp_sum(&dp, sums, 2);
+        evaluate(&dp, ce, &v, &test, n_test, 500, 0, xb, &test_elbo, &unused);
+        if (k_train) printf("epoch %2d  train -%s %.2f", epoch, objective, sums[0] / n_train);
+        else printf("epoch %2d  train -elbo %.2f (rec %.2f + kl %.2f)", epoch, (sums[0] + sums[1]) / n_train,
+                    sums[0] / n_train, sums[1] / n_train);
+        printf("  test -elbo %.2f nats/image  %.0f img/s\n", test_elbo, n_train / seconds);
         fflush(stdout);
     }
     if (!rc) {
-        evaluate(c, &v, &test, n_test, 100, k_eval, xb, &neg_elbo, &iwae_nll);
+        evaluate(&dp, ce, &v, &test, n_test, 100, k_eval, xb, &neg_elbo, &iwae_nll);
         printf("test -elbo %.2f nats/image, IWAE (k=%d) NLL %.2f nats/image on %d images\n", neg_elbo, k_eval, iwae_nll,
                n_test);
         if (!isfinite(neg_elbo) || !isfinite(iwae_nll)) {
@@ -244,21 +287,23 @@ int main(int argc, char **argv) {
     }
     if (!rc && epochs > 0) {
         snprintf(path, sizeof path, "%s/vae.safetensors", out_dir);
-        if ((rc = av_model_save(model, path)) != 0) fprintf(stderr, "error: %s\n", av_error());
+        if ((rc = ex_dp_save(&dp, model, path)) != 0) fprintf(stderr, "error: %s\n", av_error());
         else printf("saved %s\n", path);
     }
-    if (!rc && (rc = write_pictures(c, &v, &test, out_dir, xb)) == 0)
+    if (!rc && dp.rank == 0 && (rc = write_pictures(c, &v, &test, out_dir, xb)) == 0)
         printf("pictures: %s/samples.png %s/reconstructions.png %s/interpolations.png%s\n", out_dir, out_dir, out_dir,
                latent == 2 ? " manifold_2d.png latent_scatter_2d.png" : "");
     if (!rc)
         printf("summary: {\"test_neg_elbo\": %.3f, \"iwae_nll\": %.3f, \"iwae_k\": %d, \"img_per_s\": %.0f, \"epochs\": %d, "
-               "\"latent\": %d, \"beta\": %g, \"iwae_k_train\": %d}\n",
-               neg_elbo, iwae_nll, k_eval, img_per_s, epochs, latent, (double)beta, k_train);
-    free(order);
+               "\"latent\": %d, \"beta\": %g, \"iwae_k_train\": %d, \"ranks\": %d}\n",
+               neg_elbo, iwae_nll, k_eval, img_per_s, epochs, latent, (double)beta, k_train, dp.size);
+    av_sampler_free(&sampler);
     free(xb);
     ex_dataset_free(&train);
     ex_dataset_free(&test);
     av_ctx_free(c);
+    av_ctx_free(ce);
     av_model_free(model);
+    ex_dp_stop(&dp);
     return rc ? 1 : 0;
 }
