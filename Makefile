@@ -57,10 +57,10 @@ TESTS += test_conv
 OMP_TESTS += test_rnn
 OMP_TESTS += test_threads
 EXAMPLES := mlp_fashion vae_fashion ae_fashion text_classifier
-# Examples built with MPI (ATTNVAE_MPI, Open MPI's flags from pkg-config):
+# Examples built with MPI (-DATTNVAE_MPI, Open MPI's flags from pkg-config):
 # they take --mpi, and run as one process without it.
 MPI_EXAMPLES := vae_fashion
-MPI_CFLAGS = -DATTNVAE_MPI $$(pkg-config --cflags ompi-c)
+MPI_CFLAGS = $$(pkg-config --cflags ompi-c)
 MPI_LIBS   = $$(pkg-config --libs ompi-c)
 # as root (CI) Open MPI wants to be told; --oversubscribe: more ranks than cores
 MPIRUN_ENV = OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
@@ -80,7 +80,7 @@ $(BUILD)/%: examples/%.c examples/common.h $(HEADER) | $(BUILD)
 	$(C99) $(OPENMP) -o $@ $< -lstb -lm
 
 $(MPI_EXAMPLES:%=$(BUILD)/%): $(BUILD)/%: examples/%.c examples/common.h $(HEADER) | $(BUILD)
-	$(C99) $(OPENMP) $(MPI_CFLAGS) -o $@ $< $(MPI_LIBS) -lstb -lm
+	$(C99) $(OPENMP) -DATTNVAE_MPI $(MPI_CFLAGS) -o $@ $< $(MPI_LIBS) -lstb -lm
 
 $(BUILD)/test_%: tests/test_%.c tests/test.h $(wildcard tests/*.h) $(HEADER) | $(BUILD)
 	$(C99) -o $@ $< -lm -pthread

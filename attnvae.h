@@ -10317,13 +10317,32 @@ static void av__mpi_start(av_mpi *d, int count, const char *who) {
     for (b = 0; b < d->n_params; b++) d->req[b] = MPI_REQUEST_NULL;
 }
 
+/* dst = src * scale */
+static void av__mpi_scale(float *dst, const float *src, int n, float scale) {
+    int j;
+    AV__PAR(n)
+    for (j = 0; j < n; j++) dst[j] = src[j] * scale;
+}
+
+/* dst = src / total, or 0 when no rank had examples */
+static void av__mpi_average(float *dst, const float *src, int n, float total) {
+    int j;
+    if (!(total > 0)) {
+        memset(dst, 0, (size_t)n * sizeof(float));
+        return;
+    }
+    AV__PAR(n)
+    for (j = 0; j < n; j++) dst[j] = src[j] / total;
+}
+
 /* Sends bucket b: its gradients times this rank's count, then the count. */
 static void av__mpi_launch(av_mpi *d, int b) {
     float *dst = d->buf + d->offset[b];
-    int i, j;
+    int i;
     for (i = d->first[b]; i < d->first[b + 1]; i++) {
         const av_tensor *t = d->model->params.e[d->order[i]].t;
-        for (j = 0; j < t->size; j++) *dst++ = t->grad[j] * d->count;
+        av__mpi_scale(dst, t->grad, t->size, d->count);
+        dst += t->size;
     }
     *dst = d->count;
     if (!d->error)
@@ -10333,14 +10352,14 @@ static void av__mpi_launch(av_mpi *d, int b) {
 
 /* Waits for every bucket; gradient = sum of count * gradient / sum of counts. */
 static int av__mpi_finish(av_mpi *d) {
-    int b, i, j;
+    int b, i;
     if (!d->error) d->error = av__mpi_rc(MPI_Waitall(d->n_buckets, d->req, MPI_STATUSES_IGNORE), "av_mpi (the gradients)");
     for (b = 0; !d->error && b < d->n_buckets; b++) {
         const float *src = d->buf + d->offset[b];
         float total = d->buf[d->offset[b + 1] - 1];
         for (i = d->first[b]; i < d->first[b + 1]; i++) {
             av_tensor *t = d->model->params.e[d->order[i]].t;
-            for (j = 0; j < t->size; j++) t->grad[j] = total > 0 ? src[j] / total : 0.0f;
+            av__mpi_average(t->grad, src, t->size, total);
             src += t->size;
         }
     }
