@@ -401,6 +401,17 @@ static inline int ex_dp_backward(ex_dp *dp, av_ctx *c, av_tensor *loss, int coun
     return 0;
 }
 
+/* Rows first..first+rows of a [total, cols] tensor of normals from stream
+   s, draw e for element e as av_randn draws them: a rank's share of the
+   noise one process would draw for the whole global batch (av_shard's
+   offset and count), e.g. the eps of av_reparameterize_eps. */
+static inline av_tensor *ex_dp_randn(av_ctx *c, const av_philox *s, int first, int rows, int cols) {
+    av_tensor *t = av_zeros(c, 2, rows, cols);
+    int i;
+    for (i = 0; i < t->size; i++) t->data[i] = av_philox_normal(s, (uint64_t)first * (uint64_t)cols + (uint64_t)i);
+    return t;
+}
+
 /* Sums n values over the ranks, in place (statistics to print). */
 static inline void ex_dp_sum(const ex_dp *dp, double *values, int n) {
 #ifdef ATTNVAE_MPI

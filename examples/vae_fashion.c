@@ -15,7 +15,8 @@
    ranks, each on --batch images of every global batch of R x --batch, and
    evaluates on its share of the test images: the model one process trains
    with --batch R x batch, the same shuffles and, on the ELBO, the same
-   noise (see examples/common.h and [10 mpi] in attnvae.h). */
+   noise: each rank takes its rows' draws of the step's Philox stream (see
+   examples/common.h and [10 mpi] in attnvae.h). */
 #define _POSIX_C_SOURCE 200809L
 #define ATTNVAE_IMPLEMENTATION
 #include "common.h"
@@ -42,21 +43,25 @@ static av_vae vae_new(av_model *m, nets *n, int dim, int hidden, int latent) {
     return av_vae_new(m, "vae", hidden, latent, encoder, decoder, n, AV_BERNOULLI);
 }
 
-/* The batch's loss: the -ELBO (beta-weighted), or with k > 0 the -IWAE-k
-   bound; adds the per-example reconstruction and KL terms (for IWAE the
-   whole negative bound, and no KL) to the totals. */
-static av_tensor *batch_loss(av_ctx *c, const av_vae *v, av_tensor *x, int k, float beta, double *rec_sum,
-                             double *kl_sum) {
-    av_tensor *nll, *kl, *loss;
+/* The batch's loss: the -ELBO (beta-weighted) with noise eps, or fresh
+   noise when eps is NULL, or with k > 0 the -IWAE-k bound; adds the
+   per-example reconstruction and KL terms (for IWAE the whole negative
+   bound, and no KL) to the totals. */
+static av_tensor *batch_loss(av_ctx *c, const av_vae *v, av_tensor *x, const av_tensor *eps, int k, float beta,
+                             double *rec_sum, double *kl_sum) {
+    av_tensor *nll, *kl, *mu, *logvar, *z;
     int i;
     if (k > 0) {
-        loss = av_vae_iwae_loss(c, v, x, k, &nll);
+        av_tensor *loss = av_vae_iwae_loss(c, v, x, k, &nll);
         for (i = 0; i < nll->size; i++) *rec_sum -= nll->data[i];
         return loss;
     }
-    loss = av_vae_loss(c, v, x, beta, &nll, &kl);
+    av_vae_encode(c, v, x, &mu, &logvar); /* av_vae_loss, with the caller's noise */
+    z = eps ? av_reparameterize_eps(c, mu, logvar, eps) : av_reparameterize(c, mu, logvar);
+    nll = av_vae_nll(c, v, z, x);
+    kl = av_kl_std_normal(c, mu, logvar);
     for (i = 0; i < nll->size; i++) { *rec_sum += nll->data[i]; *kl_sum += kl->data[i]; }
-    return loss;
+    return av_neg_elbo(c, nll, kl, beta);
 }
 
 /* Mean -ELBO (beta = 1) and, if k > 0, the IWAE NLL over the first n test
@@ -72,7 +77,7 @@ static void evaluate(ex_dp *dp, av_ctx *c, const av_vae *v, const ex_dataset *te
         av_ctx_reset(c);
         ex_gather(test, NULL, start, count, xb, NULL);
         x = av_wrap(c, xb, 2, count, test->dim);
-        batch_loss(c, v, x, 0, 1.0f, &sums[0], &sums[1]);
+        batch_loss(c, v, x, NULL, 0, 1.0f, &sums[0], &sums[1]);
         if (k > 0) {
             av_vae_iwae(c, v, x, k, log_px);
             for (i = 0; i < count; i++) sums[2] -= log_px[i];
@@ -84,14 +89,6 @@ static void evaluate(ex_dp *dp, av_ctx *c, const av_vae *v, const ex_dataset *te
     *iwae_nll = k > 0 ? sums[2] / n : 0;
     av_set_grad_enabled(c, prev);
     free(log_px);
-}
-
-/* Draws n normals and drops them. Each --mpi rank moves its generator as
-   if it drew the noise of the whole global batch and kept its own rows, so
-   the ranks stay in step; on the ELBO these are the very draws one process
-   would give those rows. */
-static void skip_noise(av_ctx *c, long n) {
-    while (n-- > 0) av_rng_normal(av_ctx_rng(c));
 }
 
 static void copy_rows(float *dst, const av_tensor *t) { memcpy(dst, t->data, (size_t)t->size * sizeof(float)); }
@@ -183,7 +180,6 @@ int main(int argc, char **argv) {
     av_vae v;
     nets net;
     int epoch, n_train, n_test, rc = 0, ok;
-    long noise_per_image;
     float *xb = NULL;
     double neg_elbo = 0, iwae_nll = 0, img_per_s = 0, t_train = 0;
     char path[1100], objective[32] = "elbo";
@@ -220,7 +216,6 @@ int main(int argc, char **argv) {
     av_ctx_seed(ce, (uint64_t)seed + 2);
     opt = av_adam(lr);
     v = vae_new(model, &net, train.dim, hidden, latent);
-    noise_per_image = (long)(k_train ? k_train : 1) * latent;
     xb = (float *)malloc((size_t)(batch > 500 ? batch : 500) * train.dim * sizeof(float));
     if (av_sampler_init(&sampler, n_train, batch, dp.rank, dp.size, (uint64_t)seed) != 0 || !xb) {
         fprintf(stderr, "error: out of memory\n");
@@ -244,15 +239,16 @@ int main(int argc, char **argv) {
             av_shard sh = av_sampler_shard(&sampler, step);
             char info[64];
             av_tensor *loss = NULL;
+            av_philox noise;
             av_ctx_reset(c);
             av_model_zero_grad(model);
-            skip_noise(c, noise_per_image * sh.offset);
+            noise = av_ctx_philox(c); /* on every rank, so that the ranks' streams stay in step */
             if (sh.count > 0) {
                 ex_gather(&train, sh.index, 0, sh.count, xb, NULL);
-                loss = batch_loss(c, &v, av_wrap(c, xb, 2, sh.count, train.dim), k_train,
+                loss = batch_loss(c, &v, av_wrap(c, xb, 2, sh.count, train.dim),
+                                  k_train ? NULL : ex_dp_randn(c, &noise, sh.offset, sh.count, latent), k_train,
                                   av_kl_warmup(av_model_step(model), warmup, beta), &sums[0], &sums[1]);
             }
-            skip_noise(c, noise_per_image * (sh.total - sh.offset - sh.count));
             rc = ex_dp_backward(&dp, c, loss, sh.count);
             if (!rc) rc = av_optim_step(model, &opt);
             if (rc) {
