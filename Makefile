@@ -185,7 +185,9 @@ valgrind: deps-test
 	@tests/run $(call suite,$(VALGRIND),build/vg) "$(VALGRIND) build/vg/test_examples build/vg/examples_tmp"
 
 # AArch64: cross-compiled, static, run under qemu-user; the NEON GEMM path
-# must be among those tested.
+# must be among those tested. The suite runs on NEON (the vector math, attention
+# and the RNN passes too; test_vae, test_attention and test_optim also loop over
+# both paths), and the vector-math tests once more on the scalar path.
 ARM_CC := aarch64-linux-gnu-gcc
 ARM_TESTS := $(TESTS)
 test-arm64: deps-arm64
@@ -193,7 +195,9 @@ test-arm64: deps-arm64
 	for t in $(ARM_TESTS); do \
 		$(ARM_CC) -std=c99 $(WARN) -O2 -static -o build/arm64/$$t tests/$$t.c -lm -pthread || exit 1; done
 	@tests/run $(call suite,qemu-aarch64,build/arm64) \
-		"qemu-aarch64 build/arm64/test_gemm --quick | grep '^isa neon:'"
+		"qemu-aarch64 build/arm64/test_gemm --quick | grep '^isa neon:'" \
+		"ATTNVAE_ISA=scalar qemu-aarch64 build/arm64/test_ops" "ATTNVAE_ISA=scalar qemu-aarch64 build/arm64/test_optim" \
+		"ATTNVAE_ISA=scalar qemu-aarch64 build/arm64/test_rnn"
 
 # ---- data parallel over MPI ---------------------------------------------
 # test_mpi (as C and as C++) on 2 and 3 ranks, then vae_fashion --mpi on 2

@@ -2613,8 +2613,9 @@ static int av__nonfinite_scalar(const float *x, int n) {
     return 0;
 }
 
-#ifdef AV__X86
-/* One body for both widths: V is the vector type, P the intrinsic prefix. */
+#if defined(AV__X86) || defined(AV__NEON)
+/* One body for every width: V is the vector type, P the intrinsic prefix
+   (NEON's intrinsics go by x86's names through the av__neon_ shims below). */
 /* Runs BLOCK (W values from x + i_ into y + i_) over n values; the tail goes
    through zero-padded copies in_/out_ with TAIL_BLOCK, so a value gets the
    same result wherever it sits in the array. */
@@ -2628,7 +2629,7 @@ static int av__nonfinite_scalar(const float *x, int n) {
         memcpy(y + i_, out_, (size_t)(n - i_) * sizeof(float));                  \
     }
 
-/* AV__VMATH defines, for vector width W (8: AVX2, 16: AVX-512):
+/* AV__VMATH defines, for vector width W (8: AVX2, 16: AVX-512, 4: NEON):
    av__exp_neg_W av__log1p_unit_W av__softplus_rest_block_W av__sigmoid_block_W
    av__softplus_rest_W av__sigmoid_W av__adam_block_W av__adam_W av__relu_W
    av__relu_grad_W av__nonfinite_W */
@@ -2727,7 +2728,9 @@ static int av__nonfinite_scalar(const float *x, int n) {
         }                                                                                    \
         return av__nonfinite_scalar(x + i, n - i);                                           \
     }
+#endif
 
+#ifdef AV__X86
 /* maskz forms: GCC 12 in C++ warns about the undefined source of the plain ones */
 #define AV__ALL16 ((__mmask16)0xffff)
 #define AV__ROUND_512(x, mode) _mm512_maskz_roundscale_ps(AV__ALL16, x, mode)
@@ -2746,6 +2749,34 @@ AV__VMATH(AV__TARGET_AVX512, __m512, _mm512, 16, AV__ROUND_512, AV__SQRT_512, AV
 #define AV__ADD_WHERE_POS_256(acc, g, x) _mm256_add_ps(acc, _mm256_and_ps(g, _mm256_cmp_ps(x, _mm256_setzero_ps(), _CMP_GT_OQ)))
 #define AV__BLEND_NEG_256(v, pos, neg) _mm256_blendv_ps(pos, neg, _mm256_cmp_ps(v, _mm256_setzero_ps(), _CMP_LT_OQ))
 AV__VMATH(AV__TARGET_AVX2, __m256, _mm256, 8, _mm256_round_ps, _mm256_sqrt_ps, _mm256_max_ps, AV__EXP2N_256, AV__ANY_256, AV__BLEND_NEG_256, AV__ADD_WHERE_POS_256)
+#elif defined(AV__NEON)
+/* x86's intrinsics as NEON ones, on 4 floats, so that the bodies above
+   compile unchanged: fmadd(a, b, c) = a b + c and fnmadd = c - a b, both
+   fused as on x86; andnot(a, b) = ~a & b. */
+#define av__neon_loadu_ps vld1q_f32
+#define av__neon_storeu_ps vst1q_f32
+#define av__neon_set1_ps vdupq_n_f32
+#define av__neon_setzero_ps() vdupq_n_f32(0.0f)
+#define av__neon_add_ps vaddq_f32
+#define av__neon_sub_ps vsubq_f32
+#define av__neon_mul_ps vmulq_f32
+#define av__neon_div_ps vdivq_f32
+#define av__neon_fmadd_ps(a, b, c) vfmaq_f32(c, a, b)
+#define av__neon_fnmadd_ps(a, b, c) vfmsq_f32(c, a, b)
+#define av__neon_andnot_ps(a, b) vreinterpretq_f32_u32(vbicq_u32(vreinterpretq_u32_f32(b), vreinterpretq_u32_f32(a)))
+#define AV__NEON_ROUND(x, mode) vrndnq_f32(x) /* to nearest, ties to even: x86's mode */
+/* x86's max: a > b ? a : b, so that NaN and the order of the operands act as there */
+#define AV__NEON_MAX(a, b) vbslq_f32(vcgtq_f32(a, b), a, b)
+#define AV__NEON_EXP2N(q, n) \
+    vmulq_f32(q, vreinterpretq_f32_s32(vshlq_n_s32(vaddq_s32(vcvtnq_s32_f32(n), vdupq_n_s32(127)), 23)))
+/* any lane of the comparison pred (the two x86 predicates used above) */
+#define AV__NEON_ANY(a, b, pred) (vmaxvq_u32(AV__NEON_CMP##pred(a, b)) != 0)
+#define AV__NEON_CMP_CMP_GT_OQ(a, b) vcgtq_f32(a, b)
+#define AV__NEON_CMP_CMP_UNORD_Q(a, b) vmvnq_u32(vandq_u32(vceqq_f32(a, a), vceqq_f32(b, b)))
+#define AV__NEON_ADD_WHERE_POS(acc, g, x) \
+    vaddq_f32(acc, vreinterpretq_f32_u32(vandq_u32(vreinterpretq_u32_f32(g), vcgtq_f32(x, vdupq_n_f32(0.0f)))))
+#define AV__NEON_BLEND_NEG(v, pos, neg) vbslq_f32(vcltq_f32(v, vdupq_n_f32(0.0f)), neg, pos)
+AV__VMATH(, float32x4_t, av__neon, 4, AV__NEON_ROUND, vsqrtq_f32, AV__NEON_MAX, AV__NEON_EXP2N, AV__NEON_ANY, AV__NEON_BLEND_NEG, AV__NEON_ADD_WHERE_POS)
 #endif
 
 #ifdef AV__X86
@@ -2753,6 +2784,12 @@ AV__VMATH(AV__TARGET_AVX2, __m256, _mm256, 8, _mm256_round_ps, _mm256_sqrt_ps, _
     do {                                                                  \
         if (isa == AV_ISA_AVX512) av__##name##_16(__VA_ARGS__);           \
         else if (isa == AV_ISA_AVX2) av__##name##_8(__VA_ARGS__);         \
+        else av__##name##_scalar(__VA_ARGS__);                            \
+    } while (0)
+#elif defined(AV__NEON)
+#define AV__VDISPATCH(isa, name, ...)                                     \
+    do {                                                                  \
+        if (isa == AV_ISA_NEON) av__##name##_4(__VA_ARGS__);              \
         else av__##name##_scalar(__VA_ARGS__);                            \
     } while (0)
 #else
@@ -2790,6 +2827,8 @@ static int av__nonfinite(const float *x, int n) {
     int isa = av_get_isa();
     if (isa == AV_ISA_AVX512) return av__nonfinite_16(x, n);
     if (isa == AV_ISA_AVX2) return av__nonfinite_8(x, n);
+#elif defined(AV__NEON)
+    if (av_get_isa() == AV_ISA_NEON) return av__nonfinite_4(x, n);
 #endif
     return av__nonfinite_scalar(x, n);
 }
@@ -2909,8 +2948,8 @@ static void av__attn_scale_scalar(float *Ot, int ld, int rows, int n, const floa
         for (i = 0; i < n; i++) Ot[(size_t)r * ld + i] *= alpha[i];
 }
 
-#ifdef AV__X86
-/* AV__ATTN_VEC defines, for vector width W (8: AVX2, 16: AVX-512):
+#if defined(AV__X86) || defined(AV__NEON)
+/* AV__ATTN_VEC defines, for vector width W (8: AVX2, 16: AVX-512, 4: NEON):
    av__attn_expz_W av__attn_online_W av__attn_scale_W av__attn_probs_rows_W
    av__attn_dscores_rows_W. MAX is the ISA's max; GE80(x) is a lane mask of x >= -80, KEEP(v, mask) keeps
    the masked lanes and zeroes the others, NOT_NEG_INF(x) is x with -inf
@@ -2967,7 +3006,9 @@ static void av__attn_scale_scalar(float *Ot, int ld, int rows, int n, const floa
                 P##_storeu_ps(o, P##_mul_ps(P##_loadu_ps(o), P##_loadu_ps(alpha + i)));            \
             }                                                                                      \
     }
+#endif
 
+#ifdef AV__X86
 #define AV__GE80_512(x) _mm512_cmp_ps_mask(x, _mm512_set1_ps(-80.0f), _CMP_GE_OQ)
 #define AV__KEEP_512(v, k) _mm512_maskz_mov_ps(k, v)
 #define AV__NOT_NEG_INF_512(x) _mm512_maskz_mov_ps(_mm512_cmp_ps_mask(x, _mm512_set1_ps(-INFINITY), _CMP_NEQ_OQ), x)
@@ -2983,7 +3024,15 @@ AV__ATTN_VEC(AV__TARGET_AVX512, __m512, _mm512, 16, AV__MAX_512, __mmask16, AV__
     _mm256_blendv_ps(x, _mm256_set1_ps(INFINITY), _mm256_cmp_ps(x, _mm256_set1_ps(-INFINITY), _CMP_EQ_OQ))
 AV__ATTN_VEC(AV__TARGET_AVX2, __m256, _mm256, 8, _mm256_max_ps, __m256, AV__GE80_256, AV__KEEP_256, AV__NOT_NEG_INF_256,
              AV__NEG_INF_TO_INF_256)
-#endif /* AV__X86 */
+#elif defined(AV__NEON)
+/* as the AVX2 forms: NOT_NEG_INF zeroes NaN lanes too (x86's _CMP_NEQ_OQ is false on NaN) */
+#define AV__GE80_NEON(x) vcgeq_f32(x, vdupq_n_f32(-80.0f))
+#define AV__KEEP_NEON(v, k) vreinterpretq_f32_u32(vandq_u32(vreinterpretq_u32_f32(v), k))
+#define AV__NOT_NEG_INF_NEON(x) AV__KEEP_NEON(x, vcgtq_f32(x, vdupq_n_f32(-INFINITY)))
+#define AV__NEG_INF_TO_INF_NEON(x) vbslq_f32(vceqq_f32(x, vdupq_n_f32(-INFINITY)), vdupq_n_f32(INFINITY), x)
+AV__ATTN_VEC(, float32x4_t, av__neon, 4, AV__NEON_MAX, uint32x4_t, AV__GE80_NEON, AV__KEEP_NEON, AV__NOT_NEG_INF_NEON,
+             AV__NEG_INF_TO_INF_NEON)
+#endif
 
 /* ======================================================================= */
 /* [3 ops] forward and backward of every op, side by side               */
