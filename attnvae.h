@@ -86,8 +86,8 @@
                             or pkg-config --cflags --libs ompi-c). Without
                             it nothing here needs MPI.
      At run time: av_set_isa() or ATTNVAE_ISA=scalar|avx2|avx512|neon picks the
-     GEMM path (x86 paths are chosen by cpuid, no -march needed; NEON at compile
-     time); av_set_num_threads() or OMP_NUM_THREADS sets threads with -fopenmp.
+     GEMM and vector-math path (x86 paths are chosen by cpuid, no -march needed;
+     NEON at compile time); av_set_num_threads() or OMP_NUM_THREADS sets threads with -fopenmp.
 
    CONTENTS
      Declarations and code follow the same order. Each section has a tag that
