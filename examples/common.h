@@ -325,7 +325,13 @@ static inline void ex_gather(const ex_dataset *d, const int *order, int start, i
    library's av_mpi averages the gradients, so it trains what one process
    would with --batch R x batch. Rank 0 alone prints, draws and writes
    files. Without --mpi, or built without MPI, the same calls run one
-   process and never touch MPI. */
+   process and never touch MPI. An example adopts --mpi with: a switch flag;
+   ex_dp_start after ex_parse; ex_dp_all_ok after loading its data;
+   ex_dp_attach once the model exists; an av_sampler on dp.rank, dp.size;
+   ex_dp_backward for av_backward; ex_dp_sum for printed totals;
+   ex_dp_save / ex_dp_load, and dp.rank == 0 around other writes;
+   ex_dp_abort on a failure one rank alone may see; ex_dp_stop at the end;
+   and its name in the Makefile's MPI_EXAMPLES. */
 typedef struct ex_dp {
     int rank, size, on; /* on: MPI is running (--mpi) */
 #ifdef ATTNVAE_MPI
