@@ -1305,7 +1305,8 @@ typedef struct av_sampler {
 } av_sampler;
 /* This rank's part of a global batch: examples index[0 .. count), which are
    rows offset .. offset + count of the global batch of total examples
-   (e.g. draw noise for all total rows on every rank and keep these). */
+   (e.g. give them the Philox draws from offset * row_width on, the draws of
+   those rows in one process). */
 typedef struct av_shard { const int *index; int count, offset, total; } av_shard;
 /* Draws epoch 0's order: 0, or AV_ERR_NOMEM. n >= 0, batch >= 1, size >= 1,
    0 <= rank < size and batch * size <= INT_MAX, else a programming error. */
