@@ -1,8 +1,8 @@
 # attnvae: build, test, benchmark and demo.
 #   make demo      install what it needs, train the Fashion-MNIST VAE, write PNGs
 #   make test      the whole test suite (ends with "N passed, M failed")
-#   make bench     GEMM vs OpenBLAS; the VAE, attention, an LSTM and convolutions vs PyTorch; fused vs composed
-#                  scores; the 2-thread speedup of a VAE and an MLP step (make bench-steps)
+#   make bench     GEMM vs OpenBLAS; the VAE, attention, an LSTM, convolutions and charlm vs PyTorch; fused vs
+#                  composed scores; the 2-thread speedup of a VAE and an MLP step (make bench-steps)
 #   make install   the header and attnvae.pc under PREFIX (/usr/local), DESTDIR honoured; make uninstall
 #   make sanitize  the test suite under ASan + UBSan
 #   make valgrind  the test suite under valgrind
@@ -56,7 +56,7 @@ OMP_TESTS += test_conv
 TESTS += test_conv
 OMP_TESTS += test_rnn
 OMP_TESTS += test_threads
-EXAMPLES := mlp_fashion vae_fashion ae_fashion text_classifier
+EXAMPLES := mlp_fashion vae_fashion ae_fashion text_classifier charlm
 # Examples built with MPI (-DATTNVAE_MPI, Open MPI's flags from pkg-config)
 # where Open MPI is installed: they take --mpi, and run as one process without it.
 MPI_EXAMPLES := $(if $(shell pkg-config --exists ompi-c && echo yes),vae_fashion)
@@ -158,6 +158,9 @@ TEST_CMDS = $(call suite,,$(BUILD)) $(call suite,,$(BUILD)/cxx) $(call examples_
 	"$(BUILD)/ae_fashion --quick --data $(DATA) --out $(BUILD)/ae_quick" \
 	"$(BUILD)/text_classifier --quick --out $(BUILD)/text_classifier_quick.safetensors --png $(BUILD)/text_attention_quick.png" \
 	"echo 'The judge sustained the objection.' | $(BUILD)/text_classifier --load $(BUILD)/text_classifier_quick.safetensors" \
+	"$(BUILD)/charlm --quick --out $(BUILD)/charlm_quick" \
+	"$(BUILD)/charlm --quick --arch lstm --out $(BUILD)/charlm_quick_lstm" \
+	"PYTHON=$(PYTHON) tests/charlm_check.sh $(BUILD)" \
 	"tests/check_config.sh '$(CC)' $(BUILD)/test_core" \
 	"tests/check_install.sh '$(CC)'" \
 	"$(BAD_DATA_CHECK)"
@@ -249,13 +252,14 @@ build/fuzz/make_fuzz_seeds: tests/make_fuzz_seeds.c $(HEADER)
 	$(CC) -std=c99 $(WARN) -O1 -o $@ $< -lm
 
 # ---- benchmarks -------------------------------------------------------
-bench: deps-bench data $(BUILD)/bench_gemm $(BUILD)/bench_scores $(BUILD)/vae_fashion $(BUILD)/bench_attention $(BUILD)/bench_rnn $(BUILD)/bench_conv
+bench: deps-bench data $(BUILD)/bench_gemm $(BUILD)/bench_scores $(BUILD)/vae_fashion $(BUILD)/bench_attention $(BUILD)/bench_rnn $(BUILD)/bench_conv $(BUILD)/charlm
 	$(BUILD)/bench_gemm
 	$(BUILD)/bench_scores
 	tests/bench_vae.sh $(BUILD)/vae_fashion $(DATA)
 	tests/bench_attention.sh $(BUILD)/bench_attention
 	tests/bench_rnn.sh $(BUILD)/bench_rnn
 	tests/bench_conv.sh $(BUILD)/bench_conv
+	PYTHON=$(PYTHON) tests/bench_charlm.sh $(BUILD)/charlm
 	@$(MAKE) --no-print-directory bench-steps
 
 $(BUILD)/bench_attention: tests/bench_attention.c $(HEADER) | $(BUILD)
