@@ -228,5 +228,40 @@ expect 1 'not a text_classifier model' sh -c "$B/text_classifier --load $T/other
 head -c 300 "$T/tc.safetensors" > "$T/cut.safetensors"
 expect 1 'error: ' sh -c "$B/text_classifier --load $T/cut.safetensors < $T/lines"
 
+# ---- charlm: flags, text that is missing, tiny or odd, and model files that are not its own ----
+L="$B/charlm --quick --gen-tokens 2 --length 4"
+C="$L --steps 2"
+printf 'To be or not to be.\n' > "$T/tiny.txt"
+printf 'abc' > "$T/three.txt"
+mkdir -p "$T/texts" && printf 'one\n' > "$T/texts/a" && printf 'caf\303\251 \000\377 two\n' > "$T/texts/b" && : > "$T/texts/empty"
+expect 0 '^usage:' $C --out "$T/help_charlm" --help
+[ -e "$T/help_charlm" ] && bad "charlm --help created its output" || ok
+for flag in text arch out load resume steps batch context d-model layers heads ff activation dropout lr warmup clip \
+    val-frac eval-every ckpt-every seed prompt length temperature top-k top-p gen-context gen-tokens quick; do
+    grep -qE -- "^  --$flag( |$)" "$T/log" && ok || bad "charlm --help does not list --$flag"
+done
+expect 2 "unknown flag '--frobnicate'" $C --out "$T/c" --frobnicate
+expect 2 "--arch: 'gru' is not transformer or lstm" $C --out "$T/c" --arch gru
+expect 2 "--activation: 'tanh' is not relu or gelu" $C --out "$T/c" --activation tanh
+expect 2 "--heads 3 must divide --d-model 64" $C --out "$T/c" --heads 3
+expect 2 "--gen-tokens 40 must be less than --gen-context 40" $C --out "$T/c" --gen-context 40 --gen-tokens 40
+expect 2 "--layers: 9 is out of range|an LSTM has at most 8 --layers" $C --out "$T/c" --arch lstm --layers 9
+expect 2 "--top-p: 0 is out of range" $C --out "$T/c" --top-p 0
+expect 2 "--context: 0 is out of range" $C --out "$T/c" --context 0
+expect 2 "--temperature: -1 is out of range" $C --out "$T/c" --temperature -1
+expect 2 "--load only evaluates" $C --out "$T/c" --load "$T/none.safetensors" --steps 5
+[ -e "$T/c" ] && bad "a refused charlm command line created the output directory" || ok
+expect 1 "cannot read $T/nowhere" $C --text "$T/nowhere" --out "$T/c"
+expect 1 'too little text \(3 bytes in 1 files\)' $C --text "$T/three.txt" --out "$T/c"
+expect 0 'windows of 17 bytes, not 64' $C --text "$T/tiny.txt" --out "$T/c1"
+expect 0 'from 3 files' $C --text "$T/texts" --out "$T/c2" --prompt "caf"
+expect 0 '^summary' $C --text "$T/tiny.txt" --out "$T/c3" --arch lstm --layers 1 --temperature 0 --top-k 1
+expect 1 'cannot open' $L --out "$T/c" --load "$T/none.safetensors"
+expect 1 'not a charlm model' $L --out "$T/c" --load "$T/mlp2.safetensors"
+expect 1 'not a charlm model' $C --out "$T/c" --resume "$T/mlp2.safetensors"
+expect 1 'cannot create directory' $C --text "$T/tiny.txt" --out "$T/file/sub"
+expect 0 '^loaded' $L --text "$T/tiny.txt" --out "$T/c4" --load "$T/c1/charlm.safetensors" --prompt "To be"
+expect 1 "cannot read $T/nowhere" $L --text "$T/nowhere" --out "$T/c4" --load "$T/c1/charlm.safetensors"
+
 echo "$pass passed, $fail failed"
 [ "$fail" -eq 0 ]
