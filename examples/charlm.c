@@ -505,7 +505,7 @@ int main(int argc, char **argv) {
     float *trace[2] = {NULL, NULL}, sampling[3];
     const unsigned char **win = NULL;
     long step = 0, start_step = 0;
-    double val_bpc = NAN, train_seconds = 0, tokens_per_s = 0, speed[2] = {0, 0}, max_diff = 0, max_logit = 0;
+    double val_bpc = NAN, train_seconds = 0, train_cpu_seconds = 0, tokens_per_s = 0, speed[2] = {0, 0}, max_diff = 0, max_logit = 0;
     char model_path[1100], ckpt_path[1100];
     corpus cp;
     av_model *m = NULL;
@@ -599,6 +599,7 @@ int main(int argc, char **argv) {
     av_set_training(c, 1);
     for (step = start_step; step < steps && !rc; step++) {
         double t0 = ex_now(), bpc;
+        clock_t cpu0 = clock();
         av_tensor *loss;
         int b;
         av_ctx_reset(c);
@@ -614,6 +615,7 @@ int main(int argc, char **argv) {
             break;
         }
         train_seconds += ex_now() - t0;
+        train_cpu_seconds += (double)(clock() - cpu0) / CLOCKS_PER_SEC;
         bpc = av_item(loss) / log(2.0);
         if ((step + 1) % eval_every == 0 || step + 1 == steps) {
             double v = evaluate(c, &lm, &cp, batch, T, 32768, ids, targets);
@@ -708,9 +710,10 @@ int main(int argc, char **argv) {
     }
     if (!rc)
         printf("summary: {\"arch\": \"%s\", \"val_bpc\": %.4f, \"train_tokens_per_s\": %.0f, \"gen_tokens_per_s_cache\": "
-               "%.1f, \"gen_tokens_per_s_nocache\": %.1f, \"gen_context\": %d, \"cache_speedup\": %.1f, \"steps\": %ld, "
+               "%.1f, \"gen_tokens_per_s_nocache\": %.1f, \"train_tokens_per_cpu_s\": %.0f, \"gen_context\": %d, \"cache_speedup\": %.1f, \"steps\": %ld, "
                "\"batch\": %d, \"context\": %d, \"params\": %ld, \"threads\": %d}\n",
-               arch_names[cfg[CFG_ARCH]], val_bpc, tokens_per_s, speed[0], speed[1], gen_context, speed[0] / speed[1],
+               arch_names[cfg[CFG_ARCH]], val_bpc, tokens_per_s, speed[0], speed[1],
+               step > start_step ? (double)(step - start_step) * batch * T / train_cpu_seconds : 0.0, gen_context, speed[0] / speed[1],
                step, batch, T, av_model_num_values(m), av_get_num_threads());
     for (i = 0; i < 2; i++) {
         free(gen_out[i]);

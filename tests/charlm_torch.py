@@ -11,7 +11,7 @@ Same as charlm: the text (a file, or a directory's plain files in name
 order, each split into training bytes and its last --val-frac for
 validation), the windows (splitmix64 of seed, step and row), the model
 (bytes as tokens; transformer: embedding N(0, 1/d) times sqrt(d) plus
-sinusoidal positions, pre-LN GELU nn.TransformerEncoderLayers each
+sinusoidal positions, pre-LN nn.TransformerEncoderLayers (ReLU or GELU) each
 initialised afresh, a final LayerNorm, the output tied to the embedding;
 lstm: nn.LSTM, causal nn.MultiheadAttention over its outputs, nn.Linear of
 both), Adam with warm-up and cosine decay to a tenth, gradient clipping,
@@ -185,9 +185,9 @@ def main():
     print("charlm_torch: %s, %d parameters, %d training and %d validation bytes, torch %s, %d threads"
           % (a.arch, sum(p.numel() for p in model.parameters()), len(train), len(val), torch.__version__,
              torch.get_num_threads()), flush=True)
-    seconds = 0.0
+    seconds = cpu_seconds = 0.0
     for step in range(a.steps):
-        t0 = time.perf_counter()
+        t0, cpu0 = time.perf_counter(), time.process_time()
         x, y = windows(train, [window_start(a.seed, step, a.batch, b, len(train) - T) for b in range(a.batch)], T)
         loss = F.cross_entropy(model(x).reshape(-1, 256), y.reshape(-1))
         opt.zero_grad()
@@ -198,6 +198,7 @@ def main():
             g["lr"] = lr_at(step, a.warmup, a.steps, a.lr, a.lr / 10)
         opt.step()
         seconds += time.perf_counter() - t0
+        cpu_seconds += time.process_time() - cpu0
         if (step + 1) % 500 == 0 or step + 1 == a.steps:
             print("step %6d  train bpc %.3f  val bpc %.3f (first 32768 bytes)  %.0f tokens/s"
                   % (step + 1, loss.item() / math.log(2), evaluate(model, val, a.batch, T, 32768),
@@ -208,6 +209,7 @@ def main():
         save_safetensors(a.save, model, cfg)
     print("summary: %s" % json.dumps({"arch": a.arch, "val_bpc": round(val_bpc, 4),
                                       "train_tokens_per_s": round(a.steps * a.batch * T / max(seconds, 1e-9)),
+                                      "train_tokens_per_cpu_s": round(a.steps * a.batch * T / max(cpu_seconds, 1e-9)),
                                       "steps": a.steps, "threads": a.threads}))
 
 
