@@ -473,7 +473,7 @@ int main(int argc, char **argv) {
         EX_STRING_FLAG("out", &out_dir, "out/charlm", "directory for charlm.safetensors and checkpoint.safetensors"),
         EX_STRING_FLAG("load", &load, NULL, "a saved model: evaluate it and continue --prompt, no training"),
         EX_STRING_FLAG("resume", &resume, NULL, "a checkpoint: train on from its step (parameters, Adam, step)"),
-        EX_INT_FLAG("steps", &steps, "3000", 0, 100000000, "training steps in all (a resumed run counts its past steps)"),
+        EX_INT_FLAG("steps", &steps, "2000", 0, 100000000, "training steps in all (a resumed run counts its past steps)"),
         EX_INT_FLAG("batch", &batch, "16", 1, 4096, "windows per training step"),
         EX_INT_FLAG("context", &context, "256", 1, 8192, "bytes per training window, and the generation window"),
         EX_INT_FLAG("d-model", &d_model, "128", 1, 4096, "width of the embedding and of each layer"),
@@ -496,7 +496,7 @@ int main(int argc, char **argv) {
         EX_FLOAT_FLAG("top-p", &top_p, "0.95", 0.001, 1, "sample from the most likely bytes that make up this probability"),
         EX_INT_FLAG("gen-context", &gen_context, "512", 2, 65536, "context at which generation speed is measured"),
         EX_INT_FLAG("gen-tokens", &gen_tokens, "64", 1, 65535, "bytes timed at that context (less than --gen-context)"),
-        EX_SWITCH_FLAG("quick", &quick, "a short run for tests: a small model, 40 steps, part of the validation text"),
+        EX_SWITCH_FLAG("quick", &quick, "a short run for tests: a small model, 40 steps, 8192 bytes of validation text"),
     };
     const int n_flags = EX_COUNT(flags);
     static const char *const model_flags[] = {"arch", "d-model", "layers", "heads", "ff", "activation", "context"};
@@ -516,10 +516,10 @@ int main(int argc, char **argv) {
     status = ex_parse(argc, argv, "Trains a character-level language model on text and generates from it.", flags, n_flags);
     if (status >= 0) return status;
     if (quick) { /* a small model for seconds of training, unless given */
-        const char *names[] = {"steps", "d-model", "layers", "ff", "context", "batch", "length", "gen-tokens"};
-        int *vars[] = {&steps, &d_model, &layers, &ff, &context, &batch, &length, &gen_tokens};
-        const int values[] = {40, 64, 2, 256, 64, 8, 120, 16};
-        for (i = 0; i < 8; i++)
+        const char *names[] = {"steps", "d-model", "layers", "ff", "context", "batch", "length", "gen-tokens", "warmup"};
+        int *vars[] = {&steps, &d_model, &layers, &ff, &context, &batch, &length, &gen_tokens, &warmup};
+        const int values[] = {40, 64, 2, 256, 64, 8, 120, 16, 10};
+        for (i = 0; i < 9; i++)
             if (!ex_given(flags, n_flags, names[i])) *vars[i] = values[i];
     }
     cfg[CFG_ARCH] = strcmp(arch, "transformer") == 0 ? ARCH_TRANSFORMER : strcmp(arch, "lstm") == 0 ? ARCH_LSTM : -1;
