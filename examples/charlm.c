@@ -39,6 +39,7 @@ typedef struct corpus { unsigned char *train, *val; long n_train, n_val; int fil
 
 /* Appends n bytes to *buf (length *len, capacity *cap); 0 or -1. */
 static int append(unsigned char **buf, long *len, long *cap, const unsigned char *src, long n) {
+    if (n == 0) return 0; /* an empty file: no buffer yet, and memcpy wants one */
     if (*len + n > *cap) {
         long grown = (*len + n) * 2 + 4096;
         unsigned char *p = (unsigned char *)realloc(*buf, (size_t)grown);
