@@ -129,7 +129,12 @@
                     (av_lstm_new av_gru_new) and av_rnn_cell (LSTM, GRU);
                     nn.Conv2d and nn.ConvTranspose2d (av_conv2d_layer),
                     spectral_norm, nn.BatchNorm2d (running statistics as
-                    buffers), nn.GroupNorm
+                    buffers), nn.GroupNorm; attention for images:
+                    av_self_attn2d (SAGAN, gamma-gated, maps [B, N, N]),
+                    av_spatial_attn (CBAM), av_channel_attn (squeeze-and-
+                    excitation); av_conv_block, av_res_block (projection
+                    shortcut), av_attention_net (config, attention maps,
+                    features, an attention switch for ablations)
      [7 toolkits]   VAE: gaussian head, reparameterize, KL, likelihoods, ELBO,
                     IWAE (an estimate, and a loss to train), av_vae around
                     any encoder and decoder
@@ -914,9 +919,10 @@ AVAPI av_self_attn2d av_self_attn2d_new(av_model *m, const char *name, int chann
 AVAPI void av_self_attn2d_spectral_norm(av_model *m, av_self_attn2d *l);
 /* x [B, C, H, W] -> [B, C, H, W] over av_sdpa (tiled: nothing N x N is
    kept). attn not NULL: the naive av_sdpa_weights path, and *attn gets the
-   weights [B, N, N]: row i is query position i = y W + x, and its N entries
-   are the weights over the key positions, in the same row-major order, so
-   row i reshaped to [H, W] is the map of where position (y, x) looks. */
+   weights [B, N, N], rows summing to 1: row i is the query position (row
+   i / W, column i % W) and its N entries weigh the key positions in the
+   same row-major order. So where pixel (py, px) of image b looks is the
+   H x W image at attn->data + ((size_t)b N + py W + px) N. */
 AVAPI av_tensor *av_self_attn2d_forward(av_ctx *c, const av_self_attn2d *l, av_tensor *x, av_tensor **attn);
 
 /* Spatial attention (CBAM, Woo et al. 2018): the max and the mean over the
