@@ -7847,13 +7847,12 @@ AVDEF av_tensor *av_group_norm_forward(av_ctx *c, const av_group_norm_layer *l, 
 }
 
 /* ---- attention for images ---- */
-/* x must be [B, C, H, W]; returns C */
-static int av__check_image(const char *op, const av_tensor *x, int C) {
+/* x must be [B, C, H, W] */
+static void av__check_image(const char *op, const av_tensor *x, int C) {
     if (x->ndim != 4 || x->shape[1] != C) {
         char s[64];
         av__fail("%s: x %s must be [B, C = %d, H, W]", op, av__shape_str(x, s, sizeof s), C);
     }
-    return C;
 }
 
 /* channels / reduction, which must be >= 1 */
