@@ -55,7 +55,7 @@ OMP_TESTS += test_conv
 TESTS += test_conv
 OMP_TESTS += test_rnn
 OMP_TESTS += test_threads
-EXAMPLES := mlp_fashion vae_fashion ae_fashion
+EXAMPLES := mlp_fashion vae_fashion ae_fashion text_classifier
 
 .PHONY: install uninstall all examples tests test bench bench-steps sanitize valgrind test-arm64 fuzz demo deps deps-test deps-bench deps-arm64 deps-fuzz data clean
 
@@ -145,6 +145,8 @@ TEST_CMDS = $(call suite,,$(BUILD)) $(call suite,,$(BUILD)/cxx) $(call examples_
 	"$(BUILD)/vae_fashion --quick --data $(DATA) --out $(BUILD)/vae_quick --load $(BUILD)/vae_quick/vae.safetensors" \
 	"$(BUILD)/vae_fashion --quick --latent 2 --data $(DATA) --out $(BUILD)/vae_quick2" \
 	"$(BUILD)/ae_fashion --quick --data $(DATA) --out $(BUILD)/ae_quick" \
+	"$(BUILD)/text_classifier --quick --out $(BUILD)/text_classifier_quick.safetensors --png $(BUILD)/text_attention_quick.png" \
+	"echo 'The judge sustained the objection.' | $(BUILD)/text_classifier --load $(BUILD)/text_classifier_quick.safetensors" \
 	"tests/check_config.sh '$(CC)' $(BUILD)/test_core" \
 	"tests/check_install.sh '$(CC)'" \
 	"$(BAD_DATA_CHECK)"
@@ -275,7 +277,7 @@ $(DATA)/%: | deps
 # deps-fuzz clang's libFuzzer (libclang_rt.fuzzer ships in libclang-rt-14-dev).
 APT_INSTALL = tests/apt-install
 deps:
-	@$(APT_INSTALL) libstb-dev dataset-fashion-mnist libomp-dev
+	@$(APT_INSTALL) libstb-dev dataset-fashion-mnist fortunes libomp-dev
 deps-test: deps
 	@$(APT_INSTALL) python3 python3-numpy python3-torch pkg-config
 deps-bench: deps-test

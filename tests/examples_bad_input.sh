@@ -163,5 +163,70 @@ expect 0 '^saved' "$B/mlp_fashion" --quick --data "$S" --out "$T/mlp2.safetensor
 expect 0 'test accuracy' "$B/mlp_fashion" --quick --data "$S" --load "$T/mlp2.safetensors" --epochs 1 --out "$T/mlp3.safetensors"
 grep -q "^saved $T/mlp3.safetensors" "$T/log" && ok || bad "mlp_fashion --load --epochs 1 did not save"
 
+# ---- text_classifier: made-up fortune files (entries end at a line '%') ----
+F=$T/fortunes
+mkdir -p "$F/empty" "$F/few" "$F/shared"
+"$PYTHON" - "$F" <<'PY'
+import os, random, sys
+root = sys.argv[1]
+rnd = random.Random(7)
+words = {"cats": "purr whiskers mouse meow tail nap fur claws", "ships": "sail mast harbor anchor wave deck crew port"}
+common = "the a of and to in is it".split()
+def entries(topic, n):
+    return ["%d " % i + " ".join(rnd.choice(words[topic].split() + common) for _ in range(rnd.randrange(3, 30)))
+            for i in range(n)]
+def write(path, items, end="\n%\n"):
+    with open(path, "w") as f:
+        f.write(end.join(items) + "\n")
+cats = entries("cats", 60)
+for d in ("", "empty", "few", "shared"):
+    write(os.path.join(root, d, "cats"), cats)
+write(os.path.join(root, "ships"), entries("ships", 60), "\r\n%\r\n")   # CRLF lines
+write(os.path.join(root, "other"), entries("ships", 40) + ["caf\u00e9 \u00fcber na\u00efve"])   # only for word vectors
+open(os.path.join(root, "empty", "ships"), "w").write("%\n%\n   \n%\n")
+write(os.path.join(root, "few", "ships"), entries("ships", 4))
+write(os.path.join(root, "shared", "ships"), cats[::-1])   # every entry also in cats
+PY
+C="$B/text_classifier --data $F --categories cats,ships --out $T/tc.safetensors --png $T/tc.png"
+expect 0 '^usage:' $C --help
+[ -e "$T/tc.safetensors" ] && bad "text_classifier --help wrote its model" || ok
+for flag in data categories out png load epochs batch lr embed hidden attn dropout max-len min-count pretrain-epochs seed quick; do
+    grep -qE -- "^  --$flag( |$)" "$T/log" && ok || bad "text_classifier --help does not list --$flag"
+done
+expect 2 "unknown flag '--frobnicate'" $C --frobnicate
+expect 2 "--hidden: 0 is out of range" $C --hidden 0
+expect 2 "--max-len: 'ten' is not an integer" $C --max-len ten
+expect 2 "--dropout: 1 is out of range" $C --dropout 1
+expect 2 "--load needs a value" $C --load
+expect 1 "make deps" $C --quick --data "$T/nowhere"
+expect 1 "cannot read .*/nothing" $C --quick --categories cats,nothing
+expect 1 "name at least two categories" $C --quick --categories cats
+expect 1 "'cats' is named twice" $C --quick --categories cats,cats
+expect 1 "'\.\./cats' is not a category name" $C --quick --categories ../cats,ships
+expect 1 "ships holds 0 entries" $C --quick --data "$F/empty"
+expect 1 "ships holds 4 entries .*, fewer than the 10" $C --quick --data "$F/few"
+expect 1 "cats holds 0 entries" $C --quick --data "$F/shared"
+expect 1 "cannot write" $C --quick --out "$T/file/m.safetensors"
+grep -q '^epoch' "$T/log" && bad "text_classifier trained before finding --out unwritable" || ok
+expect 1 "is a directory" $C --quick --png "$T"
+expect 0 '^saved' $C --quick --epochs 3
+grep -qE '^data: 120 entries in 2 categories' "$T/log" && ok || bad "text_classifier: the CRLF file did not give 60 entries"
+grep -qE '^  (cats|ships) -> (cats|ships): ' "$T/log" && ok || bad "text_classifier printed no most-attended tokens"
+grep -qE '"test_acc": [01]\.[0-9]+, "baseline_test_acc": [01]\.[0-9]+' "$T/log" && ok || bad "text_classifier: no test_acc and baseline_test_acc"
+[ "$("$PYTHON" -c 'import sys; print(open(sys.argv[1],"rb").read(8) == b"\x89PNG\r\n\x1a\n")' "$T/tc.png")" = True ] && ok || bad "text_classifier wrote no PNG"
+expect 0 '^saved' $C --quick --pretrain-epochs 0 --max-len 5 --out "$T/tc0.safetensors"
+printf 'the mast and the anchor\nwhiskers purr\n\n!!!\nzzz qqq\n' > "$T/lines"
+expect 0 '"lines": 5' sh -c "$B/text_classifier --load $T/tc.safetensors < $T/lines"
+[ "$(grep -cE '^(cats|ships) [01]\.[0-9][0-9]  ' "$T/log")" -eq 4 ] && ok || bad "text_classifier --load did not classify the 4 lines with tokens"
+grep -qE '^-  \(no words\)' "$T/log" && ok || bad "text_classifier --load: an empty line is not '(no words)'"
+expect 0 '"lines": 0' sh -c "$B/text_classifier --load $T/tc0.safetensors < /dev/null"
+expect 1 'cannot open' $C --load "$T/none.safetensors"
+"$PYTHON" -c 'import json, struct, sys
+head = json.dumps({"w": {"dtype": "F32", "shape": [1], "data_offsets": [0, 4]}}).encode()
+open(sys.argv[1], "wb").write(struct.pack("<Q", len(head)) + head + struct.pack("<f", 1))' "$T/other.safetensors"
+expect 1 'not a text_classifier model' sh -c "$B/text_classifier --load $T/other.safetensors < $T/lines"
+head -c 300 "$T/tc.safetensors" > "$T/cut.safetensors"
+expect 1 'error: ' sh -c "$B/text_classifier --load $T/cut.safetensors < $T/lines"
+
 echo "$pass passed, $fail failed"
 [ "$fail" -eq 0 ]
