@@ -1,7 +1,7 @@
 # attnvae: build, test, benchmark and demo.
 #   make demo      install what it needs, train the Fashion-MNIST VAE, write PNGs
 #   make test      the whole test suite (ends with "N passed, M failed")
-#   make bench     GEMM vs OpenBLAS; the VAE, attention, an LSTM and convolutions vs PyTorch; fused vs composed
+#   make bench     GEMM vs OpenBLAS; the VAE, attention, an LSTM, convolutions and AttentionNet training vs PyTorch; fused vs composed
 #                  scores; the 2-thread speedup of a VAE and an MLP step (make bench-steps)
 #   make install   the header and attnvae.pc under PREFIX (/usr/local), DESTDIR honoured; make uninstall
 #   make sanitize  the test suite under ASan + UBSan
@@ -55,6 +55,7 @@ TESTS += test_conv
 OMP_TESTS += test_rnn
 OMP_TESTS += test_threads
 EXAMPLES := mlp_fashion vae_fashion ae_fashion
+EXAMPLES += cnn_attention_fashion
 
 .PHONY: install uninstall all examples tests test bench bench-steps sanitize valgrind test-arm64 fuzz demo deps deps-test deps-bench deps-arm64 deps-fuzz data clean
 
@@ -143,6 +144,8 @@ TEST_CMDS = $(call suite,,$(BUILD)) $(call suite,,$(BUILD)/cxx) $(call examples_
 	"$(BUILD)/vae_fashion --quick --data $(DATA) --out $(BUILD)/vae_quick --load $(BUILD)/vae_quick/vae.safetensors" \
 	"$(BUILD)/vae_fashion --quick --latent 2 --data $(DATA) --out $(BUILD)/vae_quick2" \
 	"$(BUILD)/ae_fashion --quick --data $(DATA) --out $(BUILD)/ae_quick" \
+	"$(BUILD)/cnn_attention_fashion --quick --no-attention --data $(DATA) --out $(BUILD)/cnn_quick/cnn.safetensors --maps $(BUILD)/cnn_quick/maps.png" \
+	"$(BUILD)/cnn_attention_fashion --quick --data $(DATA) --load $(BUILD)/cnn_quick/cnn.safetensors --maps $(BUILD)/cnn_quick/maps_loaded.png" \
 	"tests/check_config.sh '$(CC)' $(BUILD)/test_core" \
 	"tests/check_install.sh '$(CC)'" \
 	"$(BAD_DATA_CHECK)"
@@ -206,17 +209,21 @@ build/fuzz/make_fuzz_seeds: tests/make_fuzz_seeds.c $(HEADER)
 	$(CC) -std=c99 $(WARN) -O1 -o $@ $< -lm
 
 # ---- benchmarks -------------------------------------------------------
-bench: deps-bench data $(BUILD)/bench_gemm $(BUILD)/bench_scores $(BUILD)/vae_fashion $(BUILD)/bench_attention $(BUILD)/bench_rnn $(BUILD)/bench_conv
+bench: deps-bench data $(BUILD)/bench_gemm $(BUILD)/bench_scores $(BUILD)/vae_fashion $(BUILD)/bench_attention $(BUILD)/bench_rnn $(BUILD)/bench_conv $(BUILD)/bench_cnn
 	$(BUILD)/bench_gemm
 	$(BUILD)/bench_scores
 	tests/bench_vae.sh $(BUILD)/vae_fashion $(DATA)
 	tests/bench_attention.sh $(BUILD)/bench_attention
 	tests/bench_conv.sh $(BUILD)/bench_conv
+	tests/bench_cnn.sh $(BUILD)/bench_cnn
 
 $(BUILD)/bench_attention: tests/bench_attention.c $(HEADER) | $(BUILD)
 	$(C99) $(OPENMP) -o $@ $< -lm
 
 $(BUILD)/bench_conv: tests/bench_conv.c $(HEADER) | $(BUILD)
+	$(C99) $(OPENMP) -o $@ $< -lm
+
+$(BUILD)/bench_cnn: tests/bench_cnn.c $(HEADER) | $(BUILD)
 	$(C99) $(OPENMP) -o $@ $< -lm
 
 $(BUILD)/bench_gemm: tests/bench_gemm.c $(HEADER) | $(BUILD)

@@ -53,6 +53,19 @@ static void augment(const float *src, float *dst, int h, int w, int pad, av_rng 
         }
 }
 
+/* Makes the directory of path (mkdir -p) and checks that path can be written. */
+static int out_path(const char *path) {
+    char dir[1024];
+    const char *slash = strrchr(path, '/');
+    size_t len = slash ? (size_t)(slash - path) : 0;
+    if (len > 0 && len < sizeof dir) {
+        memcpy(dir, path, len);
+        dir[len] = 0;
+        if (ex_out_dir(dir)) return -1;
+    }
+    return ex_out_file(path);
+}
+
 static int argmax(const float *row, int n) {
     int best = 0, j;
     for (j = 1; j < n; j++) best = row[j] > row[best] ? j : best;
@@ -294,7 +307,7 @@ int main(int argc, char **argv) {
         return 2;
     }
     if (ex_load_fashion(data, &train, &test)) return 1;
-    if ((st.epochs > 0 && ex_out_file(out)) || ex_out_file(maps)) {
+    if ((st.epochs > 0 && out_path(out)) || out_path(maps)) {
         ex_dataset_free(&train);
         ex_dataset_free(&test);
         return 1;
