@@ -44,6 +44,7 @@ TESTS += test_attn_ref
 TESTS += test_transformer_ref
 TESTS += test_rnn_ref
 TESTS += test_conv_ref
+TESTS += test_imgattn
 TESTS += test_alloc
 OMP_TESTS :=
 OMP_TESTS += test_gemm
@@ -99,6 +100,7 @@ suite = \
 	"$(1) $(2)/test_attention" \
 	"$(1) $(2)/test_scores" \
 	"$(1) $(2)/test_conv $(2)" \
+	"$(1) $(2)/test_imgattn" \
 	"$(1) $(2)/test_transformer" \
 	"$(1) $(2)/test_decoding" \
 	"$(1) $(2)/test_optim" \

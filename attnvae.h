@@ -129,7 +129,12 @@
                     (av_lstm_new av_gru_new) and av_rnn_cell (LSTM, GRU);
                     nn.Conv2d and nn.ConvTranspose2d (av_conv2d_layer),
                     spectral_norm, nn.BatchNorm2d (running statistics as
-                    buffers), nn.GroupNorm
+                    buffers), nn.GroupNorm; attention for images:
+                    av_self_attn2d (SAGAN, gamma-gated, maps [B, N, N]),
+                    av_spatial_attn (CBAM), av_channel_attn (squeeze-and-
+                    excitation); av_conv_block, av_res_block (projection
+                    shortcut), av_attention_net (config, attention maps,
+                    features, an attention switch for ablations)
      [7 toolkits]   VAE: gaussian head, reparameterize, KL, likelihoods, ELBO,
                     IWAE (an estimate, and a loss to train), av_vae around
                     any encoder and decoder
@@ -892,6 +897,118 @@ AVAPI av_tensor *av_batch_norm_forward(av_ctx *c, const av_batch_norm_layer *l, 
 typedef struct av_group_norm_layer { av_tensor *weight, *bias; int num_groups; float eps; } av_group_norm_layer;
 AVAPI av_group_norm_layer av_group_norm_new(av_model *m, const char *name, int num_groups, int num_channels, float eps);
 AVAPI av_tensor *av_group_norm_forward(av_ctx *c, const av_group_norm_layer *l, av_tensor *x);
+
+/* ---- attention for images ---- */
+/* SAGAN self-attention (Zhang et al. 2019), gated by gamma, over the
+   N = H W positions of x [B, C, H, W]:
+     q = query(x), k = key(x) [B, C/reduction, N], v = value(x) [B, C, N]
+       (1x1 convolutions with bias),
+     a[b, i, j] = softmax over j of q_i . k_j   (scale 1: SAGAN has no 1/sqrt(d)),
+     o_i = sum_j a[b, i, j] v_j,   out = gamma o + x,
+   gamma [1] a parameter starting at 0, so the block starts as the identity.
+   Names: "<name>.query.weight" [C/r, C, 1, 1] and ".bias", "<name>.key.*"
+   (the same shapes), "<name>.value.*" [C, C, 1, 1], "<name>.gamma" [1]. The
+   paper's g, f and h are query, key and value (s_ij = f(x_i)^T g(x_j) with
+   the softmax over i for output j); the common PyTorch implementation calls
+   them query_conv, key_conv and value_conv (rename those to load its
+   state_dict). Like that implementation, no output convolution follows o
+   (the paper's v). reduction: 8 in SAGAN; C/reduction must be >= 1. */
+typedef struct av_self_attn2d { av_conv2d_layer query, key, value; av_tensor *gamma; } av_self_attn2d;
+AVAPI av_self_attn2d av_self_attn2d_new(av_model *m, const char *name, int channels, int reduction);
+/* spectral_norm on the three convolutions (as SAGAN's generator and discriminator) */
+AVAPI void av_self_attn2d_spectral_norm(av_model *m, av_self_attn2d *l);
+/* x [B, C, H, W] -> [B, C, H, W] over av_sdpa (tiled: nothing N x N is
+   kept). attn not NULL: the naive av_sdpa_weights path, and *attn gets the
+   weights [B, N, N], rows summing to 1: row i is the query position (row
+   i / W, column i % W) and its N entries weigh the key positions in the
+   same row-major order. So where pixel (py, px) of image b looks is the
+   H x W image at attn->data + ((size_t)b N + py W + px) N. */
+AVAPI av_tensor *av_self_attn2d_forward(av_ctx *c, const av_self_attn2d *l, av_tensor *x, av_tensor **attn);
+
+/* Spatial attention (CBAM, Woo et al. 2018): the max and the mean over the
+   channels [B, 2, H, W] (in that order, as CBAM's ChannelPool), a kernel x
+   kernel convolution to one channel (padding kernel / 2, no bias), a
+   sigmoid: the map [B, 1, H, W], and out = x map. "<name>.conv.weight"
+   [1, 2, k, k]. kernel: odd, 0 means 7 (CBAM's). */
+typedef struct av_spatial_attn { av_conv2d_layer conv; } av_spatial_attn;
+AVAPI av_spatial_attn av_spatial_attn_new(av_model *m, const char *name, int kernel);
+/* *map (if not NULL) gets the gate [B, 1, H, W] */
+AVAPI av_tensor *av_spatial_attn_forward(av_ctx *c, const av_spatial_attn *l, av_tensor *x, av_tensor **map);
+
+/* Channel attention, squeeze-and-excitation (Hu et al. 2018), as
+   torchvision.ops.SqueezeExcitation: s = sigmoid(fc2(relu(fc1(mean over
+   H, W of x)))) [B, C], out = x s. fc1 and fc2 are 1x1 convolutions with
+   bias: "<name>.fc1.weight" [C/r, C, 1, 1], "<name>.fc2.weight" [C, C/r,
+   1, 1]; C/reduction must be >= 1. */
+typedef struct av_channel_attn { av_conv2d_layer fc1, fc2; } av_channel_attn;
+AVAPI av_channel_attn av_channel_attn_new(av_model *m, const char *name, int channels, int reduction);
+/* *weights (if not NULL) gets s [B, C] */
+AVAPI av_tensor *av_channel_attn_forward(av_ctx *c, const av_channel_attn *l, av_tensor *x, av_tensor **weights);
+
+/* ---- convolutional blocks ---- */
+/* conv3x3 (padding 1) - BatchNorm2d - ReLU: "<name>.conv.weight" [out, in,
+   3, 3] and "<name>.bn.*". The convolutions of the blocks have no bias: the
+   batch norm's shift replaces it (as torchvision's ResNet). */
+typedef struct av_conv_block { av_conv2d_layer conv; av_batch_norm_layer bn; } av_conv_block;
+AVAPI av_conv_block av_conv_block_new(av_model *m, const char *name, int in, int out);
+AVAPI av_tensor *av_conv_block_forward(av_ctx *c, const av_conv_block *b, av_tensor *x);
+
+/* A residual block (ResNet's basic block): relu(bn2(conv2(relu(bn1(conv1
+   x)))) + shortcut(x)), conv1 3x3 with the stride, conv2 3x3; the shortcut
+   is x, or a projection, a 1x1 convolution with the stride and a
+   BatchNorm2d, when stride != 1 or in != out. Names "<name>.conv1",
+   "<name>.bn1", "<name>.conv2", "<name>.bn2", "<name>.shortcut.0" (conv)
+   and "<name>.shortcut.1" (bn), as nn.Sequential numbers them. */
+typedef struct av_res_block {
+    av_conv2d_layer conv1, conv2, shortcut_conv; /* shortcut_conv.weight NULL: the identity */
+    av_batch_norm_layer bn1, bn2, shortcut_bn;
+} av_res_block;
+AVAPI av_res_block av_res_block_new(av_model *m, const char *name, int in, int out, int stride);
+AVAPI av_tensor *av_res_block_forward(av_ctx *c, const av_res_block *b, av_tensor *x);
+
+/* The AttentionNet classifier: a ConvBlock stem "<name>.stem" at full
+   resolution; stages "<name>.layer<s+1>.<i>" of ResBlocks, the first of
+   each with stride 2; SAGAN self-attention "<name>.sagan" after stage
+   sagan_stage and spatial attention "<name>.spatial" after spatial_stage
+   (SAGAN first if both follow the same stage); global average pooling (the
+   features) and "<name>.fc" (nn.Linear) to the logits. attention 0 builds
+   the same net without its attention blocks (no parameters made for them),
+   for ablations. */
+#define AV_ATTNET_MAX_STAGES 4
+#define AV_ATTNET_MAX_BLOCKS 4
+typedef struct av_attention_net_config {
+    int in_channels, num_classes;
+    int stem_channels;
+    int num_stages;
+    int channels[AV_ATTNET_MAX_STAGES], blocks[AV_ATTNET_MAX_STAGES];
+    int sagan_stage, spatial_stage;  /* stage index, or -1 for none */
+    int sagan_reduction, spatial_kernel;
+    int attention;                   /* 1: attention blocks on; 0: off (ablation) */
+} av_attention_net_config;
+/* For 1 x 28 x 28 Fashion-MNIST: stem 32 at 28x28, stages of one ResBlock,
+   64 at 14x14 then 128 at 7x7, SAGAN (reduction 8) after the first
+   stage (196 positions), spatial attention (7x7) after the second, 10
+   classes. */
+AVAPI av_attention_net_config av_attention_net_defaults(void);
+typedef struct av_attention_net {
+    av_attention_net_config cfg;
+    av_conv_block stem;
+    av_res_block stages[AV_ATTNET_MAX_STAGES][AV_ATTNET_MAX_BLOCKS];
+    av_self_attn2d sagan;     /* query.weight NULL when absent */
+    av_spatial_attn spatial;  /* conv.weight NULL when absent */
+    av_linear_layer fc;
+} av_attention_net;
+/* The attention maps of a forward pass, to draw: sagan [B, N, N] over the
+   N = sagan_h sagan_w positions where the block sits (as
+   av_self_attn2d_forward's), spatial [B, 1, H, W]; NULL when the net has
+   no such block. */
+typedef struct av_attention_net_maps { av_tensor *sagan, *spatial; int sagan_h, sagan_w; } av_attention_net_maps;
+AVAPI av_attention_net av_attention_net_new(av_model *m, const char *name, const av_attention_net_config *cfg);
+/* x [B, in_channels, H, W] -> logits [B, num_classes]. maps: NULL, or
+   filled (then the SAGAN block runs the naive path to return its weights). */
+AVAPI av_tensor *av_attention_net_forward(av_ctx *c, const av_attention_net *net, av_tensor *x, av_attention_net_maps *maps);
+/* the pooled features before fc, [B, channels of the last stage] */
+AVAPI av_tensor *av_attention_net_features(av_ctx *c, const av_attention_net *net, av_tensor *x, av_attention_net_maps *maps);
 
 /* A plain autoencoder: encoder MLP sizes[0] -> ... -> sizes[n] (the code),
    decoder the mirror image back to sizes[0]; parameters "<name>.enc.*" and
@@ -7727,6 +7844,225 @@ AVDEF av_group_norm_layer av_group_norm_new(av_model *m, const char *name, int n
 
 AVDEF av_tensor *av_group_norm_forward(av_ctx *c, const av_group_norm_layer *l, av_tensor *x) {
     return av_group_norm(c, x, l->num_groups, l->weight, l->bias, l->eps);
+}
+
+/* ---- attention for images ---- */
+/* x must be [B, C, H, W]; returns C */
+static int av__check_image(const char *op, const av_tensor *x, int C) {
+    if (x->ndim != 4 || x->shape[1] != C) {
+        char s[64];
+        av__fail("%s: x %s must be [B, C = %d, H, W]", op, av__shape_str(x, s, sizeof s), C);
+    }
+    return C;
+}
+
+/* channels / reduction, which must be >= 1 */
+static int av__reduced_channels(const char *op, const char *name, int channels, int reduction) {
+    if (channels < 1 || reduction < 1 || channels / reduction < 1)
+        av__fail("%s '%s': channels %d / reduction %d must be >= 1", op, name, channels, reduction);
+    return channels / reduction;
+}
+
+AVDEF av_self_attn2d av_self_attn2d_new(av_model *m, const char *name, int channels, int reduction) {
+    av_self_attn2d l;
+    char buf[AV__NAME_MAX];
+    int d = av__reduced_channels("av_self_attn2d_new", name, channels, reduction);
+    l.query = av_conv2d_new(m, av__subname(buf, name, "query"), channels, d, 1, 1, NULL, 1);
+    l.key = av_conv2d_new(m, av__subname(buf, name, "key"), channels, d, 1, 1, NULL, 1);
+    l.value = av_conv2d_new(m, av__subname(buf, name, "value"), channels, channels, 1, 1, NULL, 1);
+    l.gamma = av_param(m, av__subname(buf, name, "gamma"), AV_INIT_ZEROS, 0, 1, 1);
+    return l;
+}
+
+AVDEF void av_self_attn2d_spectral_norm(av_model *m, av_self_attn2d *l) {
+    av_conv2d_spectral_norm(m, &l->query);
+    av_conv2d_spectral_norm(m, &l->key);
+    av_conv2d_spectral_norm(m, &l->value);
+}
+
+/* a 1x1 convolution's output [B, C', H, W] as [B, N, C'], positions as rows */
+static av_tensor *av__positions(av_ctx *c, const av_conv2d_layer *conv, av_tensor *x) {
+    av_tensor *y = av_conv2d_forward(c, conv, x);
+    return av_transpose(c, av_reshape(c, y, 3, y->shape[0], y->shape[1], y->shape[2] * y->shape[3]), 1, 2);
+}
+
+AVDEF av_tensor *av_self_attn2d_forward(av_ctx *c, const av_self_attn2d *l, av_tensor *x, av_tensor **attn) {
+    static const char *op = "av_self_attn2d_forward";
+    int C = l->value.weight->shape[0], B, H, W;
+    av_tensor *q, *k, *v, *o;
+    av__live(c, op, x, NULL, NULL);
+    av__check_image(op, x, C);
+    B = x->shape[0];
+    H = x->shape[2];
+    W = x->shape[3];
+    q = av__positions(c, &l->query, x);
+    k = av__positions(c, &l->key, x);
+    v = av__positions(c, &l->value, x);
+    o = attn ? av_sdpa_weights(c, q, k, v, NULL, 0, 1.0f, attn) : av_sdpa(c, q, k, v, NULL, 0, 0.0f, 1.0f);
+    o = av_reshape(c, av_transpose(c, o, 1, 2), 4, B, C, H, W);
+    return av_add(c, av_mul(c, l->gamma, o), x);
+}
+
+AVDEF av_spatial_attn av_spatial_attn_new(av_model *m, const char *name, int kernel) {
+    av_spatial_attn l;
+    av_conv_opts o;
+    char buf[AV__NAME_MAX];
+    if (kernel == 0) kernel = 7;
+    if (kernel < 0 || kernel % 2 == 0) av__fail("av_spatial_attn_new '%s': kernel %d must be odd (0: 7)", name, kernel);
+    o = av_conv_opts_square(1, kernel / 2, 1, 1);
+    l.conv = av_conv2d_new(m, av__subname(buf, name, "conv"), 2, 1, kernel, kernel, &o, 0);
+    return l;
+}
+
+AVDEF av_tensor *av_spatial_attn_forward(av_ctx *c, const av_spatial_attn *l, av_tensor *x, av_tensor **map) {
+    static const char *op = "av_spatial_attn_forward";
+    av_tensor *pooled[2], *gate;
+    av__live(c, op, x, NULL, NULL);
+    if (x->ndim != 4 || x->shape[1] < 1) av__fail_shapes(op, "x must be [B, C >= 1, H, W]", x, NULL);
+    pooled[0] = av_max(c, x, 1, 1);
+    pooled[1] = av_mean(c, x, 1, 1);
+    gate = av_sigmoid(c, av_conv2d_forward(c, &l->conv, av_concat(c, pooled, 2, 1)));
+    if (map) *map = gate;
+    return av_mul(c, x, gate);
+}
+
+AVDEF av_channel_attn av_channel_attn_new(av_model *m, const char *name, int channels, int reduction) {
+    av_channel_attn l;
+    char buf[AV__NAME_MAX];
+    int d = av__reduced_channels("av_channel_attn_new", name, channels, reduction);
+    l.fc1 = av_conv2d_new(m, av__subname(buf, name, "fc1"), channels, d, 1, 1, NULL, 1);
+    l.fc2 = av_conv2d_new(m, av__subname(buf, name, "fc2"), d, channels, 1, 1, NULL, 1);
+    return l;
+}
+
+AVDEF av_tensor *av_channel_attn_forward(av_ctx *c, const av_channel_attn *l, av_tensor *x, av_tensor **weights) {
+    static const char *op = "av_channel_attn_forward";
+    av_tensor *s;
+    av__live(c, op, x, NULL, NULL);
+    av__check_image(op, x, l->fc1.weight->shape[1]);
+    s = av_relu(c, av_conv2d_forward(c, &l->fc1, av_adaptive_avg_pool2d(c, x, 1, 1)));
+    s = av_sigmoid(c, av_conv2d_forward(c, &l->fc2, s)); /* [B, C, 1, 1] */
+    if (weights) *weights = av_reshape(c, s, 2, s->shape[0], s->shape[1]);
+    return av_mul(c, x, s);
+}
+
+/* ---- convolutional blocks ---- */
+/* conv (no bias) "<name>.<conv>" and BatchNorm2d "<name>.<bn>" (PyTorch's defaults) */
+static void av__conv_bn(av_model *m, const char *name, const char *conv, const char *bn, int in, int out, int k, int stride,
+                        av_conv2d_layer *cl, av_batch_norm_layer *bl) {
+    char buf[AV__NAME_MAX];
+    av_conv_opts o = av_conv_opts_square(stride, k / 2, 1, 1);
+    *cl = av_conv2d_new(m, av__subname(buf, name, conv), in, out, k, k, &o, 0);
+    *bl = av_batch_norm_new(m, av__subname(buf, name, bn), out, 1e-5f, 0.1f);
+}
+
+AVDEF av_conv_block av_conv_block_new(av_model *m, const char *name, int in, int out) {
+    av_conv_block b;
+    av__conv_bn(m, name, "conv", "bn", in, out, 3, 1, &b.conv, &b.bn);
+    return b;
+}
+
+AVDEF av_tensor *av_conv_block_forward(av_ctx *c, const av_conv_block *b, av_tensor *x) {
+    return av_relu(c, av_batch_norm_forward(c, &b->bn, av_conv2d_forward(c, &b->conv, x)));
+}
+
+AVDEF av_res_block av_res_block_new(av_model *m, const char *name, int in, int out, int stride) {
+    av_res_block b;
+    memset(&b, 0, sizeof b);
+    if (stride < 1) av__fail("av_res_block_new '%s': stride %d must be >= 1", name, stride);
+    av__conv_bn(m, name, "conv1", "bn1", in, out, 3, stride, &b.conv1, &b.bn1);
+    av__conv_bn(m, name, "conv2", "bn2", out, out, 3, 1, &b.conv2, &b.bn2);
+    if (stride != 1 || in != out) av__conv_bn(m, name, "shortcut.0", "shortcut.1", in, out, 1, stride, &b.shortcut_conv, &b.shortcut_bn);
+    return b;
+}
+
+AVDEF av_tensor *av_res_block_forward(av_ctx *c, const av_res_block *b, av_tensor *x) {
+    av_tensor *h = av_relu(c, av_batch_norm_forward(c, &b->bn1, av_conv2d_forward(c, &b->conv1, x)));
+    av_tensor *s = x;
+    h = av_batch_norm_forward(c, &b->bn2, av_conv2d_forward(c, &b->conv2, h));
+    if (b->shortcut_conv.weight) s = av_batch_norm_forward(c, &b->shortcut_bn, av_conv2d_forward(c, &b->shortcut_conv, x));
+    return av_relu(c, av_add(c, h, s));
+}
+
+AVDEF av_attention_net_config av_attention_net_defaults(void) {
+    av_attention_net_config cfg;
+    memset(&cfg, 0, sizeof cfg);
+    cfg.in_channels = 1;
+    cfg.num_classes = 10;
+    cfg.stem_channels = 32;
+    cfg.num_stages = 2;
+    cfg.channels[0] = 64;
+    cfg.channels[1] = 128;
+    cfg.blocks[0] = cfg.blocks[1] = 1;
+    cfg.sagan_stage = 0;
+    cfg.spatial_stage = 1;
+    cfg.sagan_reduction = 8;
+    cfg.spatial_kernel = 7;
+    cfg.attention = 1;
+    return cfg;
+}
+
+AVDEF av_attention_net av_attention_net_new(av_model *m, const char *name, const av_attention_net_config *cfg) {
+    static const char *op = "av_attention_net_new";
+    av_attention_net net;
+    char buf[AV__NAME_MAX], leaf[32];
+    int s, i, in;
+    memset(&net, 0, sizeof net);
+    net.cfg = *cfg;
+    if (cfg->in_channels < 1 || cfg->num_classes < 1 || cfg->stem_channels < 1 || cfg->num_stages < 1 ||
+        cfg->num_stages > AV_ATTNET_MAX_STAGES || cfg->sagan_stage < -1 || cfg->sagan_stage >= cfg->num_stages ||
+        cfg->spatial_stage < -1 || cfg->spatial_stage >= cfg->num_stages)
+        av__fail("%s '%s': in_channels %d, num_classes %d, stem_channels %d must be >= 1, num_stages %d in 1..%d, "
+                 "sagan_stage %d and spatial_stage %d in -1..num_stages-1",
+                 op, name, cfg->in_channels, cfg->num_classes, cfg->stem_channels, cfg->num_stages, AV_ATTNET_MAX_STAGES,
+                 cfg->sagan_stage, cfg->spatial_stage);
+    for (s = 0; s < cfg->num_stages; s++)
+        if (cfg->channels[s] < 1 || cfg->blocks[s] < 1 || cfg->blocks[s] > AV_ATTNET_MAX_BLOCKS)
+            av__fail("%s '%s': stage %d has %d channels and %d blocks (channels >= 1, blocks 1..%d)", op, name, s,
+                     cfg->channels[s], cfg->blocks[s], AV_ATTNET_MAX_BLOCKS);
+    net.stem = av_conv_block_new(m, av__subname(buf, name, "stem"), cfg->in_channels, cfg->stem_channels);
+    in = cfg->stem_channels;
+    for (s = 0; s < cfg->num_stages; s++) {
+        for (i = 0; i < cfg->blocks[s]; i++) {
+            snprintf(leaf, sizeof leaf, "layer%d.%d", s + 1, i);
+            net.stages[s][i] = av_res_block_new(m, av__subname(buf, name, leaf), in, cfg->channels[s], i == 0 ? 2 : 1);
+            in = cfg->channels[s];
+        }
+        if (cfg->attention && s == cfg->sagan_stage)
+            net.sagan = av_self_attn2d_new(m, av__subname(buf, name, "sagan"), in, cfg->sagan_reduction);
+        if (cfg->attention && s == cfg->spatial_stage)
+            net.spatial = av_spatial_attn_new(m, av__subname(buf, name, "spatial"), cfg->spatial_kernel);
+    }
+    net.fc = av_linear_layer_new(m, av__subname(buf, name, "fc"), in, cfg->num_classes, 1);
+    return net;
+}
+
+AVDEF av_tensor *av_attention_net_features(av_ctx *c, const av_attention_net *net, av_tensor *x, av_attention_net_maps *maps) {
+    static const char *op = "av_attention_net_features";
+    const av_attention_net_config *cfg = &net->cfg;
+    int s, i;
+    av__live(c, op, x, NULL, NULL);
+    av__check_image(op, x, cfg->in_channels);
+    if (maps) memset(maps, 0, sizeof *maps);
+    x = av_conv_block_forward(c, &net->stem, x);
+    for (s = 0; s < cfg->num_stages; s++) {
+        for (i = 0; i < cfg->blocks[s]; i++) x = av_res_block_forward(c, &net->stages[s][i], x);
+        if (net->sagan.query.weight && s == cfg->sagan_stage) {
+            if (maps) {
+                maps->sagan_h = x->shape[2];
+                maps->sagan_w = x->shape[3];
+            }
+            x = av_self_attn2d_forward(c, &net->sagan, x, maps ? &maps->sagan : NULL);
+        }
+        if (net->spatial.conv.weight && s == cfg->spatial_stage)
+            x = av_spatial_attn_forward(c, &net->spatial, x, maps ? &maps->spatial : NULL);
+    }
+    x = av_adaptive_avg_pool2d(c, x, 1, 1);
+    return av_reshape(c, x, 2, x->shape[0], x->shape[1]);
+}
+
+AVDEF av_tensor *av_attention_net_forward(av_ctx *c, const av_attention_net *net, av_tensor *x, av_attention_net_maps *maps) {
+    return av_linear_forward(c, &net->fc, av_attention_net_features(c, net, x, maps));
 }
 
 AVDEF av_autoencoder av_autoencoder_new(av_model *m, const char *name, int n_layers, const int *sizes, int activation) {

@@ -18,6 +18,15 @@
          adaptive_avg_pool2d, interpolate nearest and bilinear
          (align_corners=False) to larger, smaller and odd sizes: output and
          the gradient of x.
+   img   av_self_attn2d against SAGAN self-attention as the common PyTorch
+         code writes it (output, weights [B, N, N] on both paths, all
+         gradients), and with spectral_norm on its convolutions (training
+         steps, buffers, eval); av_res_block against a ResNet basic block
+         with a projection shortcut and with the identity, batch norm
+         training steps then eval; av_channel_attn against
+         torchvision.ops.SqueezeExcitation's maths and names; a small
+         av_attention_net (stem, ResBlocks, SAGAN, spatial attention, fc)
+         through training steps and eval.
    Modules are loaded by name from the state_dict that the script saves
    as safetensors (num_batches_tracked written as F32).
 
@@ -33,8 +42,8 @@
 #include "test.h"
 #include "pyref.h"
 
-enum { G_CONV, G_NORM, G_SN, G_POOL, N_GROUPS };
-static const char *const group_name[N_GROUPS] = {"conv", "norm", "sn", "pool"};
+enum { G_CONV, G_NORM, G_SN, G_POOL, G_IMG, N_GROUPS };
+static const char *const group_name[N_GROUPS] = {"conv", "norm", "sn", "pool", "img"};
 static const char *work_dir;
 
 static named *cfg_of(const char *cs, int n, const int *v) {
@@ -300,6 +309,118 @@ static void check_pool(av_ctx *c, const pool_case *k) {
     av_ctx_reset(c);
 }
 
+/* ======================================================================= */
+/* img: attention for images, blocks, AttentionNet                          */
+/* ======================================================================= */
+enum { K_SAGAN = 6, K_RES = 7, K_NET = 8, K_SE = 9 };
+typedef struct img_case {
+    const char *name;
+    int kind, B, C, H, W;
+    int a, b, c; /* sagan: reduction, spectral norm; res: out, stride; se: reduction */
+} img_case;
+static const img_case img_cases[] = {
+    {"sagan", K_SAGAN, 2, 16, 5, 6, 8, 0, 0},
+    {"disc.attn", K_SAGAN, 2, 8, 4, 4, 4, 1, 0},
+    {"res.proj", K_RES, 3, 4, 7, 7, 6, 2, 0},
+    {"res.id", K_RES, 2, 6, 5, 5, 6, 1, 0},
+    {"se", K_SE, 3, 8, 4, 5, 4, 0, 0},
+    {"net", K_NET, 4, 1, 12, 12, 0, 0, 0},
+};
+#define N_IMG ((int)(sizeof img_cases / sizeof img_cases[0]))
+
+/* the AttentionNet of case "net": 12x12 -> 6x6 (SAGAN) -> 3x3 (spatial) */
+static av_attention_net_config small_net(void) {
+    av_attention_net_config cfg = av_attention_net_defaults();
+    cfg.stem_channels = 8;
+    cfg.channels[0] = 8;
+    cfg.channels[1] = 16;
+    cfg.sagan_reduction = 4;
+    cfg.spatial_kernel = 3;
+    return cfg;
+}
+
+static int img_steps(const img_case *k) {
+    return k->kind == K_SAGAN ? (k->b ? SN_STEPS : 0) : k->kind == K_SE ? 0 : BN_STEPS;
+}
+
+static void draw_img(const img_case *k) {
+    int cfg[16], n = 0, xs[4], ys[4];
+    xs[0] = ys[0] = k->B; xs[1] = ys[1] = k->C; xs[2] = ys[2] = k->H; xs[3] = ys[3] = k->W;
+    cfg[n++] = k->kind;
+    if (k->kind == K_SAGAN || k->kind == K_SE) {
+        cfg[n++] = k->C;
+        cfg[n++] = k->kind == K_SE ? k->C / k->a : k->a;
+        if (k->kind == K_SAGAN) cfg[n++] = k->b;
+    } else if (k->kind == K_RES) {
+        cfg[n++] = k->C; cfg[n++] = k->a; cfg[n++] = k->b;
+        ys[1] = k->a; ys[2] = (k->H - 1) / k->b + 1; ys[3] = (k->W - 1) / k->b + 1;
+    } else {
+        av_attention_net_config g = small_net();
+        int s;
+        cfg[n++] = g.in_channels; cfg[n++] = g.num_classes; cfg[n++] = g.stem_channels; cfg[n++] = g.num_stages;
+        for (s = 0; s < g.num_stages; s++) cfg[n++] = g.channels[s];
+        for (s = 0; s < g.num_stages; s++) cfg[n++] = g.blocks[s];
+        cfg[n++] = g.sagan_stage; cfg[n++] = g.spatial_stage; cfg[n++] = g.sagan_reduction; cfg[n++] = g.spatial_kernel;
+        ys[1] = g.num_classes;
+    }
+    cfg_of(k->name, n, cfg);
+    if (k->kind == K_NET) { /* images [B, 1, H, W], logits [B, classes] */
+        char f[16];
+        int i;
+        for (i = 0; i <= BN_STEPS; i++) {
+            if (i < BN_STEPS) snprintf(f, sizeof f, "x%d", i); else snprintf(f, sizeof f, "x_eval");
+            draw(k->name, f, -1.5 + 0.5 * i, 1.0 + i, 4, xs);
+            if (i < BN_STEPS) snprintf(f, sizeof f, "r%d", i); else snprintf(f, sizeof f, "r_eval");
+            draw(k->name, f, -1, 1, 2, ys);
+        }
+    } else if (img_steps(k)) draw_steps(k->name, img_steps(k), 4, xs, ys);
+    else {
+        draw(k->name, "x", -1.5, 1.5, 4, xs);
+        draw(k->name, "r", -1, 1, 4, ys);
+    }
+}
+
+/* set: sagan_fwd runs the naive path and checks its weights against "<case>:s0.attn" */
+static const char *attn_case;
+static av_tensor *sagan_fwd(av_ctx *c, const void *l, av_tensor *x) {
+    av_tensor *a, *y;
+    if (!attn_case) return av_self_attn2d_forward(c, (const av_self_attn2d *)l, x, NULL);
+    y = av_self_attn2d_forward(c, (const av_self_attn2d *)l, x, &a);
+    compare(G_IMG, FWD, attn_case, "s0.attn", "(av_sdpa_weights)", a->data, a->size, 0);
+    return y;
+}
+static av_tensor *res_fwd(av_ctx *c, const void *l, av_tensor *x) { return av_res_block_forward(c, (const av_res_block *)l, x); }
+static av_tensor *se_fwd(av_ctx *c, const void *l, av_tensor *x) { return av_channel_attn_forward(c, (const av_channel_attn *)l, x, NULL); }
+static av_tensor *net_fwd(av_ctx *c, const void *l, av_tensor *x) {
+    return av_attention_net_forward(c, (const av_attention_net *)l, x, NULL);
+}
+
+static void check_img(av_ctx *c, const img_case *k) {
+    av_model *m = av_model_new(1);
+    av_attention_net_config cfg = small_net();
+    av_self_attn2d sa;
+    av_res_block rb;
+    av_channel_attn se;
+    av_attention_net net;
+    if (k->kind == K_SAGAN) {
+        sa = av_self_attn2d_new(m, k->name, k->C, k->a);
+        if (k->b) av_self_attn2d_spectral_norm(m, &sa);
+    } else if (k->kind == K_RES) rb = av_res_block_new(m, k->name, k->C, k->a, k->b);
+    else if (k->kind == K_SE) se = av_channel_attn_new(m, k->name, k->C, k->a);
+    else net = av_attention_net_new(m, k->name, &cfg);
+    if (!load(k->name, m)) return;
+    if (k->kind == K_SAGAN && !k->b) {
+        step(c, G_IMG, k->name, "s0", m, sagan_fwd, &sa, "x", "r");
+        attn_case = k->name;
+        step(c, G_IMG, k->name, "s0", m, sagan_fwd, &sa, "x", "r");
+        attn_case = NULL;
+    } else if (k->kind == K_SAGAN) run_steps(c, G_IMG, k->name, SN_STEPS, m, sagan_fwd, &sa);
+    else if (k->kind == K_RES) run_steps(c, G_IMG, k->name, BN_STEPS, m, res_fwd, &rb);
+    else if (k->kind == K_SE) step(c, G_IMG, k->name, "s0", m, se_fwd, &se, "x", "r");
+    else run_steps(c, G_IMG, k->name, BN_STEPS, m, net_fwd, &net);
+    av_model_free(m);
+}
+
 int main(int argc, char **argv) {
     const char *script = argc > 1 ? argv[1] : "tests/conv_ref.py";
     char in[512], out[512];
@@ -312,6 +433,7 @@ int main(int argc, char **argv) {
     for (i = 0; i < N_NORM; i++) draw_norm(&norm_cases[i]);
     for (i = 0; i < N_SN; i++) draw_sn(&sn_cases[i]);
     for (i = 0; i < N_POOL; i++) draw_pool(&pool_cases[i]);
+    for (i = 0; i < N_IMG; i++) draw_img(&img_cases[i]);
     if (write_table(&inputs, in) != 0) CHECK(0, "cannot write %s", in);
     else if (run_script(script, in, out)) {
         av_ctx *c = av_ctx_new();
@@ -319,6 +441,7 @@ int main(int argc, char **argv) {
         for (i = 0; i < N_NORM; i++) check_norm(c, &norm_cases[i]);
         for (i = 0; i < N_SN; i++) check_sn(c, &sn_cases[i]);
         for (i = 0; i < N_POOL; i++) check_pool(c, &pool_cases[i]);
+        for (i = 0; i < N_IMG; i++) check_img(c, &img_cases[i]);
         av_ctx_free(c);
         print_worst(group_name, N_GROUPS);
     }
