@@ -99,17 +99,20 @@ static void heat(float t, float rgb[3]) {
 }
 
 /* Draws image (h x w, in [0, 1]) scaled by s at (x0, y0), blended half and
-   half with map (h x w, scaled to its own maximum) in hot colours; map NULL
-   draws the image alone. */
+   half with map (h x w, stretched from its minimum to its maximum) in hot
+   colours; map NULL draws the image alone. */
 static void draw_cell(unsigned char *rgb, int width, int x0, int y0, int s, const float *image, const float *map, int h, int w) {
-    float top = 0, col[3] = {0, 0, 0};
+    float lo = map ? map[0] : 0, hi = lo, col[3] = {0, 0, 0};
     int y, x, k;
-    for (k = 0; map && k < h * w; k++) top = map[k] > top ? map[k] : top;
+    for (k = 0; map && k < h * w; k++) {
+        lo = map[k] < lo ? map[k] : lo;
+        hi = map[k] > hi ? map[k] : hi;
+    }
     for (y = 0; y < h * s; y++)
         for (x = 0; x < w * s; x++) {
             int at = (y / s) * w + x / s;
             unsigned char *px = rgb + ((size_t)(y0 + y) * width + x0 + x) * 3;
-            if (map) heat(top > 0 ? map[at] / top : 0, col);
+            if (map) heat(hi > lo ? (map[at] - lo) / (hi - lo) : 0, col);
             for (k = 0; k < 3; k++) {
                 float v = map ? 0.5f * image[at] + 0.5f * col[k] : image[at];
                 px[k] = (unsigned char)(255.0f * (v < 0 ? 0 : v > 1 ? 1 : v) + 0.5f);
@@ -323,7 +326,8 @@ int main(int argc, char **argv) {
         if (ablation) printf(", without attention %.2f%%", 100 * acc_ablation);
         printf("\nsummary: {\"test_acc\": %.4f", acc);
         if (ablation) printf(", \"test_acc_no_attention\": %.4f", acc_ablation);
-        printf(", \"epochs\": %d, \"train_images_per_s\": %.0f", st.epochs, speed);
+        printf(", \"epochs\": %d", st.epochs);
+        if (st.epochs > 0) printf(", \"train_images_per_s\": %.0f", speed);
         if (ablation) printf(", \"train_images_per_s_no_attention\": %.0f", speed_ablation);
         printf(", \"seconds\": %.1f, \"cpu_seconds\": %.1f}\n", ex_now() - t0, ((double)clock() - cpu0) / CLOCKS_PER_SEC);
     }
