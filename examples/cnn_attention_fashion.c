@@ -7,8 +7,8 @@
      ./build/cnn_attention_fashion [flags]   (--help lists them, with defaults and ranges)
 
    Prints the training loss and the test accuracy each epoch, saves the
-   model to --out (out/cnn_attention_fashion.safetensors) and draws test
-   images with their attention maps (--maps). --no-attention then trains the
+   model to --out (out/cnn_attention_fashion.safetensors) after each epoch,
+   and draws test images with their attention maps (--maps). --no-attention then trains the
    same net without its attention blocks, from the same seed on the same
    batches, and reports both accuracies. --load MODEL starts from saved
    weights: alone it only evaluates, with --epochs N it trains N more. */
@@ -182,7 +182,7 @@ static int write_maps(const char *path, av_ctx *c, const av_attention_net *net, 
 
 /* Trains (epochs > 0) and evaluates one net; *acc gets its test accuracy.
    load: a model file to start from, or NULL; save: where to save it after
-   training, or NULL. Returns 0, or -1 after printing why. */
+   each epoch, or NULL. Returns 0, or -1 after printing why. */
 static int run(const char *title, const settings *st, int attention, const char *load, const char *save,
                const char *maps_path, double *acc, double *images_per_s) {
     const ex_dataset *train = st->train, *test = st->test;
@@ -250,23 +250,21 @@ static int run(const char *title, const settings *st, int attention, const char 
         if (rc) break;
         train_seconds += ex_now() - t_epoch;
         *acc = evaluate(c, &net, test, st->n_test, st->batch, xb);
-        printf("epoch %2d  train loss %.4f  train accuracy %.2f%%  test accuracy %.2f%%  (%.1f s)\n", epoch,
-               loss_sum / st->n_train, 100.0 * correct / st->n_train, 100 * *acc, ex_now() - t0);
+        printf("epoch %2d  train loss %.4f  train accuracy %.2f%%  test accuracy %.2f%%  (%.1f s, cpu %.1f s)\n", epoch,
+               loss_sum / st->n_train, 100.0 * correct / st->n_train, 100 * *acc, ex_now() - t0,
+               (double)clock() / CLOCKS_PER_SEC);
         fflush(stdout);
+        if (save && av_model_save(model, save) != 0) { /* every epoch: a stopped run keeps its last one */
+            fprintf(stderr, "error: %s\n", av_error());
+            rc = -1;
+        }
     }
     *images_per_s = train_seconds > 0 ? (double)st->n_train * st->epochs / train_seconds : 0;
     if (!rc && st->epochs == 0) {
         *acc = evaluate(c, &net, test, st->n_test, st->batch, xb);
         printf("test accuracy %.2f%% on %d images\n", 100 * *acc, st->n_test);
     }
-    if (!rc && save && st->epochs > 0) {
-        if (av_model_save(model, save) != 0) {
-            fprintf(stderr, "error: %s\n", av_error());
-            rc = -1;
-        } else {
-            printf("saved %s\n", save);
-        }
-    }
+    if (!rc && save && st->epochs > 0) printf("saved %s\n", save);
     if (!rc && maps_path) {
         if ((rc = write_maps(maps_path, c, &net, test, st->n_test < 8 ? st->n_test : 8)) == 0)
             printf("pictures: %s\n", maps_path);
