@@ -216,8 +216,10 @@ bench: deps-bench data $(BUILD)/bench_gemm $(BUILD)/bench_scores $(BUILD)/vae_fa
 	$(BUILD)/bench_scores
 	tests/bench_vae.sh $(BUILD)/vae_fashion $(DATA)
 	tests/bench_attention.sh $(BUILD)/bench_attention
+	tests/bench_rnn.sh $(BUILD)/bench_rnn
 	tests/bench_conv.sh $(BUILD)/bench_conv
 	tests/bench_cnn.sh $(BUILD)/bench_cnn
+	@$(MAKE) --no-print-directory bench-steps
 
 $(BUILD)/bench_attention: tests/bench_attention.c $(HEADER) | $(BUILD)
 	$(C99) $(OPENMP) -o $@ $< -lm
@@ -232,6 +234,16 @@ $(BUILD)/bench_gemm: tests/bench_gemm.c $(HEADER) | $(BUILD)
 	$(CC) -std=c99 -O2 $(OPENMP) -o $@ $< -lopenblas -lm
 
 $(BUILD)/bench_scores: tests/bench_scores.c $(HEADER) | $(BUILD)
+	$(C99) $(OPENMP) -o $@ $< -lm
+
+$(BUILD)/bench_rnn: tests/bench_rnn.c $(HEADER) | $(BUILD)
+	$(C99) $(OPENMP) -o $@ $< -lm
+
+# A VAE and an MLP training step on 1 and 2 threads: the 2-thread speedup.
+bench-steps: $(BUILD)/bench_steps
+	$(BUILD)/bench_steps
+
+$(BUILD)/bench_steps: tests/bench_steps.c $(HEADER) | $(BUILD)
 	$(C99) $(OPENMP) -o $@ $< -lm
 
 	$(C99) $(OPENMP) -o $@ $< -lm

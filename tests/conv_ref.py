@@ -26,58 +26,11 @@ attnvae's av_model_load. Each step's loss is sum(y * r). Results go to OUT
 in IN's format. When torch cannot be imported the script writes
 "skip <reason>" to OUT and exits 77.
 """
-import json
 import os
-import struct
 import sys
 
-try:
-    import torch
-    import torch.nn.functional as F
-    from torch import nn
-except Exception as e:  # missing or broken install: skip, do not fail
-    if len(sys.argv) > 2:
-        with open(sys.argv[2], "w") as f:
-            f.write("skip %s\n" % str(e).replace("\n", " "))
-    sys.exit(77)
-
-D = torch.float64
-
-
-def read_cases(path):
-    """{case: {field: tensor}}, in file order"""
-    cases = {}
-    with open(path) as f:
-        lines = f.read().splitlines()
-    for head, values in zip(lines[0::2], lines[1::2]):
-        name, ndim, *dims = head.split()
-        case, field = name.split(":", 1)
-        shape = [int(d) for d in dims[:int(ndim)]]
-        cases.setdefault(case, {})[field] = torch.tensor([float(v) for v in values.split()], dtype=D).reshape(shape)
-    return cases
-
-
-def write_arrays(path, out):
-    with open(path, "w") as f:
-        for name, t in out.items():
-            t = t.detach().to(D)
-            f.write("%s %d%s\n" % (name, t.dim(), "".join(" %d" % s for s in t.shape)))
-            f.write(" ".join("%.17g" % v for v in t.reshape(-1).tolist()) + "\n")
-
-
-def save_safetensors(path, tensors):
-    """float32 safetensors (int64 num_batches_tracked included, as F32)"""
-    header, blobs, off = {}, [], 0
-    for name, t in tensors.items():
-        t = t.detach().to(torch.float32).contiguous()
-        data = struct.pack("<%df" % t.numel(), *t.reshape(-1).tolist())
-        header[name] = {"dtype": "F32", "shape": list(t.shape), "data_offsets": [off, off + len(data)]}
-        blobs.append(data)
-        off += len(data)
-    h = json.dumps(header).encode("utf-8")
-    h += b" " * (-(8 + len(h)) % 8)
-    with open(path, "wb") as f:
-        f.write(struct.pack("<Q", len(h)) + h + b"".join(blobs))
+sys.dont_write_bytecode = True  # no __pycache__ in tests/
+from pyref import torch, F, nn, D, read_cases, write_arrays, save_safetensors  # noqa: E402
 
 
 class SelfAttn2d(nn.Module):

@@ -1,5 +1,6 @@
 """The Python half of a cross-check against PyTorch in float64, shared by
-tests/attn_ref.py and tests/transformer_ref.py (the C half: tests/pyref.h).
+tests/attn_ref.py, tests/transformer_ref.py, tests/conv_ref.py and
+tests/rnn_ref.py (the C half: tests/pyref.h).
 
 Each script runs as SCRIPT IN OUT. IN holds named arrays from the C program
 ("case:field ndim d0 .. dk" on one line, the values on the next); results go
@@ -8,6 +9,7 @@ Importing this module imports torch; when that fails it writes
 "skip <reason>" to OUT and exits 77, so the C side skips instead of failing.
 """
 import json
+import os
 import struct
 import sys
 
@@ -56,8 +58,9 @@ def save_safetensors(path, tensors):
         off += len(data)
     h = json.dumps(header).encode("utf-8")
     h += b" " * (-(8 + len(h)) % 8)
-    with open(path, "wb") as f:
+    with open(path + ".tmp", "wb") as f:
         f.write(struct.pack("<Q", len(h)) + h + b"".join(blobs))
+    os.replace(path + ".tmp", path)
 
 
 def causal_mask(tq, tk):

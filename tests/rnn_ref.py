@@ -10,9 +10,7 @@ a weighted sum of every output, and writes the inputs, outputs and gradients
 to DIR/rnn_ref.safetensors. Both files are written with struct and json only.
 When torch cannot be imported it writes "skip <reason>" to DIR/rnn_ref.skip.
 """
-import json
 import os
-import struct
 import sys
 
 try:
@@ -29,21 +27,8 @@ B, T, I, H, LAYERS = 4, 6, 5, 8, 2
 LENGTHS = [6, 3, 5, 1]  # unsorted, with a sequence of one step
 CELL_STEPS = 3
 
-
-def save_safetensors(path, tensors):
-    """float32 safetensors: u64 header length, JSON header, raw data"""
-    header, blobs, off = {}, [], 0
-    for name, t in tensors.items():
-        t = t.detach().to(torch.float32).contiguous()
-        data = struct.pack("<%df" % t.numel(), *t.reshape(-1).tolist())
-        header[name] = {"dtype": "F32", "shape": list(t.shape), "data_offsets": [off, off + len(data)]}
-        blobs.append(data)
-        off += len(data)
-    h = json.dumps(header).encode("utf-8")
-    h += b" " * (-(8 + len(h)) % 8)
-    with open(path + ".tmp", "wb") as f:
-        f.write(struct.pack("<Q", len(h)) + h + b"".join(blobs))
-    os.replace(path + ".tmp", path)
+sys.dont_write_bytecode = True  # no __pycache__ in tests/
+from pyref import save_safetensors  # noqa: E402
 
 
 class Encoder(nn.Module):
