@@ -130,16 +130,12 @@ static int write_maps(const char *path, av_ctx *c, const av_attention_net *net, 
                                cyan[3] = {0, 255, 255};
     static const char *const rows[3] = {"input", "spatial", "SAGAN"};
     const int s = 3, gap = 6, left = 8 * EX_ADVANCE + gap, head = 2 * (EX_GLYPH_H + 3) + 2;
-    int h = test->h, w = test->w, cw = w * s, ch = h * s, width, height, i, rc, grad, training;
-    int width_cells;
-    unsigned char *rgb;
+    int h = test->h, w = test->w, cw = w * s, ch = h * s, width = left + n * (cw + gap), height = 3 * (head + ch) + gap;
+    int i, rc, grad, training;
+    unsigned char *rgb = (unsigned char *)calloc((size_t)width * height * 3, 1);
     float *xb = (float *)malloc((size_t)n * h * w * sizeof(float));
     av_attention_net_maps maps;
     av_tensor *logits, *spatial, *sagan;
-    width_cells = n * (cw + gap);
-    width = left + width_cells;
-    height = 3 * (head + ch) + gap;
-    rgb = (unsigned char *)calloc((size_t)width * height * 3, 1);
     if (!xb || !rgb) {
         free(xb);
         free(rgb);
@@ -174,7 +170,8 @@ static int write_maps(const char *path, av_ctx *c, const av_attention_net *net, 
     }
     av_set_grad_enabled(c, grad);
     av_set_training(c, training);
-    rc = ex__write_png(path, width, height, 3, rgb);
+    rc = stbi_write_png(path, width, height, 3, rgb, width * 3) ? 0 : -1;
+    if (rc) fprintf(stderr, "error: cannot write %s\n", path);
     free(xb);
     free(rgb);
     return rc;
