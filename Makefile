@@ -1,8 +1,8 @@
 # attnvae: build, test, benchmark and demo.
 #   make demo      install what it needs, train the Fashion-MNIST VAE, write PNGs
 #   make test      the whole test suite (ends with "N passed, M failed")
-#   make bench     GEMM vs OpenBLAS; the VAE, attention, an LSTM, convolutions and charlm vs PyTorch; fused vs
-#                  composed scores; the 2-thread speedup of a VAE and an MLP step (make bench-steps)
+#   make bench     GEMM vs OpenBLAS; the VAE, attention, an LSTM, convolutions, AttentionNet training and
+#                  charlm vs PyTorch; fused vs composed scores; the 2-thread speedup of a VAE and an MLP step
 #   make install   the header and attnvae.pc under PREFIX (/usr/local), DESTDIR honoured; make uninstall
 #   make sanitize  the test suite under ASan + UBSan
 #   make valgrind  the test suite under valgrind
@@ -57,7 +57,10 @@ OMP_TESTS += test_conv
 TESTS += test_conv
 OMP_TESTS += test_rnn
 OMP_TESTS += test_threads
-EXAMPLES := mlp_fashion vae_fashion ae_fashion text_classifier charlm
+EXAMPLES := mlp_fashion vae_fashion ae_fashion
+EXAMPLES += text_classifier
+EXAMPLES += charlm
+EXAMPLES += cnn_attention_fashion
 # Examples built with MPI (-DATTNVAE_MPI, Open MPI's flags from pkg-config)
 # where Open MPI is installed: they take --mpi, and run as one process without it.
 MPI_EXAMPLES := $(if $(shell pkg-config --exists ompi-c && echo yes),vae_fashion)
@@ -163,6 +166,8 @@ TEST_CMDS = $(call suite,,$(BUILD)) $(call suite,,$(BUILD)/cxx) $(call examples_
 	"$(BUILD)/charlm --quick --out $(BUILD)/charlm_quick" \
 	"$(BUILD)/charlm --quick --arch lstm --out $(BUILD)/charlm_quick_lstm" \
 	"PYTHON=$(PYTHON) tests/charlm_check.sh $(BUILD)" \
+	"$(BUILD)/cnn_attention_fashion --quick --no-attention --data $(DATA) --out $(BUILD)/cnn_quick/cnn.safetensors --maps $(BUILD)/cnn_quick/maps.png" \
+	"$(BUILD)/cnn_attention_fashion --quick --data $(DATA) --load $(BUILD)/cnn_quick/cnn.safetensors --maps $(BUILD)/cnn_quick/maps_loaded.png" \
 	"tests/check_config.sh '$(CC)' $(BUILD)/test_core" \
 	"tests/check_install.sh '$(CC)'" \
 	"$(BAD_DATA_CHECK)"
@@ -254,7 +259,7 @@ build/fuzz/make_fuzz_seeds: tests/make_fuzz_seeds.c $(HEADER)
 	$(CC) -std=c99 $(WARN) -O1 -o $@ $< -lm
 
 # ---- benchmarks -------------------------------------------------------
-bench: deps-bench data $(BUILD)/bench_gemm $(BUILD)/bench_scores $(BUILD)/vae_fashion $(BUILD)/bench_attention $(BUILD)/bench_rnn $(BUILD)/bench_conv $(BUILD)/charlm
+bench: deps-bench data $(BUILD)/bench_gemm $(BUILD)/bench_scores $(BUILD)/vae_fashion $(BUILD)/bench_attention $(BUILD)/bench_rnn $(BUILD)/bench_conv $(BUILD)/charlm $(BUILD)/bench_cnn
 	$(BUILD)/bench_gemm
 	$(BUILD)/bench_scores
 	tests/bench_vae.sh $(BUILD)/vae_fashion $(DATA)
@@ -262,12 +267,16 @@ bench: deps-bench data $(BUILD)/bench_gemm $(BUILD)/bench_scores $(BUILD)/vae_fa
 	tests/bench_rnn.sh $(BUILD)/bench_rnn
 	tests/bench_conv.sh $(BUILD)/bench_conv
 	PYTHON=$(PYTHON) tests/bench_charlm.sh $(BUILD)/charlm
+	tests/bench_cnn.sh $(BUILD)/bench_cnn
 	@$(MAKE) --no-print-directory bench-steps
 
 $(BUILD)/bench_attention: tests/bench_attention.c $(HEADER) | $(BUILD)
 	$(C99) $(OPENMP) -o $@ $< -lm
 
 $(BUILD)/bench_conv: tests/bench_conv.c $(HEADER) | $(BUILD)
+	$(C99) $(OPENMP) -o $@ $< -lm
+
+$(BUILD)/bench_cnn: tests/bench_cnn.c $(HEADER) | $(BUILD)
 	$(C99) $(OPENMP) -o $@ $< -lm
 
 $(BUILD)/bench_gemm: tests/bench_gemm.c $(HEADER) | $(BUILD)

@@ -66,7 +66,7 @@ S=$T/small
 png_size() { "$PYTHON" -c 'import struct,sys; d=open(sys.argv[1],"rb").read(24); print("%dx%d" % struct.unpack(">II", d[16:24]))' "$1"; }
 
 # ---- --help: usage with every flag, status 0, nothing trained or written ----
-for ex in vae_fashion mlp_fashion ae_fashion; do
+for ex in vae_fashion mlp_fashion ae_fashion cnn_attention_fashion; do
     expect 0 '^usage:' "$B/$ex" --data "$S" --out "$T/help_$ex" --help
     [ -e "$T/help_$ex" ] && bad "$ex --help created its output" || ok
     grep -q '^epoch' "$T/log" && bad "$ex --help trained" || ok
@@ -78,6 +78,10 @@ done
 "$B/ae_fashion" --data "$S" --out "$T/h" --help > "$T/help.txt" 2>&1
 for flag in data out load epochs code hidden batch lr seed quick; do
     grep -qE -- "^  --$flag( |$)" "$T/help.txt" && ok || bad "ae_fashion --help does not list --$flag"
+done
+"$B/cnn_attention_fashion" --data "$S" --help > "$T/help.txt" 2>&1
+for flag in data out maps load epochs batch lr weight-decay warmup pad seed no-attention quick; do
+    grep -qE -- "^  --$flag( |$)" "$T/help.txt" && ok || bad "cnn_attention_fashion --help does not list --$flag"
 done
 
 # ---- bad command lines: status 2, the message names the flag ----
@@ -104,7 +108,15 @@ expect 2 "--batch: 0 is out of range" "$B/mlp_fashion" --data "$S" --batch 0
 expect 2 "--epochs: 99999999999 is out of range" "$B/mlp_fashion" --data "$S" --epochs 99999999999
 expect 2 "--batch: 0 is out of range" "$B/ae_fashion" --data "$S" --batch 0
 expect 2 "--code: 0 is out of range" "$B/ae_fashion" --data "$S" --code 0
+C="$B/cnn_attention_fashion --data $S --out $T/c/cnn.safetensors --maps $T/c/maps.png"
+expect 2 "--pad: 5 is out of range" $C --pad 5
+expect 2 "--lr: 0 is out of range" $C --lr 0
+expect 2 "--weight-decay: -1 is out of range" $C --weight-decay -1
+expect 2 "unknown flag '--attention'" $C --attention
+expect 2 "--no-attention trains a second net: it needs --epochs 1 or more" $C --no-attention --load "$T/none.safetensors"
+expect 2 "--no-attention trains a second net" $C --no-attention --epochs 0
 [ -e "$T/v" ] && bad "a refused command line created the output directory" || ok
+[ -e "$T/c" ] && bad "a refused command line created cnn_attention_fashion's output directory" || ok
 
 # ---- small and odd data sets run to the end ----
 expect 0 'on 5 images' $V --quick --latent 2
@@ -117,9 +129,16 @@ expect 0 '^pictures:' "$B/vae_fashion" --quick --data "$T/small14" --out "$T/v14
 [ "$(png_size "$T/v14/reconstructions.png")" = 121x121 ] && ok || bad "14x14 reconstructions.png is $(png_size "$T/v14/reconstructions.png"), want 121x121"
 [ "$(png_size "$T/v14/manifold_2d.png")" = 301x301 ] && ok || bad "14x14 manifold_2d.png is $(png_size "$T/v14/manifold_2d.png"), want 301x301"
 [ "$(png_size "$T/v/reconstructions.png")" = 146x59 ] && ok || bad "5 test images: reconstructions.png is $(png_size "$T/v/reconstructions.png"), want 146x59"
+expect 0 'without attention [0-9.]+%' "$B/cnn_attention_fashion" --quick --no-attention --data "$S" --out "$T/c5/m.safetensors" --maps "$T/c5/maps.png"
+grep -q '"test_acc_no_attention": ' "$T/log" && ok || bad "cnn_attention_fashion --no-attention: no test_acc_no_attention in the summary"
+[ "$(png_size "$T/c5/maps.png")" = 504x324 ] && ok || bad "5 test images: cnn maps.png is $(png_size "$T/c5/maps.png"), want 504x324"
+expect 0 '^pictures:' "$B/cnn_attention_fashion" --quick --data "$T/one" --out "$T/c1/m.safetensors" --maps "$T/c1/maps.png" --batch 7
+[ "$(png_size "$T/c1/maps.png")" = 144x324 ] && ok || bad "1 test image: cnn maps.png is $(png_size "$T/c1/maps.png"), want 144x324"
+expect 0 '^pictures:' "$B/cnn_attention_fashion" --quick --data "$T/small14" --out "$T/c14/m.safetensors" --maps "$T/c14/maps.png" --pad 4
+[ "$(png_size "$T/c14/maps.png")" = 438x198 ] && ok || bad "14x14 cnn maps.png is $(png_size "$T/c14/maps.png"), want 438x198"
 
 # ---- bad data: status 1 and what is wrong ----
-for ex in vae_fashion mlp_fashion ae_fashion; do
+for ex in vae_fashion mlp_fashion ae_fashion cnn_attention_fashion; do
     expect 1 'label 99 is 12, not a class 0..9' "$B/$ex" --quick --data "$T/label12" --out "$T/x_$ex"
     expect 1 'train-images-idx3-ubyte \(3 dimensions, 100 items\) and train-labels-idx1-ubyte \(1 dimensions, 99 items\) do not match' \
         "$B/$ex" --quick --data "$T/count" --out "$T/x_$ex"
@@ -135,6 +154,9 @@ expect 1 'cannot create directory' "$B/ae_fashion" --quick --data "$S" --out "$T
 expect 1 'cannot write' "$B/mlp_fashion" --quick --data "$S" --out "$T/file/m.safetensors"
 grep -q '^epoch' "$T/log" && bad "mlp_fashion trained before finding --out unwritable" || ok
 expect 1 'is a directory' "$B/mlp_fashion" --quick --data "$S" --out "$T"
+expect 1 'cannot write files in' "$B/cnn_attention_fashion" --quick --data "$S" --out "$T/file/m.safetensors" --maps "$T/cm.png"
+grep -q '^epoch' "$T/log" && bad "cnn_attention_fashion trained before finding --out unwritable" || ok
+expect 1 'is a directory' "$B/cnn_attention_fashion" --quick --data "$S" --out "$T/cm.safetensors" --maps "$T"
 
 # ---- --load: alone it evaluates; with --epochs it trains on; a failure prints no summary ----
 expect 0 '^saved' "$B/vae_fashion" --quick --data "$S" --out "$T/m" --hidden 16
@@ -162,6 +184,11 @@ expect 1 'not finite' "$B/vae_fashion" --quick --data "$S" --out "$T/m5" --hidde
 expect 0 '^saved' "$B/mlp_fashion" --quick --data "$S" --out "$T/mlp2.safetensors"
 expect 0 'test accuracy' "$B/mlp_fashion" --quick --data "$S" --load "$T/mlp2.safetensors" --epochs 1 --out "$T/mlp3.safetensors"
 grep -q "^saved $T/mlp3.safetensors" "$T/log" && ok || bad "mlp_fashion --load --epochs 1 did not save"
+expect 0 '^saved' "$B/cnn_attention_fashion" --quick --data "$S" --out "$T/cnn.safetensors" --maps "$T/cnn.png"
+expect 0 'test accuracy' "$B/cnn_attention_fashion" --quick --data "$S" --load "$T/cnn.safetensors" --maps "$T/cnn2.png"
+grep -qE '^epoch|^saved' "$T/log" && bad "cnn_attention_fashion --load without --epochs trained or saved" || ok
+expect 1 'cannot open' "$B/cnn_attention_fashion" --quick --data "$S" --load "$T/none.safetensors" --maps "$T/cnn2.png"
+expect 1 'net.stem.conv.weight' "$B/cnn_attention_fashion" --quick --data "$S" --load "$T/mlp2.safetensors" --maps "$T/cnn2.png"
 
 # ---- text_classifier: made-up fortune files (entries end at a line '%') ----
 F=$T/fortunes
