@@ -55,6 +55,7 @@ TESTS += test_conv
 OMP_TESTS += test_rnn
 OMP_TESTS += test_threads
 EXAMPLES := mlp_fashion vae_fashion ae_fashion text_classifier
+EXAMPLES += seq2seq_dates
 
 .PHONY: install uninstall all examples tests test bench bench-steps sanitize valgrind test-arm64 fuzz demo deps deps-test deps-bench deps-arm64 deps-fuzz data clean
 
@@ -145,6 +146,7 @@ TEST_CMDS = $(call suite,,$(BUILD)) $(call suite,,$(BUILD)/cxx) $(call examples_
 	"$(BUILD)/ae_fashion --quick --data $(DATA) --out $(BUILD)/ae_quick" \
 	"$(BUILD)/text_classifier --quick --out $(BUILD)/text_classifier_quick.safetensors --png $(BUILD)/text_attention_quick.png" \
 	"echo 'The judge sustained the objection.' | $(BUILD)/text_classifier --load $(BUILD)/text_classifier_quick.safetensors" \
+	"$(BUILD)/seq2seq_dates --quick --out $(BUILD)/dates_quick" \
 	"tests/check_config.sh '$(CC)' $(BUILD)/test_core" \
 	"tests/check_install.sh '$(CC)'" \
 	"$(BAD_DATA_CHECK)"
@@ -275,7 +277,7 @@ $(DATA)/%: | deps
 # deps-fuzz clang's libFuzzer (libclang_rt.fuzzer ships in libclang-rt-14-dev).
 APT_INSTALL = tests/apt-install
 deps:
-	@$(APT_INSTALL) libstb-dev dataset-fashion-mnist fortunes libomp-dev
+	@$(APT_INSTALL) libstb-dev dataset-fashion-mnist fortunes libomp-dev locales-all
 deps-test: deps
 	@$(APT_INSTALL) python3 python3-numpy python3-torch pkg-config
 deps-bench: deps-test

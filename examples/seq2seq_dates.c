@@ -907,6 +907,7 @@ static int train(av_ctx *c, net *n, const date_data *d, const train_opts *o, av_
     if (!styles) { fprintf(stderr, "error: out of memory\n"); return -1; }
     for (step = 0; step < o->steps && !rc; step++) {
         av_tensor *logits, *loss;
+        double exact;
         char info[96];
         int at;
         if (step % POOL == 0) {
@@ -923,8 +924,9 @@ static int train(av_ctx *c, net *n, const date_data *d, const train_opts *o, av_
             rc = -1;
             break;
         }
+        exact = (double)exact_rows(logits, b) / b->B;
         loss_avg = step ? 0.98 * loss_avg + 0.02 * av_item(loss) : av_item(loss);
-        exact_avg = step ? 0.98 * exact_avg + 0.02 * exact_rows(logits, b) / b->B : (double)exact_rows(logits, b) / b->B;
+        exact_avg = step ? 0.98 * exact_avg + 0.02 * exact : exact;
         av_model_zero_grad(n->m);
         av_backward(c, loss);
         if (o->clip > 0) av_clip_grad_norm(n->m, o->clip);
@@ -963,14 +965,13 @@ static void output_text(const int *out, int r, char text[TGT_LEN + 2]) {
     text[t] = 0;
 }
 
-/* Exact-match accuracy of the decoded dates; prints a few misses. -1 on an error. */
-static double evaluate(av_ctx *c, const net *n, const date_data *d, const eval_set *e, int beam, batch *b,
-                       const char *label) {
+/* Exact-match accuracy of the decoded dates; prints the first `misses` misses. -1 on an error. */
+static double evaluate(av_ctx *c, const net *n, const date_data *d, const eval_set *e, int beam, int misses,
+                       batch *b, const char *label) {
     int start, step = 200, exact = 0, shown = 0, r, t;
     int *out = (int *)malloc((size_t)step * (TGT_LEN + 1) * sizeof(int));
-    char got[TGT_LEN + 2], want[TGT_LEN + 1], text[TEXT_BYTES], bar[48];
+    char got[TGT_LEN + 2], want[TGT_LEN + 1], text[TEXT_BYTES];
     if (!out) { fprintf(stderr, "error: out of memory\n"); return -1; }
-    snprintf(bar, sizeof bar, "%s", label);
     for (start = 0; start < e->n; start += step) {
         int count = e->n - start < step ? e->n - start : step;
         av_ctx_reset(c);
@@ -980,12 +981,7 @@ static double evaluate(av_ctx *c, const net *n, const date_data *d, const eval_s
             int ok = 1;
             for (t = 0; t <= TGT_LEN && ok; t++) ok = out[r * (TGT_LEN + 1) + t] == b->tgt[r * (TGT_LEN + 1) + t];
             exact += ok;
-            if (!ok && getenv("DATES_MISSES")) {
-                const style *s = &d->styles[b->style[r]];
-                render(d, s, b->day[r], text); output_text(out, r, got); iso_of_day(b->day[r], want);
-                fprintf(stderr, "MISS\t%s\t%s\t%d\t%s\t%s\t%s\n", label, d->locale_name[s->locale], s->format, s->fmt, text, got);
-            }
-            if (!ok && shown < 3) {
+            if (!ok && shown < misses) {
                 const style *s = &d->styles[b->style[r]];
                 render(d, s, b->day[r], text);
                 output_text(out, r, got);
@@ -995,7 +991,7 @@ static double evaluate(av_ctx *c, const net *n, const date_data *d, const eval_s
                 shown++;
             }
         }
-        ex_progress(bar, start + count, e->n, "");
+        ex_progress(label, start + count, e->n, "");
     }
     free(out);
     return (double)exact / e->n;
@@ -1146,7 +1142,7 @@ typedef struct result { int trained, steps; double exact_dates, exact_formats, s
 
 /* Trains (or goes on training) one network, evaluates it, saves it and draws its attention. */
 static int run_model(av_ctx *c, net *n, const date_data *d, const train_opts *o, const eval_set *test, int beam,
-                     const char *out_dir, av_rng *rng, result *res) {
+                     int misses, const char *out_dir, av_rng *rng, result *res) {
     const char *name = net_names[n->cfg[CFG_KIND]];
     char path[1100];
     batch b;
@@ -1161,8 +1157,8 @@ static int run_model(av_ctx *c, net *n, const date_data *d, const train_opts *o,
         if ((rc = net_save(n, path)) == 0) printf("saved %s\n", path);
     }
     if (!rc) {
-        res->exact_dates = evaluate(c, n, d, &test[0], beam, &b, "held-out dates");
-        res->exact_formats = evaluate(c, n, d, &test[1], beam, &b, "held-out formats");
+        res->exact_dates = evaluate(c, n, d, &test[0], beam, misses, &b, "held-out dates");
+        res->exact_formats = evaluate(c, n, d, &test[1], beam, misses, &b, "held-out formats");
         rc = res->exact_dates < 0 || res->exact_formats < 0 ? -1 : 0;
     }
     if (!rc) printf("%-11s exact match: held-out dates %.4f (%d), held-out formats %.4f (%d)%s\n", name, res->exact_dates,
@@ -1178,8 +1174,8 @@ static int run_model(av_ctx *c, net *n, const date_data *d, const train_opts *o,
 
 int main(int argc, char **argv) {
     const char *out_dir, *load, *input, *which;
-    int rnn_steps, tf_steps, batch_size, warmup, d_model, heads, ff, layers, embed, hidden, attn, n_test, beam, show,
-        seed, quick;
+    int rnn_steps, tf_steps, batch_size, warmup, d_model, heads, ff, layers, embed, hidden, attn, n_test, beam, misses,
+        show, seed, quick;
     float lr, smoothing, held_formats, held_days, clip;
     ex_flag flags[] = {
         EX_STRING_FLAG("out", &out_dir, "out/dates", "directory for the models (rnn.safetensors, transformer.safetensors) and the heatmaps"),
@@ -1204,6 +1200,7 @@ int main(int argc, char **argv) {
         EX_FLOAT_FLAG("held-formats", &held_formats, "0.1", 0, 0.5, "share of the formats held out for testing"),
         EX_FLOAT_FLAG("held-days", &held_days, "0.1", 0.01, 0.5, "share of the days held out for testing"),
         EX_INT_FLAG("beam", &beam, "1", 1, 64, "beam width when decoding; 1 is greedy"),
+        EX_INT_FLAG("misses", &misses, "3", 0, 1000000, "print this many wrong translations of each test set"),
         EX_INT_FLAG("show", &show, "0", 0, 1000000, "print this many training examples and exit"),
         EX_INT_FLAG("seed", &seed, "1", 0, 2147483647, "seed of the data split, the examples and the weights"),
         EX_SWITCH_FLAG("quick", &quick, "a short run for tests: 40 steps per model, 200 test dates each"),
@@ -1220,6 +1217,7 @@ int main(int argc, char **argv) {
     status = ex_parse(argc, argv, "Translates dates written in many languages into ISO 8601 with attention.", flags,
                       EX_COUNT(flags));
     if (status >= 0) return status;
+    setvbuf(stdout, NULL, _IOLBF, 0); /* a log shows each line as training goes */
     if (strcmp(which, "both") && strcmp(which, "rnn") && strcmp(which, "transformer")) {
         fprintf(stderr, "seq2seq_dates: --model: '%s' is not rnn, transformer or both\n", which);
         return 2;
@@ -1290,7 +1288,7 @@ int main(int argc, char **argv) {
         cfg[CFG_D] = kind == NET_RNN ? 1 : layers;
         if (!load && net_new(&nets[k], cfg, d.vocab, d.n_vocab, (uint64_t)seed + 100 * (uint64_t)kind)) { rc = 1; break; }
         o.steps = kind == NET_RNN ? rnn_steps : tf_steps;
-        if (run_model(c, &nets[k], &d, &o, test, beam, out_dir, &rng, &res[kind])) rc = 1;
+        if (run_model(c, &nets[k], &d, &o, test, beam, misses, out_dir, &rng, &res[kind])) rc = 1;
     }
     if (!rc) {
         printf("summary: {");
