@@ -36,6 +36,7 @@
 #define _POSIX_C_SOURCE 200809L
 #define ATTNVAE_IMPLEMENTATION
 #include <langinfo.h>
+#include <limits.h>
 #include <locale.h>
 #include "common.h"
 
@@ -45,6 +46,7 @@
 #define TEXT_BYTES 512  /* bytes of a rendered date, at most */
 #define TGT_LEN 10      /* YYYY-MM-DD */
 #define N_FORMATS 9
+#define NO_DAY INT_MIN  /* the day of a user's input: no target (days before 1970 are negative) */
 
 /* ---- the calendar ----------------------------------------------------------
    Days since 1970-01-01 and back (H. Hinnant's civil-date algorithms). */
@@ -445,7 +447,7 @@ static void batch_free(batch *b) {
 }
 
 /* Adds a row: the text's characters as tokens of the vocabulary (at most
-   MAX_SRC of them) and, for day >= 0, its target. */
+   MAX_SRC of them) and, unless day is NO_DAY, its target. */
 static void batch_add(batch *b, const uint32_t *vocab, int n_vocab, const char *text, int style_id, int day) {
     uint32_t cp[MAX_SRC + 1];
     int r = b->B++, n = utf8_decode(text, cp, MAX_SRC + 1), i;
@@ -456,7 +458,7 @@ static void batch_add(batch *b, const uint32_t *vocab, int n_vocab, const char *
     if (n == 0) b->src[r * MAX_SRC] = SRC_UNK; /* an empty line still has a token */
     b->style[r] = style_id;
     b->day[r] = day;
-    if (day >= 0) {
+    if (day != NO_DAY) {
         iso_of_day(day, iso);
         for (i = 0; i < TGT_LEN; i++) b->tgt[r * (TGT_LEN + 1) + i] = tgt_token(iso[i]);
         b->tgt[r * (TGT_LEN + 1) + TGT_LEN] = TGT_EOS;
@@ -1163,7 +1165,7 @@ static int translate(av_ctx *c, const net *n, const char *input, int beam) {
                 while ((ch = getchar()) != EOF && ch != '\n') continue;
             }
             squeeze_spaces(line);
-            batch_add(&b, n->vocab, n->n_vocab, line, -1, -1);
+            batch_add(&b, n->vocab, n->n_vocab, line, -1, NO_DAY);
         }
         if (!b.B) break;
         batch_pack(&b);
