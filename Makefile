@@ -61,6 +61,7 @@ EXAMPLES := mlp_fashion vae_fashion ae_fashion
 EXAMPLES += text_classifier
 EXAMPLES += charlm
 EXAMPLES += cnn_attention_fashion
+EXAMPLES += seq2seq_dates
 # Examples built with MPI (-DATTNVAE_MPI, Open MPI's flags from pkg-config)
 # where Open MPI is installed: they take --mpi, and run as one process without it.
 MPI_EXAMPLES := $(if $(shell pkg-config --exists ompi-c && echo yes),vae_fashion)
@@ -168,6 +169,7 @@ TEST_CMDS = $(call suite,,$(BUILD)) $(call suite,,$(BUILD)/cxx) $(call examples_
 	"PYTHON=$(PYTHON) tests/charlm_check.sh $(BUILD)" \
 	"$(BUILD)/cnn_attention_fashion --quick --no-attention --data $(DATA) --out $(BUILD)/cnn_quick/cnn.safetensors --maps $(BUILD)/cnn_quick/maps.png" \
 	"$(BUILD)/cnn_attention_fashion --quick --data $(DATA) --load $(BUILD)/cnn_quick/cnn.safetensors --maps $(BUILD)/cnn_quick/maps_loaded.png" \
+	"$(BUILD)/seq2seq_dates --quick --out $(BUILD)/dates_quick" \
 	"tests/check_config.sh '$(CC)' $(BUILD)/test_core" \
 	"tests/check_install.sh '$(CC)'" \
 	"$(BAD_DATA_CHECK)"
@@ -332,7 +334,7 @@ $(DATA)/%: | deps
 # (libclang_rt.fuzzer ships in libclang-rt-14-dev).
 APT_INSTALL = tests/apt-install
 deps:
-	@$(APT_INSTALL) libstb-dev dataset-fashion-mnist fortunes libomp-dev libopenmpi-dev openmpi-bin pkg-config
+	@$(APT_INSTALL) libstb-dev dataset-fashion-mnist fortunes libomp-dev libopenmpi-dev openmpi-bin pkg-config locales-all
 deps-test: deps
 	@$(APT_INSTALL) python3 python3-numpy python3-torch pkg-config
 deps-bench: deps-test

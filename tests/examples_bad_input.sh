@@ -289,6 +289,52 @@ expect 1 'not a charlm model' $C --out "$T/c" --resume "$T/mlp2.safetensors"
 expect 1 'cannot create directory' $C --text "$T/tiny.txt" --out "$T/file/sub"
 expect 0 '^loaded' $L --text "$T/tiny.txt" --out "$T/c4" --load "$T/c1/charlm.safetensors" --prompt "To be"
 expect 1 "cannot read $T/nowhere" $L --text "$T/nowhere" --out "$T/c4" --load "$T/c1/charlm.safetensors"
+# ---- seq2seq_dates: flags, --load, translation, the C-locale fallback ----
+D="$B/seq2seq_dates"
+expect 0 '^usage:' "$D" --out "$T/dh" --help
+[ -e "$T/dh" ] && bad "seq2seq_dates --help created its output" || ok
+"$D" --help > "$T/help.txt" 2>&1
+for flag in out model load input rnn-steps transformer-steps batch lr d-model heads layers hidden test held-formats \
+    held-days beam seed quick; do
+    grep -qE -- "^  --$flag( |$)" "$T/help.txt" && ok || bad "seq2seq_dates --help does not list --$flag"
+done
+expect 2 "--model: 'gru' is not rnn, transformer or both" "$D" --out "$T/d" --model gru
+expect 2 "--input needs --load" "$D" --out "$T/d" --input "1 May 2020"
+expect 2 "--d-model 66 is not a multiple of --heads 4" "$D" --out "$T/d" --d-model 66
+expect 2 "--held-formats: 0.9 is out of range" "$D" --out "$T/d" --held-formats 0.9
+expect 2 "--beam: 0 is out of range" "$D" --out "$T/d" --beam 0
+expect 2 "unknown flag '--epochs'" "$D" --out "$T/d" --epochs 3
+[ -e "$T/d" ] && bad "a refused seq2seq_dates command line created the output directory" || ok
+expect 1 'cannot create directory' "$D" --quick --out "$T/file/sub"
+grep -q 'trained' "$T/log" && bad "seq2seq_dates trained before finding --out unwritable" || ok
+expect 1 'cannot open' "$D" --load "$T/none.safetensors" --input "1 May 2020"
+expect 1 'not a seq2seq_dates model' "$D" --load "$T/m/vae.safetensors" --input "1 May 2020"
+# a short run of each model, then translation: one ISO-shaped line per input line, empty lines too
+expect 0 '^picture: .*attention_rnn.png' "$D" --quick --out "$T/d" --model rnn --test 20
+expect 0 '^picture: .*attention_transformer.png' "$D" --quick --out "$T/d" --model transformer --test 20 --beam 2
+printf '23 November 2026\n\n23.11.2026\n' | "$D" --load "$T/d/rnn.safetensors" > "$T/iso" 2> "$T/log"
+[ "$(grep -cE '^[0-9-]{0,11}$' "$T/iso")" = 3 ] && ok || bad "seq2seq_dates --load rnn: not three lines of ISO characters"
+check "seq2seq_dates --load transformer --input --beam 3" sh -c \
+    "'$D' --load '$T/d/transformer.safetensors' --input 'lundi 23 novembre 2026' --beam 3 | grep -qE '^[0-9-]{0,11}\$'"
+expect 0 '^saved .*rnn.safetensors' "$D" --quick --out "$T/d2" --load "$T/d/rnn.safetensors" --rnn-steps 3 --test 20
+# a config that does not fit: refused with the reason, before any weight is read
+"$PYTHON" - "$T/d/rnn.safetensors" "$T/badcfg.safetensors" <<'PY'
+import json, struct, sys
+blob = open(sys.argv[1], "rb").read()
+n = struct.unpack("<Q", blob[:8])[0]
+head = json.loads(blob[8:8 + n])
+begin, end = head["config"]["data_offsets"]
+data = bytearray(blob[8 + n:])
+data[begin:begin + 4] = struct.pack("<f", 7.0)
+open(sys.argv[2], "wb").write(blob[:8 + n] + bytes(data))
+PY
+expect 1 'config\[0\] is 7, not a whole number in 0..1' "$D" --load "$T/badcfg.safetensors" --input "1 May 2020"
+# without locales-all: `locale -a` lists only C, and the C locale's formats train
+mkdir -p "$T/bin"
+printf '#!/bin/sh\nprintf "C\\nPOSIX\\n"\n' > "$T/bin/locale"
+chmod +x "$T/bin/locale"
+expect 0 'only the C locale is installed' env PATH="$T/bin:$PATH" "$D" --quick --out "$T/dc" --test 20
+grep -q '^seq2seq_dates: 1 locales, 9 ' "$T/log" && ok || bad "seq2seq_dates with only C: not 1 locale and 9 pairs"
 
 echo "$pass passed, $fail failed"
 [ "$fail" -eq 0 ]
