@@ -81,7 +81,7 @@ tests: $(TESTS:%=$(BUILD)/%) $(TESTS:%=$(BUILD)/cxx/%) $(OMP_TESTS:%=$(BUILD)/%_
 $(BUILD):
 	@mkdir -p $@
 
-$(BUILD)/%: examples/%.c examples/common.h $(HEADER) | $(BUILD)
+$(BUILD)/%: examples/%.c $(wildcard examples/*.h) $(HEADER) | $(BUILD)
 	$(C99) $(OPENMP) -o $@ $< -lstb -lm
 
 $(MPI_EXAMPLES:%=$(BUILD)/%): $(BUILD)/%: examples/%.c examples/common.h $(HEADER) | $(BUILD)
