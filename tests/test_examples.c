@@ -1,6 +1,7 @@
 /* test_examples.c - tests of examples/common.h, the helpers the examples
    share: the flag parser, the data loader's checks, the output-path checks,
-   the bitmap font, and the pictures (read back with stb_image). Expected
+   the bitmap font, and the pictures (read back with stb_image); and of
+   examples/fid.h, the Fréchet distance, against closed forms. Expected
    values come from the inputs written here: the font's own bit rows, pixel
    positions computed from the plot's geometry, hand-made IDX files.
    tests/examples_bad_input.sh runs the built examples themselves.
@@ -9,6 +10,7 @@
 #define _POSIX_C_SOURCE 200809L
 #define ATTNVAE_IMPLEMENTATION
 #include "../examples/common.h"
+#include "../examples/fid.h"
 #include "test.h"
 #include <stb/stb_image.h>
 
@@ -427,6 +429,114 @@ static void test_scatter(const char *tmp) {
     }
 }
 
+/* ======================================================================= */
+/* the Fréchet distance (examples/fid.h)                                   */
+/* ======================================================================= */
+/* q: a random n x n rotation (Gram-Schmidt on Gaussian columns) */
+static void random_rotation(double *q, int n, av_rng *rng) {
+    int i, j, k;
+    for (i = 0; i < n * n; i++) q[i] = av_rng_normal(rng);
+    for (j = 0; j < n; j++) {
+        double norm = 0;
+        for (k = 0; k < j; k++) {
+            double dot = 0;
+            for (i = 0; i < n; i++) dot += q[i * n + j] * q[i * n + k];
+            for (i = 0; i < n; i++) q[i * n + j] -= dot * q[i * n + k];
+        }
+        for (i = 0; i < n; i++) norm += q[i * n + j] * q[i * n + j];
+        for (i = 0; i < n; i++) q[i * n + j] /= sqrt(norm);
+    }
+}
+
+/* s = q diag(d) q^T */
+static void rotate_diagonal(double *s, const double *q, const double *d, int n) {
+    int i, j, k;
+    for (i = 0; i < n; i++)
+        for (j = 0; j < n; j++) {
+            double r = 0;
+            for (k = 0; k < n; k++) r += q[i * n + k] * d[k] * q[j * n + k];
+            s[i * n + j] = r;
+        }
+}
+
+static void test_fid(void) {
+    enum { N = 24 };
+    static double q[N * N], s1[N * N], s2[N * N], a[N * N], vec[N * N];
+    double d1[N], d2[N], mu1[N], mu2[N], values[N], want, err;
+    float rows[4 * 2] = {1, 2, 3, 2, 5, 6, 7, 10};
+    av_rng rng;
+    int i, j, k;
+    av_rng_seed(&rng, 7);
+
+    /* eigendecomposition: a = V diag(values) V^T with V orthonormal, for a
+       matrix with known eigenvalues (two of them equal) */
+    random_rotation(q, N, &rng);
+    for (i = 0; i < N; i++) d1[i] = i == 3 ? 5.0 : 0.5 * i - 2;
+    rotate_diagonal(s1, q, d1, N);
+    memcpy(a, s1, sizeof s1);
+    ex_sym_eigen(a, N, values, vec);
+    for (i = 0, err = 0; i < N; i++) { /* each known eigenvalue is found once, in some order */
+        double best = 1e300;
+        for (j = 0; j < N; j++) best = fabs(values[j] - d1[i]) < best ? fabs(values[j] - d1[i]) : best;
+        err = best > err ? best : err;
+    }
+    CHECK(err < 1e-10, "ex_sym_eigen: an eigenvalue is %.3g away from the nearest one found", err);
+    for (i = 0, err = 0; i < N; i++)
+        for (j = 0; j < N; j++) {
+            double back = 0, dot = 0;
+            for (k = 0; k < N; k++) {
+                back += vec[i * N + k] * values[k] * vec[j * N + k];
+                dot += vec[k * N + i] * vec[k * N + j];
+            }
+            err = fmax(err, fmax(fabs(back - s1[i * N + j]), fabs(dot - (i == j))));
+        }
+    CHECK(err < 1e-10, "ex_sym_eigen: V diag V^T or V^T V is %.3g off", err);
+
+    /* diagonal covariances: d^2 = |mu1 - mu2|^2 + sum (sqrt(a_i) - sqrt(b_i))^2 */
+    memset(s1, 0, sizeof s1);
+    memset(s2, 0, sizeof s2);
+    for (i = 0, want = 0; i < N; i++) {
+        mu1[i] = av_rng_normal(&rng);
+        mu2[i] = av_rng_normal(&rng);
+        s1[i * N + i] = d1[i] = 0.1 + av_rng_uniform(&rng);
+        s2[i * N + i] = d2[i] = i == 5 ? 0 : 0.1 + 3 * av_rng_uniform(&rng); /* one zero variance */
+        want += (mu1[i] - mu2[i]) * (mu1[i] - mu2[i]) + (sqrt(d1[i]) - sqrt(d2[i])) * (sqrt(d1[i]) - sqrt(d2[i]));
+    }
+    CHECK_CLOSE(ex_frechet_distance(mu1, s1, mu2, s2, N), want, 1e-10, 1e-12, "Fréchet distance, diagonal covariances");
+
+    /* covariances that commute (the same eigenvectors): tr sqrt(s1 s2) = sum
+       sqrt(a_i b_i). b_5 = 0 comes out as a rounding error e ~ 1e-16 |S|, and
+       sqrt(e) ~ 1e-8 is all the error allowed. */
+    rotate_diagonal(s1, q, d1, N);
+    rotate_diagonal(s2, q, d2, N);
+    for (i = 0, want = 0; i < N; i++) want += sqrt(d1[i] * d2[i]);
+    CHECK_CLOSE(ex_trace_sqrt_product(s1, s2, N), want, 1e-7, 0, "tr sqrt(S1 S2), commuting S1 and S2");
+
+    /* 2 x 2 that do not commute: sqrt(M) of a 2 x 2 M with positive eigenvalues
+       has trace sqrt(tr M + 2 sqrt(det M)), and det(S1 S2) = det S1 det S2 */
+    {
+        double p1[4] = {2.0, 0.7, 0.7, 1.0}, p2[4] = {0.5, -0.3, -0.3, 3.0};
+        double tr12 = p1[0] * p2[0] + p1[1] * p2[2] + p1[2] * p2[1] + p1[3] * p2[3];
+        double det = (p1[0] * p1[3] - p1[1] * p1[2]) * (p2[0] * p2[3] - p2[1] * p2[2]);
+        CHECK_CLOSE(ex_trace_sqrt_product(p1, p2, 2), sqrt(tr12 + 2 * sqrt(det)), 1e-12, 1e-12,
+                    "tr sqrt(S1 S2), 2 x 2, not commuting");
+    }
+
+    /* a set against itself is at distance 0 */
+    rotate_diagonal(s1, q, d1, N);
+    CHECK_CLOSE(ex_frechet_distance(mu1, s1, mu1, s1, N), 0, 1e-9, 0, "Fréchet distance of a Gaussian to itself");
+
+    /* moments of 4 rows of 2 features, by hand: mean (4, 5), covariance
+       [[20, 28], [28, 44]] / 3 (divided by n - 1) */
+    ex_feature_stats(rows, 4, 2, mu1, s1);
+    CHECK_CLOSE(mu1[0], 4, 1e-12, 0, "feature mean 0");
+    CHECK_CLOSE(mu1[1], 5, 1e-12, 0, "feature mean 1");
+    CHECK_CLOSE(s1[0], 20.0 / 3, 1e-12, 0, "feature covariance 0 0");
+    CHECK_CLOSE(s1[1], 28.0 / 3, 1e-12, 0, "feature covariance 0 1");
+    CHECK_CLOSE(s1[2], 28.0 / 3, 1e-12, 0, "feature covariance 1 0");
+    CHECK_CLOSE(s1[3], 44.0 / 3, 1e-12, 0, "feature covariance 1 1");
+}
+
 int main(int argc, char **argv) {
     const char *tmp = argc > 1 ? argv[1] : "build/examples_tmp";
     char cmd[1100];
@@ -438,5 +548,6 @@ int main(int argc, char **argv) {
     test_font();
     test_grid_and_pairs(tmp);
     test_scatter(tmp);
+    test_fid();
     return t_summary();
 }
