@@ -95,9 +95,9 @@ $(BUILD)/%_omp: tests/%.c tests/test.h $(wildcard tests/*.h) $(HEADER) | $(BUILD
 	$(C99) $(OPENMP) -o $@ $< -lm -pthread
 
 # The examples' shared helpers (examples/common.h) write PNGs with libstb.
-$(BUILD)/test_examples: tests/test_examples.c tests/test.h examples/common.h $(HEADER) | $(BUILD)
+$(BUILD)/test_examples: tests/test_examples.c tests/test.h $(wildcard examples/*.h) $(HEADER) | $(BUILD)
 	$(C99) -o $@ $< -lstb -lm -pthread
-$(BUILD)/cxx/test_examples: tests/test_examples.c tests/test.h examples/common.h $(HEADER)
+$(BUILD)/cxx/test_examples: tests/test_examples.c tests/test.h $(wildcard examples/*.h) $(HEADER)
 	@mkdir -p $(BUILD)/cxx
 	$(CXX) -x c++ -std=c++11 $(WARN) $(CFLAGS) -o $@ $< -lstb -lm -pthread
 
