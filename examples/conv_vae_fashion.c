@@ -25,37 +25,11 @@
 
 #define FEATURES 256 /* the encoder's output and the decoder's first layer */
 
-/* SAGAN self-attention (Zhang et al. 2019): f, g, h 1x1 convolutions
-   (C/reduction, C/reduction, C channels), beta = softmax over positions of
-   f^T g, o = h beta^T, y = gamma o + x with gamma starting at 0. */
-typedef struct attn2d { av_conv2d_layer f, g, h; av_tensor *gamma; } attn2d;
-
-static attn2d attn2d_new(av_model *m, const char *name, int channels, int reduction) {
-    char buf[128];
-    attn2d l;
-    int inner = channels / reduction > 0 ? channels / reduction : 1;
-    snprintf(buf, sizeof buf, "%s.f", name); l.f = av_conv2d_new(m, buf, channels, inner, 1, 1, NULL, 1);
-    snprintf(buf, sizeof buf, "%s.g", name); l.g = av_conv2d_new(m, buf, channels, inner, 1, 1, NULL, 1);
-    snprintf(buf, sizeof buf, "%s.h", name); l.h = av_conv2d_new(m, buf, channels, channels, 1, 1, NULL, 1);
-    snprintf(buf, sizeof buf, "%s.gamma", name); l.gamma = av_param(m, buf, AV_INIT_ZEROS, 0, 1, 1);
-    return l;
-}
-
-static av_tensor *attn2d_forward(av_ctx *c, const attn2d *l, av_tensor *x) {
-    int B = x->shape[0], C = x->shape[1], N = x->shape[2] * x->shape[3];
-    av_tensor *f = av_reshape(c, av_conv2d_forward(c, &l->f, x), 3, B, -1, N);
-    av_tensor *g = av_reshape(c, av_conv2d_forward(c, &l->g, x), 3, B, -1, N);
-    av_tensor *h = av_reshape(c, av_conv2d_forward(c, &l->h, x), 3, B, C, N);
-    av_tensor *beta = av_softmax(c, av_matmul(c, f, g, 1, 0));          /* [B, N query, N key] */
-    av_tensor *o = av_reshape_shape(c, av_matmul(c, h, beta, 0, 1), 4, x->shape);
-    return av_add(c, av_mul(c, l->gamma, o), x);
-}
-
 /* The networks around the library's av_vae (which holds the Gaussian head). */
 typedef struct nets {
     av_conv2d_layer conv1, conv2, deconv1, deconv2;
     av_linear_layer enc_fc, dec_fc1, dec_fc2;
-    attn2d enc_attn, dec_attn;
+    av_self_attn2d enc_attn, dec_attn;
     int attention, channels, h, w;
 } nets;
 
@@ -63,7 +37,7 @@ static av_tensor *encoder(av_ctx *c, av_tensor *x, void *user) {
     const nets *n = (const nets *)user;
     av_tensor *y = av_relu(c, av_conv2d_forward(c, &n->conv1, av_reshape(c, x, 4, x->shape[0], 1, n->h, n->w)));
     y = av_relu(c, av_conv2d_forward(c, &n->conv2, y));
-    if (n->attention) y = attn2d_forward(c, &n->enc_attn, y);
+    if (n->attention) y = av_self_attn2d_forward(c, &n->enc_attn, y, NULL);
     return av_relu(c, av_linear_forward(c, &n->enc_fc, av_reshape(c, y, 2, x->shape[0], -1)));
 }
 
@@ -72,7 +46,7 @@ static av_tensor *decoder(av_ctx *c, av_tensor *z, void *user) { /* Bernoulli lo
     av_tensor *y = av_relu(c, av_linear_forward(c, &n->dec_fc1, z));
     y = av_relu(c, av_linear_forward(c, &n->dec_fc2, y));
     y = av_reshape(c, y, 4, z->shape[0], 2 * n->channels, n->h / 4, n->w / 4);
-    if (n->attention) y = attn2d_forward(c, &n->dec_attn, y);
+    if (n->attention) y = av_self_attn2d_forward(c, &n->dec_attn, y, NULL);
     y = av_relu(c, av_conv2d_forward(c, &n->deconv1, y));
     return av_conv2d_forward(c, &n->deconv2, y);
 }
@@ -92,8 +66,8 @@ static av_vae vae_new(av_model *m, nets *n, int h, int w, int channels, int late
     n->deconv1 = av_conv_transpose2d_new(m, "dec.deconv1", 2 * C, C, 4, 4, &down, 1);
     n->deconv2 = av_conv_transpose2d_new(m, "dec.deconv2", C, 1, 4, 4, &down, 1);
     if (attention) {
-        n->enc_attn = attn2d_new(m, "enc.attn", 2 * C, 8);
-        n->dec_attn = attn2d_new(m, "dec.attn", 2 * C, 8);
+        n->enc_attn = av_self_attn2d_new(m, "enc.attn", 2 * C, 8);
+        n->dec_attn = av_self_attn2d_new(m, "dec.attn", 2 * C, 8);
     }
     return av_vae_new(m, "vae", FEATURES, latent, encoder, decoder, n, AV_BERNOULLI);
 }
