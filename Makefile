@@ -62,6 +62,8 @@ EXAMPLES += text_classifier
 EXAMPLES += charlm
 EXAMPLES += cnn_attention_fashion
 EXAMPLES += seq2seq_dates
+EXAMPLES += conv_vae_fashion
+EXAMPLES += sagan_fashion
 # Examples built with MPI (-DATTNVAE_MPI, Open MPI's flags from pkg-config)
 # where Open MPI is installed: they take --mpi, and run as one process without it.
 MPI_EXAMPLES := $(if $(shell pkg-config --exists ompi-c && echo yes),vae_fashion)
@@ -170,6 +172,11 @@ TEST_CMDS = $(call suite,,$(BUILD)) $(call suite,,$(BUILD)/cxx) $(call examples_
 	"$(BUILD)/cnn_attention_fashion --quick --no-attention --data $(DATA) --out $(BUILD)/cnn_quick/cnn.safetensors --maps $(BUILD)/cnn_quick/maps.png" \
 	"$(BUILD)/cnn_attention_fashion --quick --data $(DATA) --load $(BUILD)/cnn_quick/cnn.safetensors --maps $(BUILD)/cnn_quick/maps_loaded.png" \
 	"$(BUILD)/seq2seq_dates --quick --out $(BUILD)/dates_quick" \
+	"$(BUILD)/conv_vae_fashion --quick --data $(DATA) --out $(BUILD)/conv_vae_quick" \
+	"$(BUILD)/conv_vae_fashion --quick --data $(DATA) --out $(BUILD)/conv_vae_quick --load $(BUILD)/conv_vae_quick/conv_vae.safetensors" \
+	"$(BUILD)/conv_vae_fashion --quick --no-attention --data $(DATA) --out $(BUILD)/conv_vae_quick_noattn" \
+	"rm -rf $(BUILD)/sagan_quick && $(BUILD)/sagan_fashion --quick --data $(DATA) --out $(BUILD)/sagan_quick --fid-net $(BUILD)/sagan_quick/none --vae $(BUILD)/sagan_quick/none" \
+	"$(BUILD)/sagan_fashion --quick --data $(DATA) --out $(BUILD)/sagan_quick --fid-net $(BUILD)/sagan_quick/none --vae $(BUILD)/sagan_quick/none --load $(BUILD)/sagan_quick" \
 	"tests/check_config.sh '$(CC)' $(BUILD)/test_core" \
 	"tests/check_install.sh '$(CC)'" \
 	"$(BAD_DATA_CHECK)"

@@ -290,6 +290,7 @@ int main(int argc, char **argv) {
     }
     dim = train.dim;
     n_train = quick && train.n > 1024 ? 1024 : train.n;
+    if (batch > n_train) batch = n_train; /* at least one step an epoch */
     if (n_fid > test.n) n_fid = test.n;
     if (n_fid > train.n) n_fid = train.n;
     gen_model = av_model_new((uint64_t)seed);
@@ -305,7 +306,7 @@ int main(int argc, char **argv) {
     order = (int *)malloc((size_t)train.n * sizeof(int));
     xb = (float *)malloc((size_t)(2 * batch > 500 ? 2 * batch : 500) * dim * sizeof(float));
     fixed_z = (float *)malloc((size_t)GRID * Z_DIM * sizeof(float));
-    images = (float *)malloc((size_t)n_fid * dim * sizeof(float));
+    images = (float *)malloc((size_t)(n_fid > GRID ? n_fid : GRID) * dim * sizeof(float));
     if (!order || !xb || !fixed_z || !images) { fprintf(stderr, "error: out of memory\n"); rc = 1; }
     for (i = 0; !rc && i < GRID * Z_DIM; i++) fixed_z[i] = av_rng_normal(av_ctx_rng(c));
     printf("sagan_fashion: generator %ld and discriminator %ld parameters, %d train images, gemm path %s, %d threads\n",
@@ -355,11 +356,6 @@ int main(int argc, char **argv) {
             if (steps % 10 == 0 || start + 2 * batch > n_train) ex_progress("train", start + batch, n_train, info);
         }
         if (rc) break;
-        if (steps == 0) {
-            fprintf(stderr, "error: --batch %d is more than the %d training images\n", batch, n_train);
-            rc = 1;
-            break;
-        }
         seconds = ex_now() - t0;
         t_train += seconds;
         img_per_s = (double)steps * batch * epoch / t_train;

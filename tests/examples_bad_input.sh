@@ -335,6 +335,49 @@ printf '#!/bin/sh\nprintf "C\\nPOSIX\\n"\n' > "$T/bin/locale"
 chmod +x "$T/bin/locale"
 expect 0 'only the C locale is installed' env PATH="$T/bin:$PATH" "$D" --quick --out "$T/dc" --test 20
 grep -q '^seq2seq_dates: 1 locales, 9 ' "$T/log" && ok || bad "seq2seq_dates with only C: not 1 locale and 9 pairs"
+# ---- the convolutional VAE and the GAN ----
+CV="$B/conv_vae_fashion --data $S"
+SG="$B/sagan_fashion --data $S --fid-net $T/none --vae $T/none"
+for ex in conv_vae_fashion sagan_fashion; do
+    expect 0 '^usage:' "$B/$ex" --data "$S" --out "$T/help_$ex" --help
+    [ -e "$T/help_$ex" ] && bad "$ex --help created its output" || ok
+done
+"$B/conv_vae_fashion" --help > "$T/help.txt" 2>&1
+for flag in data out load epochs latent channels batch lr iwae-k iwae-images no-attention seed quick; do
+    grep -qE -- "^  --$flag( |$)" "$T/help.txt" && ok || bad "conv_vae_fashion --help does not list --$flag"
+done
+"$B/sagan_fashion" --help > "$T/help.txt" 2>&1
+for flag in data out load epochs channels batch lr-g lr-d fid-images fid-net vae vae-epochs seed quick; do
+    grep -qE -- "^  --$flag( |$)" "$T/help.txt" && ok || bad "sagan_fashion --help does not list --$flag"
+done
+expect 2 "unknown flag '--attention'" $CV --out "$T/cv" --attention
+expect 2 "--channels: 0 is out of range" $CV --out "$T/cv" --channels 0
+expect 2 "--iwae-images: 0 is out of range" $CV --out "$T/cv" --iwae-images 0
+expect 2 "unknown argument '1'" $CV --out "$T/cv" --no-attention 1
+expect 2 "--lr-d: nan is out of range" $SG --out "$T/sg" --lr-d nan
+expect 2 "--fid-images: 1 is out of range" $SG --out "$T/sg" --fid-images 1
+expect 2 "--fid-net needs a value" $SG --out "$T/sg" --fid-net
+[ -e "$T/cv" ] || [ -e "$T/sg" ] && bad "a refused command line created the output directory" || ok
+for ex in conv_vae_fashion sagan_fashion; do
+    expect 1 'make data' "$B/$ex" --quick --data "$T/nowhere" --out "$T/x_$ex"
+    expect 1 'label 99 is 12, not a class 0..9' "$B/$ex" --quick --data "$T/label12" --out "$T/x_$ex"
+    expect 1 'training images are 28x28 but test images 14x14' "$B/$ex" --quick --data "$T/sizes" --out "$T/x_$ex"
+    expect 1 'the images are 14x14; .* multiples of 4' "$B/$ex" --quick --data "$T/small14" --out "$T/x_$ex"
+    expect 1 'cannot create directory' "$B/$ex" --quick --data "$S" --out "$T/file/sub"
+done
+# small data sets (5 test images, then 1; 40 training images, fewer than a GAN batch) run to the end
+expect 0 'on the first 5$' $CV --quick --out "$T/cv" --latent 2
+[ "$(png_size "$T/cv/reconstructions.png")" = 146x59 ] && ok || bad "conv VAE, 5 test images: reconstructions.png is $(png_size "$T/cv/reconstructions.png")"
+expect 0 '^pictures:' "$B/conv_vae_fashion" --quick --data "$T/one" --out "$T/cv1" --no-attention
+expect 0 'fid net: trained' $SG --quick --out "$T/sg"
+expect 0 '5 images each' $SG --quick --out "$T/sg" --load "$T/sg"
+grep -q '^fid net (small): loaded' "$T/log" && ok || bad "sagan_fashion did not reuse its small feature net"
+expect 0 '1 images each' "$B/sagan_fashion" --quick --data "$T/one" --out "$T/sg1" --fid-net "$T/none" --vae "$T/none"
+# --load: a model file that does not fit, or is missing
+expect 1 "enc.attn" $CV --quick --out "$T/cv2" --load "$T/cv1/conv_vae.safetensors"
+expect 1 'cannot open' $CV --quick --out "$T/cv2" --load "$T/none.safetensors"
+expect 1 'cannot open' $SG --quick --out "$T/sg2" --load "$T/none"
+expect 1 'fid net: .*' "$B/sagan_fashion" --quick --data "$S" --out "$T/sg2" --fid-net "$T/cv/conv_vae.safetensors" --vae "$T/none" --epochs 0
 
 echo "$pass passed, $fail failed"
 [ "$fail" -eq 0 ]
