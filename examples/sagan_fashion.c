@@ -22,7 +22,8 @@
    ("fid_vae") and of as many training images ("fid_test_floor", the floor:
    real images of another split). The classifier is --fid-net
    (cnn_attention_fashion's saved model) if that file exists, else a small
-   AttentionNet trained here once and kept as OUT/fid_net_small.safetensors.
+   AttentionNet trained here once (on 20000 images) and kept as
+   OUT/fid_net_small.safetensors.
    The VAE is --vae (vae_fashion's saved model) if it exists, else one
    trained here once and kept as OUT/vae.safetensors. --load DIR starts
    from the two saved models in DIR: alone it only samples and measures,
@@ -393,8 +394,8 @@ int main(int argc, char **argv) {
     else if (!rc) {
         printf("fid net: %s is missing (build/cnn_attention_fashion makes it); training a small AttentionNet\n",
                fid_net_path);
-        rc = train_feature_net(c, net_model, &net, &train, &test, quick && train.n > 2048 ? 2048 : train.n,
-                               quick && test.n > 500 ? 500 : test.n, order, xb);
+        int n_net = train.n < (quick ? 2048 : 20000) ? train.n : quick ? 2048 : 20000;
+        rc = train_feature_net(c, net_model, &net, &train, &test, n_net, quick && test.n > 500 ? 500 : test.n, order, xb);
         if (!rc && (rc = av_model_save(net_model, fallback)) != 0) fprintf(stderr, "error: %s\n", av_error());
         else if (!rc) printf("saved %s\n", fallback);
     }
