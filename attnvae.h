@@ -2672,6 +2672,11 @@ typedef struct {
 } av__gemm_job;
 
 #define AV__DIRECT_B_SPAN (8 << 10) /* floats: 32 KB */
+/* With at most this many rows of C, and B's rows under 4 KB apart, a span
+   of up to 512 KB (measured on Zen 5: 2 KB apart, B in place was faster up
+   to 128 rows; 4 KB apart, packed B was faster from 32 rows). */
+#define AV__DIRECT_B_ROWS 128
+#define AV__DIRECT_B_FEW_ROWS_SPAN (1 << 17)
 
 /* Rows [i0,i1) x columns [j0,j1) of C, single-threaded, with private
    packing buffers Ap (mc x kc) and Bp (kc x nc). Micro-panels are found by
@@ -2778,9 +2783,12 @@ AVDEF void av_sgemm(int transA, int transB, int M, int N, int K, float alpha,
     /* An untransposed A is read in place by the rows kernel: packing it
        would transpose. An untransposed B whose kc rows span little memory
        stays in L1 anyway; over a longer span its stripes would conflict in
-       cache, and packing wins. */
+       cache, and packing wins, unless C has so few rows that packing would
+       cost more than it saves (an RNN step: [3.8 recurrent] relies on this
+       for its W_hh^T panels). */
     g.direct_a = !transA && im->kernel_rows;
-    g.direct_b = !transB && (size_t)AV__MIN(K, im->kc) * ldb <= AV__DIRECT_B_SPAN;
+    g.direct_b = !transB && (size_t)AV__MIN(K, im->kc) * ldb <=
+                                (M <= AV__DIRECT_B_ROWS && ldb < 1024 ? AV__DIRECT_B_FEW_ROWS_SPAN : AV__DIRECT_B_SPAN);
 #ifdef _OPENMP
     /* Threads pay off past ~100^3 multiply-adds, and never nest. Each takes
        a ti x tj share of C and packs its own operands: no barriers, and
