@@ -267,13 +267,13 @@ bench: deps-bench data $(BUILD)/bench_gemm $(BUILD)/bench_scores $(BUILD)/vae_fa
 	PYTHON=$(PYTHON) tests/bench_charlm.sh $(BUILD)/charlm
 	@$(MAKE) --no-print-directory bench-steps
 
-$(BUILD)/bench_attention: tests/bench_attention.c $(HEADER) | $(BUILD)
+$(BUILD)/bench_attention: tests/bench_attention.c tests/bench_peak.h $(HEADER) | $(BUILD)
 	$(C99) $(OPENMP) -o $@ $< -lm
 
 $(BUILD)/bench_conv: tests/bench_conv.c $(HEADER) | $(BUILD)
 	$(C99) $(OPENMP) -o $@ $< -lm
 
-$(BUILD)/bench_gemm: tests/bench_gemm.c $(HEADER) | $(BUILD)
+$(BUILD)/bench_gemm: tests/bench_gemm.c tests/bench_peak.h $(HEADER) | $(BUILD)
 	$(CC) -std=c99 $(WARN) -O2 $(OPENMP) -o $@ $< -lopenblas -lm
 
 $(BUILD)/bench_scores: tests/bench_scores.c $(HEADER) | $(BUILD)
