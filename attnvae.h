@@ -3124,19 +3124,22 @@ static void av__adam_array(float *p, const float *g, float *m, float *v, int n, 
    micro-kernels over operands packed once per head. */
 
 /* C (M x N) = alpha A B + beta C from operands in micro-panel form: A's panel
-   p (rows p*MR..) starts at A + p*a_step, element (i, k) at k*MR + i; B's
-   panel q (columns q*NR..) starts at B + q*b_step, its row k at k*ldb (ldb is
-   NR when packed, or a buffer's own stride). The kernels store edge tiles
-   only inside M x N; B must hold whole panels. */
-static void av__gemm_panels(const av__gemm_impl *im, int M, int N, int kc, const float *A, size_t a_step,
-                            const float *B, size_t b_step, int ldb, float *C, int ldc, float alpha, float beta) {
+   p (rows p*MR..) starts at A + p*a_step, its element (i, k) at k*as + i (as
+   is MR when packed; a larger one reads A's columns in place), or with the
+   rows kernel at i*as + k (A's rows in place); B's panel q (columns q*NR..)
+   starts at B + q*b_step, its row k at k*ldb (ldb is NR when packed, or a
+   buffer's own stride). The kernels store edge tiles only inside M x N; A
+   and B must hold whole panels. */
+static void av__gemm_panels(const av__gemm_impl *im, av__ukernel kernel, int M, int N, int kc, const float *A,
+                            size_t a_step, int as, const float *B, size_t b_step, int ldb, float *C, int ldc,
+                            float alpha, float beta) {
     int MR = im->mr, NR = im->nr, i, j;
     for (i = 0; i < M; i += MR) {
         const float *a = A + (size_t)(i / MR) * a_step;
         int m = AV__MIN(MR, M - i);
         for (j = 0; j < N; j += NR) {
             const float *b = B + (size_t)(j / NR) * b_step;
-            im->kernel(kc, a, MR, b, ldb, C + (size_t)i * ldc + j, ldc, m, AV__MIN(NR, N - j), alpha, beta);
+            kernel(kc, a, as, b, ldb, C + (size_t)i * ldc + j, ldc, m, AV__MIN(NR, N - j), alpha, beta);
         }
     }
 }
@@ -4508,8 +4511,8 @@ static void av__flash_forward_block(const av__flash *f, int bh, int qb, const fl
     for (j0 = 0; j0 < j_end; j0 += BK) {
         int bk = AV__MIN(BK, g->Tk - j0);
         /* St = scale K_j Q_i^T, then mask, causality and the online softmax */
-        av__gemm_panels(im, bk, n, g->D, Kp + (size_t)j0 * g->D, (size_t)MR * g->D, Qb, (size_t)NR * g->D, NR,
-                        St, BQ, g->scale, 0.0f);
+        av__gemm_panels(im, im->kernel, bk, n, g->D, Kp + (size_t)j0 * g->D, (size_t)MR * g->D, MR, Qb,
+                        (size_t)NR * g->D, NR, St, BQ, g->scale, 0.0f);
         av__flash_mask(f, St, bk, n, j0, i0, nq, mb);
         AV__VDISPATCH(f->isa, attn_online, St, BQ, bk, n, m, l, alpha);
         AV__VDISPATCH(f->isa, attn_scale, Ot, BQ, g->Dv, n, alpha);
@@ -4520,8 +4523,8 @@ static void av__flash_forward_block(const av__flash *f, int bh, int qb, const fl
                 for (ii = 0; ii < nq; ii++) St[(size_t)j * BQ + ii] *= av__sdpa_kept(g, bh, i0 + ii, j0 + j) ? keep : 0.0f;
         }
         /* Ot += V_j^T P_j^T, St read in place as whole B panels */
-        av__gemm_panels(im, g->Dv, n, bk, Vtp + (size_t)j0 * MR, (size_t)MR * g->Tk, St, (size_t)NR, BQ, Ot, BQ,
-                        1.0f, 1.0f);
+        av__gemm_panels(im, im->kernel, g->Dv, n, bk, Vtp + (size_t)j0 * MR, (size_t)MR * g->Tk, MR, St, (size_t)NR,
+                        BQ, Ot, BQ, 1.0f, 1.0f);
     }
     for (i = 0; i < nq; i++) {
         int d;
@@ -4566,21 +4569,25 @@ static void av__flash_forward(av_ctx *c, const av__flash *f, const float *q, con
 }
 
 /* The backward works on blocks in the plain layout, S[i][j] (queries by
-   keys): its per-row statistics lse and delta are scalars per row, and of
-   the score-sized operands only dS needs transposing (for dQ = dS K).
-   Blocks are whole micro-panels both ways (a multiple of MR and of NR). */
-static int av__flash_bwd_block(const av__flash *f) {
+   keys): its per-row statistics lse and delta are scalars per row. The
+   kernels read P and dS in place: their columns as A panels of P^T and dS^T
+   (for dV and dK), their rows with the rows kernel (for dQ = dS K; packed
+   where an ISA has none). Blocks are whole micro-panels both ways: a
+   multiple of lcm(MR, NR), which av__flash_bwd_cols also rounds keys to. */
+static int av__flash_bwd_cols(const av__flash *f, int keys) {
     int a = f->im->mr, b = f->im->nr, l = a;
     while (l % b) l += a; /* lcm(MR, NR) */
-    return (64 + l - 1) / l * l;
+    return (keys + l - 1) / l * l;
 }
+
+static int av__flash_bwd_block(const av__flash *f) { return av__flash_bwd_cols(f, 64); }
 
 /* Everything one head's backward packs, and its block buffers. */
 typedef struct av__flash_bwd {
     float *Qa, *dOa;        /* A panels of Q and dO (rows: queries; k over D, Dv) */
     float *Kb, *Vb;         /* B panels of K^T and V^T (columns: keys; k over D, Dv) */
     float *Kc, *Qc, *dOc;   /* B panels of K, Q and dO (k over keys or queries) */
-    float *S, *dS, *Pd, *Ap; /* one block's P, dP then dS, dropped P; A panels of one block */
+    float *S, *dS, *Pd, *Ap; /* one block's P, dP then dS, dropped P; dS packed (no rows kernel) */
     float *dmask;           /* this head's mask gradient, or NULL */
 } av__flash_bwd;
 
@@ -4648,32 +4655,31 @@ static void av__flash_backward_head(const av__flash *f, int bh, const float *q, 
     av__panels_by_cols(w->Qc, NR, q, g->Tq, g->D, (size_t)g->q.ld);
     av__panels_by_cols(w->dOc, NR, dO, g->Tq, g->Dv, (size_t)g->o.ld);
     for (j0 = 0; j0 < g->Tk; j0 += BB) {
-        int bk = AV__MIN(BB, g->Tk - j0), n = av__round_up(bk, NR);
+        int bk = AV__MIN(BB, g->Tk - j0), n = av__flash_bwd_cols(f, bk);
         for (i0 = 0; i0 < g->Tq; i0 += BB) {
             int nq = AV__MIN(BB, g->Tq - i0);
             const float *P = w->S;
             if (av__flash_key_end(f, i0, nq) <= j0) continue; /* hidden by causality */
             /* P = exp(scale Q_i K_j^T + mask - lse) */
-            av__gemm_panels(im, nq, n, g->D, w->Qa + (size_t)i0 * g->D, (size_t)MR * g->D, w->Kb + (size_t)j0 * g->D,
-                            (size_t)NR * g->D, NR, w->S, BB, g->scale, 0.0f);
+            av__gemm_panels(im, im->kernel, nq, n, g->D, w->Qa + (size_t)i0 * g->D, (size_t)MR * g->D, MR,
+                            w->Kb + (size_t)j0 * g->D, (size_t)NR * g->D, NR, w->S, BB, g->scale, 0.0f);
             av__flash_mask_rows(g, w->S, BB, nq, n, i0, j0, bk, mb);
             AV__VDISPATCH(f->isa, attn_probs_rows, w->S, BB, nq, n, lse + i0);
             /* dP = dO_i V_j^T; with dropout, dP and the P that reached V carry the mask */
-            av__gemm_panels(im, nq, n, g->Dv, w->dOa + (size_t)i0 * g->Dv, (size_t)MR * g->Dv, w->Vb + (size_t)j0 * g->Dv,
-                            (size_t)NR * g->Dv, NR, w->dS, BB, 1.0f, 0.0f);
+            av__gemm_panels(im, im->kernel, nq, n, g->Dv, w->dOa + (size_t)i0 * g->Dv, (size_t)MR * g->Dv, MR,
+                            w->Vb + (size_t)j0 * g->Dv, (size_t)NR * g->Dv, NR, w->dS, BB, 1.0f, 0.0f);
             if (g->dropout > 0.0f) {
                 for (i = 0; i < nq; i++)
-                    for (j = 0; j < bk; j++) {
-                        float s = av__sdpa_kept(g, bh, i0 + i, j0 + j) ? keep : 0.0f;
+                    for (j = 0; j < n; j++) { /* Pd's padding columns 0, as P's */
+                        float s = j < bk && av__sdpa_kept(g, bh, i0 + i, j0 + j) ? keep : 0.0f;
                         w->dS[(size_t)i * BB + j] *= s;
                         w->Pd[(size_t)i * BB + j] = w->S[(size_t)i * BB + j] * s;
                     }
                 P = w->Pd;
             }
-            /* dV_j += P^T dO_i: A = P's columns as panels, k over the block's queries */
-            av__panels_by_cols(w->Ap, MR, P, nq, bk, (size_t)BB);
-            av__gemm_panels(im, bk, g->Dv, nq, w->Ap, (size_t)MR * nq, w->dOc + (size_t)i0 * NR, (size_t)NR * g->Tq, NR,
-                            dv + (size_t)j0 * g->v.ld, g->v.ld, 1.0f, 1.0f);
+            /* dV_j += P^T dO_i: P's columns read in place, k over the block's queries */
+            av__gemm_panels(im, im->kernel, bk, g->Dv, nq, P, (size_t)MR, BB, w->dOc + (size_t)i0 * NR,
+                            (size_t)NR * g->Tq, NR, dv + (size_t)j0 * g->v.ld, g->v.ld, 1.0f, 1.0f);
             /* dS = P (dP - delta) */
             AV__VDISPATCH(f->isa, attn_dscores_rows, w->dS, w->S, BB, nq, n, delta + i0);
             if (w->dmask)
@@ -4681,14 +4687,20 @@ static void av__flash_backward_head(const av__flash *f, int bh, const float *q, 
                     for (j = 0; j < bk; j++)
                         w->dmask[(g->mi ? (size_t)(i0 + i) * mask_cols : 0) + (g->mj ? (size_t)(j0 + j) : 0)] +=
                             w->dS[(size_t)i * BB + j];
-            /* dK_j += scale dS^T Q_i */
-            av__panels_by_cols(w->Ap, MR, w->dS, nq, bk, (size_t)BB);
-            av__gemm_panels(im, bk, g->D, nq, w->Ap, (size_t)MR * nq, w->Qc + (size_t)i0 * NR, (size_t)NR * g->Tq, NR,
-                            dk + (size_t)j0 * g->k.ld, g->k.ld, g->scale, 1.0f);
-            /* dQ_i += scale dS K_j: the one transposed pack */
-            av__panels_by_rows(w->Ap, MR, w->dS, nq, bk, (size_t)BB);
-            av__gemm_panels(im, nq, g->D, bk, w->Ap, (size_t)MR * bk, w->Kc + (size_t)j0 * NR, (size_t)NR * g->Tk, NR,
-                            dq + (size_t)i0 * g->q.ld, g->q.ld, g->scale, 1.0f);
+            /* dK_j += scale dS^T Q_i: dS's columns read in place */
+            av__gemm_panels(im, im->kernel, bk, g->D, nq, w->dS, (size_t)MR, BB, w->Qc + (size_t)i0 * NR,
+                            (size_t)NR * g->Tq, NR, dk + (size_t)j0 * g->k.ld, g->k.ld, g->scale, 1.0f);
+            /* dQ_i += scale dS K_j: dS's rows read in place (the rows of a ragged
+               last panel zeroed), or packed */
+            if (im->kernel_rows) {
+                for (i = nq; i < av__round_up(nq, MR); i++) memset(w->dS + (size_t)i * BB, 0, (size_t)bk * sizeof(float));
+                av__gemm_panels(im, im->kernel_rows, nq, g->D, bk, w->dS, (size_t)MR * BB, BB, w->Kc + (size_t)j0 * NR,
+                                (size_t)NR * g->Tk, NR, dq + (size_t)i0 * g->q.ld, g->q.ld, g->scale, 1.0f);
+            } else {
+                av__panels_by_rows(w->Ap, MR, w->dS, nq, bk, (size_t)BB);
+                av__gemm_panels(im, im->kernel, nq, g->D, bk, w->Ap, (size_t)MR * bk, MR, w->Kc + (size_t)j0 * NR,
+                                (size_t)NR * g->Tk, NR, dq + (size_t)i0 * g->q.ld, g->q.ld, g->scale, 1.0f);
+            }
         }
     }
 }
