@@ -3168,6 +3168,53 @@ static void av__panels_by_cols(float *dst, int P, const float *X, int R, int col
     }
 }
 
+/* Operands of av__gemm_panels that stay put for a head: A's row panel p at
+   a + p*step, read by kernel with stride as; B's panel q at b + q*step,
+   its row k at k*ldb. Offsets along k: A + k0*as (rows kernel: A + k0),
+   B + k0*ldb. */
+typedef struct av__aop { av__ukernel kernel; const float *a; size_t step; int as; } av__aop;
+typedef struct av__bop { const float *b; size_t step; int ldb; } av__bop;
+
+/* X's rows as A (i over X's R rows, k over its cols): read in place by the
+   rows kernel when the panels are whole, else packed into pack. */
+static av__aop av__aop_rows(const av__gemm_impl *im, const float *X, int R, int cols, size_t ld, float *pack) {
+    av__aop o;
+    if (im->kernel_rows && R % im->mr == 0) {
+        o.kernel = im->kernel_rows, o.a = X, o.step = (size_t)im->mr * ld, o.as = (int)ld;
+        return o;
+    }
+    av__panels_by_rows(pack, im->mr, X, R, cols, ld);
+    o.kernel = im->kernel, o.a = pack, o.step = (size_t)im->mr * cols, o.as = im->mr;
+    return o;
+}
+
+/* X^T as A (i over X's cols, k over its R rows): read in place when the
+   panels are whole, else packed into pack. */
+static av__aop av__aop_cols(const av__gemm_impl *im, const float *X, int R, int cols, size_t ld, float *pack) {
+    av__aop o;
+    o.kernel = im->kernel;
+    if (cols % im->mr == 0) {
+        o.a = X, o.step = (size_t)im->mr, o.as = (int)ld;
+        return o;
+    }
+    av__panels_by_cols(pack, im->mr, X, R, cols, ld);
+    o.a = pack, o.step = (size_t)im->mr * R, o.as = im->mr;
+    return o;
+}
+
+/* X as B (k over X's R rows, columns j): read in place when the panels are
+   whole, else packed into pack. */
+static av__bop av__bop_rows(const av__gemm_impl *im, const float *X, int R, int cols, size_t ld, float *pack) {
+    av__bop o;
+    if (cols % im->nr == 0) {
+        o.b = X, o.step = (size_t)im->nr, o.ldb = (int)ld;
+        return o;
+    }
+    av__panels_by_cols(pack, im->nr, X, R, cols, ld);
+    o.b = pack, o.step = (size_t)im->nr * R, o.ldb = im->nr;
+    return o;
+}
+
 /* The softmax steps on a block St (bk rows of keys j, n columns of queries i,
    row stride ld; n is a multiple of the vector width). exp of x <= 0 is 0
    below -80 (e^-80 is below float precision next to the row's largest term).
@@ -4487,16 +4534,16 @@ static int av__flash_key_end(const av__flash *f, int i0, int nq) {
     return last < 0 ? 0 : (int)AV__MIN(last + 1, (long)g->Tk);
 }
 
-/* Per head: K as A panels (rows j, k over D) and V transposed as A panels
-   (rows over Dv, k over j), packed once and shared by the query blocks. */
+/* Per head: K as A (rows j, k over D) and V^T as A (rows over Dv, k over
+   j), read in place or packed once and shared by the query blocks. */
 static size_t av__flash_kv_floats(const av__flash *f) {
     const av__sdpa_geom *g = f->g;
     int MR = f->im->mr;
     return (size_t)av__round_up(g->Tk, MR) * g->D + (size_t)av__round_up(g->Dv, MR) * g->Tk;
 }
 
-static void av__flash_forward_block(const av__flash *f, int bh, int qb, const float *q, const float *Kp,
-                                    const float *Vtp, const float *mb, float *out, float *lse, float *scratch) {
+static void av__flash_forward_block(const av__flash *f, int bh, int qb, const float *q, const av__aop *K,
+                                    const av__aop *Vt, const float *mb, float *out, float *lse, float *scratch) {
     const av__sdpa_geom *g = f->g;
     const av__gemm_impl *im = f->im;
     int MR = im->mr, NR = im->nr, BQ = f->BQ, BK = f->BK, i0 = qb * BQ, j0, i, n, nq, j_end;
@@ -4511,7 +4558,7 @@ static void av__flash_forward_block(const av__flash *f, int bh, int qb, const fl
     for (j0 = 0; j0 < j_end; j0 += BK) {
         int bk = AV__MIN(BK, g->Tk - j0);
         /* St = scale K_j Q_i^T, then mask, causality and the online softmax */
-        av__gemm_panels(im, im->kernel, bk, n, g->D, Kp + (size_t)j0 * g->D, (size_t)MR * g->D, MR, Qb,
+        av__gemm_panels(im, K->kernel, bk, n, g->D, K->a + (size_t)(j0 / MR) * K->step, K->step, K->as, Qb,
                         (size_t)NR * g->D, NR, St, BQ, g->scale, 0.0f);
         av__flash_mask(f, St, bk, n, j0, i0, nq, mb);
         AV__VDISPATCH(f->isa, attn_online, St, BQ, bk, n, m, l, alpha);
@@ -4523,7 +4570,7 @@ static void av__flash_forward_block(const av__flash *f, int bh, int qb, const fl
                 for (ii = 0; ii < nq; ii++) St[(size_t)j * BQ + ii] *= av__sdpa_kept(g, bh, i0 + ii, j0 + j) ? keep : 0.0f;
         }
         /* Ot += V_j^T P_j^T, St read in place as whole B panels */
-        av__gemm_panels(im, im->kernel, g->Dv, n, bk, Vtp + (size_t)j0 * MR, (size_t)MR * g->Tk, MR, St, (size_t)NR,
+        av__gemm_panels(im, Vt->kernel, g->Dv, n, bk, Vt->a + (size_t)j0 * Vt->as, Vt->step, Vt->as, St, (size_t)NR,
                         BQ, Ot, BQ, 1.0f, 1.0f);
     }
     for (i = 0; i < nq; i++) {
@@ -4542,6 +4589,7 @@ static void av__flash_forward(av_ctx *c, const av__flash *f, const float *q, con
     size_t kv = av__flash_kv_floats(f);
     size_t per_thread = (size_t)f->BQ * g->D + (size_t)f->BK * f->BQ + (size_t)g->Dv * f->BQ + 3 * (size_t)f->BQ;
     float *packs = (float *)av__arena_alloc(&c->arena, (size_t)BH * kv * sizeof(float)), *scratch;
+    av__aop *ops = (av__aop *)av__arena_alloc(&c->arena, 2 * (size_t)BH * sizeof(av__aop)); /* K, V^T per head */
 #ifdef _OPENMP
     if (!omp_in_parallel() && (double)g->Tq * g->Tk * (g->D + g->Dv) * BH > 2e6) nt = av_get_num_threads();
 #endif
@@ -4549,20 +4597,19 @@ static void av__flash_forward(av_ctx *c, const av__flash *f, const float *q, con
     AV_OMP(omp parallel for num_threads(nt) schedule(static) if (nt > 1))
     for (t = 0; t < BH; t++) {
         float *Kp = packs + (size_t)t * kv;
-        av__panels_by_rows(Kp, MR, av__head(k, &g->k, t, g->H), g->Tk, g->D, (size_t)g->k.ld);
-        av__panels_by_cols(Kp + (size_t)av__round_up(g->Tk, MR) * g->D, MR, av__head(v, &g->v, t, g->H), g->Tk, g->Dv,
-                           (size_t)g->v.ld);
+        ops[2 * t] = av__aop_rows(f->im, av__head(k, &g->k, t, g->H), g->Tk, g->D, (size_t)g->k.ld, Kp);
+        ops[2 * t + 1] = av__aop_cols(f->im, av__head(v, &g->v, t, g->H), g->Tk, g->Dv, (size_t)g->v.ld,
+                                      Kp + (size_t)av__round_up(g->Tk, MR) * g->D);
     }
     /* Work items are (head, query block); each is computed the same way
        whichever thread takes it, so the result does not depend on threads. */
     AV_OMP(omp parallel for num_threads(nt) schedule(dynamic, 1) if (nt > 1))
     for (t = 0; t < items; t++) {
         int bh = t / nqb, qb = t % nqb, b = bh / g->H, h = bh % g->H, me = 0;
-        const float *Kp = packs + (size_t)bh * kv;
 #ifdef _OPENMP
         me = omp_get_thread_num();
 #endif
-        av__flash_forward_block(f, bh, qb, av__head(q, &g->q, bh, g->H), Kp, Kp + (size_t)av__round_up(g->Tk, MR) * g->D,
+        av__flash_forward_block(f, bh, qb, av__head(q, &g->q, bh, g->H), &ops[2 * bh], &ops[2 * bh + 1],
                                 mask ? mask + b * g->mb + h * g->mh : NULL, av__head_w(out, &g->o, bh, g->H),
                                 lse + (size_t)bh * g->Tq, scratch + (size_t)me * per_thread);
     }
@@ -4584,9 +4631,9 @@ static int av__flash_bwd_block(const av__flash *f) { return av__flash_bwd_cols(f
 
 /* Everything one head's backward packs, and its block buffers. */
 typedef struct av__flash_bwd {
-    float *Qa, *dOa;        /* A panels of Q and dO (rows: queries; k over D, Dv) */
+    float *Qa, *dOa;        /* A panels of Q and dO (rows: queries; k over D, Dv), if packed */
     float *Kb, *Vb;         /* B panels of K^T and V^T (columns: keys; k over D, Dv) */
-    float *Kc, *Qc, *dOc;   /* B panels of K, Q and dO (k over keys or queries) */
+    float *Kc, *Qc, *dOc;   /* B panels of K, Q and dO (k over keys or queries), if packed */
     float *S, *dS, *Pd, *Ap; /* one block's P, dP then dS, dropped P; dS packed (no rows kernel) */
     float *dmask;           /* this head's mask gradient, or NULL */
 } av__flash_bwd;
@@ -4647,13 +4694,13 @@ static void av__flash_backward_head(const av__flash *f, int bh, const float *q, 
     int MR = im->mr, NR = im->nr, BB = av__flash_bwd_block(f), j0, i0, i, j;
     int mask_cols = g->mj ? g->Tk : 1;
     float keep = g->dropout > 0.0f ? 1.0f / (1.0f - g->dropout) : 1.0f;
-    av__panels_by_rows(w->Qa, MR, q, g->Tq, g->D, (size_t)g->q.ld);
-    av__panels_by_rows(w->dOa, MR, dO, g->Tq, g->Dv, (size_t)g->o.ld);
+    av__aop Qa = av__aop_rows(im, q, g->Tq, g->D, (size_t)g->q.ld, w->Qa);
+    av__aop dOa = av__aop_rows(im, dO, g->Tq, g->Dv, (size_t)g->o.ld, w->dOa);
+    av__bop Kc = av__bop_rows(im, k, g->Tk, g->D, (size_t)g->k.ld, w->Kc);
+    av__bop Qc = av__bop_rows(im, q, g->Tq, g->D, (size_t)g->q.ld, w->Qc);
+    av__bop dOc = av__bop_rows(im, dO, g->Tq, g->Dv, (size_t)g->o.ld, w->dOc);
     av__panels_by_rows(w->Kb, NR, k, g->Tk, g->D, (size_t)g->k.ld);
     av__panels_by_rows(w->Vb, NR, v, g->Tk, g->Dv, (size_t)g->v.ld);
-    av__panels_by_cols(w->Kc, NR, k, g->Tk, g->D, (size_t)g->k.ld);
-    av__panels_by_cols(w->Qc, NR, q, g->Tq, g->D, (size_t)g->q.ld);
-    av__panels_by_cols(w->dOc, NR, dO, g->Tq, g->Dv, (size_t)g->o.ld);
     for (j0 = 0; j0 < g->Tk; j0 += BB) {
         int bk = AV__MIN(BB, g->Tk - j0), n = av__flash_bwd_cols(f, bk);
         for (i0 = 0; i0 < g->Tq; i0 += BB) {
@@ -4661,12 +4708,12 @@ static void av__flash_backward_head(const av__flash *f, int bh, const float *q, 
             const float *P = w->S;
             if (av__flash_key_end(f, i0, nq) <= j0) continue; /* hidden by causality */
             /* P = exp(scale Q_i K_j^T + mask - lse) */
-            av__gemm_panels(im, im->kernel, nq, n, g->D, w->Qa + (size_t)i0 * g->D, (size_t)MR * g->D, MR,
+            av__gemm_panels(im, Qa.kernel, nq, n, g->D, Qa.a + (size_t)(i0 / MR) * Qa.step, Qa.step, Qa.as,
                             w->Kb + (size_t)j0 * g->D, (size_t)NR * g->D, NR, w->S, BB, g->scale, 0.0f);
             av__flash_mask_rows(g, w->S, BB, nq, n, i0, j0, bk, mb);
             AV__VDISPATCH(f->isa, attn_probs_rows, w->S, BB, nq, n, lse + i0);
             /* dP = dO_i V_j^T; with dropout, dP and the P that reached V carry the mask */
-            av__gemm_panels(im, im->kernel, nq, n, g->Dv, w->dOa + (size_t)i0 * g->Dv, (size_t)MR * g->Dv, MR,
+            av__gemm_panels(im, dOa.kernel, nq, n, g->Dv, dOa.a + (size_t)(i0 / MR) * dOa.step, dOa.step, dOa.as,
                             w->Vb + (size_t)j0 * g->Dv, (size_t)NR * g->Dv, NR, w->dS, BB, 1.0f, 0.0f);
             if (g->dropout > 0.0f) {
                 for (i = 0; i < nq; i++)
@@ -4678,8 +4725,8 @@ static void av__flash_backward_head(const av__flash *f, int bh, const float *q, 
                 P = w->Pd;
             }
             /* dV_j += P^T dO_i: P's columns read in place, k over the block's queries */
-            av__gemm_panels(im, im->kernel, bk, g->Dv, nq, P, (size_t)MR, BB, w->dOc + (size_t)i0 * NR,
-                            (size_t)NR * g->Tq, NR, dv + (size_t)j0 * g->v.ld, g->v.ld, 1.0f, 1.0f);
+            av__gemm_panels(im, im->kernel, bk, g->Dv, nq, P, (size_t)MR, BB, dOc.b + (size_t)i0 * dOc.ldb, dOc.step,
+                            dOc.ldb, dv + (size_t)j0 * g->v.ld, g->v.ld, 1.0f, 1.0f);
             /* dS = P (dP - delta) */
             AV__VDISPATCH(f->isa, attn_dscores_rows, w->dS, w->S, BB, nq, n, delta + i0);
             if (w->dmask)
@@ -4688,18 +4735,18 @@ static void av__flash_backward_head(const av__flash *f, int bh, const float *q, 
                         w->dmask[(g->mi ? (size_t)(i0 + i) * mask_cols : 0) + (g->mj ? (size_t)(j0 + j) : 0)] +=
                             w->dS[(size_t)i * BB + j];
             /* dK_j += scale dS^T Q_i: dS's columns read in place */
-            av__gemm_panels(im, im->kernel, bk, g->D, nq, w->dS, (size_t)MR, BB, w->Qc + (size_t)i0 * NR,
-                            (size_t)NR * g->Tq, NR, dk + (size_t)j0 * g->k.ld, g->k.ld, g->scale, 1.0f);
+            av__gemm_panels(im, im->kernel, bk, g->D, nq, w->dS, (size_t)MR, BB, Qc.b + (size_t)i0 * Qc.ldb, Qc.step,
+                            Qc.ldb, dk + (size_t)j0 * g->k.ld, g->k.ld, g->scale, 1.0f);
             /* dQ_i += scale dS K_j: dS's rows read in place (the rows of a ragged
                last panel zeroed), or packed */
             if (im->kernel_rows) {
                 for (i = nq; i < av__round_up(nq, MR); i++) memset(w->dS + (size_t)i * BB, 0, (size_t)bk * sizeof(float));
-                av__gemm_panels(im, im->kernel_rows, nq, g->D, bk, w->dS, (size_t)MR * BB, BB, w->Kc + (size_t)j0 * NR,
-                                (size_t)NR * g->Tk, NR, dq + (size_t)i0 * g->q.ld, g->q.ld, g->scale, 1.0f);
+                av__gemm_panels(im, im->kernel_rows, nq, g->D, bk, w->dS, (size_t)MR * BB, BB, Kc.b + (size_t)j0 * Kc.ldb,
+                                Kc.step, Kc.ldb, dq + (size_t)i0 * g->q.ld, g->q.ld, g->scale, 1.0f);
             } else {
                 av__panels_by_rows(w->Ap, MR, w->dS, nq, bk, (size_t)BB);
-                av__gemm_panels(im, im->kernel, nq, g->D, bk, w->Ap, (size_t)MR * bk, MR, w->Kc + (size_t)j0 * NR,
-                                (size_t)NR * g->Tk, NR, dq + (size_t)i0 * g->q.ld, g->q.ld, g->scale, 1.0f);
+                av__gemm_panels(im, im->kernel, nq, g->D, bk, w->Ap, (size_t)MR * bk, MR, Kc.b + (size_t)j0 * Kc.ldb,
+                                Kc.step, Kc.ldb, dq + (size_t)i0 * g->q.ld, g->q.ld, g->scale, 1.0f);
             }
         }
     }
