@@ -4684,6 +4684,19 @@ static void av__flash_mask_rows(const av__sdpa_geom *g, float *S, int ld, int nq
     }
 }
 
+/* In a block where query i (of nq) sees key j (of bk) if j <= i + d: the
+   keys that queries [a, a+m) see are [0, av__flash_keys_seen), and the
+   queries that see key b are [av__flash_first_query, nq). */
+static int av__flash_keys_seen(long d, int a, int m, int bk) {
+    long e = (long)a + m + d;
+    return e < 0 ? 0 : e > bk ? bk : (int)e;
+}
+
+static int av__flash_first_query(long d, int b, int nq) {
+    long i = (long)b - d;
+    return i < 0 ? 0 : i > nq ? nq : (int)i;
+}
+
 /* One head: key blocks outer (dK_j, dV_j accumulate over query blocks in
    order), query blocks inner (dQ_i accumulates over key blocks in order). */
 static void av__flash_backward_head(const av__flash *f, int bh, const float *q, const float *k, const float *v,
@@ -4704,18 +4717,25 @@ static void av__flash_backward_head(const av__flash *f, int bh, const float *q, 
     for (j0 = 0; j0 < g->Tk; j0 += BB) {
         int bk = AV__MIN(BB, g->Tk - j0), n = av__flash_bwd_cols(f, bk);
         for (i0 = 0; i0 < g->Tq; i0 += BB) {
-            int nq = AV__MIN(BB, g->Tq - i0);
+            int nq = AV__MIN(BB, g->Tq - i0), a, b;
+            long d = g->causal ? (long)i0 + g->offset - j0 : (long)bk; /* key j sees query i if j <= i + d */
             const float *P = w->S;
             if (av__flash_key_end(f, i0, nq) <= j0) continue; /* hidden by causality */
-            /* P = exp(scale Q_i K_j^T + mask - lse) */
-            av__gemm_panels(im, Qa.kernel, nq, n, g->D, Qa.a + (size_t)(i0 / MR) * Qa.step, Qa.step, Qa.as,
-                            w->Kb + (size_t)j0 * g->D, (size_t)NR * g->D, NR, w->S, BB, g->scale, 0.0f);
+            /* P = exp(scale Q_i K_j^T + mask - lse) and dP = dO_i V_j^T, a row
+               panel at a time: tiles that causality hides are skipped (dP's
+               zeroed) */
+            for (a = 0; a < nq; a += MR) {
+                int m = AV__MIN(MR, nq - a), cols = AV__MIN(n, av__round_up(av__flash_keys_seen(d, a, m, bk), NR));
+                av__gemm_panels(im, Qa.kernel, m, cols, g->D, Qa.a + (size_t)((i0 + a) / MR) * Qa.step, Qa.step, Qa.as,
+                                w->Kb + (size_t)j0 * g->D, (size_t)NR * g->D, NR, w->S + (size_t)a * BB, BB, g->scale, 0.0f);
+                av__gemm_panels(im, dOa.kernel, m, cols, g->Dv, dOa.a + (size_t)((i0 + a) / MR) * dOa.step, dOa.step,
+                                dOa.as, w->Vb + (size_t)j0 * g->Dv, (size_t)NR * g->Dv, NR, w->dS + (size_t)a * BB, BB, 1.0f,
+                                0.0f);
+                for (i = a; i < a + m; i++) memset(w->dS + (size_t)i * BB + cols, 0, (size_t)(n - cols) * sizeof(float));
+            }
             av__flash_mask_rows(g, w->S, BB, nq, n, i0, j0, bk, mb);
             AV__VDISPATCH(f->isa, attn_probs_rows, w->S, BB, nq, n, lse + i0);
-            /* dP = dO_i V_j^T; with dropout, dP and the P that reached V carry the mask */
-            av__gemm_panels(im, dOa.kernel, nq, n, g->Dv, dOa.a + (size_t)(i0 / MR) * dOa.step, dOa.step, dOa.as,
-                            w->Vb + (size_t)j0 * g->Dv, (size_t)NR * g->Dv, NR, w->dS, BB, 1.0f, 0.0f);
-            if (g->dropout > 0.0f) {
+            if (g->dropout > 0.0f) { /* dP and the P that reached V carry the dropout mask */
                 for (i = 0; i < nq; i++)
                     for (j = 0; j < n; j++) { /* Pd's padding columns 0, as P's */
                         float s = j < bk && av__sdpa_kept(g, bh, i0 + i, j0 + j) ? keep : 0.0f;
@@ -4724,9 +4744,15 @@ static void av__flash_backward_head(const av__flash *f, int bh, const float *q, 
                     }
                 P = w->Pd;
             }
-            /* dV_j += P^T dO_i: P's columns read in place, k over the block's queries */
-            av__gemm_panels(im, im->kernel, bk, g->Dv, nq, P, (size_t)MR, BB, dOc.b + (size_t)i0 * dOc.ldb, dOc.step,
-                            dOc.ldb, dv + (size_t)j0 * g->v.ld, g->v.ld, 1.0f, 1.0f);
+            /* dV_j += P^T dO_i: P's columns read in place, k over the queries
+               that see the panel's keys */
+            for (b = 0; b < bk; b += MR) {
+                int from = av__flash_first_query(d, b, nq);
+                if (from < nq)
+                    av__gemm_panels(im, im->kernel, AV__MIN(MR, bk - b), g->Dv, nq - from, P + b + (size_t)from * BB,
+                                    (size_t)MR, BB, dOc.b + (size_t)(i0 + from) * dOc.ldb, dOc.step, dOc.ldb,
+                                    dv + (size_t)(j0 + b) * g->v.ld, g->v.ld, 1.0f, 1.0f);
+            }
             /* dS = P (dP - delta) */
             AV__VDISPATCH(f->isa, attn_dscores_rows, w->dS, w->S, BB, nq, n, delta + i0);
             if (w->dmask)
@@ -4734,19 +4760,31 @@ static void av__flash_backward_head(const av__flash *f, int bh, const float *q, 
                     for (j = 0; j < bk; j++)
                         w->dmask[(g->mi ? (size_t)(i0 + i) * mask_cols : 0) + (g->mj ? (size_t)(j0 + j) : 0)] +=
                             w->dS[(size_t)i * BB + j];
-            /* dK_j += scale dS^T Q_i: dS's columns read in place */
-            av__gemm_panels(im, im->kernel, bk, g->D, nq, w->dS, (size_t)MR, BB, Qc.b + (size_t)i0 * Qc.ldb, Qc.step,
-                            Qc.ldb, dk + (size_t)j0 * g->k.ld, g->k.ld, g->scale, 1.0f);
-            /* dQ_i += scale dS K_j: dS's rows read in place (the rows of a ragged
-               last panel zeroed), or packed */
-            if (im->kernel_rows) {
+            /* dK_j += scale dS^T Q_i: dS's columns read in place, as P's */
+            for (b = 0; b < bk; b += MR) {
+                int from = av__flash_first_query(d, b, nq);
+                if (from < nq)
+                    av__gemm_panels(im, im->kernel, AV__MIN(MR, bk - b), g->D, nq - from, w->dS + b + (size_t)from * BB,
+                                    (size_t)MR, BB, Qc.b + (size_t)(i0 + from) * Qc.ldb, Qc.step, Qc.ldb,
+                                    dk + (size_t)(j0 + b) * g->k.ld, g->k.ld, g->scale, 1.0f);
+            }
+            /* dQ_i += scale dS K_j, k over the keys the panel's queries see: dS's
+               rows read in place (the rows of a ragged last panel zeroed), or packed */
+            if (im->kernel_rows)
                 for (i = nq; i < av__round_up(nq, MR); i++) memset(w->dS + (size_t)i * BB, 0, (size_t)bk * sizeof(float));
-                av__gemm_panels(im, im->kernel_rows, nq, g->D, bk, w->dS, (size_t)MR * BB, BB, Kc.b + (size_t)j0 * Kc.ldb,
-                                Kc.step, Kc.ldb, dq + (size_t)i0 * g->q.ld, g->q.ld, g->scale, 1.0f);
-            } else {
+            else
                 av__panels_by_rows(w->Ap, MR, w->dS, nq, bk, (size_t)BB);
-                av__gemm_panels(im, im->kernel, nq, g->D, bk, w->Ap, (size_t)MR * bk, MR, Kc.b + (size_t)j0 * Kc.ldb,
-                                Kc.step, Kc.ldb, dq + (size_t)i0 * g->q.ld, g->q.ld, g->scale, 1.0f);
+            for (a = 0; a < nq; a += MR) {
+                int m = AV__MIN(MR, nq - a), seen = av__flash_keys_seen(d, a, m, bk);
+                if (!seen) continue;
+                if (im->kernel_rows)
+                    av__gemm_panels(im, im->kernel_rows, m, g->D, seen, w->dS + (size_t)a * BB, (size_t)MR * BB, BB,
+                                    Kc.b + (size_t)j0 * Kc.ldb, Kc.step, Kc.ldb, dq + (size_t)(i0 + a) * g->q.ld, g->q.ld,
+                                    g->scale, 1.0f);
+                else
+                    av__gemm_panels(im, im->kernel, m, g->D, seen, w->Ap + (size_t)a * bk, (size_t)MR * bk, MR,
+                                    Kc.b + (size_t)j0 * Kc.ldb, Kc.step, Kc.ldb, dq + (size_t)(i0 + a) * g->q.ld, g->q.ld,
+                                    g->scale, 1.0f);
             }
         }
     }
