@@ -4534,6 +4534,19 @@ static int av__flash_key_end(const av__flash *f, int i0, int nq) {
     return last < 0 ? 0 : (int)AV__MIN(last + 1, (long)g->Tk);
 }
 
+/* In a block where query i (of nq) sees key j (of bk) if j <= i + d: the
+   keys that queries [a, a+m) see are [0, av__flash_keys_seen), and the
+   queries that see key b are [av__flash_first_query, nq). */
+static int av__flash_keys_seen(long d, int a, int m, int bk) {
+    long e = (long)a + m + d;
+    return e < 0 ? 0 : e > bk ? bk : (int)e;
+}
+
+static int av__flash_first_query(long d, int b, int nq) {
+    long i = (long)b - d;
+    return i < 0 ? 0 : i > nq ? nq : (int)i;
+}
+
 /* Per head: K as A (rows j, k over D) and V^T as A (rows over Dv, k over
    j), read in place or packed once and shared by the query blocks. */
 static size_t av__flash_kv_floats(const av__flash *f) {
@@ -4556,10 +4569,16 @@ static void av__flash_forward_block(const av__flash *f, int bh, int qb, const fl
     for (i = 0; i < n; i++) { m[i] = -INFINITY; l[i] = 0.0f; }
     memset(Ot, 0, (size_t)g->Dv * BQ * sizeof(float));
     for (j0 = 0; j0 < j_end; j0 += BK) {
-        int bk = AV__MIN(BK, g->Tk - j0);
-        /* St = scale K_j Q_i^T, then mask, causality and the online softmax */
-        av__gemm_panels(im, K->kernel, bk, n, g->D, K->a + (size_t)(j0 / MR) * K->step, K->step, K->as, Qb,
-                        (size_t)NR * g->D, NR, St, BQ, g->scale, 0.0f);
+        int bk = AV__MIN(BK, g->Tk - j0), b, c;
+        long d = g->causal ? (long)i0 + g->offset - j0 : (long)bk; /* key j sees query i if j <= i + d */
+        /* St = scale K_j Q_i^T, a row panel at a time without the tiles that
+           causality hides; then mask, causality and the online softmax */
+        for (b = 0; b < bk; b += MR) {
+            int c0 = av__flash_first_query(d, b, nq) / NR * NR;
+            av__gemm_panels(im, K->kernel, AV__MIN(MR, bk - b), n - c0, g->D, K->a + (size_t)((j0 + b) / MR) * K->step,
+                            K->step, K->as, Qb + (size_t)c0 * g->D, (size_t)NR * g->D, NR, St + (size_t)b * BQ + c0, BQ,
+                            g->scale, 0.0f);
+        }
         av__flash_mask(f, St, bk, n, j0, i0, nq, mb);
         AV__VDISPATCH(f->isa, attn_online, St, BQ, bk, n, m, l, alpha);
         AV__VDISPATCH(f->isa, attn_scale, Ot, BQ, g->Dv, n, alpha);
@@ -4569,9 +4588,14 @@ static void av__flash_forward_block(const av__flash *f, int bh, int qb, const fl
             for (j = 0; j < bk; j++)
                 for (ii = 0; ii < nq; ii++) St[(size_t)j * BQ + ii] *= av__sdpa_kept(g, bh, i0 + ii, j0 + j) ? keep : 0.0f;
         }
-        /* Ot += V_j^T P_j^T, St read in place as whole B panels */
-        av__gemm_panels(im, Vt->kernel, g->Dv, n, bk, Vt->a + (size_t)j0 * Vt->as, Vt->step, Vt->as, St, (size_t)NR,
-                        BQ, Ot, BQ, 1.0f, 1.0f);
+        /* Ot += V_j^T P_j^T, St read in place as whole B panels, k over the
+           keys each panel's queries see */
+        for (c = 0; c < n; c += NR) {
+            int seen = av__flash_keys_seen(d, c, NR, bk);
+            if (seen)
+                av__gemm_panels(im, Vt->kernel, g->Dv, NR, seen, Vt->a + (size_t)j0 * Vt->as, Vt->step, Vt->as, St + c,
+                                (size_t)NR, BQ, Ot + c, BQ, 1.0f, 1.0f);
+        }
     }
     for (i = 0; i < nq; i++) {
         int d;
@@ -4682,19 +4706,6 @@ static void av__flash_mask_rows(const av__sdpa_geom *g, float *S, int ld, int nq
         for (j = see < 0 ? 0 : see; j < n; j++) row[j] = -INFINITY;
         for (j = bk; j < n; j++) row[j] = -INFINITY;
     }
-}
-
-/* In a block where query i (of nq) sees key j (of bk) if j <= i + d: the
-   keys that queries [a, a+m) see are [0, av__flash_keys_seen), and the
-   queries that see key b are [av__flash_first_query, nq). */
-static int av__flash_keys_seen(long d, int a, int m, int bk) {
-    long e = (long)a + m + d;
-    return e < 0 ? 0 : e > bk ? bk : (int)e;
-}
-
-static int av__flash_first_query(long d, int b, int nq) {
-    long i = (long)b - d;
-    return i < 0 ? 0 : i > nq ? nq : (int)i;
 }
 
 /* One head: key blocks outer (dK_j, dV_j accumulate over query blocks in
