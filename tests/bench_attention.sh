@@ -16,7 +16,7 @@ bin=$1
 shift
 lengths=${*:-256 512 1024 2048 4096}
 py=${PYTHON:-/usr/bin/python3}
-field() { sed -n "s/.*\"$1\": \([0-9.]*\).*/\1/p"; }
+field() { sed -n "s/.*\"$1\": \([0-9.-]*\).*/\1/p"; }
 least() { printf '%s\n%s\n' "$1" "$2" | sort -g | head -n 1; }
 calc() { awk "BEGIN { printf \"$1\", $2 }"; }
 peak() { "$bin" peak | field fma_peak_gflops; }
@@ -35,7 +35,8 @@ rows=""
 for t in 1 2; do
     for T in $lengths; do
         s=$(OMP_NUM_THREADS=$t "$bin" sdpa "$T" "$t")
-        if [ "$T" -le 2048 ]; then w=$(OMP_NUM_THREADS=$t "$bin" weights "$T" "$t"); else w=""; fi
+        # the naive path needs T^2 memory per head: up to T = 2048 (a dash beyond)
+        if [ "$T" -le 2048 ]; then w=$(OMP_NUM_THREADS=$t "$bin" weights "$T" "$t"); else w='"ms": -, "peak_rss_mb": -'; fi
         p=$(torch "$T" "$t")
         s2=$(OMP_NUM_THREADS=$t "$bin" sdpa "$T" "$t") # a second round after the others, best kept
         sms=$(least "$(echo "$s" | field ms)" "$(echo "$s2" | field ms)")
@@ -54,7 +55,7 @@ printf '%s' "$rows" | while read -r t T sms scpu smem wms wmem pms pcpu pmem; do
     if [ "$t" -eq 1 ]; then cgf=$(calc "%.1f" "$flops / ($scpu * 1e6)"); cpk=$(calc "%.0f%%" "100 * $cgf / $pk")
     else cgf=-; cpk=-; fi
     printf '%-3s %5s | %8s %8s %6s %4s %6s %4s %6s | %8s %6s | %8s %8s %6s | %5.1fx %5s\n' "$t" "$T" "$sms" "$scpu" "$gf" \
-        "$(calc "%.0f%%" "100 * $gf / ($pk * $t)")" "$cgf" "$cpk" "$smem" "${wms:--}" "${wmem:--}" "$pms" "$pcpu" "$pmem" \
+        "$(calc "%.0f%%" "100 * $gf / ($pk * $t)")" "$cgf" "$cpk" "$smem" "$wms" "$wmem" "$pms" "$pcpu" "$pmem" \
         "$(calc "%.2f" "$pms / $sms")" "$(if [ "$t" -eq 1 ]; then calc "%.1fx" "$pcpu / $scpu"; else echo -; fi)"
 done
 echo "FMA peak of one core ($isa, the best ~1-ms piece at the start and end): $pk GFLOP/s;" \
