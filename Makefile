@@ -54,7 +54,6 @@ OMP_TESTS += test_attention
 OMP_TESTS += test_optim
 OMP_TESTS += test_scores
 OMP_TESTS += test_conv
-TESTS += test_conv
 OMP_TESTS += test_rnn
 OMP_TESTS += test_threads
 EXAMPLES := mlp_fashion vae_fashion ae_fashion
@@ -268,8 +267,11 @@ build/fuzz/make_fuzz_seeds: tests/make_fuzz_seeds.c $(HEADER)
 	$(CC) -std=c99 $(WARN) -O1 -o $@ $< -lm
 
 # ---- benchmarks -------------------------------------------------------
+# OpenBLAS (linked into bench_gemm, and under PyTorch) runs at its best:
+# OPENBLAS_CORETYPE / OPENBLAS_L2_SIZE would force an older kernel.
+NO_OPENBLAS_ENV = env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE
 bench: deps-bench data $(BUILD)/bench_gemm $(BUILD)/bench_scores $(BUILD)/vae_fashion $(BUILD)/bench_attention $(BUILD)/bench_rnn $(BUILD)/bench_conv $(BUILD)/charlm $(BUILD)/bench_cnn
-	$(BUILD)/bench_gemm
+	$(NO_OPENBLAS_ENV) $(BUILD)/bench_gemm
 	$(BUILD)/bench_scores
 	tests/bench_vae.sh $(BUILD)/vae_fashion $(DATA)
 	tests/bench_attention.sh $(BUILD)/bench_attention
@@ -279,7 +281,7 @@ bench: deps-bench data $(BUILD)/bench_gemm $(BUILD)/bench_scores $(BUILD)/vae_fa
 	tests/bench_cnn.sh $(BUILD)/bench_cnn
 	@$(MAKE) --no-print-directory bench-steps
 
-$(BUILD)/bench_attention: tests/bench_attention.c $(HEADER) | $(BUILD)
+$(BUILD)/bench_attention: tests/bench_attention.c tests/bench_peak.h $(HEADER) | $(BUILD)
 	$(C99) $(OPENMP) -o $@ $< -lm
 
 $(BUILD)/bench_conv: tests/bench_conv.c $(HEADER) | $(BUILD)
@@ -288,8 +290,8 @@ $(BUILD)/bench_conv: tests/bench_conv.c $(HEADER) | $(BUILD)
 $(BUILD)/bench_cnn: tests/bench_cnn.c $(HEADER) | $(BUILD)
 	$(C99) $(OPENMP) -o $@ $< -lm
 
-$(BUILD)/bench_gemm: tests/bench_gemm.c $(HEADER) | $(BUILD)
-	$(CC) -std=c99 -O2 $(OPENMP) -o $@ $< -lopenblas -lm
+$(BUILD)/bench_gemm: tests/bench_gemm.c tests/bench_peak.h $(HEADER) | $(BUILD)
+	$(CC) -std=c99 $(WARN) -O2 $(OPENMP) -o $@ $< -lopenblas -lm
 
 $(BUILD)/bench_scores: tests/bench_scores.c $(HEADER) | $(BUILD)
 	$(C99) $(OPENMP) -o $@ $< -lm
@@ -302,8 +304,6 @@ bench-steps: $(BUILD)/bench_steps
 	$(BUILD)/bench_steps
 
 $(BUILD)/bench_steps: tests/bench_steps.c $(HEADER) | $(BUILD)
-	$(C99) $(OPENMP) -o $@ $< -lm
-
 	$(C99) $(OPENMP) -o $@ $< -lm
 
 # ---- demo: the main job ----------------------------------------------

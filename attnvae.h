@@ -2164,14 +2164,16 @@ static void av__split_axis(const av_tensor *x, int axis, int *outer, int *n, int
 /* ======================================================================= */
 /* ---- GEMM ------------------------------------------------------------ */
 /* Goto/BLIS scheme. C is cut into blocks of mc rows; for each kc-deep slice
-   of K the block's rows of op(A) are packed into MR-row micro-panels
-   (element (i,k) at k*MR + i), then op(B), nc columns at a time, into
-   NR-column micro-panels (element (k,j) at k*NR + j). Packing absorbs
-   transposes and strides and zero-pads ragged edges, so one register-blocked
-   micro-kernel per ISA computes every MR x NR tile of C from two contiguous
-   streams: an A micro-panel stays in L1 while the B chunk's micro-panels
-   (kept in L2) stream past it. Threads each take a rectangle of C and pack
-   their own operands, so they never wait on each other. */
+   of K the block's rows of op(A) form MR-row micro-panels and op(B), nc
+   columns at a time, NR-column micro-panels; one register-blocked
+   micro-kernel per ISA computes each MR x NR tile of C, an A micro-panel
+   staying in L1 while the B chunk's micro-panels (kept in L2) stream past.
+   Packing (element (i,k) at k*MR + i, (k,j) at k*NR + j) absorbs transposes
+   and strides and zero-pads ragged edges. Where it would only copy, the
+   kernels read in place instead: an untransposed A (the "rows" kernels),
+   and an untransposed B whose kc rows span little memory. Edge tiles are
+   stored through masks. Threads each take a rectangle of C and pack their
+   own operands, so they never wait on each other. */
 
 #if !defined(ATTNVAE_NO_SIMD) && (defined(__GNUC__) || defined(__clang__)) && \
     (defined(__x86_64__) || defined(_M_X64) || defined(__i386__))
@@ -2187,14 +2189,23 @@ static void av__split_axis(const av_tensor *x, int axis, int *outer, int *n, int
 #include <arm_neon.h>
 #endif
 
-/* Computes the MR x NR tile C = alpha * Ap * Bp + beta * C over kc steps;
-   beta == 0 never reads C. Row k of the B micro-panel starts at b + k*ldb:
-   ldb == NR when packed, or B's own stride when B is read in place. */
-typedef void (*av__ukernel)(int kc, const float *a, const float *b, int ldb,
-                            float *c, int ldc, float alpha, float beta);
+/* Computes an MR x NR tile of alpha * op(A) * op(B) over kc steps and
+   stores its first m rows and n columns as C = tile + beta * C (an edge
+   tile has m < MR or n < NR); beta == 0 never reads C. Element (i, k) of
+   op(A) is at a[i + k*as] (as == MR for a packed micro-panel); a "rows"
+   kernel reads an untransposed A in place, (i, k) at a[i*as + k]. Row k of
+   op(B) starts at b + k*ldb: ldb == NR when packed, or B's own stride when
+   read in place. */
+typedef void (*av__ukernel)(int kc, const float *a, int as, const float *b, int ldb,
+                            float *c, int ldc, int m, int n, float alpha, float beta);
+/* dst[k*R + r] = src[r*ld + k] for 8 source lines r and the first
+   kc - kc % 8 steps k; returns that count. */
+typedef int (*av__transpose8_fn)(float *dst, int R, const float *src, size_t ld, int kc);
 
 typedef struct {
     av__ukernel kernel;
+    av__ukernel kernel_rows;      /* NULL: A is always packed */
+    av__transpose8_fn transpose8; /* NULL: packing transposes 4 lines at a time */
     int mr, nr; /* micro-tile shape */
     int kc;     /* K slice: an mr x kc A micro-panel fits in L1 */
     int nc;     /* B chunk: kc x nc floats stay in L2; a multiple of nr */
@@ -2202,59 +2213,93 @@ typedef struct {
                    only once per B chunk); a multiple of mr */
 } av__gemm_impl;
 
-#define AV__MAX_TILE (8 * 32)  /* largest mr * nr, for edge tiles */
+#define AV__MAX_TILE (8 * 32) /* largest mr * nr, for a whole tile on the stack */
 
 /* The kernels unroll their rows with these: X(i) for each row i. */
 #define AV__ROWS6(X) X(0) X(1) X(2) X(3) X(4) X(5)
 #define AV__ROWS8(X) AV__ROWS6(X) X(6) X(7)
 
 /* ---- micro-kernels ---- */
-static void av__kernel_scalar(int kc, const float *a, const float *b, int ldb,
-                              float *c, int ldc, float alpha, float beta) {
+static void av__kernel_scalar(int kc, const float *a, int as, const float *b, int ldb,
+                              float *c, int ldc, int m, int n, float alpha, float beta) {
     float acc[4][8] = {{0}};
     int i, j, k;
-    for (k = 0; k < kc; k++, a += 4, b += ldb)
+    for (k = 0; k < kc; k++, a += as, b += ldb)
         for (i = 0; i < 4; i++)
             for (j = 0; j < 8; j++) acc[i][j] += a[i] * b[j];
-    for (i = 0; i < 4; i++)
-        for (j = 0; j < 8; j++)
+    for (i = 0; i < m; i++)
+        for (j = 0; j < n; j++)
             c[i * ldc + j] = alpha * acc[i][j] +
                              (beta == 0 ? 0.0f : beta * c[i * ldc + j]);
 }
 
 #ifdef AV__X86
 /* Both x86 kernels share one body: MR rows of two W-float vectors of C,
-   one broadcast of A per row and k; AV__V* name the ISA's vector ops. */
+   one broadcast of A per row and k; AV__V* name the ISA's vector ops. A's
+   element (i, k) is at a[i*ARS + k*AKS]; constant strides fold into the
+   addressing. Edge tiles store through masks. */
 #define AV__KDECL(i) AV__VEC c##i##0 = AV__VZERO(), c##i##1 = c##i##0;
-#define AV__KFMA(i)                                          \
-    {                                                        \
-        AV__VEC ai = AV__VSET1(a[i]);                        \
-        c##i##0 = AV__VFMA(ai, b0, c##i##0);                 \
-        c##i##1 = AV__VFMA(ai, b1, c##i##1);                 \
+#define AV__KFMA(i)                                                         \
+    {                                                                       \
+        AV__VEC ai = AV__VSET1(a[(i) * ars + (size_t)k * aks]);             \
+        c##i##0 = AV__VFMA(ai, b0, c##i##0);                                \
+        c##i##1 = AV__VFMA(ai, b1, c##i##1);                                \
     }
 #define AV__KSTORE(i)                                                       \
-    {                                                                       \
+    if (i < m) {                                                            \
         float *ci = c + i * ldc;                                            \
-        AV__VEC r0 = AV__VMUL(va, c##i##0), r1 = AV__VMUL(va, c##i##1);     \
-        if (beta != 0) {                                                    \
-            r0 = AV__VFMA(vb, AV__VLOAD(ci), r0);                           \
-            r1 = AV__VFMA(vb, AV__VLOAD(ci + AV__W), r1);                   \
+        AV__VEC r0 = c##i##0, r1 = c##i##1;                                 \
+        if (alpha != 1) r0 = AV__VMUL(va, r0), r1 = AV__VMUL(va, r1);       \
+        if (n == 2 * AV__W) {                                               \
+            if (beta != 0) {                                                \
+                r0 = AV__VFMA(vb, AV__VLOAD(ci), r0);                       \
+                r1 = AV__VFMA(vb, AV__VLOAD(ci + AV__W), r1);               \
+            }                                                               \
+            AV__VSTORE(ci, r0);                                             \
+            AV__VSTORE(ci + AV__W, r1);                                     \
+        } else {                                                            \
+            if (beta != 0) {                                                \
+                r0 = AV__VFMA(vb, AV__VLOADM(ci, mask0), r0);               \
+                r1 = AV__VFMA(vb, AV__VLOADM(ci + AV__W, mask1), r1);       \
+            }                                                               \
+            AV__VSTOREM(ci, mask0, r0);                                     \
+            AV__VSTOREM(ci + AV__W, mask1, r1);                             \
         }                                                                   \
-        AV__VSTORE(ci, r0);                                                 \
-        AV__VSTORE(ci + AV__W, r1);                                         \
     }
-#define AV__KERNEL_BODY(MR, ROWS)                                           \
+#define AV__KSTORE_PLAIN(i)                                                 \
+    AV__VSTORE(c + i * ldc, c##i##0);                                       \
+    AV__VSTORE(c + i * ldc + AV__W, c##i##1);
+#define AV__KERNEL_BODY(MR, ROWS, ARS, AKS)                                 \
+    const size_t ars = (ARS), aks = (AKS);                                  \
     AV__VEC va = AV__VSET1(alpha), vb = AV__VSET1(beta);                    \
+    AV__VMASK mask0 = AV__VMASK_FIRST(n < AV__W ? n : AV__W);              \
+    AV__VMASK mask1 = AV__VMASK_FIRST(n > AV__W ? n - AV__W : 0);          \
     int k;                                                                  \
     ROWS(AV__KDECL)                                                         \
-    for (k = 0; k < kc; k++, a += MR, b += ldb) {                           \
+    for (k = 0; k < kc; k++, b += ldb) {                                    \
         AV__VEC b0 = AV__VLOAD(b), b1 = AV__VLOAD(b + AV__W);               \
         ROWS(AV__KFMA)                                                      \
     }                                                                       \
-    ROWS(AV__KSTORE)
+    if (m == MR && n == 2 * AV__W && alpha == 1 && beta == 0) {             \
+        ROWS(AV__KSTORE_PLAIN) /* the common tile, without a test per row */ \
+    } else {                                                                \
+        ROWS(AV__KSTORE)                                                    \
+    }
+/* Defines NAME (A packed, or any as) and NAME##_rows (A's rows in place). */
+#define AV__KERNELS(TARGET, NAME, MR, ROWS)                                           \
+    TARGET static void NAME(int kc, const float *a, int as, const float *b, int ldb,  \
+                            float *c, int ldc, int m, int n, float alpha,             \
+                            float beta) {                                             \
+        AV__KERNEL_BODY(MR, ROWS, 1, as)                                              \
+    }                                                                                 \
+    TARGET static void NAME##_rows(int kc, const float *a, int as, const float *b,    \
+                                   int ldb, float *c, int ldc, int m, int n,          \
+                                   float alpha, float beta) {                         \
+        AV__KERNEL_BODY(MR, ROWS, as, 1)                                              \
+    }
 
 /* 6 x 16: twelve ymm accumulators + two B vectors + one broadcast = 15 of
-   the 16 registers. */
+   the 16 registers. av__kernel_avx2, av__kernel_avx2_rows: */
 #define AV__VEC __m256
 #define AV__W 8
 #define AV__VZERO() _mm256_setzero_ps()
@@ -2263,10 +2308,12 @@ static void av__kernel_scalar(int kc, const float *a, const float *b, int ldb,
 #define AV__VSTORE(p, v) _mm256_storeu_ps(p, v)
 #define AV__VMUL(x, y) _mm256_mul_ps(x, y)
 #define AV__VFMA(x, y, z) _mm256_fmadd_ps(x, y, z)
-AV__TARGET_AVX2 static void av__kernel_avx2(int kc, const float *a, const float *b, int ldb, float *c, int ldc,
-                                            float alpha, float beta) {
-    AV__KERNEL_BODY(6, AV__ROWS6)
-}
+#define AV__VMASK __m256i /* the first n lanes: */
+#define AV__VMASK_FIRST(n) \
+    _mm256_cmpgt_epi32(_mm256_set1_epi32(n), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7))
+#define AV__VLOADM(p, mask) _mm256_maskload_ps(p, mask)
+#define AV__VSTOREM(p, mask, v) _mm256_maskstore_ps(p, mask, v)
+AV__KERNELS(AV__TARGET_AVX2, av__kernel_avx2, 6, AV__ROWS6)
 #undef AV__VEC
 #undef AV__W
 #undef AV__VZERO
@@ -2275,11 +2322,17 @@ AV__TARGET_AVX2 static void av__kernel_avx2(int kc, const float *a, const float 
 #undef AV__VSTORE
 #undef AV__VMUL
 #undef AV__VFMA
+#undef AV__VMASK
+#undef AV__VMASK_FIRST
+#undef AV__VLOADM
+#undef AV__VSTOREM
 
-/* 8 x 32: sixteen zmm accumulators, two B vectors, one A broadcast. On Zen 4
-   (512-bit FMAs issue as two 256-bit halves) 8x32, 4x64, 12x32 and 6x64 all
-   run at the FMA limit for large sizes; 8x32 wastes least on ragged edges of
-   common shapes. */
+/* 8 x 32: sixteen zmm accumulators, two B vectors, one A broadcast; sixteen
+   chains cover the FMA latency times two pipes. On Zen 4 (512-bit FMAs as
+   two 256-bit halves) 8x32, 4x64, 12x32 and 6x64 all run at the FMA limit
+   for large sizes; on Zen 5 (two full 512-bit pipes) 8x32 runs at ~98% of
+   the FMA peak from K = 64 up. 8x32 wastes least on ragged edges of common
+   shapes. av__kernel_avx512, av__kernel_avx512_rows: */
 #define AV__VEC __m512
 #define AV__W 16
 #define AV__VZERO() _mm512_setzero_ps()
@@ -2288,10 +2341,11 @@ AV__TARGET_AVX2 static void av__kernel_avx2(int kc, const float *a, const float 
 #define AV__VSTORE(p, v) _mm512_storeu_ps(p, v)
 #define AV__VMUL(x, y) _mm512_mul_ps(x, y)
 #define AV__VFMA(x, y, z) _mm512_fmadd_ps(x, y, z)
-AV__TARGET_AVX512 static void av__kernel_avx512(int kc, const float *a, const float *b, int ldb, float *c, int ldc,
-                                                float alpha, float beta) {
-    AV__KERNEL_BODY(8, AV__ROWS8)
-}
+#define AV__VMASK __mmask16
+#define AV__VMASK_FIRST(n) ((__mmask16)((1u << (n)) - 1))
+#define AV__VLOADM(p, mask) _mm512_maskz_loadu_ps(mask, p)
+#define AV__VSTOREM(p, mask, v) _mm512_mask_storeu_ps(p, mask, v)
+AV__KERNELS(AV__TARGET_AVX512, av__kernel_avx512, 8, AV__ROWS8)
 #undef AV__VEC
 #undef AV__W
 #undef AV__VZERO
@@ -2300,6 +2354,41 @@ AV__TARGET_AVX512 static void av__kernel_avx512(int kc, const float *a, const fl
 #undef AV__VSTORE
 #undef AV__VMUL
 #undef AV__VFMA
+#undef AV__VMASK
+#undef AV__VMASK_FIRST
+#undef AV__VLOADM
+#undef AV__VSTOREM
+
+/* 8 x 8 transposes with AVX: two rounds of unpack/shuffle within 128-bit
+   lanes, then one exchange of lanes. */
+AV__TARGET_AVX2 static int av__transpose8_avx2(float *dst, int R, const float *src,
+                                               size_t ld, int kc) {
+    int k;
+    for (k = 0; k + 8 <= kc; k += 8, dst += 8 * R) {
+        const float *s = src + k;
+        __m256 r0 = _mm256_loadu_ps(s), r1 = _mm256_loadu_ps(s + ld),
+               r2 = _mm256_loadu_ps(s + 2 * ld), r3 = _mm256_loadu_ps(s + 3 * ld),
+               r4 = _mm256_loadu_ps(s + 4 * ld), r5 = _mm256_loadu_ps(s + 5 * ld),
+               r6 = _mm256_loadu_ps(s + 6 * ld), r7 = _mm256_loadu_ps(s + 7 * ld);
+        __m256 t0 = _mm256_unpacklo_ps(r0, r1), t1 = _mm256_unpackhi_ps(r0, r1),
+               t2 = _mm256_unpacklo_ps(r2, r3), t3 = _mm256_unpackhi_ps(r2, r3),
+               t4 = _mm256_unpacklo_ps(r4, r5), t5 = _mm256_unpackhi_ps(r4, r5),
+               t6 = _mm256_unpacklo_ps(r6, r7), t7 = _mm256_unpackhi_ps(r6, r7);
+        __m256 u0 = _mm256_shuffle_ps(t0, t2, 0x44), u1 = _mm256_shuffle_ps(t0, t2, 0xee),
+               u2 = _mm256_shuffle_ps(t1, t3, 0x44), u3 = _mm256_shuffle_ps(t1, t3, 0xee),
+               u4 = _mm256_shuffle_ps(t4, t6, 0x44), u5 = _mm256_shuffle_ps(t4, t6, 0xee),
+               u6 = _mm256_shuffle_ps(t5, t7, 0x44), u7 = _mm256_shuffle_ps(t5, t7, 0xee);
+        _mm256_storeu_ps(dst, _mm256_permute2f128_ps(u0, u4, 0x20));
+        _mm256_storeu_ps(dst + R, _mm256_permute2f128_ps(u1, u5, 0x20));
+        _mm256_storeu_ps(dst + 2 * R, _mm256_permute2f128_ps(u2, u6, 0x20));
+        _mm256_storeu_ps(dst + 3 * R, _mm256_permute2f128_ps(u3, u7, 0x20));
+        _mm256_storeu_ps(dst + 4 * R, _mm256_permute2f128_ps(u0, u4, 0x31));
+        _mm256_storeu_ps(dst + 5 * R, _mm256_permute2f128_ps(u1, u5, 0x31));
+        _mm256_storeu_ps(dst + 6 * R, _mm256_permute2f128_ps(u2, u6, 0x31));
+        _mm256_storeu_ps(dst + 7 * R, _mm256_permute2f128_ps(u3, u7, 0x31));
+    }
+    return k;
+}
 
 /* cpuid says what the CPU has; xgetbv says whether the OS saves the
    YMM (bits 1-2) and opmask/ZMM (bits 5-7) state on context switches. */
@@ -2322,9 +2411,10 @@ static int av__x86_has(int isa) {
 #endif /* AV__X86 */
 
 #ifdef AV__NEON
-/* 8 x 12: 24 accumulators, two A and three B vectors of the 32 registers. */
-static void av__kernel_neon(int kc, const float *a, const float *b, int ldb, float *c,
-                            int ldc, float alpha, float beta) {
+/* 8 x 12: 24 accumulators, two A and three B vectors of the 32 registers.
+   An edge tile is stored through a full tile on the stack. */
+static void av__kernel_neon(int kc, const float *a, int as, const float *b, int ldb,
+                            float *c, int ldc, int m, int n, float alpha, float beta) {
 #define AV__DECL(i) float32x4_t c##i##0 = vdupq_n_f32(0), c##i##1 = c##i##0, \
                                 c##i##2 = c##i##0;
 #define AV__FMA(i)                                                   \
@@ -2342,15 +2432,22 @@ static void av__kernel_neon(int kc, const float *a, const float *b, int ldb, flo
         float *ci = c + i * ldc;                                    \
         AV__STORE1(i, 0) AV__STORE1(i, 1) AV__STORE1(i, 2)          \
     }
-    int k;
+    float tile[8 * 12], *cc = c;
+    int k, i, j, ldcc = ldc;
+    float betac = beta;
     AV__ROWS8(AV__DECL)
-    for (k = 0; k < kc; k++, a += 8, b += ldb) {
+    for (k = 0; k < kc; k++, a += as, b += ldb) {
         float32x4_t a0 = vld1q_f32(a), a1 = vld1q_f32(a + 4);
         float32x4_t b0 = vld1q_f32(b), b1 = vld1q_f32(b + 4),
                     b2 = vld1q_f32(b + 8);
         AV__ROWS8(AV__FMA)
     }
+    if (m < 8 || n < 12) c = tile, ldc = 12, beta = 0;
     AV__ROWS8(AV__STORE)
+    if (c != tile) return;
+    for (i = 0; i < m; i++)
+        for (j = 0; j < n; j++)
+            cc[i * ldcc + j] = tile[i * 12 + j] + (betac == 0 ? 0.0f : betac * cc[i * ldcc + j]);
 #undef AV__DECL
 #undef AV__FMA
 #undef AV__STORE1
@@ -2360,15 +2457,17 @@ static void av__kernel_neon(int kc, const float *a, const float *b, int ldb, flo
 
 /* ---- ISA selection ---- */
 static const av__gemm_impl *av__impl_for(int isa) {
-    static const av__gemm_impl scalar = {av__kernel_scalar, 4, 8, 256, 128, 960};
+    static const av__gemm_impl scalar = {av__kernel_scalar, NULL, NULL, 4, 8, 256, 128, 960};
 #ifdef AV__X86
-    static const av__gemm_impl avx2 = {av__kernel_avx2, 6, 16, 256, 128, 1020};
-    static const av__gemm_impl avx512 = {av__kernel_avx512, 8, 32, 512, 192, 1024};
+    static const av__gemm_impl avx2 = {av__kernel_avx2, av__kernel_avx2_rows,
+                                       av__transpose8_avx2, 6, 16, 256, 128, 1020};
+    static const av__gemm_impl avx512 = {av__kernel_avx512, av__kernel_avx512_rows,
+                                         av__transpose8_avx2, 8, 32, 512, 192, 1024};
     if (isa == AV_ISA_AVX2) return &avx2;
     if (isa == AV_ISA_AVX512) return &avx512;
 #endif
 #ifdef AV__NEON
-    static const av__gemm_impl neon = {av__kernel_neon, 8, 12, 256, 240, 960};
+    static const av__gemm_impl neon = {av__kernel_neon, NULL, NULL, 8, 12, 256, 240, 960};
     if (isa == AV_ISA_NEON) return &neon;
 #endif
     (void)isa;
@@ -2447,20 +2546,49 @@ AVDEF int av_get_num_threads(void) {
 }
 
 /* ---- packing ---- */
-/* One micro-panel: dst[k*R + r] = op(X)(r, k) for r < rows, zero for
-   rows <= r < R, over kc steps. Element (r, k) is at src[k*ld + r] when
-   runs along r are contiguous, else at src[r*ld + k]. */
-static void av__pack(float *dst, int R, const float *src, size_t ld,
-                     int along_r, int rows, int kc) {
-    int r, k;
-    if (along_r) {
-        for (k = 0; k < kc; k++) {
-            memcpy(dst + (size_t)k * R, src + k * ld, (size_t)rows * sizeof(float));
-            for (r = rows; r < R; r++) dst[(size_t)k * R + r] = 0;
-        }
+#define AV__MIN(a, b) ((a) < (b) ? (a) : (b))
+
+/* Asks for the line at p (never faults, even past the end of an array). */
+#if defined(__GNUC__) || defined(__clang__)
+#define AV__PREFETCH(p) __builtin_prefetch((const void *)(p), 0, 3)
+#else
+#define AV__PREFETCH(p) ((void)(p))
+#endif
+
+/* dst[k*R + r] = src[k*ld + r] for r < R and k < kc, fetching the rows 8
+   steps ahead: far apart in memory, they would wait on it otherwise. A
+   constant R makes each row's copy a few inlined 16-byte moves: the cases
+   cover every micro-tile side. */
+static void av__copy_rows(float *dst, int R, const float *src, size_t ld, int kc) {
+    int k;
+#define AV__COPY_ROWS_OF(W)                                                 \
+    case W:                                                                 \
+        for (k = 0; k < kc; k++, dst += W, src += ld) {                     \
+            AV__PREFETCH((uintptr_t)src + 8 * ld * sizeof(float));          \
+            memcpy(dst, src, W * sizeof(float));                            \
+        }                                                                   \
         return;
+    switch (R) {
+        AV__COPY_ROWS_OF(4) AV__COPY_ROWS_OF(6) AV__COPY_ROWS_OF(8)
+        AV__COPY_ROWS_OF(12) AV__COPY_ROWS_OF(16) AV__COPY_ROWS_OF(32)
     }
-    for (r = 0; r + 4 <= rows; r += 4) { /* transpose 4 source lines */
+#undef AV__COPY_ROWS_OF
+    for (k = 0; k < kc; k++, dst += R, src += ld) memcpy(dst, src, (size_t)R * sizeof(float));
+}
+
+/* One micro-panel from rows <= R source lines: dst[k*R + r] = src[r*ld + k]
+   over kc steps, zero for rows <= r < R. 8 lines at a time are transposed
+   by t8 if given, 4 by SSE or NEON, the rest one by one. */
+static void av__pack_lines(float *dst, int R, const float *src, size_t ld,
+                           int rows, int kc, av__transpose8_fn t8) {
+    int r = 0, k, i;
+    for (; t8 && r + 8 <= rows; r += 8) {
+        const float *s = src + r * ld;
+        float *d = dst + r;
+        for (k = t8(d, R, s, ld, kc); k < kc; k++)
+            for (i = 0; i < 8; i++) d[(size_t)k * R + i] = s[i * ld + k];
+    }
+    for (; r + 4 <= rows; r += 4) { /* transpose 4 source lines */
         const float *s0 = src + r * ld, *s1 = s0 + ld, *s2 = s1 + ld,
                     *s3 = s2 + ld;
         float *d = dst + r;
@@ -2498,6 +2626,39 @@ static void av__pack(float *dst, int R, const float *src, size_t ld,
         for (k = 0; k < kc; k++) dst[(size_t)k * R + r] = 0;
 }
 
+/* Packs rows 0..rows-1 of op(X) over kc steps into consecutive R-row
+   micro-panels: panel p holds dst[p*R*kc + k*R + r] = op(X)(p*R + r, k),
+   zero past the last row. Element (r, k) is at src[k*ld + r] when runs
+   along r are contiguous, else at src[r*ld + k]. */
+static void av__pack(float *dst, int R, const float *src, size_t ld,
+                     int along_r, int rows, int kc, av__transpose8_fn t8) {
+    const size_t panel = (size_t)R * kc;
+    int k, p, np = (rows + R - 1) / R;
+    if (!along_r) {
+        for (p = 0; p < np; p++)
+            av__pack_lines(dst + p * panel, R, src + (size_t)p * R * ld, ld,
+                           AV__MIN(rows - p * R, R), kc, t8);
+        return;
+    }
+    /* All panels 8 steps at a time: each step's source is a long run of
+       memory (which hardware prefetchers follow), read once. A ragged last
+       panel is copied row by row and padded with zeros. */
+    for (k = 0; k < kc; k += 8)
+        for (p = 0; p < np; p++) {
+            float *d = dst + p * panel + (size_t)k * R;
+            const float *s = src + k * ld + (size_t)p * R;
+            int steps = AV__MIN(kc - k, 8), n = rows - p * R, i, r;
+            if (n >= R) {
+                av__copy_rows(d, R, s, ld, steps);
+                continue;
+            }
+            for (i = 0; i < steps; i++, d += R, s += ld) {
+                for (r = 0; r < n; r++) d[r] = s[r];
+                for (; r < R; r++) d[r] = 0;
+            }
+        }
+}
+
 /* ---- driver ---- */
 typedef struct {
     const av__gemm_impl *im;
@@ -2507,75 +2668,65 @@ typedef struct {
     size_t lda, ldb;
     float *C;
     int ldc;
+    int direct_a, direct_b; /* full micro-panels read in place, not packed */
 } av__gemm_job;
 
-#define AV__MIN(a, b) ((a) < (b) ? (a) : (b))
+#define AV__DIRECT_B_SPAN (8 << 10) /* floats: 32 KB */
+/* With at most this many rows of C, and B's rows under 4 KB apart, a span
+   of up to 512 KB (measured on Zen 5: 2 KB apart, B in place was faster up
+   to 128 rows; 4 KB apart, packed B was faster from 32 rows). */
 #define AV__DIRECT_B_ROWS 128
-
-/* C = alpha * tile + beta * C for the m x n corner of an edge tile. */
-static void av__merge_tile(float *c, int ldc, const float *tile, int nr, int m,
-                           int n, float alpha, float beta) {
-    int i, j;
-    for (i = 0; i < m; i++, c += ldc, tile += nr)
-        for (j = 0; j < n; j++)
-            c[j] = alpha * tile[j] + (beta == 0 ? 0.0f : beta * c[j]);
-}
+#define AV__DIRECT_B_FEW_ROWS_SPAN (1 << 17)
 
 /* Rows [i0,i1) x columns [j0,j1) of C, single-threaded, with private
-   packing buffers Ap (mc x kc) and Bp (kc x nc). */
+   packing buffers Ap (mc x kc) and Bp (kc x nc). Micro-panels are found by
+   offset (rows i at Ap + i*kc, columns j at Bp + j*kc): no divisions on the
+   way to the kernels, which small products would feel. */
 static void av__gemm_block(const av__gemm_job *g, int i0, int i1, int j0,
                            int j1, float *Ap, float *Bp) {
     const av__gemm_impl *im = g->im;
-    const int MR = im->mr, NR = im->nr;
-    /* With few rows, packing B costs more than it saves: full-width
-       stripes of an untransposed B are read in place, if the rows they span
-       fit in L2 (long strides also make the stripes conflict in cache). */
-    const int direct_b = !g->transB && i1 - i0 <= AV__DIRECT_B_ROWS &&
-                         (size_t)AV__MIN(g->K, im->kc) * g->ldb <= (128 << 10);
-    int ic, pc, jc, ip, jp;
+    const int MR = im->mr, NR = im->nr, ldc = g->ldc;
+    const float alpha = g->alpha;
+    int ic, pc, jc, i, j;
     for (ic = i0; ic < i1; ic += im->mc) {
-        int mc = AV__MIN(i1 - ic, im->mc), mcp = (mc + MR - 1) / MR;
+        int mc = AV__MIN(i1 - ic, im->mc);
         for (pc = 0; pc < g->K; pc += im->kc) {
             int kc = AV__MIN(g->K - pc, im->kc);
             float beta = pc == 0 ? g->beta : 1.0f;
-            for (ip = 0; ip < mcp; ip++) {
-                size_t i = ic + (size_t)ip * MR;
-                av__pack(Ap + (size_t)ip * MR * kc, MR,
-                         g->transA ? g->A + pc * g->lda + i : g->A + i * g->lda + pc,
-                         g->lda, g->transA, AV__MIN(mc - ip * MR, MR), kc);
-            }
+            if (!g->direct_a)
+                av__pack(Ap, MR, g->transA ? g->A + pc * g->lda + ic : g->A + ic * g->lda + pc,
+                         g->lda, g->transA, mc, kc, im->transpose8);
             /* Each B chunk is packed right before use so it is hot in L2;
                then each A micro-panel sits in L1 while the chunk's B
                micro-panels stream past it. */
             for (jc = j0; jc < j1; jc += im->nc) {
-                int nc = AV__MIN(j1 - jc, im->nc), ncp = (nc + NR - 1) / NR;
-                for (jp = 0; jp < ncp; jp++) {
-                    size_t j = jc + (size_t)jp * NR;
-                    int n = AV__MIN(nc - jp * NR, NR);
-                    if (direct_b && n == NR) continue;
-                    av__pack(Bp + (size_t)jp * NR * kc, NR,
-                             g->transB ? g->B + j * g->ldb + pc : g->B + pc * g->ldb + j,
-                             g->ldb, !g->transB, n, kc);
-                }
-                for (ip = 0; ip < mcp; ip++) {
-                    const float *ap = Ap + (size_t)ip * MR * kc;
-                    int m = AV__MIN(mc - ip * MR, MR);
-                    float *c = g->C + (size_t)(ic + ip * MR) * g->ldc + jc;
-                    for (jp = 0; jp < ncp; jp++, c += NR) {
-                        const float *bp = Bp + (size_t)jp * NR * kc;
-                        int n = AV__MIN(nc - jp * NR, NR), ldb = NR;
-                        if (direct_b && n == NR) {
-                            bp = g->B + pc * g->ldb + jc + jp * NR;
-                            ldb = (int)g->ldb;
-                        }
-                        if (m == MR && n == NR) {
-                            im->kernel(kc, ap, bp, ldb, c, g->ldc, g->alpha, beta);
-                        } else {
-                            float tile[AV__MAX_TILE];
-                            im->kernel(kc, ap, bp, ldb, tile, NR, 1.0f, 0.0f);
-                            av__merge_tile(c, g->ldc, tile, NR, m, n, g->alpha,
-                                           beta);
-                        }
+                int nc = AV__MIN(j1 - jc, im->nc), ldb = NR;
+                const float *b = Bp; /* columns j at b + j*b_step */
+                size_t b_step = kc;
+                if (g->direct_b)
+                    b = g->B + pc * g->ldb + jc, b_step = 1, ldb = (int)g->ldb;
+                else
+                    av__pack(Bp, NR, g->transB ? g->B + jc * g->ldb + pc : g->B + pc * g->ldb + jc,
+                             g->ldb, !g->transB, nc, kc, im->transpose8);
+                for (i = 0; i < mc; i += MR) {
+                    int m = AV__MIN(mc - i, MR), as = MR;
+                    const float *a = Ap + (size_t)i * kc;
+                    float *c = g->C + (size_t)(ic + i) * ldc + jc;
+                    av__ukernel kernel = im->kernel;
+                    if (g->direct_a) { /* a ragged micro-panel is packed at its first use */
+                        const float *rows = g->A + (size_t)(ic + i) * g->lda + pc;
+                        if (m == MR)
+                            a = rows, as = (int)g->lda, kernel = im->kernel_rows;
+                        else if (jc == j0)
+                            av__pack(Ap + (size_t)i * kc, MR, rows, g->lda, 0, m, kc, NULL);
+                    }
+                    for (j = 0; j + NR <= nc; j += NR)
+                        kernel(kc, a, as, b + j * b_step, ldb, c + j, ldc, m, NR, alpha, beta);
+                    if (j < nc) { /* ragged: packed, at its first use if B is read in place */
+                        if (g->direct_b && i == 0)
+                            av__pack(Bp + (size_t)j * kc, NR, g->B + pc * g->ldb + jc + j, g->ldb, 1,
+                                     nc - j, kc, NULL);
+                        kernel(kc, a, as, Bp + (size_t)j * kc, NR, c + j, ldc, m, nc - j, alpha, beta);
                     }
                 }
             }
@@ -2611,7 +2762,7 @@ AVDEF void av_sgemm(int transA, int transB, int M, int N, int K, float alpha,
     const av__gemm_impl *im;
     size_t a_floats, b_floats;
     float *buf, *base;
-    int nt = 1, ti = 1, tj = 1, mp, np;
+    int nt = 1, ti = 1, tj = 1, mp = 0, np = 0;
     if (M < 0 || N < 0 || K < 0 || lda < (transA ? M : K) ||
         ldb < (transB ? K : N) || ldc < N)
         av__fail("av_sgemm: bad shape M=%d N=%d K=%d lda=%d ldb=%d ldc=%d "
@@ -2629,27 +2780,34 @@ AVDEF void av_sgemm(int transA, int transB, int M, int N, int K, float alpha,
     g.alpha = alpha, g.beta = beta;
     g.A = A, g.B = B, g.lda = (size_t)lda, g.ldb = (size_t)ldb;
     g.C = C, g.ldc = ldc;
-    mp = (M + im->mr - 1) / im->mr;
-    np = (N + im->nr - 1) / im->nr;
+    /* An untransposed A is read in place by the rows kernel: packing it
+       would transpose. An untransposed B whose kc rows span little memory
+       stays in L1 anyway; over a longer span its stripes would conflict in
+       cache, and packing wins, unless C has so few rows that packing would
+       cost more than it saves (an RNN step: [3.8 recurrent] relies on this
+       for its W_hh^T panels). */
+    g.direct_a = !transA && im->kernel_rows;
+    g.direct_b = !transB && (size_t)AV__MIN(K, im->kc) * ldb <=
+                                (M <= AV__DIRECT_B_ROWS && ldb < 1024 ? AV__DIRECT_B_FEW_ROWS_SPAN : AV__DIRECT_B_SPAN);
 #ifdef _OPENMP
     /* Threads pay off past ~100^3 multiply-adds, and never nest. Each takes
        a ti x tj share of C and packs its own operands: no barriers, and
        packed data never crosses cores. Split to minimise what each thread
-       packs, M/ti + N/tj. */
+       reads of A and B, a packed operand counting twice. */
     if ((double)M * N * K >= 1e6 && !omp_in_parallel()) {
         int n = av_get_num_threads(), t;
-        double best = 0;
+        double best = 0, wa = g.direct_a ? 1 : 2, wb = g.direct_b ? 1 : 2;
+        mp = (M + im->mr - 1) / im->mr, np = (N + im->nr - 1) / im->nr; /* micro-panels */
         for (t = 1; t <= n; t++)
             if (n % t == 0 && t <= mp && n / t <= np &&
-                (!best || (double)M / t + (double)N * t / n < best))
-                best = (double)M / t + (double)N * t / n, ti = t, tj = n / t;
+                (!best || wa * M / t + wb * N * t / n < best))
+                best = wa * M / t + wb * N * t / n, ti = t, tj = n / t;
         nt = ti * tj;
     }
 #endif
     /* Per-thread buffers, each rounded to 64 bytes. */
-    a_floats = (size_t)AV__MIN(mp, (im->mc + im->mr - 1) / im->mr) * im->mr *
-               AV__MIN(K, im->kc);
-    b_floats = (size_t)AV__MIN(np, im->nc / im->nr) * im->nr * AV__MIN(K, im->kc);
+    a_floats = (size_t)AV__MIN(M + im->mr - 1, im->mc) * AV__MIN(K, im->kc);
+    b_floats = (size_t)AV__MIN(N + im->nr - 1, im->nc) * AV__MIN(K, im->kc);
     a_floats = (a_floats + 15) / 16 * 16, b_floats = (b_floats + 15) / 16 * 16;
     buf = av__gemm_scratch(((a_floats + b_floats) * nt + 16) * sizeof(float));
     base = (float *)(((uintptr_t)buf + 63) & ~(uintptr_t)63);
@@ -2966,27 +3124,22 @@ static void av__adam_array(float *p, const float *g, float *m, float *v, int n, 
    micro-kernels over operands packed once per head. */
 
 /* C (M x N) = alpha A B + beta C from operands in micro-panel form: A's panel
-   p (rows p*MR..) starts at A + p*a_step, element (i, k) at k*MR + i; B's
-   panel q (columns q*NR..) starts at B + q*b_step, its row k at k*ldb (ldb is
-   NR when packed, or a buffer's own stride). Edge tiles go through a small
-   buffer, so C is written only inside M x N; B must hold whole panels. */
-static void av__gemm_panels(const av__gemm_impl *im, int M, int N, int kc, const float *A, size_t a_step,
-                            const float *B, size_t b_step, int ldb, float *C, int ldc, float alpha, float beta) {
+   p (rows p*MR..) starts at A + p*a_step, its element (i, k) at k*as + i (as
+   is MR when packed; a larger one reads A's columns in place), or with the
+   rows kernel at i*as + k (A's rows in place); B's panel q (columns q*NR..)
+   starts at B + q*b_step, its row k at k*ldb (ldb is NR when packed, or a
+   buffer's own stride). The kernels store edge tiles only inside M x N; A
+   and B must hold whole panels. */
+static void av__gemm_panels(const av__gemm_impl *im, av__ukernel kernel, int M, int N, int kc, const float *A,
+                            size_t a_step, int as, const float *B, size_t b_step, int ldb, float *C, int ldc,
+                            float alpha, float beta) {
     int MR = im->mr, NR = im->nr, i, j;
     for (i = 0; i < M; i += MR) {
         const float *a = A + (size_t)(i / MR) * a_step;
         int m = AV__MIN(MR, M - i);
         for (j = 0; j < N; j += NR) {
             const float *b = B + (size_t)(j / NR) * b_step;
-            float *c = C + (size_t)i * ldc + j;
-            int n = AV__MIN(NR, N - j);
-            if (m == MR && n == NR) {
-                im->kernel(kc, a, b, ldb, c, ldc, alpha, beta);
-            } else {
-                float tile[AV__MAX_TILE];
-                im->kernel(kc, a, b, ldb, tile, NR, 1.0f, 0.0f);
-                av__merge_tile(c, ldc, tile, NR, m, n, alpha, beta);
-            }
+            kernel(kc, a, as, b, ldb, C + (size_t)i * ldc + j, ldc, m, AV__MIN(NR, N - j), alpha, beta);
         }
     }
 }
@@ -2996,9 +3149,7 @@ static void av__gemm_panels(const av__gemm_impl *im, int M, int N, int kc, const
    k < cols; panels are P*cols apart. By columns: panel p holds columns p*P..,
    element (c, k) at k*P + c for k < R; panels are P*R apart. */
 static void av__panels_by_rows(float *dst, int P, const float *X, int R, int cols, size_t ld) {
-    int p;
-    for (p = 0; p * P < R; p++)
-        av__pack(dst + (size_t)p * P * cols, P, X + (size_t)p * P * ld, ld, 0, AV__MIN(P, R - p * P), cols);
+    av__pack(dst, P, X, ld, 0, R, cols, av__impl_for(av_get_isa())->transpose8);
 }
 
 /* (A plain copy of P floats per k: memcpy of a constant 32 bytes is inlined,
@@ -3015,6 +3166,53 @@ static void av__panels_by_cols(float *dst, int P, const float *X, int R, int col
             for (; j < P; j++) d[j] = 0.0f;
         }
     }
+}
+
+/* Operands of av__gemm_panels that stay put for a head: A's row panel p at
+   a + p*step, read by kernel with stride as; B's panel q at b + q*step,
+   its row k at k*ldb. Offsets along k: A + k0*as (rows kernel: A + k0),
+   B + k0*ldb. */
+typedef struct av__aop { av__ukernel kernel; const float *a; size_t step; int as; } av__aop;
+typedef struct av__bop { const float *b; size_t step; int ldb; } av__bop;
+
+/* X's rows as A (i over X's R rows, k over its cols): read in place by the
+   rows kernel when the panels are whole, else packed into pack. */
+static av__aop av__aop_rows(const av__gemm_impl *im, const float *X, int R, int cols, size_t ld, float *pack) {
+    av__aop o;
+    if (im->kernel_rows && R % im->mr == 0) {
+        o.kernel = im->kernel_rows, o.a = X, o.step = (size_t)im->mr * ld, o.as = (int)ld;
+        return o;
+    }
+    av__panels_by_rows(pack, im->mr, X, R, cols, ld);
+    o.kernel = im->kernel, o.a = pack, o.step = (size_t)im->mr * cols, o.as = im->mr;
+    return o;
+}
+
+/* X^T as A (i over X's cols, k over its R rows): read in place when the
+   panels are whole, else packed into pack. */
+static av__aop av__aop_cols(const av__gemm_impl *im, const float *X, int R, int cols, size_t ld, float *pack) {
+    av__aop o;
+    o.kernel = im->kernel;
+    if (cols % im->mr == 0) {
+        o.a = X, o.step = (size_t)im->mr, o.as = (int)ld;
+        return o;
+    }
+    av__panels_by_cols(pack, im->mr, X, R, cols, ld);
+    o.a = pack, o.step = (size_t)im->mr * R, o.as = im->mr;
+    return o;
+}
+
+/* X as B (k over X's R rows, columns j): read in place when the panels are
+   whole, else packed into pack. */
+static av__bop av__bop_rows(const av__gemm_impl *im, const float *X, int R, int cols, size_t ld, float *pack) {
+    av__bop o;
+    if (cols % im->nr == 0) {
+        o.b = X, o.step = (size_t)im->nr, o.ldb = (int)ld;
+        return o;
+    }
+    av__panels_by_cols(pack, im->nr, X, R, cols, ld);
+    o.b = pack, o.step = (size_t)im->nr * R, o.ldb = im->nr;
+    return o;
 }
 
 /* The softmax steps on a block St (bk rows of keys j, n columns of queries i,
@@ -4336,16 +4534,29 @@ static int av__flash_key_end(const av__flash *f, int i0, int nq) {
     return last < 0 ? 0 : (int)AV__MIN(last + 1, (long)g->Tk);
 }
 
-/* Per head: K as A panels (rows j, k over D) and V transposed as A panels
-   (rows over Dv, k over j), packed once and shared by the query blocks. */
+/* In a block where query i (of nq) sees key j (of bk) if j <= i + d: the
+   keys that queries [a, a+m) see are [0, av__flash_keys_seen), and the
+   queries that see key b are [av__flash_first_query, nq). */
+static int av__flash_keys_seen(long d, int a, int m, int bk) {
+    long e = (long)a + m + d;
+    return e < 0 ? 0 : e > bk ? bk : (int)e;
+}
+
+static int av__flash_first_query(long d, int b, int nq) {
+    long i = (long)b - d;
+    return i < 0 ? 0 : i > nq ? nq : (int)i;
+}
+
+/* Per head: K as A (rows j, k over D) and V^T as A (rows over Dv, k over
+   j), read in place or packed once and shared by the query blocks. */
 static size_t av__flash_kv_floats(const av__flash *f) {
     const av__sdpa_geom *g = f->g;
     int MR = f->im->mr;
     return (size_t)av__round_up(g->Tk, MR) * g->D + (size_t)av__round_up(g->Dv, MR) * g->Tk;
 }
 
-static void av__flash_forward_block(const av__flash *f, int bh, int qb, const float *q, const float *Kp,
-                                    const float *Vtp, const float *mb, float *out, float *lse, float *scratch) {
+static void av__flash_forward_block(const av__flash *f, int bh, int qb, const float *q, const av__aop *K,
+                                    const av__aop *Vt, const float *mb, float *out, float *lse, float *scratch) {
     const av__sdpa_geom *g = f->g;
     const av__gemm_impl *im = f->im;
     int MR = im->mr, NR = im->nr, BQ = f->BQ, BK = f->BK, i0 = qb * BQ, j0, i, n, nq, j_end;
@@ -4358,10 +4569,16 @@ static void av__flash_forward_block(const av__flash *f, int bh, int qb, const fl
     for (i = 0; i < n; i++) { m[i] = -INFINITY; l[i] = 0.0f; }
     memset(Ot, 0, (size_t)g->Dv * BQ * sizeof(float));
     for (j0 = 0; j0 < j_end; j0 += BK) {
-        int bk = AV__MIN(BK, g->Tk - j0);
-        /* St = scale K_j Q_i^T, then mask, causality and the online softmax */
-        av__gemm_panels(im, bk, n, g->D, Kp + (size_t)j0 * g->D, (size_t)MR * g->D, Qb, (size_t)NR * g->D, NR,
-                        St, BQ, g->scale, 0.0f);
+        int bk = AV__MIN(BK, g->Tk - j0), b, c;
+        long d = g->causal ? (long)i0 + g->offset - j0 : (long)bk; /* key j sees query i if j <= i + d */
+        /* St = scale K_j Q_i^T, a row panel at a time without the tiles that
+           causality hides; then mask, causality and the online softmax */
+        for (b = 0; b < bk; b += MR) {
+            int c0 = av__flash_first_query(d, b, nq) / NR * NR;
+            av__gemm_panels(im, K->kernel, AV__MIN(MR, bk - b), n - c0, g->D, K->a + (size_t)((j0 + b) / MR) * K->step,
+                            K->step, K->as, Qb + (size_t)c0 * g->D, (size_t)NR * g->D, NR, St + (size_t)b * BQ + c0, BQ,
+                            g->scale, 0.0f);
+        }
         av__flash_mask(f, St, bk, n, j0, i0, nq, mb);
         AV__VDISPATCH(f->isa, attn_online, St, BQ, bk, n, m, l, alpha);
         AV__VDISPATCH(f->isa, attn_scale, Ot, BQ, g->Dv, n, alpha);
@@ -4371,9 +4588,14 @@ static void av__flash_forward_block(const av__flash *f, int bh, int qb, const fl
             for (j = 0; j < bk; j++)
                 for (ii = 0; ii < nq; ii++) St[(size_t)j * BQ + ii] *= av__sdpa_kept(g, bh, i0 + ii, j0 + j) ? keep : 0.0f;
         }
-        /* Ot += V_j^T P_j^T, St read in place as whole B panels */
-        av__gemm_panels(im, g->Dv, n, bk, Vtp + (size_t)j0 * MR, (size_t)MR * g->Tk, St, (size_t)NR, BQ, Ot, BQ,
-                        1.0f, 1.0f);
+        /* Ot += V_j^T P_j^T, St read in place as whole B panels, k over the
+           keys each panel's queries see */
+        for (c = 0; c < n; c += NR) {
+            int seen = av__flash_keys_seen(d, c, NR, bk);
+            if (seen)
+                av__gemm_panels(im, Vt->kernel, g->Dv, NR, seen, Vt->a + (size_t)j0 * Vt->as, Vt->step, Vt->as, St + c,
+                                (size_t)NR, BQ, Ot + c, BQ, 1.0f, 1.0f);
+        }
     }
     for (i = 0; i < nq; i++) {
         int d;
@@ -4391,6 +4613,7 @@ static void av__flash_forward(av_ctx *c, const av__flash *f, const float *q, con
     size_t kv = av__flash_kv_floats(f);
     size_t per_thread = (size_t)f->BQ * g->D + (size_t)f->BK * f->BQ + (size_t)g->Dv * f->BQ + 3 * (size_t)f->BQ;
     float *packs = (float *)av__arena_alloc(&c->arena, (size_t)BH * kv * sizeof(float)), *scratch;
+    av__aop *ops = (av__aop *)av__arena_alloc(&c->arena, 2 * (size_t)BH * sizeof(av__aop)); /* K, V^T per head */
 #ifdef _OPENMP
     if (!omp_in_parallel() && (double)g->Tq * g->Tk * (g->D + g->Dv) * BH > 2e6) nt = av_get_num_threads();
 #endif
@@ -4398,41 +4621,44 @@ static void av__flash_forward(av_ctx *c, const av__flash *f, const float *q, con
     AV_OMP(omp parallel for num_threads(nt) schedule(static) if (nt > 1))
     for (t = 0; t < BH; t++) {
         float *Kp = packs + (size_t)t * kv;
-        av__panels_by_rows(Kp, MR, av__head(k, &g->k, t, g->H), g->Tk, g->D, (size_t)g->k.ld);
-        av__panels_by_cols(Kp + (size_t)av__round_up(g->Tk, MR) * g->D, MR, av__head(v, &g->v, t, g->H), g->Tk, g->Dv,
-                           (size_t)g->v.ld);
+        ops[2 * t] = av__aop_rows(f->im, av__head(k, &g->k, t, g->H), g->Tk, g->D, (size_t)g->k.ld, Kp);
+        ops[2 * t + 1] = av__aop_cols(f->im, av__head(v, &g->v, t, g->H), g->Tk, g->Dv, (size_t)g->v.ld,
+                                      Kp + (size_t)av__round_up(g->Tk, MR) * g->D);
     }
     /* Work items are (head, query block); each is computed the same way
        whichever thread takes it, so the result does not depend on threads. */
     AV_OMP(omp parallel for num_threads(nt) schedule(dynamic, 1) if (nt > 1))
     for (t = 0; t < items; t++) {
         int bh = t / nqb, qb = t % nqb, b = bh / g->H, h = bh % g->H, me = 0;
-        const float *Kp = packs + (size_t)bh * kv;
 #ifdef _OPENMP
         me = omp_get_thread_num();
 #endif
-        av__flash_forward_block(f, bh, qb, av__head(q, &g->q, bh, g->H), Kp, Kp + (size_t)av__round_up(g->Tk, MR) * g->D,
+        av__flash_forward_block(f, bh, qb, av__head(q, &g->q, bh, g->H), &ops[2 * bh], &ops[2 * bh + 1],
                                 mask ? mask + b * g->mb + h * g->mh : NULL, av__head_w(out, &g->o, bh, g->H),
                                 lse + (size_t)bh * g->Tq, scratch + (size_t)me * per_thread);
     }
 }
 
 /* The backward works on blocks in the plain layout, S[i][j] (queries by
-   keys): its per-row statistics lse and delta are scalars per row, and of
-   the score-sized operands only dS needs transposing (for dQ = dS K).
-   Blocks are whole micro-panels both ways (a multiple of MR and of NR). */
-static int av__flash_bwd_block(const av__flash *f) {
+   keys): its per-row statistics lse and delta are scalars per row. The
+   kernels read P and dS in place: their columns as A panels of P^T and dS^T
+   (for dV and dK), their rows with the rows kernel (for dQ = dS K; packed
+   where an ISA has none). Blocks are whole micro-panels both ways: a
+   multiple of lcm(MR, NR), which av__flash_bwd_cols also rounds keys to. */
+static int av__flash_bwd_cols(const av__flash *f, int keys) {
     int a = f->im->mr, b = f->im->nr, l = a;
     while (l % b) l += a; /* lcm(MR, NR) */
-    return (64 + l - 1) / l * l;
+    return (keys + l - 1) / l * l;
 }
+
+static int av__flash_bwd_block(const av__flash *f) { return av__flash_bwd_cols(f, 64); }
 
 /* Everything one head's backward packs, and its block buffers. */
 typedef struct av__flash_bwd {
-    float *Qa, *dOa;        /* A panels of Q and dO (rows: queries; k over D, Dv) */
+    float *Qa, *dOa;        /* A panels of Q and dO (rows: queries; k over D, Dv), if packed */
     float *Kb, *Vb;         /* B panels of K^T and V^T (columns: keys; k over D, Dv) */
-    float *Kc, *Qc, *dOc;   /* B panels of K, Q and dO (k over keys or queries) */
-    float *S, *dS, *Pd, *Ap; /* one block's P, dP then dS, dropped P; A panels of one block */
+    float *Kc, *Qc, *dOc;   /* B panels of K, Q and dO (k over keys or queries), if packed */
+    float *S, *dS, *Pd, *Ap; /* one block's P, dP then dS, dropped P; dS packed (no rows kernel) */
     float *dmask;           /* this head's mask gradient, or NULL */
 } av__flash_bwd;
 
@@ -4492,40 +4718,52 @@ static void av__flash_backward_head(const av__flash *f, int bh, const float *q, 
     int MR = im->mr, NR = im->nr, BB = av__flash_bwd_block(f), j0, i0, i, j;
     int mask_cols = g->mj ? g->Tk : 1;
     float keep = g->dropout > 0.0f ? 1.0f / (1.0f - g->dropout) : 1.0f;
-    av__panels_by_rows(w->Qa, MR, q, g->Tq, g->D, (size_t)g->q.ld);
-    av__panels_by_rows(w->dOa, MR, dO, g->Tq, g->Dv, (size_t)g->o.ld);
+    av__aop Qa = av__aop_rows(im, q, g->Tq, g->D, (size_t)g->q.ld, w->Qa);
+    av__aop dOa = av__aop_rows(im, dO, g->Tq, g->Dv, (size_t)g->o.ld, w->dOa);
+    av__bop Kc = av__bop_rows(im, k, g->Tk, g->D, (size_t)g->k.ld, w->Kc);
+    av__bop Qc = av__bop_rows(im, q, g->Tq, g->D, (size_t)g->q.ld, w->Qc);
+    av__bop dOc = av__bop_rows(im, dO, g->Tq, g->Dv, (size_t)g->o.ld, w->dOc);
     av__panels_by_rows(w->Kb, NR, k, g->Tk, g->D, (size_t)g->k.ld);
     av__panels_by_rows(w->Vb, NR, v, g->Tk, g->Dv, (size_t)g->v.ld);
-    av__panels_by_cols(w->Kc, NR, k, g->Tk, g->D, (size_t)g->k.ld);
-    av__panels_by_cols(w->Qc, NR, q, g->Tq, g->D, (size_t)g->q.ld);
-    av__panels_by_cols(w->dOc, NR, dO, g->Tq, g->Dv, (size_t)g->o.ld);
     for (j0 = 0; j0 < g->Tk; j0 += BB) {
-        int bk = AV__MIN(BB, g->Tk - j0), n = av__round_up(bk, NR);
+        int bk = AV__MIN(BB, g->Tk - j0), n = av__flash_bwd_cols(f, bk);
         for (i0 = 0; i0 < g->Tq; i0 += BB) {
-            int nq = AV__MIN(BB, g->Tq - i0);
+            int nq = AV__MIN(BB, g->Tq - i0), a, b;
+            long d = g->causal ? (long)i0 + g->offset - j0 : (long)bk; /* key j sees query i if j <= i + d */
             const float *P = w->S;
             if (av__flash_key_end(f, i0, nq) <= j0) continue; /* hidden by causality */
-            /* P = exp(scale Q_i K_j^T + mask - lse) */
-            av__gemm_panels(im, nq, n, g->D, w->Qa + (size_t)i0 * g->D, (size_t)MR * g->D, w->Kb + (size_t)j0 * g->D,
-                            (size_t)NR * g->D, NR, w->S, BB, g->scale, 0.0f);
+            /* P = exp(scale Q_i K_j^T + mask - lse) and dP = dO_i V_j^T, a row
+               panel at a time: tiles that causality hides are skipped (dP's
+               zeroed) */
+            for (a = 0; a < nq; a += MR) {
+                int m = AV__MIN(MR, nq - a), cols = AV__MIN(n, av__round_up(av__flash_keys_seen(d, a, m, bk), NR));
+                av__gemm_panels(im, Qa.kernel, m, cols, g->D, Qa.a + (size_t)((i0 + a) / MR) * Qa.step, Qa.step, Qa.as,
+                                w->Kb + (size_t)j0 * g->D, (size_t)NR * g->D, NR, w->S + (size_t)a * BB, BB, g->scale, 0.0f);
+                av__gemm_panels(im, dOa.kernel, m, cols, g->Dv, dOa.a + (size_t)((i0 + a) / MR) * dOa.step, dOa.step,
+                                dOa.as, w->Vb + (size_t)j0 * g->Dv, (size_t)NR * g->Dv, NR, w->dS + (size_t)a * BB, BB, 1.0f,
+                                0.0f);
+                for (i = a; i < a + m; i++) memset(w->dS + (size_t)i * BB + cols, 0, (size_t)(n - cols) * sizeof(float));
+            }
             av__flash_mask_rows(g, w->S, BB, nq, n, i0, j0, bk, mb);
             AV__VDISPATCH(f->isa, attn_probs_rows, w->S, BB, nq, n, lse + i0);
-            /* dP = dO_i V_j^T; with dropout, dP and the P that reached V carry the mask */
-            av__gemm_panels(im, nq, n, g->Dv, w->dOa + (size_t)i0 * g->Dv, (size_t)MR * g->Dv, w->Vb + (size_t)j0 * g->Dv,
-                            (size_t)NR * g->Dv, NR, w->dS, BB, 1.0f, 0.0f);
-            if (g->dropout > 0.0f) {
+            if (g->dropout > 0.0f) { /* dP and the P that reached V carry the dropout mask */
                 for (i = 0; i < nq; i++)
-                    for (j = 0; j < bk; j++) {
-                        float s = av__sdpa_kept(g, bh, i0 + i, j0 + j) ? keep : 0.0f;
+                    for (j = 0; j < n; j++) { /* Pd's padding columns 0, as P's */
+                        float s = j < bk && av__sdpa_kept(g, bh, i0 + i, j0 + j) ? keep : 0.0f;
                         w->dS[(size_t)i * BB + j] *= s;
                         w->Pd[(size_t)i * BB + j] = w->S[(size_t)i * BB + j] * s;
                     }
                 P = w->Pd;
             }
-            /* dV_j += P^T dO_i: A = P's columns as panels, k over the block's queries */
-            av__panels_by_cols(w->Ap, MR, P, nq, bk, (size_t)BB);
-            av__gemm_panels(im, bk, g->Dv, nq, w->Ap, (size_t)MR * nq, w->dOc + (size_t)i0 * NR, (size_t)NR * g->Tq, NR,
-                            dv + (size_t)j0 * g->v.ld, g->v.ld, 1.0f, 1.0f);
+            /* dV_j += P^T dO_i: P's columns read in place, k over the queries
+               that see the panel's keys */
+            for (b = 0; b < bk; b += MR) {
+                int from = av__flash_first_query(d, b, nq);
+                if (from < nq)
+                    av__gemm_panels(im, im->kernel, AV__MIN(MR, bk - b), g->Dv, nq - from, P + b + (size_t)from * BB,
+                                    (size_t)MR, BB, dOc.b + (size_t)(i0 + from) * dOc.ldb, dOc.step, dOc.ldb,
+                                    dv + (size_t)(j0 + b) * g->v.ld, g->v.ld, 1.0f, 1.0f);
+            }
             /* dS = P (dP - delta) */
             AV__VDISPATCH(f->isa, attn_dscores_rows, w->dS, w->S, BB, nq, n, delta + i0);
             if (w->dmask)
@@ -4533,14 +4771,32 @@ static void av__flash_backward_head(const av__flash *f, int bh, const float *q, 
                     for (j = 0; j < bk; j++)
                         w->dmask[(g->mi ? (size_t)(i0 + i) * mask_cols : 0) + (g->mj ? (size_t)(j0 + j) : 0)] +=
                             w->dS[(size_t)i * BB + j];
-            /* dK_j += scale dS^T Q_i */
-            av__panels_by_cols(w->Ap, MR, w->dS, nq, bk, (size_t)BB);
-            av__gemm_panels(im, bk, g->D, nq, w->Ap, (size_t)MR * nq, w->Qc + (size_t)i0 * NR, (size_t)NR * g->Tq, NR,
-                            dk + (size_t)j0 * g->k.ld, g->k.ld, g->scale, 1.0f);
-            /* dQ_i += scale dS K_j: the one transposed pack */
-            av__panels_by_rows(w->Ap, MR, w->dS, nq, bk, (size_t)BB);
-            av__gemm_panels(im, nq, g->D, bk, w->Ap, (size_t)MR * bk, w->Kc + (size_t)j0 * NR, (size_t)NR * g->Tk, NR,
-                            dq + (size_t)i0 * g->q.ld, g->q.ld, g->scale, 1.0f);
+            /* dK_j += scale dS^T Q_i: dS's columns read in place, as P's */
+            for (b = 0; b < bk; b += MR) {
+                int from = av__flash_first_query(d, b, nq);
+                if (from < nq)
+                    av__gemm_panels(im, im->kernel, AV__MIN(MR, bk - b), g->D, nq - from, w->dS + b + (size_t)from * BB,
+                                    (size_t)MR, BB, Qc.b + (size_t)(i0 + from) * Qc.ldb, Qc.step, Qc.ldb,
+                                    dk + (size_t)(j0 + b) * g->k.ld, g->k.ld, g->scale, 1.0f);
+            }
+            /* dQ_i += scale dS K_j, k over the keys the panel's queries see: dS's
+               rows read in place (the rows of a ragged last panel zeroed), or packed */
+            if (im->kernel_rows)
+                for (i = nq; i < av__round_up(nq, MR); i++) memset(w->dS + (size_t)i * BB, 0, (size_t)bk * sizeof(float));
+            else
+                av__panels_by_rows(w->Ap, MR, w->dS, nq, bk, (size_t)BB);
+            for (a = 0; a < nq; a += MR) {
+                int m = AV__MIN(MR, nq - a), seen = av__flash_keys_seen(d, a, m, bk);
+                if (!seen) continue;
+                if (im->kernel_rows)
+                    av__gemm_panels(im, im->kernel_rows, m, g->D, seen, w->dS + (size_t)a * BB, (size_t)MR * BB, BB,
+                                    Kc.b + (size_t)j0 * Kc.ldb, Kc.step, Kc.ldb, dq + (size_t)(i0 + a) * g->q.ld, g->q.ld,
+                                    g->scale, 1.0f);
+                else
+                    av__gemm_panels(im, im->kernel, m, g->D, seen, w->Ap + (size_t)a * bk, (size_t)MR * bk, MR,
+                                    Kc.b + (size_t)j0 * Kc.ldb, Kc.step, Kc.ldb, dq + (size_t)(i0 + a) * g->q.ld, g->q.ld,
+                                    g->scale, 1.0f);
+            }
         }
     }
 }
@@ -5310,8 +5566,8 @@ static void av__conv_unfold(const av__conv_kit *k, int grp, const float *planes,
         for (i0 = 0; i0 < k->cy; i0 += MR) {
             float tile[AV__MAX_TILE];
             for (t = 0; t < k->T; t++)
-                im->kernel(k->cx, k->wa + ((size_t)(grp * k->T + t) * np + i0 / MR) * MR * k->cx, planes + k->tap[t] + q0,
-                           (int)k->CS, tile, NR, 1.0f, t ? 1.0f : 0.0f);
+                im->kernel(k->cx, k->wa + ((size_t)(grp * k->T + t) * np + i0 / MR) * MR * k->cx, MR, planes + k->tap[t] + q0,
+                           (int)k->CS, tile, NR, MR, NR, 1.0f, t ? 1.0f : 0.0f);
             for (r = 0; r < AV__MIN(MR, k->cy - i0); r++) {
                 float *yr = y + (size_t)(i0 + r) * g->Ho * g->Wo, b0 = bias ? bias[i0 + r] : 0.0f;
                 for (j = 0; j < n; j++)
@@ -5319,19 +5575,6 @@ static void av__conv_unfold(const av__conv_kit *k, int grp, const float *planes,
             }
         }
     }
-}
-
-/* C (m x n of an MR x NR tile, row stride ldc) += the kernel's product,
-   in place when the tile is whole. */
-static void av__conv_tile(const av__gemm_impl *im, int kc, const float *a, const float *b, int ldb, float *c, size_t ldc,
-                          int m, int n) {
-    float tile[AV__MAX_TILE];
-    if (m == im->mr && n == im->nr) {
-        im->kernel(kc, a, b, ldb, c, (int)ldc, 1.0f, 1.0f);
-        return;
-    }
-    im->kernel(kc, a, b, ldb, tile, im->nr, 1.0f, 0.0f);
-    av__merge_tile(c, (int)ldc, tile, im->nr, m, n, 1.0f, 1.0f);
 }
 
 /* fold: the planes of this group's channels += W_t^T Y for each tap t,
@@ -5345,8 +5588,8 @@ static void av__conv_fold(const av__conv_kit *k, int grp, const float *yv, float
         for (t = 0; t < k->T; t++) {
             const float *a = k->wt + ((size_t)(grp * k->T + t) * np + i0 / MR) * MR * k->cy;
             for (q0 = 0; q0 < k->Nv; q0 += NR)
-                av__conv_tile(im, k->cy, a, yv + q0, k->Nvp, planes + (size_t)i0 * k->CS + k->tap[t] + q0, k->CS,
-                              AV__MIN(MR, k->cx - i0), AV__MIN(NR, k->Nv - q0));
+                im->kernel(k->cy, a, MR, yv + q0, k->Nvp, planes + (size_t)i0 * k->CS + k->tap[t] + q0, (int)k->CS,
+                           AV__MIN(MR, k->cx - i0), AV__MIN(NR, k->Nv - q0), 1.0f, 1.0f);
         }
 }
 
@@ -5362,9 +5605,9 @@ static void av__conv_weight(const av__conv_kit *k, const float *ya, const float 
             int kc = AV__MIN(im->kc, k->Nv - qb);
             for (i0 = 0; i0 < k->cy; i0 += MR)
                 for (j0 = 0; j0 < k->cx; j0 += NR)
-                    av__conv_tile(im, kc, ya + (size_t)i0 * k->Nv + (size_t)qb * MR, planes_t + (k->tap[t] + qb) * Cx + j0, Cx,
-                                  dw + ((size_t)t * k->cy + i0) * k->cx + j0, (size_t)k->cx, AV__MIN(MR, k->cy - i0),
-                                  AV__MIN(NR, k->cx - j0));
+                    im->kernel(kc, ya + (size_t)i0 * k->Nv + (size_t)qb * MR, MR, planes_t + (k->tap[t] + qb) * Cx + j0, Cx,
+                               dw + ((size_t)t * k->cy + i0) * k->cx + j0, k->cx, AV__MIN(MR, k->cy - i0),
+                               AV__MIN(NR, k->cx - j0), 1.0f, 1.0f);
         }
 }
 
@@ -5407,7 +5650,7 @@ static void av__conv_image(const av__conv_kit *k, const av__conv_job *j, int b, 
     int MR = k->im->mr, grp;
     if (j->y_out || dw) av__conv_planes(k, j->x + b * xs, s->planes);
     if (dw) { /* the planes transposed, and Y as A panels over the outputs */
-        av__pack(s->planes_t, g->Cx, s->planes, k->CS, 0, g->Cx, (int)k->CS);
+        av__pack(s->planes_t, g->Cx, s->planes, k->CS, 0, g->Cx, (int)k->CS, k->im->transpose8);
         memset(s->planes_t + (size_t)g->Cx * k->CS, 0, (size_t)k->im->nr * sizeof(float));
     }
     if (j->x_out || dw) av__conv_widen(k, j->y + b * ys, s->yv);

@@ -8,6 +8,7 @@ uncompressed IDX files, and prints training images per second and the test
     /usr/bin/python3 tests/bench_vae.py DATA_DIR [--epochs N] [--threads T] [--batches B]
 """
 import argparse
+import ctypes
 import struct
 import time
 
@@ -49,6 +50,48 @@ def loss_function(recon, x, mu, logvar):
     return bce + kld
 
 
+def openblas():
+    """The OpenBLAS library under torch's matrix products, or None."""
+    libs = sorted({line.split()[-1] for line in open("/proc/self/maps") if "blas" in line})
+    for path in libs:
+        try:
+            lib = ctypes.CDLL(path)
+            lib.openblas_get_corename.restype = ctypes.c_char_p
+            return lib
+        except (OSError, AttributeError):
+            continue
+    return None
+
+
+def set_threads(n):
+    """torch.set_num_threads leaves OpenBLAS's own thread pool alone (2
+    threads on 2 cores), so a 1-thread run would multiply matrices on 2:
+    set both."""
+    torch.set_num_threads(n)
+    lib = openblas()
+    if lib:
+        lib.openblas_set_num_threads(n)
+
+
+def blas_core():
+    """The kernel OpenBLAS chose, or "?"."""
+    lib = openblas()
+    return lib.openblas_get_corename().decode() if lib else "?"
+
+
+def blas_threads():
+    lib = openblas()
+    return lib.openblas_get_num_threads() if lib else 0
+
+
+def cpu_capability():
+    """The instruction set of ATen's own kernels (ATEN_CPU_CAPABILITY)."""
+    for line in torch.__config__.show().splitlines():
+        if "CPU capability usage:" in line:
+            return line.split(":")[1].strip()
+    return "?"
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("data")
@@ -57,7 +100,7 @@ def main():
     ap.add_argument("--batches", type=int, default=0, help="stop each epoch after this many batches")
     ap.add_argument("--seed", type=int, default=1)
     args = ap.parse_args()
-    torch.set_num_threads(args.threads)
+    set_threads(args.threads)
     torch.manual_seed(args.seed)
     train = torch.from_numpy(load_idx(f"{args.data}/train-images-idx3-ubyte").reshape(-1, 784).astype(np.float32) / 255)
     test = torch.from_numpy(load_idx(f"{args.data}/t10k-images-idx3-ubyte").reshape(-1, 784).astype(np.float32) / 255)
@@ -93,7 +136,8 @@ def main():
         print(f"epoch {epoch:2d}  train -elbo {train_loss / seen:.2f}  test -elbo {test_loss / test.shape[0]:.2f} "
               f"nats/image  {seen / dt:.0f} img/s", flush=True)
     print(f'summary: {{"img_per_s": {total_images / total_time:.0f}, "test_neg_elbo": {test_loss / test.shape[0]:.3f}, '
-          f'"threads": {args.threads}}}')
+          f'"threads": {args.threads}, "blas_threads": {blas_threads()}, "blas_core": "{blas_core()}", '
+          f'"cpu_capability": "{cpu_capability()}"}}')
 
 
 if __name__ == "__main__":

@@ -150,6 +150,35 @@ static void t_degenerate(void) {
     CHECK(C[0] != C[0], "M=0 or N=0 leaves C alone");
 }
 
+#ifdef _OPENMP
+/* The same bits on 1 and 2 threads: threads split C on tile boundaries, by
+   rows or by columns, and each element sums its products in the same order
+   whatever the split. */
+static void t_same_bits_on_threads(void) {
+    static const int shapes[][3] = {{333, 129, 530}, {64, 1030, 200}, {1030, 72, 530}};
+    int s, t;
+    for (s = 0; s < 3; s++)
+        for (t = 0; t < 4; t++) {
+            int M = shapes[s][0], N = shapes[s][1], K = shapes[s][2], i;
+            int ta = t & 1, tb = t >> 1;
+            float *A = (float *)malloc((size_t)M * K * sizeof(float));
+            float *B = (float *)malloc((size_t)K * N * sizeof(float));
+            float *C1 = (float *)malloc((size_t)M * N * sizeof(float));
+            float *C2 = (float *)malloc((size_t)M * N * sizeof(float));
+            for (i = 0; i < M * K; i++) A[i] = t_rand();
+            for (i = 0; i < K * N; i++) B[i] = t_rand();
+            av_set_num_threads(1);
+            av_sgemm(ta, tb, M, N, K, 1.0f, A, ta ? M : K, B, tb ? K : N, 0.0f, C1, N);
+            av_set_num_threads(2);
+            av_sgemm(ta, tb, M, N, K, 1.0f, A, ta ? M : K, B, tb ? K : N, 0.0f, C2, N);
+            CHECK(!memcmp(C1, C2, (size_t)M * N * sizeof(float)),
+                  "%s: %dx%dx%d ta=%d tb=%d differs on 1 and 2 threads", t_case, M, N, K, ta, tb);
+            free(A), free(B), free(C1), free(C2);
+        }
+    av_set_num_threads(0);
+}
+#endif
+
 int main(int argc, char **argv) {
     int quick = (argc > 1 && !strcmp(argv[1], "--quick")) ||
                 (getenv("AV_TEST_QUICK") && atoi(getenv("AV_TEST_QUICK")));
@@ -169,7 +198,7 @@ int main(int argc, char **argv) {
         snprintf(name, sizeof name, "%s, 2 threads", av_isa_name(isa));
         t_case = name;
         t_sweep(quick);
-        av_set_num_threads(0);
+        t_same_bits_on_threads();
 #endif
         printf("isa %s: %d gemm cases\n", av_isa_name(isa), t_cases - before);
     }
