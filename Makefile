@@ -208,14 +208,15 @@ valgrind: deps-test
 # both paths), and the vector-math tests once more on the scalar path.
 ARM_CC := aarch64-linux-gnu-gcc
 ARM_TESTS := $(TESTS)
-test-arm64: deps-arm64
-	@mkdir -p build/arm64
-	for t in $(ARM_TESTS); do \
-		$(ARM_CC) -std=c99 $(WARN) -O2 -static -o build/arm64/$$t tests/$$t.c -lm -pthread || exit 1; done
+test-arm64: $(ARM_TESTS:%=build/arm64/%)
 	@tests/run $(call suite,qemu-aarch64,build/arm64) \
 		"qemu-aarch64 build/arm64/test_gemm --quick | grep '^isa neon:'" \
 		"ATTNVAE_ISA=scalar qemu-aarch64 build/arm64/test_ops" "ATTNVAE_ISA=scalar qemu-aarch64 build/arm64/test_optim" \
 		"ATTNVAE_ISA=scalar qemu-aarch64 build/arm64/test_rnn"
+
+build/arm64/%: tests/%.c $(wildcard tests/*.h) $(HEADER) | deps-arm64
+	@mkdir -p build/arm64
+	$(ARM_CC) -std=c99 $(WARN) -O2 -static -o $@ $< -lm -pthread
 
 # ---- data parallel over MPI ---------------------------------------------
 # test_mpi (as C and as C++) on 2 and 3 ranks, then vae_fashion --mpi on 2
