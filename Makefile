@@ -65,7 +65,7 @@ EXAMPLES += conv_vae_fashion
 EXAMPLES += sagan_fashion
 # Examples built with MPI (-DATTNVAE_MPI, Open MPI's flags from pkg-config)
 # where Open MPI is installed: they take --mpi, and run as one process without it.
-MPI_EXAMPLES := $(if $(shell pkg-config --exists ompi-c && echo yes),vae_fashion)
+MPI_EXAMPLES := $(if $(shell pkg-config --exists ompi-c && echo yes),vae_fashion charlm)
 MPI_CFLAGS = $$(pkg-config --cflags ompi-c)
 MPI_LIBS   = $$(pkg-config --libs ompi-c)
 # as root (CI) Open MPI wants to be told; --oversubscribe: more ranks than cores
@@ -219,8 +219,8 @@ build/arm64/%: tests/%.c $(wildcard tests/*.h) $(HEADER) | deps-arm64
 	$(ARM_CC) -std=c99 $(WARN) -O2 -static -o $@ $< -lm -pthread
 
 # ---- data parallel over MPI ---------------------------------------------
-# test_mpi (as C and as C++) on 2 and 3 ranks, then vae_fashion --mpi on 2
-# ranks, ranks that cannot load their data, and a build without MPI.
+# test_mpi (as C and as C++) on 2 and 3 ranks, then vae_fashion and charlm
+# --mpi on 2 ranks, ranks that cannot load their data, and a build without MPI.
 $(BUILD)/test_mpi: tests/test_mpi.c tests/test.h $(HEADER) | $(BUILD)
 	$(C99) $(MPI_CFLAGS) -o $@ $< $(MPI_LIBS) -lm
 $(BUILD)/cxx/test_mpi: tests/test_mpi.c tests/test.h $(HEADER)
@@ -230,7 +230,7 @@ $(BUILD)/nompi/vae_fashion: examples/vae_fashion.c examples/common.h $(HEADER)
 	@mkdir -p $(BUILD)/nompi
 	$(C99) -o $@ $< -lstb -lm
 
-test-mpi: deps-test data $(BUILD)/test_mpi $(BUILD)/cxx/test_mpi $(BUILD)/vae_fashion $(BUILD)/nompi/vae_fashion
+test-mpi: deps-test data $(BUILD)/test_mpi $(BUILD)/cxx/test_mpi $(BUILD)/vae_fashion $(BUILD)/charlm $(BUILD)/nompi/vae_fashion
 	@mkdir -p $(BUILD)/mpi_tmp
 	@tests/run "$(MPIRUN) -np 2 $(BUILD)/test_mpi $(BUILD)/mpi_tmp" \
 		"$(MPIRUN) -np 3 $(BUILD)/test_mpi $(BUILD)/mpi_tmp" \

@@ -24,7 +24,15 @@
    --prompt, and generation speed at --gen-context tokens of context, with
    the KV cache (one new position per step: av_mha_step per layer) and
    without it (the whole context recomputed for each token); the two must
-   give the same logits. --load MODEL only evaluates and generates. */
+   give the same logits. --load MODEL only evaluates and generates.
+
+   Data parallel: "mpirun -np R ./build/charlm --mpi" trains on R ranks,
+   rank r on rows r x --batch .. of each step's R x --batch windows, and
+   rank 0 alone validates, generates and writes files. Every rank needs the
+   text; a model file is read by rank 0. Dropout draws the masks of rows 0..
+   on every rank, so with --dropout 0 the ranks train what one process
+   trains with --batch R x batch (up to the order of float sums), and with
+   dropout the same only statistically. */
 #define _POSIX_C_SOURCE 200809L
 #define ATTNVAE_IMPLEMENTATION
 #include <dirent.h>
@@ -466,7 +474,7 @@ static double gen_speed(av_ctx *c, const charlm *lm, int cached, int context, in
 int main(int argc, char **argv) {
     const char *text, *arch, *activation, *out_dir, *load, *resume, *prompt;
     int steps, batch, context, d_model, layers, heads, ff, warmup, eval_every, ckpt_every, seed, length, top_k;
-    int gen_context, gen_tokens, quick;
+    int gen_context, gen_tokens, quick, use_mpi;
     float dropout, lr, clip, val_frac, temperature, top_p;
     ex_flag flags[] = {
         EX_STRING_FLAG("text", &text, DEFAULT_TEXT, "a text file, or a directory of them, to learn"),
@@ -498,11 +506,12 @@ int main(int argc, char **argv) {
         EX_INT_FLAG("gen-context", &gen_context, "512", 2, 65536, "context at which generation speed is measured"),
         EX_INT_FLAG("gen-tokens", &gen_tokens, "64", 1, 65535, "bytes timed at that context (less than --gen-context)"),
         EX_SWITCH_FLAG("quick", &quick, "a short run for tests: a small model, 40 steps, 8192 bytes of validation text"),
+        EX_SWITCH_FLAG("mpi", &use_mpi, "data parallel over the ranks of mpirun, each on --batch windows a step"),
     };
     const int n_flags = EX_COUNT(flags);
     static const char *const model_flags[] = {"arch", "d-model", "layers", "heads", "ff", "activation", "context"};
     int cfg[CFG_N], status, rc = 0, T, i, *ids = NULL, *targets = NULL, *prompt_ids = NULL, n_prompt, *sample = NULL;
-    int *gen_out[2] = {NULL, NULL}, agree = 0;
+    int *gen_out[2] = {NULL, NULL}, agree = 0, ok;
     float *trace[2] = {NULL, NULL}, sampling[3];
     const unsigned char **win = NULL;
     long step = 0, start_step = 0;
@@ -512,6 +521,8 @@ int main(int argc, char **argv) {
     av_model *m = NULL;
     av_ctx *c = NULL;
     av_optim opt;
+    av_sampler sampler;
+    ex_dp dp;
     charlm lm;
 
     status = ex_parse(argc, argv, "Trains a character-level language model on text and generates from it.", flags, n_flags);
@@ -544,24 +555,40 @@ int main(int argc, char **argv) {
     cfg[CFG_HEADS] = heads;
     cfg[CFG_FF] = ff;
     cfg[CFG_CONTEXT] = context;
-    if ((load || resume) && read_config(load ? load : resume, cfg)) return 1;
+    if ((status = ex_dp_start(&dp, use_mpi, &argc, &argv)) != 0) return status;
+    /* rank 0 reads the file; the sum of its config and the others' zeros gives it to every rank */
+    ok = !(load || resume) || dp.rank > 0 || read_config(load ? load : resume, cfg) == 0;
+    if (!ex_dp_all_ok(&dp, ok, "read its model file")) {
+        ex_dp_stop(&dp);
+        return 1;
+    }
+    if (load || resume) {
+        double shared[CFG_N];
+        for (i = 0; i < CFG_N; i++) shared[i] = dp.rank == 0 ? cfg[i] : 0;
+        ex_dp_sum(&dp, shared, CFG_N);
+        for (i = 0; i < CFG_N; i++) cfg[i] = (int)shared[i];
+    }
     for (i = 0; (load || resume) && i < 7; i++)
         if (ex_given(flags, n_flags, model_flags[i]))
             fprintf(stderr, "note: --%s is ignored: the model comes from %s\n", model_flags[i], load ? load : resume);
 
-    if (load_text(text, val_frac, &cp)) {
-        if (!load || ex_given(flags, n_flags, "text")) return 1;
+    /* every rank reads the text (and must have the same); only rank 0 writes */
+    ok = load_text(text, val_frac, &cp) == 0;
+    if (!ok && load && !ex_given(flags, n_flags, "text")) {
         fprintf(stderr, "note: no validation without the text; generating only\n");
+        ok = 1;
+    }
+    if (!ex_dp_all_ok(&dp, ok, "load its text") ||
+        !ex_dp_all_ok(&dp, load || dp.rank > 0 || ex_out_dir(out_dir) == 0, "write files")) {
+        free(cp.train);
+        free(cp.val);
+        ex_dp_stop(&dp);
+        return 1;
     }
     T = cp.n_train && cfg[CFG_CONTEXT] > cp.n_train - 1 ? (int)(cp.n_train - 1) : cfg[CFG_CONTEXT];
     if (!load) {
         if (T < cfg[CFG_CONTEXT]) printf("note: the text is short: windows of %d bytes, not %d\n", T, cfg[CFG_CONTEXT]);
         cfg[CFG_CONTEXT] = T;
-        if (ex_out_dir(out_dir)) {
-            free(cp.train);
-            free(cp.val);
-            return 1;
-        }
     }
     snprintf(model_path, sizeof model_path, "%s/charlm.safetensors", out_dir);
     snprintf(ckpt_path, sizeof ckpt_path, "%s/checkpoint.safetensors", out_dir);
@@ -570,18 +597,24 @@ int main(int argc, char **argv) {
     c = av_ctx_new();
     if (!m || !c) {
         fprintf(stderr, "error: out of memory\n");
+        ex_dp_abort(&dp);
+        ex_dp_stop(&dp);
         return 1;
     }
+    memset(&sampler, 0, sizeof sampler);
     charlm_new(m, &lm, cfg, dropout);
     ids = (int *)malloc((size_t)batch * T * sizeof(int) + 1);
     targets = (int *)malloc((size_t)batch * T * sizeof(int) + 1);
     win = (const unsigned char **)malloc((size_t)batch * sizeof *win);
     if (charlm_positions(&lm, cfg[CFG_CONTEXT] > gen_context ? cfg[CFG_CONTEXT] : gen_context) || av_model_error(m) ||
-        !ids || !targets || !win) {
+        !ids || !targets || !win || av_sampler_init(&sampler, batch * dp.size, batch, dp.rank, dp.size, 0) != 0) {
         fprintf(stderr, "error: out of memory for the model or a batch of %d x %d\n", batch, T);
         rc = 1;
+    }
+    if (!ex_dp_all_ok(&dp, !rc, "allocate its memory") || ex_dp_attach(&dp, m) != 0) {
+        rc = 1;
     } else if (load || resume) {
-        if ((rc = load ? av_model_load(m, load) : av_checkpoint_load(m, resume)) != 0)
+        if ((rc = ex_dp_load(&dp, m, load ? load : resume, !load)) != 0)
             fprintf(stderr, "error: %s\n", av_error());
         else if (load)
             printf("loaded %s\n", load);
@@ -594,37 +627,45 @@ int main(int argc, char **argv) {
            arch_names[cfg[CFG_ARCH]], cfg[CFG_D], cfg[CFG_LAYERS], cfg[CFG_HEADS],
            cfg[CFG_ARCH] == ARCH_TRANSFORMER ? ", tied embedding" : "", av_model_num_values(m), cp.n_train, cp.n_val,
            cp.files, av_isa_name(av_get_isa()), av_get_num_threads());
+    if (dp.on) printf("%d ranks x %d windows a step\n", dp.size, batch);
 
     /* ---- training ---- */
     opt = av_adam(lr);
     av_set_training(c, 1);
     for (step = start_step; step < steps && !rc; step++) {
-        double t0 = ex_now(), bpc;
+        av_shard sh = av_sampler_shard(&sampler, 0); /* this rank's rows of the step's global batch */
+        double t0 = ex_now(), nats, bpc;
         clock_t cpu0 = clock();
         av_tensor *loss;
         int b;
         av_ctx_reset(c);
-        av_ctx_seed(c, ((uint64_t)seed << 32) + (uint64_t)step); /* dropout's masks by step: a resumed run continues exactly */
-        for (b = 0; b < batch; b++) win[b] = cp.train + window_start((uint64_t)seed, step, batch, b, cp.n_train - T);
-        loss = window_loss(c, &lm, win, batch, T, ids, targets);
+        /* dropout's masks by step: a resumed run continues exactly (each rank
+           takes the same stream: the masks of rows 0.., see the top comment) */
+        av_ctx_seed(c, ((uint64_t)seed << 32) + (uint64_t)step);
+        for (b = 0; b < sh.count; b++)
+            win[b] = cp.train + window_start((uint64_t)seed, step, sh.total, sh.offset + b, cp.n_train - T);
+        loss = window_loss(c, &lm, win, sh.count, T, ids, targets);
         av_model_zero_grad(m);
-        av_backward(c, loss);
-        if (clip > 0) av_clip_grad_norm(m, clip);
+        rc = ex_dp_backward(&dp, c, loss, sh.count);
+        if (!rc && clip > 0) av_clip_grad_norm(m, clip);
         opt.lr = av_lr_warmup_cosine(step, warmup, steps, lr, lr / 10);
-        if ((rc = av_optim_step(m, &opt)) != 0) {
+        if (rc || (rc = av_optim_step(m, &opt)) != 0) {
             fprintf(stderr, "\nerror: step %ld: %s\n", step, av_error());
+            ex_dp_abort(&dp);
             break;
         }
         train_seconds += ex_now() - t0;
         train_cpu_seconds += (double)(clock() - cpu0) / CLOCKS_PER_SEC;
-        bpc = av_item(loss) / log(2.0);
-        if ((step + 1) % eval_every == 0 || step + 1 == steps) {
+        nats = (double)av_item(loss) * sh.count; /* the global batch's mean, for the printed bpc */
+        ex_dp_sum(&dp, &nats, 1);
+        bpc = nats / sh.total / log(2.0);
+        if (dp.rank == 0 && ((step + 1) % eval_every == 0 || step + 1 == steps)) {
             double v = evaluate(c, &lm, &cp, batch, T, 32768, ids, targets);
             printf("step %6ld  train bpc %.3f  val bpc %.3f (first 32768 bytes)  %.0f tokens/s\n", step + 1, bpc, v,
-                   (double)(step + 1 - start_step) * batch * T / train_seconds);
+                   (double)(step + 1 - start_step) * sh.total * T / train_seconds);
             fflush(stdout);
         }
-        if (((step + 1) % ckpt_every == 0 || step + 1 == steps) && (rc = av_checkpoint_save(m, ckpt_path)) != 0)
+        if (((step + 1) % ckpt_every == 0 || step + 1 == steps) && (rc = ex_dp_save(&dp, m, ckpt_path, 1)) != 0)
             fprintf(stderr, "error: %s\n", av_error());
         if (step % 10 == 0 || step + 1 == steps) {
             char info[64];
@@ -633,14 +674,14 @@ int main(int argc, char **argv) {
         }
     }
     av_set_training(c, 0);
-    if (step > start_step) tokens_per_s = (double)(step - start_step) * batch * T / train_seconds;
+    if (step > start_step) tokens_per_s = (double)(step - start_step) * batch * dp.size * T / train_seconds;
     if (!rc && step > start_step) {
-        if ((rc = av_model_save(m, model_path)) != 0) fprintf(stderr, "error: %s\n", av_error());
+        if ((rc = ex_dp_save(&dp, m, model_path, 0)) != 0) fprintf(stderr, "error: %s\n", av_error());
         else printf("saved %s and %s\n", model_path, ckpt_path);
     }
 
-    /* ---- validation ---- */
-    if (!rc && cp.n_val) {
+    /* ---- validation, a sample and generation speed: on rank 0 alone ---- */
+    if (!rc && dp.rank == 0 && cp.n_val) {
         long n = quick && cp.n_val - 1 > 8192 ? 8192 : cp.n_val - 1;
         val_bpc = evaluate(c, &lm, &cp, batch, T, n, ids, targets);
         printf("validation: %.4f bits per byte on %ld bytes\n", val_bpc, n);
@@ -657,11 +698,11 @@ int main(int argc, char **argv) {
     sampling[0] = temperature;
     sampling[1] = (float)top_k;
     sampling[2] = top_p;
-    if (!rc && (!prompt_ids || !sample)) {
+    if (!rc && dp.rank == 0 && (!prompt_ids || !sample)) {
         fprintf(stderr, "error: out of memory for the sample\n");
         rc = 1;
     }
-    if (!rc) {
+    if (!rc && dp.rank == 0) {
         generator g;
         for (i = 0; i < n_prompt; i++) prompt_ids[i] = (unsigned char)prompt[i];
         av_ctx_seed(c, (uint64_t)seed + 2);
@@ -680,7 +721,7 @@ int main(int argc, char **argv) {
     }
 
     /* ---- generation speed, with the cache and without ---- */
-    for (i = 0; i < 2 && !rc; i++) {
+    for (i = 0; i < 2 && !rc && dp.rank == 0; i++) {
         gen_out[i] = (int *)malloc((size_t)gen_tokens * sizeof(int));
         trace[i] = (float *)malloc((size_t)(gen_tokens + 1) * VOCAB * sizeof(float));
         speed[i] = gen_out[i] && trace[i] ? gen_speed(c, &lm, !i, gen_context, gen_tokens,
@@ -692,7 +733,7 @@ int main(int argc, char **argv) {
             rc = 1;
         }
     }
-    if (!rc) {
+    if (!rc && dp.rank == 0) {
         int k, j;
         while (agree < gen_tokens && gen_out[0][agree] == gen_out[1][agree]) agree++;
         for (k = 0; k <= agree && k <= gen_tokens; k++) /* logits from the same history */
@@ -709,17 +750,19 @@ int main(int argc, char **argv) {
             rc = 1;
         }
     }
-    if (!rc)
+    if (!rc && dp.rank == 0)
         printf("summary: {\"arch\": \"%s\", \"val_bpc\": %.4f, \"train_tokens_per_s\": %.0f, \"gen_tokens_per_s_cache\": "
                "%.1f, \"gen_tokens_per_s_nocache\": %.1f, \"train_tokens_per_cpu_s\": %.0f, \"gen_context\": %d, \"cache_speedup\": %.1f, \"steps\": %ld, "
-               "\"batch\": %d, \"context\": %d, \"params\": %ld, \"threads\": %d}\n",
+               "\"batch\": %d, \"context\": %d, \"params\": %ld, \"threads\": %d, \"ranks\": %d}\n",
                arch_names[cfg[CFG_ARCH]], val_bpc, tokens_per_s, speed[0], speed[1],
                step > start_step ? (double)(step - start_step) * batch * T / train_cpu_seconds : 0.0, gen_context, speed[0] / speed[1],
-               step, batch, T, av_model_num_values(m), av_get_num_threads());
+               step, batch, T, av_model_num_values(m), av_get_num_threads(), dp.size);
     for (i = 0; i < 2; i++) {
         free(gen_out[i]);
         free(trace[i]);
     }
+    av_sampler_free(&sampler);
+    ex_dp_stop(&dp);
     free(prompt_ids);
     free(sample);
     free(ids);

@@ -319,8 +319,8 @@ static inline void ex_gather(const ex_dataset *d, const int *order, int start, i
 }
 
 /* ---- data parallel: --mpi ----------------------------------------------------
-   Built with ATTNVAE_MPI (the Makefile builds vae_fashion so), an example
-   run as "mpirun -np R example --mpi" trains on R ranks: each takes its
+   Built with ATTNVAE_MPI (the Makefile builds vae_fashion and charlm so),
+   an example run as "mpirun -np R example --mpi" trains on R ranks: each takes its
    part of every global batch of R x --batch examples (av_sampler) and the
    library's av_mpi averages the gradients, so it trains what one process
    would with --batch R x batch. Rank 0 alone prints, draws and writes
@@ -429,24 +429,25 @@ static inline void ex_dp_sum(const ex_dp *dp, double *values, int n) {
 #endif
 }
 
-/* Rank 0 reads the model file and every rank gets the model; 0 or the error. */
-static inline int ex_dp_load(ex_dp *dp, av_model *model, const char *path) {
+/* Rank 0 reads the model file (with checkpoint 1, a checkpoint: with the
+   optimizer state and the step) and every rank gets the model; 0 or the error. */
+static inline int ex_dp_load(ex_dp *dp, av_model *model, const char *path, int checkpoint) {
 #ifdef ATTNVAE_MPI
-    if (dp->on) return av_mpi_model_load(dp->mpi, path);
+    if (dp->on) return checkpoint ? av_mpi_checkpoint_load(dp->mpi, path) : av_mpi_model_load(dp->mpi, path);
 #else
     (void)dp;
 #endif
-    return av_model_load(model, path);
+    return checkpoint ? av_checkpoint_load(model, path) : av_model_load(model, path);
 }
 
-/* Rank 0 writes the model file; every rank gets the result. */
-static inline int ex_dp_save(ex_dp *dp, av_model *model, const char *path) {
+/* Rank 0 writes the model file (or the checkpoint); every rank gets the result. */
+static inline int ex_dp_save(ex_dp *dp, av_model *model, const char *path, int checkpoint) {
 #ifdef ATTNVAE_MPI
-    if (dp->on) return av_mpi_model_save(dp->mpi, path);
+    if (dp->on) return checkpoint ? av_mpi_checkpoint_save(dp->mpi, path) : av_mpi_model_save(dp->mpi, path);
 #else
     (void)dp;
 #endif
-    return av_model_save(model, path);
+    return checkpoint ? av_checkpoint_save(model, path) : av_model_save(model, path);
 }
 
 /* A failure that other ranks may not share stops them all, rather than

@@ -227,7 +227,7 @@ int main(int argc, char **argv) {
     if (dp.on) printf(", %d ranks x %d images a step", dp.size, batch);
     printf("\n");
     if (!rc && load) {
-        if ((rc = ex_dp_load(&dp, model, load)) != 0) fprintf(stderr, "error: %s\n", av_error());
+        if ((rc = ex_dp_load(&dp, model, load, 0)) != 0) fprintf(stderr, "error: %s\n", av_error());
         else printf("loaded %s\n", load);
     }
 
@@ -283,7 +283,7 @@ int main(int argc, char **argv) {
     }
     if (!rc && epochs > 0) {
         snprintf(path, sizeof path, "%s/vae.safetensors", out_dir);
-        if ((rc = ex_dp_save(&dp, model, path)) != 0) fprintf(stderr, "error: %s\n", av_error());
+        if ((rc = ex_dp_save(&dp, model, path, 0)) != 0) fprintf(stderr, "error: %s\n", av_error());
         else printf("saved %s\n", path);
     }
     if (!rc && dp.rank == 0 && (rc = write_pictures(c, &v, &test, out_dir, xb)) == 0)
