@@ -4,6 +4,7 @@
 #   make bench     GEMM vs OpenBLAS; the VAE, attention, an LSTM, convolutions, AttentionNet training and
 #                  charlm vs PyTorch; fused vs composed scores; the 2-thread speedup of a VAE and an MLP step
 #   make install   the header and attnvae.pc under PREFIX (/usr/local), DESTDIR honoured; make uninstall
+#   make test-clang  the C tests and examples built with clang (CI runs it after make test)
 #   make sanitize  the test suite under ASan + UBSan
 #   make valgrind  the test suite under valgrind
 #   make test-arm64  the test suite cross-compiled for AArch64 (NEON), run under qemu
@@ -72,7 +73,7 @@ MPI_LIBS   = $$(pkg-config --libs ompi-c)
 MPIRUN_ENV = OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
 MPIRUN     = $(MPIRUN_ENV) mpirun --oversubscribe
 
-.PHONY: install uninstall all examples tests test bench bench-steps sanitize valgrind test-arm64 test-mpi bench-mpi fuzz demo deps deps-test deps-bench deps-arm64 deps-fuzz data clean
+.PHONY: install uninstall all examples tests test test-clang bench bench-steps sanitize valgrind test-arm64 test-mpi bench-mpi fuzz demo deps deps-test deps-bench deps-arm64 deps-fuzz data clean
 
 all: examples tests
 
@@ -189,6 +190,16 @@ BAD_DATA_CHECK = rm -rf $(BUILD)/bad_data && mkdir -p $(BUILD)/bad_data && \
 
 test: deps-test data all
 	@tests/run $(TEST_CMDS)
+
+# clang: the C build of the tests and examples, their suites, one test as
+# C++ (clang++ compiles the whole header) and the configuration checks; the
+# ISA reruns, the threads and the --quick runs are make test's.
+CLANG_BUILD = build/clang
+test-clang: deps-test data
+	$(MAKE) CC=clang BUILD=$(CLANG_BUILD) $(TESTS:%=$(CLANG_BUILD)/%) $(EXAMPLES:%=$(CLANG_BUILD)/%) \
+		$(CLANG_BUILD)/test_examples $(CLANG_BUILD)/cxx/test_core
+	@tests/run $(call suite,,$(CLANG_BUILD)) $(call examples_suite,,$(CLANG_BUILD)) "$(CLANG_BUILD)/cxx/test_core" \
+		"tests/check_config.sh clang $(CLANG_BUILD)/test_core" "tests/check_install.sh clang"
 
 SAN = -O1 -g -fno-omit-frame-pointer -fsanitize=address,undefined -fno-sanitize-recover=all
 sanitize: deps-test

@@ -1190,6 +1190,7 @@ int main(int argc, char **argv) {
                       "bag-of-words logistic regression; with --load, classifies the lines of standard input.",
                       flags, EX_COUNT(flags));
     if (status >= 0) return status;
+    memset(&cp, 0, sizeof cp); /* freed on every failure, even before it is loaded */
     memset(&unlabeled, 0, sizeof unlabeled);
     c = av_ctx_new();
     av_ctx_seed(c, (uint64_t)seed);
