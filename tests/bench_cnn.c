@@ -34,15 +34,6 @@ int main(int argc, char **argv) {
         fprintf(stderr, "usage: bench_cnn B threads [attention 1|0]\n");
         return 2;
     }
-    cfg.stem_channels = 32;
-    cfg.num_stages = 2;
-    cfg.channels[0] = 64;
-    cfg.channels[1] = 128;
-    cfg.blocks[0] = cfg.blocks[1] = 1;
-    cfg.sagan_stage = 0;
-    cfg.spatial_stage = 1;
-    cfg.sagan_reduction = 8;
-    cfg.spatial_kernel = 7;
     cfg.attention = argc == 4 ? atoi(argv[3]) != 0 : 1;
     av_set_num_threads(threads);
     m = av_model_new(1);
