@@ -12,6 +12,7 @@
 #include "test.h"
 #include "gradcheck.h"
 #include "expect_fail.h"
+#include "check_close.h"
 
 /* ======================================================================= */
 /* helpers                                                                 */
@@ -24,19 +25,6 @@ static float *rnd(int n, double lo, double hi) {
     return p;
 }
 
-/* max |got - want| <= tol * max(|want|, 1e-2): one CHECK per array */
-static void check_close(const char *what, const float *got, const double *want, int n, double tol) {
-    double largest = 1e-2, worst = 0;
-    int i, at = 0, nan = 0;
-    for (i = 0; i < n; i++) largest = fabs(want[i]) > largest ? fabs(want[i]) : largest;
-    for (i = 0; i < n; i++) {
-        double e = fabs((double)got[i] - want[i]);
-        nan |= got[i] != got[i];
-        if (e > worst) { worst = e; at = i; }
-    }
-    CHECK(!nan && worst <= tol * largest, "%s: off by %.3g at [%d] (got %.9g, want %.9g; largest %.3g)", what, worst, at,
-          n ? got[at] : 0.0, n ? want[at] : 0.0, largest);
-}
 
 static int same_bits(const float *a, const float *b, int n) { return n == 0 || memcmp(a, b, (size_t)n * sizeof(float)) == 0; }
 
